@@ -1,0 +1,1 @@
+//! quail-smtp
