@@ -1,1 +1,30 @@
-//! quail-server
+//! quaild, the Quail mail access server.
+//!
+//! Modules, top to bottom (each depends only on those below it):
+//!
+//! - [`net`] — QUIC endpoint (quinn + rustls), TLS certificates, one task per
+//!   connection on a pinned single-thread worker, stream-kind dispatch.
+//! - [`rpc`] — the Cap'n Proto services (`Quail`, `Session`, `Admin`,
+//!   `Gateway`): thin translation between the wire and the domain.
+//! - [`mail`] — parsing and ingest of messages, queries and reads of email.
+//! - [`account`] — accounts, passwords (argon2id), app tokens, the operator
+//!   and gateway credentials.
+//! - [`blob`] — content-addressed byte storage (BLAKE3 ids, reference counts).
+//! - [`store`] — the ordered key-value store and its group-commit durability.
+//!
+//! Beside them: [`config`] (TOML + flags), [`error`] (the domain error every
+//! layer returns), [`server`] (wiring: open the store, bind, serve, shut down).
+
+pub mod account;
+pub mod blob;
+pub mod config;
+pub mod error;
+pub mod mail;
+pub mod net;
+pub mod rpc;
+pub mod server;
+pub mod store;
+
+//TMP pub use config::Config;
+//TMP pub use error::{Error, Result};
+//TMP pub use server::{Running, Server};

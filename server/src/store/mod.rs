@@ -1,0 +1,493 @@
+//! Ordered key-value storage: the one place data is kept.
+//!
+//! The rest of the server sees a [`Store`]: named keyspaces ([`Space`]) of
+//! byte keys in byte order, point reads, range scans in either direction, and
+//! atomic read-modify-write transactions over any number of keyspaces.
+//! Indexes are keyspaces whose keys are big-endian tuples, so a range scan
+//! comes out sorted (see [`key`]).
+//!
+//! # Durability
+//!
+//! A write happens in two steps:
+//!
+//! 1. [`Store::commit`] runs the caller's transaction under the store's single
+//!    writer lock and appends its batch to the journal atomically (all of the
+//!    batch or none of it, across keyspaces). The writes are visible to readers
+//!    at once, but **not yet durable**: they are in the operating system's
+//!    cache. The call returns a [`Ticket`].
+//! 2. [`Store::sync`] waits for that ticket to be durable. One background
+//!    thread (the *group committer*) fsyncs the journal for every writer that
+//!    is waiting, so one fsync acknowledges many writers: writers that arrive
+//!    while an fsync is running share the next one.
+//!
+//! Nothing is acknowledged to a client (RPC success, SMTP 250) before step 2
+//! returns, so a crash — process or machine — loses nothing acknowledged. A
+//! crash can lose writes that completed step 1 only; their senders were never
+//! told they succeeded and retry. A reader may briefly see such a write before
+//! it is durable (it is read-uncommitted with respect to crashes, never with
+//! respect to atomicity).
+//!
+//! On open, the backend replays its journal; a torn final batch is discarded
+//! whole, so recovery yields a prefix of the committed batches.
+
+mod fjall_backend;
+mod group_commit;
+pub mod key;
+#[cfg(test)]
+mod model_test;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::ops::Bound;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use fjall_backend::FjallStore;
+
+/// A named keyspace. Each is its own ordered map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Store-wide facts: format version, id sequences.
+    Meta,
+    /// `account id` → account record.
+    Accounts,
+    /// `login name` → account id.
+    AccountNames,
+    /// `blake3(token)` → app token record.
+    Tokens,
+    /// `account, token id` → blake3(token) (listing an account's tokens).
+    AccountTokens,
+    /// `account, mailbox id` → mailbox record.
+    Mailboxes,
+    /// `account, email id` → email record.
+    Emails,
+    /// `account, mailbox, received, email` → () — a mailbox by date.
+    MailboxByDate,
+    /// `blob id` → blob bytes.
+    Blobs,
+    /// `blob id` → reference count.
+    BlobRefs,
+    /// `account, counter, ...` → i64 counters.
+    Counters,
+}
+
+impl Space {
+    /// Every keyspace, in a fixed order.
+    pub const ALL: [Space; 11] = [
+        Space::Meta,
+        Space::Accounts,
+        Space::AccountNames,
+        Space::Tokens,
+        Space::AccountTokens,
+        Space::Mailboxes,
+        Space::Emails,
+        Space::MailboxByDate,
+        Space::Blobs,
+        Space::BlobRefs,
+        Space::Counters,
+    ];
+
+    /// The keyspace's name on disk. Never change one: it is the stored layout.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Space::Meta => "meta",
+            Space::Accounts => "accounts",
+            Space::AccountNames => "account_names",
+            Space::Tokens => "tokens",
+            Space::AccountTokens => "account_tokens",
+            Space::Mailboxes => "mailboxes",
+            Space::Emails => "emails",
+            Space::MailboxByDate => "mailbox_by_date",
+            Space::Blobs => "blobs",
+            Space::BlobRefs => "blob_refs",
+            Space::Counters => "counters",
+        }
+    }
+
+    /// Keyspaces whose values are large and written once (kept apart from
+    /// their keys on disk so compaction does not rewrite them).
+    pub const fn holds_large_values(self) -> bool {
+        matches!(self, Space::Blobs)
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Scan direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Smallest key first.
+    Ascending,
+    /// Largest key first.
+    Descending,
+}
+
+/// A range of keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    /// Lower bound.
+    pub start: Bound<Vec<u8>>,
+    /// Upper bound.
+    pub end: Bound<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> Self {
+        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> Self {
+        let end = match key::prefix_successor(prefix) {
+            Some(s) => Bound::Excluded(s),
+            None => Bound::Unbounded,
+        };
+        KeyRange { start: Bound::Included(prefix.to_vec()), end }
+    }
+
+    /// Keys in `[start, end)`.
+    pub fn between(start: Vec<u8>, end: Vec<u8>) -> Self {
+        KeyRange { start: Bound::Included(start), end: Bound::Excluded(end) }
+    }
+
+    /// Whether `k` lies in the range.
+    pub fn contains(&self, k: &[u8]) -> bool {
+        let above = match &self.start {
+            Bound::Included(s) => k >= s.as_slice(),
+            Bound::Excluded(s) => k > s.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let below = match &self.end {
+            Bound::Included(e) => k <= e.as_slice(),
+            Bound::Excluded(e) => k < e.as_slice(),
+            Bound::Unbounded => true,
+        };
+        above && below
+    }
+
+    /// The part of this range strictly after `k` (ascending) or strictly
+    /// before it (descending): how callers page through a long scan.
+    pub fn after(&self, k: &[u8], order: Order) -> Self {
+        let mut r = self.clone();
+        match order {
+            Order::Ascending => r.start = Bound::Excluded(k.to_vec()),
+            Order::Descending => r.end = Bound::Excluded(k.to_vec()),
+        }
+        r
+    }
+}
+
+/// Storage failures. None of them is the caller's fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend reported an I/O or engine error. After a failed fsync the
+    /// store refuses further writes (the page cache can no longer be trusted).
+    #[error("storage failure: {0}")]
+    Backend(String),
+    /// Stored bytes do not decode: a bug or a damaged disk.
+    #[error("corrupt record in {space:?}: {detail}")]
+    Corrupt {
+        /// Where.
+        space: Space,
+        /// What.
+        detail: String,
+    },
+    /// The store was written by a newer or unknown version of Quail.
+    #[error("store format {found} is not supported (this build reads formats up to {supported})")]
+    UnsupportedFormat {
+        /// On disk.
+        found: u32,
+        /// Newest this build knows.
+        supported: u32,
+    },
+    /// A key that no backend may hold: empty, or longer than [`MAX_KEY_BYTES`].
+    /// Always a caller bug; the transaction is not applied.
+    #[error("invalid key of {len} bytes in {space:?}")]
+    InvalidKey {
+        /// Where.
+        space: Space,
+        /// Its length.
+        len: usize,
+    },
+    /// The store is shutting down.
+    #[error("store is closed")]
+    Closed,
+    /// The transaction closure gave up; carries no information of its own
+    /// (the caller's error travels beside it, see [`Db::write`]).
+    #[error("transaction aborted")]
+    Aborted,
+}
+
+/// Longest key any backend accepts.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A committed batch's place in the journal; durable once [`Store::sync`]
+/// says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// Counts that tests and operators read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Transactions committed (each one atomic batch).
+    pub commits: u64,
+    /// Journal fsyncs performed by the group committer.
+    pub fsyncs: u64,
+}
+
+/// Reads: point lookups and bounded scans.
+pub trait Reader {
+    /// The value under `key`, if any.
+    fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Up to `limit` entries in `range`, in `order`.
+    fn scan(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// A boxed future, as the object-safe [`Store`] returns them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The storage engine behind the server (see the module docs for the
+/// durability contract).
+pub trait Store: Reader + Send + Sync + fmt::Debug {
+    /// Runs `f` as one atomic transaction and appends its writes to the
+    /// journal. `f` may run more than once (a backend may retry on a
+    /// conflict), so it must not have effects outside the [`Txn`].
+    fn commit(&self, f: &mut dyn FnMut(&mut Txn<'_>) -> StoreResult<()>) -> StoreResult<Ticket>;
+
+    /// Resolves once `ticket` and everything before it is durable.
+    fn sync(&self, ticket: Ticket) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Blocking form of [`Store::sync`] for non-async callers (tools, tests).
+    fn sync_blocking(&self, ticket: Ticket) -> StoreResult<()>;
+
+    /// Counters for tests and operators.
+    fn metrics(&self) -> StoreMetrics;
+}
+
+/// One transaction: reads see the store plus this transaction's own writes
+/// (point reads only; scans see the store as it was when the transaction
+/// began). Writes apply atomically at the end.
+pub struct Txn<'a> {
+    reader: &'a dyn Reader,
+    writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Txn").field("writes", &self.writes.len()).finish()
+    }
+}
+
+impl<'a> Txn<'a> {
+    /// A transaction reading through `reader`. Backends create these.
+    pub fn new(reader: &'a dyn Reader) -> Self {
+        Txn { reader, writes: BTreeMap::new() }
+    }
+
+    /// The value under `key`, including this transaction's writes.
+    pub fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        match self.writes.get(&(space, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.reader.get(space, key),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub fn exists(&self, space: Space, key: &[u8]) -> StoreResult<bool> {
+        Ok(self.get(space, key)?.is_some())
+    }
+
+    /// A scan of the store as it was before this transaction's writes.
+    pub fn scan_committed(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.reader.scan(space, range, order, limit)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.insert((space, key.into()), Some(value.into()));
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
+        self.writes.insert((space, key.into()), None);
+    }
+
+    /// Adds `delta` to the counter under `key` (absent = 0) and returns the
+    /// new value. A counter that reaches 0 is removed.
+    pub fn add(&mut self, space: Space, key: &[u8], delta: i64) -> StoreResult<i64> {
+        let current = self.counter(space, key)?;
+        let next = current.saturating_add(delta);
+        if next == 0 {
+            self.delete(space, key);
+        } else {
+            self.put(space, key, next.to_be_bytes());
+        }
+        Ok(next)
+    }
+
+    /// The counter under `key` (absent = 0).
+    pub fn counter(&self, space: Space, key: &[u8]) -> StoreResult<i64> {
+        decode_counter(space, self.get(space, key)?)
+    }
+
+    /// Number of pending writes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether the transaction writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The pending writes, for the backend to apply; refuses keys no
+    /// backend can hold.
+    pub fn into_writes(self) -> StoreResult<BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>> {
+        if let Some((space, key)) =
+            self.writes.keys().find(|(_, k)| k.is_empty() || k.len() > MAX_KEY_BYTES)
+        {
+            return Err(StoreError::InvalidKey { space: *space, len: key.len() });
+        }
+        Ok(self.writes)
+    }
+}
+
+/// Decodes a counter value (absent = 0).
+pub fn decode_counter(space: Space, value: Option<Vec<u8>>) -> StoreResult<i64> {
+    match value {
+        None => Ok(0),
+        Some(v) => {
+            let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                space,
+                detail: format!("counter of {} bytes", v.len()),
+            })?;
+            Ok(i64::from_be_bytes(bytes))
+        }
+    }
+}
+
+/// The handle the rest of the server holds: a shared [`Store`] with typed
+/// helpers on top.
+#[derive(Debug, Clone)]
+pub struct Db {
+    store: Arc<dyn Store>,
+}
+
+impl Db {
+    /// Wraps a backend.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Db { store }
+    }
+
+    /// The backend.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Point read.
+    pub fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        self.store.get(space, key)
+    }
+
+    /// Bounded scan.
+    pub fn scan(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.store.scan(space, range, order, limit)
+    }
+
+    /// Counter read (absent = 0).
+    pub fn counter(&self, space: Space, key: &[u8]) -> StoreResult<i64> {
+        decode_counter(space, self.store.get(space, key)?)
+    }
+
+    /// Runs `f` as one atomic transaction; returns its value and the ticket
+    /// to wait on. The writes are visible but not yet durable.
+    pub fn write<T, E>(
+        &self,
+        mut f: impl FnMut(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<(T, Ticket), E>
+    where
+        E: From<StoreError>,
+    {
+        let mut out: Option<Result<T, E>> = None;
+        let committed = self.store.commit(&mut |txn| match f(txn) {
+            Ok(v) => {
+                out = Some(Ok(v));
+                Ok(())
+            }
+            Err(e) => {
+                out = Some(Err(e));
+                Err(StoreError::Aborted)
+            }
+        });
+        match (committed, out) {
+            (Ok(ticket), Some(Ok(v))) => Ok((v, ticket)),
+            (Err(StoreError::Aborted), Some(Err(e))) => Err(e),
+            (Err(e), _) => Err(e.into()),
+            // A backend never reports success without running the closure.
+            (Ok(_), _) => Err(StoreError::Backend("commit without transaction".into()).into()),
+        }
+    }
+
+    /// [`Db::write`] and then wait until it is durable.
+    pub async fn write_durable<T, E>(
+        &self,
+        f: impl FnMut(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let (value, ticket) = self.write(f)?;
+        self.store.sync(ticket).await?;
+        Ok(value)
+    }
+
+    /// [`Db::write`] and then block until it is durable (tools and tests).
+    pub fn write_durable_blocking<T, E>(
+        &self,
+        f: impl FnMut(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let (value, ticket) = self.write(f)?;
+        self.store.sync_blocking(ticket)?;
+        Ok(value)
+    }
+
+    /// Waits until `ticket` is durable.
+    pub async fn sync(&self, ticket: Ticket) -> StoreResult<()> {
+        self.store.sync(ticket).await
+    }
+
+    /// Backend counters.
+    pub fn metrics(&self) -> StoreMetrics {
+        self.store.metrics()
+    }
+}
