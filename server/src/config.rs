@@ -1,0 +1,191 @@
+//! Configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! data_dir = "./quail-data"
+//! listen = ["127.0.0.1:4433"]
+//! domains = ["example.org"]          # empty: accept any domain's local part
+//! [tls]                              # absent: a self-signed development certificate
+//! cert = "/etc/quail/cert.pem"
+//! key = "/etc/quail/key.pem"
+//! [limits]
+//! max_message_bytes = 52428800
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use quail_protocol::limits;
+
+/// The default listen address: loopback only. Anything else is opt-in.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
+/// The default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./quail-data";
+
+/// Server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store, certificates and credentials live.
+    pub data_dir: PathBuf,
+    /// UDP addresses to serve QUIC on.
+    pub listen: Vec<SocketAddr>,
+    /// A real certificate; when absent a development certificate is created
+    /// once in the data dir.
+    pub tls: Option<TlsFiles>,
+    /// Mail domains served here. A recipient `user@domain` reaches account
+    /// `user@domain`, or account `user` when the domain is listed here (or
+    /// when this list is empty).
+    pub domains: Vec<String>,
+    /// Worker threads serving connections (0 = one per core).
+    pub workers: usize,
+    /// Limits announced in `hello` and enforced.
+    pub limits: Limits,
+}
+
+/// A PEM certificate chain and private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// Enforced limits.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest Cap'n Proto message read from a client.
+    pub max_rpc_message_bytes: u64,
+    /// Largest raw email accepted.
+    pub max_message_bytes: u64,
+    /// Largest byte run returned inline.
+    pub max_inline_bytes: u64,
+    /// Ids per batch call.
+    pub max_ids_per_call: u32,
+    /// Page size of query and search.
+    pub max_query_limit: u32,
+    /// maxChanges of `changes`.
+    pub max_changes: u32,
+    /// Recipients per deliver or submit.
+    pub max_recipients: u32,
+    /// Names and keywords, in bytes.
+    pub max_name_bytes: u32,
+    /// Search query text, in bytes.
+    pub max_search_query_bytes: u32,
+    /// Concurrent streams a client may open per connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_rpc_message_bytes: limits::MAX_RPC_MESSAGE_BYTES,
+            max_message_bytes: limits::MAX_MESSAGE_BYTES,
+            max_inline_bytes: limits::MAX_INLINE_BYTES,
+            max_ids_per_call: limits::MAX_IDS_PER_CALL,
+            max_query_limit: limits::MAX_QUERY_LIMIT,
+            max_changes: limits::MAX_CHANGES,
+            max_recipients: limits::MAX_RECIPIENTS,
+            max_name_bytes: limits::MAX_NAME_BYTES,
+            max_search_query_bytes: limits::MAX_SEARCH_QUERY_BYTES,
+            max_streams_per_connection: 32,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: vec![DEFAULT_LISTEN.parse().unwrap_or_else(|_| {
+                SocketAddr::from(([127, 0, 0, 1], 4433)) // the literal above parses
+            })],
+            tls: None,
+            domains: Vec::new(),
+            workers: 0,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults with another data directory (tests, tools).
+    pub fn with_data_dir(dir: impl Into<PathBuf>) -> Self {
+        Config { data_dir: dir.into(), ..Config::default() }
+    }
+
+    /// Reads a TOML file; unknown keys are an error, so typos do not pass silently.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.listen.is_empty(), "listen: at least one address is needed");
+        let l = &self.limits;
+        anyhow::ensure!(
+            l.max_rpc_message_bytes >= 64 * 1024,
+            "limits.max_rpc_message_bytes must be at least 64 KiB"
+        );
+        anyhow::ensure!(
+            l.max_inline_bytes >= 1024 && l.max_inline_bytes + 64 * 1024 <= l.max_rpc_message_bytes,
+            "limits.max_inline_bytes must be at least 1 KiB and leave 64 KiB of max_rpc_message_bytes"
+        );
+        anyhow::ensure!(l.max_message_bytes >= 1024, "limits.max_message_bytes must be at least 1 KiB");
+        anyhow::ensure!(
+            l.max_ids_per_call > 0 && l.max_query_limit > 0 && l.max_changes > 0,
+            "limits: counts must be positive"
+        );
+        Ok(())
+    }
+
+    /// Directory of the key-value store.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    /// Directory of the development certificate.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_file_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str(
+            r#"
+            data_dir = "/srv/quail"
+            listen = ["[::1]:4433", "127.0.0.1:5000"]
+            domains = ["example.org"]
+            [limits]
+            max_message_bytes = 1048576
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.limits.max_message_bytes, 1 << 20);
+        assert_eq!(c.limits.max_query_limit, limits::MAX_QUERY_LIMIT);
+        c.validate().expect("valid");
+        assert!(toml::from_str::<Config>("listn = []").is_err());
+    }
+
+    #[test]
+    fn default_is_loopback_only() {
+        let c = Config::default();
+        assert_eq!(c.listen, vec!["127.0.0.1:4433".parse().expect("addr")]);
+        assert!(c.listen.iter().all(|a| a.ip().is_loopback()));
+    }
+}

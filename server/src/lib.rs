@@ -25,6 +25,6 @@ pub mod rpc;
 pub mod server;
 pub mod store;
 
-//TMP pub use config::Config;
-//TMP pub use error::{Error, Result};
-//TMP pub use server::{Running, Server};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::{Running, Server};

@@ -1,0 +1,183 @@
+//! Wiring: open the store, load credentials and certificate, bind the QUIC
+//! endpoints, serve until told to stop.
+//!
+//! [`Server::start`] returns a [`Running`] server whose addresses are bound
+//! (port 0 works, so tests run in parallel) and which stops cleanly with
+//! [`Running::shutdown`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio_util::task::LocalPoolHandle;
+
+use crate::account::{Credential, Credentials};
+use crate::config::Config;
+use crate::net::{self, tls};
+use crate::rpc::Services;
+use crate::store::{Db, FjallStore, Space, StoreError, StoreMetrics};
+
+/// The store layout this build writes and reads.
+pub const STORE_FORMAT: u32 = 1;
+const FORMAT_KEY: &[u8] = b"format";
+
+/// Entry point.
+#[derive(Debug)]
+pub struct Server;
+
+/// A server that is accepting connections.
+#[derive(Debug)]
+pub struct Running {
+    addrs: Vec<SocketAddr>,
+    fingerprint: String,
+    data_dir: PathBuf,
+    services: Arc<Services>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the data dir and binds every listen address.
+    pub async fn start(config: Config) -> anyhow::Result<Running> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let store = open_store(&config)?;
+        let credentials = Credentials::load_or_create(&config.data_dir)?;
+        let cert = tls::load(&config)?;
+        let server_config = tls::server_config(&cert, &config.limits)?;
+
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let pool = LocalPoolHandle::new(workers);
+        let services = Services::new(Db::new(store), credentials, config.clone());
+        let (stop, _) = watch::channel(false);
+        let mut addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for addr in &config.listen {
+            let socket = std::net::UdpSocket::bind(addr)
+                .with_context(|| format!("binding UDP {addr}"))?;
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_config.clone()),
+                socket,
+                quinn::default_runtime().context("no async runtime for QUIC")?,
+            )
+            .with_context(|| format!("QUIC endpoint on {addr}"))?;
+            addrs.push(endpoint.local_addr()?);
+            let mut rx = stop.subscribe();
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            tasks.push(tokio::spawn(net::serve(
+                endpoint,
+                Arc::clone(&services),
+                pool.clone(),
+                shutdown,
+            )));
+        }
+        Ok(Running {
+            addrs,
+            fingerprint: cert.fingerprint,
+            data_dir: config.data_dir.clone(),
+            services,
+            stop,
+            tasks,
+        })
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Arc<FjallStore>> {
+    let dir = config.store_dir();
+    let store = FjallStore::open(&dir).with_context(|| format!("opening store {}", dir.display()))?;
+    check_format(&store)?;
+    Ok(Arc::new(store))
+}
+
+/// Refuses a store written by a newer or unknown layout, and stamps a new one.
+fn check_format(store: &FjallStore) -> anyhow::Result<()> {
+    use crate::store::{Reader, Store};
+    match store.get(Space::Meta, FORMAT_KEY)? {
+        Some(v) => {
+            let found = <[u8; 4]>::try_from(v.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt { space: Space::Meta, detail: "format".into() })?;
+            if found != STORE_FORMAT {
+                return Err(StoreError::UnsupportedFormat { found, supported: STORE_FORMAT }.into());
+            }
+        }
+        None => {
+            let t = store.commit(&mut |txn| {
+                txn.put(Space::Meta, FORMAT_KEY.to_vec(), STORE_FORMAT.to_be_bytes().to_vec());
+                Ok(())
+            })?;
+            store.sync_blocking(t)?;
+        }
+    }
+    Ok(())
+}
+
+impl Running {
+    /// The first bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every bound address.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Hex SHA-256 of the certificate clients should pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The domain services (tests, tools).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Store counters.
+    pub fn store_metrics(&self) -> StoreMetrics {
+        self.services.db.metrics()
+    }
+
+    /// A service credential's secret, as read from the data dir.
+    pub fn secret(&self, which: Credential) -> anyhow::Result<String> {
+        let path = Credentials::path(&self.data_dir, which);
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned())
+    }
+
+    /// Stops accepting, closes connections, and waits until the store is
+    /// closed (so the data dir can be opened again at once).
+    pub async fn shutdown(self) {
+        let Running { services, stop, tasks, .. } = self;
+        let _ = stop.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Connections' tasks hold the services; they end as the endpoint
+        // closes. Wait for the last of them so the store is really closed.
+        let mut services = services;
+        for _ in 0..500 {
+            match Arc::try_unwrap(services) {
+                Ok(s) => {
+                    drop(s);
+                    return;
+                }
+                Err(still_shared) => services = still_shared,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::warn!("connections still hold the store after 5 s; closing anyway");
+    }
+}

@@ -1,0 +1,179 @@
+//! The network edge: QUIC connections in, RPC and bulk streams out.
+//!
+//! Each accepted connection is served on one worker of a pool of pinned
+//! single-thread runtimes (one per core), because capnp-rpc objects are
+//! `!Send`; the connection never moves between threads, and both cores serve.
+//!
+//! Every stream a client opens starts with a one-byte kind tag (QUIC streams
+//! are invisible to the peer until their first byte). An RPC stream carries
+//! capnp-rpc's two-party protocol with `Quail` as its bootstrap; a bulk
+//! stream carries one large object. An unknown tag resets that stream; a
+//! malformed or oversized RPC message closes the connection (its RPC state
+//! cannot be trusted after that). Neither affects other connections.
+
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty::VatNetwork};
+use futures::io::{BufReader, BufWriter};
+use quail_protocol::{ALPN, StreamKind, close_code, quail_capnp};
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::task::LocalPoolHandle;
+
+use crate::rpc::{self, Services};
+
+/// How long a new stream may take to send its kind tag.
+const TAG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Nesting depth allowed in a received capnp message.
+const NESTING_LIMIT: i32 = 64;
+/// Largest `BulkRequest` message, in words.
+const BULK_REQUEST_WORDS: usize = 128;
+
+/// Accepts connections on `endpoint` until `shutdown` resolves, serving each
+/// on `workers`; then closes the endpoint and waits briefly for it to drain.
+pub async fn serve(
+    endpoint: Endpoint,
+    services: Arc<Services>,
+    workers: LocalPoolHandle,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    let services = Arc::clone(&services);
+                    workers.spawn_pinned(move || connection(incoming, services));
+                }
+                None => break,
+            },
+        }
+    }
+    endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+async fn connection(incoming: Incoming, services: Arc<Services>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() != Some(ALPN) {
+        tracing::debug!(%remote, "no quail/1 ALPN; closing");
+        conn.close(VarInt::from_u32(close_code::ALPN), b"ALPN quail/1 required");
+        return;
+    }
+    tracing::debug!(%remote, "connected");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::task::spawn_local(stream(conn.clone(), send, recv, Arc::clone(&services)));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, reason = %e, "connection ended");
+                break;
+            }
+        }
+    }
+}
+
+async fn stream(conn: Connection, mut send: SendStream, mut recv: RecvStream, services: Arc<Services>) {
+    let mut tag = [0u8; 1];
+    match tokio::time::timeout(TAG_TIMEOUT, recv.read_exact(&mut tag)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "stream ended before its kind tag");
+            return;
+        }
+        Err(_) => {
+            refuse(&mut send, &mut recv, close_code::PROTOCOL);
+            return;
+        }
+    }
+    match StreamKind::from_tag(tag[0]) {
+        Some(StreamKind::Rpc) => rpc_stream(conn, send, recv, services).await,
+        Some(StreamKind::Bulk) => bulk_stream(send, recv).await,
+        None => {
+            tracing::debug!(tag = tag[0], "unknown stream kind; resetting the stream");
+            refuse(&mut send, &mut recv, close_code::PROTOCOL);
+        }
+    }
+}
+
+fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
+    let _ = send.reset(VarInt::from_u32(code));
+    let _ = recv.stop(VarInt::from_u32(code));
+}
+
+fn reader_options(max_bytes: u64) -> capnp::message::ReaderOptions {
+    let mut o = capnp::message::ReaderOptions::new();
+    o.traversal_limit_in_words(Some((max_bytes / 8) as usize)).nesting_limit(NESTING_LIMIT);
+    o
+}
+
+async fn rpc_stream(conn: Connection, send: SendStream, recv: RecvStream, services: Arc<Services>) {
+    let options = reader_options(services.config.limits.max_rpc_message_bytes);
+    let network = VatNetwork::new(
+        BufReader::new(recv.compat()),
+        BufWriter::new(send.compat_write()),
+        Side::Server,
+        options,
+    );
+    let bootstrap = rpc::bootstrap(services);
+    let system = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+    if let Err(e) = system.await {
+        if conn.close_reason().is_some() || e.kind == capnp::ErrorKind::Disconnected {
+            return;
+        }
+        let (code, reason) = if e.extra.contains("too large") {
+            (close_code::LIMIT, "message over the size limit")
+        } else {
+            (close_code::PROTOCOL, "malformed RPC stream")
+        };
+        tracing::info!(remote = %conn.remote_address(), error = %e, "closing connection: {reason}");
+        conn.close(VarInt::from_u32(code), reason.as_bytes());
+    }
+}
+
+/// A bulk stream: one `BulkRequest` naming a token from `fetchPart`,
+/// `upload` or `raw`. This server issues no bulk tokens yet (every byte run
+/// fits inline), so any token is unknown.
+async fn bulk_stream(send: SendStream, recv: RecvStream) {
+    let mut reader = BufReader::new(recv.compat());
+    let mut writer = send.compat_write();
+    let mut options = capnp::message::ReaderOptions::new();
+    options.traversal_limit_in_words(Some(BULK_REQUEST_WORDS));
+    let request = capnp_futures::serialize::read_message(&mut reader, options).await;
+    let mut response = capnp::message::Builder::new_default();
+    {
+        let mut r = response.init_root::<quail_capnp::bulk_response::Builder<'_>>();
+        let mut e = r.reborrow().init_error();
+        match request {
+            Ok(_) => {
+                e.set_code(quail_capnp::ErrorCode::NotFound);
+                e.set_message("unknown or expired bulk token");
+            }
+            Err(err) => {
+                e.set_code(quail_capnp::ErrorCode::Protocol);
+                e.set_message(format!("bad bulk request: {err}").as_str());
+            }
+        }
+    }
+    if capnp_futures::serialize::write_message(&mut writer, &response).await.is_ok() {
+        use futures::AsyncWriteExt;
+        let _ = writer.close().await;
+    }
+}

@@ -62,8 +62,12 @@ pub enum Space {
     Mailboxes,
     /// `account, email id` → email record.
     Emails,
-    /// `account, mailbox, received, email` → () — a mailbox by date.
+    /// `account, mailbox, received, email` → () — a mailbox by date
+    /// (mailbox 0: all mail).
     MailboxByDate,
+    /// `account, mailbox, received, email` → () — the unread emails of a
+    /// mailbox by date (mailbox 0: all mail).
+    UnreadByDate,
     /// `blob id` → blob bytes.
     Blobs,
     /// `blob id` → reference count.
@@ -74,7 +78,7 @@ pub enum Space {
 
 impl Space {
     /// Every keyspace, in a fixed order.
-    pub const ALL: [Space; 11] = [
+    pub const ALL: [Space; 12] = [
         Space::Meta,
         Space::Accounts,
         Space::AccountNames,
@@ -83,6 +87,7 @@ impl Space {
         Space::Mailboxes,
         Space::Emails,
         Space::MailboxByDate,
+        Space::UnreadByDate,
         Space::Blobs,
         Space::BlobRefs,
         Space::Counters,
@@ -99,6 +104,7 @@ impl Space {
             Space::Mailboxes => "mailboxes",
             Space::Emails => "emails",
             Space::MailboxByDate => "mailbox_by_date",
+            Space::UnreadByDate => "unread_by_date",
             Space::Blobs => "blobs",
             Space::BlobRefs => "blob_refs",
             Space::Counters => "counters",
@@ -344,6 +350,17 @@ impl<'a> Txn<'a> {
             self.put(space, key, next.to_be_bytes());
         }
         Ok(next)
+    }
+
+    /// The next value of the id sequence `name` (1, 2, 3, ...). Ids come
+    /// from the transaction that uses them, so a crash never reuses one.
+    pub fn next_id(&mut self, name: &str) -> StoreResult<u64> {
+        let key = [b"seq/".as_slice(), name.as_bytes()].concat();
+        let next = self.add(Space::Meta, &key, 1)?;
+        u64::try_from(next).map_err(|_| StoreError::Corrupt {
+            space: Space::Meta,
+            detail: format!("sequence {name} at {next}"),
+        })
     }
 
     /// The counter under `key` (absent = 0).

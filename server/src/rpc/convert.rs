@@ -1,0 +1,138 @@
+//! Domain records → schema builders.
+
+use quail_protocol::quail_capnp::{account_info, address, email, limits, mailbox, Property, Role as WireRole};
+
+use crate::account::{Account, Usage};
+use crate::config::Limits;
+use crate::mail::{Addr, EmailRecord, MailboxView, Role};
+
+/// Fills `Limits`.
+pub fn limits(mut b: limits::Builder<'_>, l: &Limits) {
+    b.set_max_rpc_message_bytes(l.max_rpc_message_bytes);
+    b.set_max_message_bytes(l.max_message_bytes);
+    b.set_max_inline_bytes(l.max_inline_bytes);
+    b.set_max_ids_per_call(l.max_ids_per_call);
+    b.set_max_query_limit(l.max_query_limit);
+    b.set_max_changes(l.max_changes);
+    b.set_max_recipients(l.max_recipients);
+    b.set_max_name_bytes(l.max_name_bytes);
+    b.set_max_search_query_bytes(l.max_search_query_bytes);
+}
+
+/// Fills `AccountInfo`.
+pub fn account(mut b: account_info::Builder<'_>, a: &Account, usage: Usage) {
+    b.set_id(a.id.0);
+    b.set_name(a.name.as_str());
+    b.set_created_at(a.created_ms);
+    b.set_quota_bytes(a.quota_bytes);
+    b.set_quota_messages(a.quota_messages);
+    b.set_used_bytes(usage.bytes);
+    b.set_used_messages(usage.messages);
+}
+
+fn role(r: Role) -> WireRole {
+    match r {
+        Role::None => WireRole::None,
+        Role::Inbox => WireRole::Inbox,
+        Role::Sent => WireRole::Sent,
+        Role::Drafts => WireRole::Drafts,
+        Role::Junk => WireRole::Junk,
+        Role::Trash => WireRole::Trash,
+        Role::Archive => WireRole::Archive,
+    }
+}
+
+/// Fills `Mailbox`.
+pub fn mailbox(mut b: mailbox::Builder<'_>, m: &MailboxView) {
+    b.set_id(m.mailbox.id.0);
+    b.set_name(m.mailbox.name.as_str());
+    b.set_parent_id(m.mailbox.parent.map_or(0, |p| p.0));
+    b.set_role(role(m.mailbox.role));
+    b.set_total(u32::try_from(m.total).unwrap_or(u32::MAX));
+    b.set_unread(u32::try_from(m.unread).unwrap_or(u32::MAX));
+}
+
+fn addresses(mut list: capnp::struct_list::Builder<'_, address::Owned>, addrs: &[Addr]) {
+    for (i, a) in addrs.iter().enumerate() {
+        let mut b = list.reborrow().get(i as u32);
+        b.set_name(a.name.as_str());
+        b.set_email(a.email.as_str());
+    }
+}
+
+/// Which property groups a `get` asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Props {
+    /// Envelope fields.
+    pub envelope: bool,
+    /// Keywords.
+    pub keywords: bool,
+    /// Mailbox ids.
+    pub mailboxes: bool,
+    /// Preview and hasAttachment.
+    pub preview: bool,
+}
+
+impl Props {
+    /// Everything this server serves.
+    pub const ALL: Props = Props { envelope: true, keywords: true, mailboxes: true, preview: true };
+
+    /// Adds one property; `Err` names a property this server does not serve yet.
+    pub fn add(&mut self, p: Property) -> Result<(), &'static str> {
+        match p {
+            Property::Envelope => self.envelope = true,
+            Property::Keywords => self.keywords = true,
+            Property::Mailboxes => self.mailboxes = true,
+            Property::Preview => self.preview = true,
+            Property::BodyStructure => return Err("Session.get property bodyStructure"),
+            Property::Filter => return Err("Session.get property filter"),
+        }
+        Ok(())
+    }
+}
+
+/// Fills `Email` with the asked-for properties (id, thread, received time
+/// and size always).
+pub fn email(mut b: email::Builder<'_>, e: &EmailRecord, props: Props) -> capnp::Result<()> {
+    b.set_id(e.id.0);
+    b.set_thread_id(e.thread);
+    b.set_received_at(e.received_ms);
+    b.set_size(e.size);
+    if props.mailboxes {
+        let mut l = b.reborrow().init_mailbox_ids(e.mailboxes.len() as u32);
+        for (i, m) in e.mailboxes.iter().enumerate() {
+            l.set(i as u32, m.0);
+        }
+    }
+    if props.keywords {
+        let mut l = b.reborrow().init_keywords(e.keywords.len() as u32);
+        for (i, k) in e.keywords.iter().enumerate() {
+            l.set(i as u32, k.as_str());
+        }
+    }
+    if props.envelope {
+        let env = &e.envelope;
+        b.set_subject(env.subject.as_str());
+        addresses(b.reborrow().init_from(env.from.len() as u32), &env.from);
+        addresses(b.reborrow().init_sender(env.sender.len() as u32), &env.sender);
+        addresses(b.reborrow().init_reply_to(env.reply_to.len() as u32), &env.reply_to);
+        addresses(b.reborrow().init_to(env.to.len() as u32), &env.to);
+        addresses(b.reborrow().init_cc(env.cc.len() as u32), &env.cc);
+        addresses(b.reborrow().init_bcc(env.bcc.len() as u32), &env.bcc);
+        b.set_sent_at(env.sent_ms);
+        b.set_message_id(env.message_id.as_str());
+        let mut l = b.reborrow().init_in_reply_to(env.in_reply_to.len() as u32);
+        for (i, x) in env.in_reply_to.iter().enumerate() {
+            l.set(i as u32, x.as_str());
+        }
+        let mut l = b.reborrow().init_references(env.references.len() as u32);
+        for (i, x) in env.references.iter().enumerate() {
+            l.set(i as u32, x.as_str());
+        }
+    }
+    if props.preview {
+        b.set_preview(e.preview.as_str());
+        b.set_has_attachment(e.has_attachment);
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `Gateway`: the SMTP bridge delivers inbound mail here.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use quail_protocol::quail_capnp::gateway;
+use quail_protocol::error_code_name;
+
+use super::{code_of, not_served, now_ms, text, to_capnp, Services};
+use crate::account::AccountId;
+use crate::error::Error;
+
+/// Longest envelope address accepted (RFC 5321 path limit).
+const MAX_PATH_BYTES: usize = 256;
+
+pub(crate) struct GatewayImpl {
+    services: Arc<Services>,
+}
+
+impl GatewayImpl {
+    pub(crate) fn new(services: Arc<Services>) -> Self {
+        GatewayImpl { services }
+    }
+}
+
+impl gateway::Server for GatewayImpl {
+    async fn deliver(
+        self: Rc<Self>,
+        params: gateway::DeliverParams,
+        mut results: gateway::DeliverResults,
+    ) -> Result<(), capnp::Error> {
+        let s = &self.services;
+        let limits = &s.config.limits;
+        let p = params.get()?;
+        let raw = p.get_raw()?;
+        if raw.len() as u64 > limits.max_message_bytes {
+            return Err(to_capnp(Error::LimitExceeded(format!(
+                "message of {} bytes; the limit is {}",
+                raw.len(),
+                limits.max_message_bytes
+            ))));
+        }
+        let envelope = p.get_envelope()?;
+        let rcpts = envelope.get_rcpt_to()?;
+        if rcpts.len() > limits.max_recipients {
+            return Err(to_capnp(Error::LimitExceeded(format!(
+                "{} recipients; the limit is {}",
+                rcpts.len(),
+                limits.max_recipients
+            ))));
+        }
+        if rcpts.is_empty() {
+            return Err(to_capnp(Error::invalid("no recipients")));
+        }
+
+        // Resolve every recipient; several addresses may reach one account,
+        // which then gets one copy.
+        let mut recipients: Vec<(String, Result<AccountId, Error>)> = Vec::new();
+        let mut targets: Vec<AccountId> = Vec::new();
+        for r in rcpts.iter() {
+            let addr = text(r, "recipient", MAX_PATH_BYTES)?.to_owned();
+            let resolved = match s.accounts.resolve_recipient(&addr, &s.config.domains) {
+                Ok(Some(a)) => {
+                    if !targets.contains(&a.id) {
+                        targets.push(a.id);
+                    }
+                    Ok(a.id)
+                }
+                Ok(None) => Err(Error::not_found(format!("no mailbox for {addr}"))),
+                Err(e) => return Err(to_capnp(e)),
+            };
+            recipients.push((addr, resolved));
+        }
+        let outcomes = if targets.is_empty() {
+            Vec::new()
+        } else {
+            s.mail.deliver(&targets, raw, now_ms()).await.map_err(to_capnp)?
+        };
+        let by_account: HashMap<AccountId, &Result<_, Error>> =
+            targets.iter().copied().zip(outcomes.iter()).collect();
+
+        let mut list = results.get().init_results(recipients.len() as u32);
+        for (i, (addr, resolved)) in recipients.iter().enumerate() {
+            let mut b = list.reborrow().get(i as u32);
+            b.set_recipient(addr.as_str());
+            let outcome = match resolved {
+                Ok(account) => match by_account.get(account) {
+                    Some(Ok(id)) => Ok(id.0),
+                    Some(Err(e)) => Err((code_of(e), e.to_string())),
+                    None => Err((code_of(&Error::Internal(String::new())), "not delivered".into())),
+                },
+                Err(e) => Err((code_of(e), e.to_string())),
+            };
+            match outcome {
+                Ok(id) => b.set_delivered(id),
+                Err((code, message)) => {
+                    tracing::debug!(recipient = %addr, code = error_code_name(code), %message, "not delivered");
+                    let mut e = b.init_error();
+                    e.set_code(code);
+                    e.set_message(message.as_str());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    not_served! {
+        lease_outbound(gateway::LeaseOutboundParams, gateway::LeaseOutboundResults) => "Gateway.leaseOutbound";
+        complete_outbound(gateway::CompleteOutboundParams, gateway::CompleteOutboundResults) => "Gateway.completeOutbound";
+    }
+}
