@@ -118,6 +118,16 @@ impl Config {
         Config { data_dir: dir.into(), ..Config::default() }
     }
 
+    /// Defaults with another data directory, listening on a free loopback
+    /// port (tests run many servers at once).
+    pub fn ephemeral(dir: impl Into<PathBuf>) -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            workers: 2,
+            ..Config::with_data_dir(dir)
+        }
+    }
+
     /// Reads a TOML file; unknown keys are an error, so typos do not pass silently.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)

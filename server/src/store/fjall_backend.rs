@@ -159,6 +159,7 @@ impl Store for FjallStore {
         StoreMetrics {
             commits: self.commits.load(std::sync::atomic::Ordering::Relaxed),
             fsyncs: self.group.fsyncs(),
+            durable: self.group.durable(),
         }
     }
 }

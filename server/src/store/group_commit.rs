@@ -119,6 +119,11 @@ impl GroupCommit {
         }
     }
 
+    /// The newest durable ticket.
+    pub(crate) fn durable(&self) -> u64 {
+        lock(&self.shared.pending).durable.upto
+    }
+
     /// Fsyncs performed so far.
     pub(crate) fn fsyncs(&self) -> u64 {
         self.shared.fsyncs.load(Ordering::Relaxed)

@@ -247,6 +247,8 @@ pub struct StoreMetrics {
     pub commits: u64,
     /// Journal fsyncs performed by the group committer.
     pub fsyncs: u64,
+    /// Every commit up to this ticket is durable.
+    pub durable: u64,
 }
 
 /// Reads: point lookups and bounded scans.

@@ -1,0 +1,187 @@
+//! [`Admin`] and [`Gateway`]: the capabilities of the server's operator and
+//! of the SMTP gateway.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::types::{AccountInfo, DeliveryResult, EmailId, Envelope};
+use crate::wire;
+
+/// Account administration. Dropping it releases the capability.
+#[derive(Debug)]
+pub struct Admin {
+    client: Client,
+    cap: u64,
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.client.release(self.cap);
+    }
+}
+
+impl Admin {
+    pub(crate) fn new(client: Client, cap: u64) -> Self {
+        Admin { client, cap }
+    }
+
+    /// Creates an account (quotas 0 = unlimited).
+    pub async fn create_account(
+        &self,
+        name: &str,
+        password: &str,
+        quota_bytes: u64,
+        quota_messages: u64,
+    ) -> Result<AccountInfo> {
+        let cap = self.cap;
+        let (name, password) = (name.to_owned(), password.to_owned());
+        self.client
+            .call(move |conn| async move {
+                let admin = conn.admin(cap)?;
+                let mut req = admin.create_account_request();
+                let mut p = req.get();
+                p.set_name(name.as_str());
+                p.set_password(password.as_str());
+                p.set_quota_bytes(quota_bytes);
+                p.set_quota_messages(quota_messages);
+                let resp = req.send().promise.await?;
+                wire::account(resp.get()?.get_account()?)
+            })
+            .await
+    }
+
+    /// Sets an account's password.
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<()> {
+        let cap = self.cap;
+        let (name, password) = (name.to_owned(), password.to_owned());
+        self.client
+            .call(move |conn| async move {
+                let admin = conn.admin(cap)?;
+                let mut req = admin.set_password_request();
+                req.get().set_name(name.as_str());
+                req.get().set_password(password.as_str());
+                req.send().promise.await?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Sets an account's quotas (0 = unlimited).
+    pub async fn set_quota(&self, name: &str, quota_bytes: u64, quota_messages: u64) -> Result<AccountInfo> {
+        let cap = self.cap;
+        let name = name.to_owned();
+        self.client
+            .call(move |conn| async move {
+                let admin = conn.admin(cap)?;
+                let mut req = admin.set_quota_request();
+                req.get().set_name(name.as_str());
+                req.get().set_quota_bytes(quota_bytes);
+                req.get().set_quota_messages(quota_messages);
+                let resp = req.send().promise.await?;
+                wire::account(resp.get()?.get_account()?)
+            })
+            .await
+    }
+
+    /// Accounts in name order after `after` ("" = from the start); and
+    /// whether more follow.
+    pub async fn list_accounts(&self, after: &str, limit: u32) -> Result<(Vec<AccountInfo>, bool)> {
+        let cap = self.cap;
+        let after = after.to_owned();
+        self.client
+            .call(move |conn| async move {
+                let admin = conn.admin(cap)?;
+                let mut req = admin.list_accounts_request();
+                req.get().set_after(after.as_str());
+                req.get().set_limit(limit);
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                let list = r.get_accounts()?.iter().map(wire::account).collect::<Result<_>>()?;
+                Ok((list, r.get_more()))
+            })
+            .await
+    }
+
+    /// One account by name.
+    pub async fn account(&self, name: &str) -> Result<AccountInfo> {
+        let cap = self.cap;
+        let name = name.to_owned();
+        self.client
+            .call(move |conn| async move {
+                let admin = conn.admin(cap)?;
+                let mut req = admin.get_account_request();
+                req.get().set_name(name.as_str());
+                let resp = req.send().promise.await?;
+                wire::account(resp.get()?.get_account()?)
+            })
+            .await
+    }
+}
+
+/// The SMTP gateway's capability. Dropping it releases the capability.
+#[derive(Debug)]
+pub struct Gateway {
+    client: Client,
+    cap: u64,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.client.release(self.cap);
+    }
+}
+
+impl Gateway {
+    pub(crate) fn new(client: Client, cap: u64) -> Self {
+        Gateway { client, cap }
+    }
+
+    /// Delivers one raw message to the envelope's recipients; returns once
+    /// every accepted copy is durable, with one outcome per recipient.
+    pub async fn deliver(&self, envelope: &Envelope, raw: &[u8]) -> Result<Vec<DeliveryResult>> {
+        let limit = self.client.server_info().limits.max_message_bytes;
+        if limit > 0 && raw.len() as u64 > limit {
+            return Err(Error::LimitExceeded(format!(
+                "message of {} bytes; the server accepts at most {limit}",
+                raw.len()
+            )));
+        }
+        let cap = self.cap;
+        let envelope = envelope.clone();
+        let raw = raw.to_vec();
+        self.client
+            .call(move |conn| async move {
+                let gateway = conn.gateway(cap)?;
+                let mut req = gateway.deliver_request();
+                {
+                    let mut e = req.get().init_envelope();
+                    e.set_mail_from(envelope.mail_from.as_str());
+                    e.set_remote_ip(envelope.remote_ip.as_str());
+                    e.set_helo(envelope.helo.as_str());
+                    e.set_tls(envelope.tls);
+                    let mut l = e.init_rcpt_to(envelope.rcpt_to.len() as u32);
+                    for (i, r) in envelope.rcpt_to.iter().enumerate() {
+                        l.set(i as u32, r.as_str());
+                    }
+                }
+                req.get().set_raw(&raw[..]);
+                let resp = req.send().promise.await?;
+                use quail_protocol::quail_capnp::delivery_result::Which;
+                resp.get()?
+                    .get_results()?
+                    .iter()
+                    .map(|r| {
+                        let recipient = r.get_recipient()?.to_str()?.to_owned();
+                        let outcome = match r.which()? {
+                            Which::Delivered(id) => Ok(EmailId(id)),
+                            Which::Error(e) => {
+                                let e = e?;
+                                Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()))
+                            }
+                        };
+                        Ok(DeliveryResult { recipient, outcome })
+                    })
+                    .collect()
+            })
+            .await
+    }
+}

@@ -1,0 +1,245 @@
+//! [`Session`]: one account's mail.
+
+use quail_protocol::quail_capnp::{Property as WireProperty, Sort, Tristate};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::types::{AccountInfo, AppToken, Email, EmailId, Mailbox, Property, Query, QueryPage, State};
+use crate::wire;
+
+/// A logged-in account. Dropping it releases the server-side session.
+#[derive(Debug)]
+pub struct Session {
+    client: Client,
+    cap: u64,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.client.release(self.cap);
+    }
+}
+
+/// A run of an email's raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByteRun {
+    /// Size of the whole message.
+    pub total_size: u64,
+    /// Where `data` starts.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+impl Session {
+    pub(crate) fn new(client: Client, cap: u64) -> Self {
+        Session { client, cap }
+    }
+
+    /// The connection this session runs on.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The account's facts and current state.
+    pub async fn account(&self) -> Result<(AccountInfo, State)> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let resp = conn.session(cap)?.account_request().send().promise.await?;
+                let r = resp.get()?;
+                Ok((wire::account(r.get_account()?)?, State(r.get_state())))
+            })
+            .await
+    }
+
+    /// The account's mailboxes with their counts.
+    pub async fn mailboxes(&self) -> Result<(Vec<Mailbox>, State)> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let resp = conn.session(cap)?.mailboxes_request().send().promise.await?;
+                let r = resp.get()?;
+                let boxes = r.get_mailboxes()?.iter().map(wire::mailbox).collect::<Result<_>>()?;
+                Ok((boxes, State(r.get_state())))
+            })
+            .await
+    }
+
+    /// One page of the emails a query selects.
+    pub async fn query(&self, q: &Query) -> Result<QueryPage> {
+        let cap = self.cap;
+        let q = q.clone();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.query_request();
+                {
+                    let mut b = req.get().init_query();
+                    {
+                        let mut f = b.reborrow().init_filter();
+                        f.set_in_mailbox(q.mailbox.map_or(0, |m| m.0));
+                        f.set_unread(if q.unread_only { Tristate::Yes } else { Tristate::Any });
+                    }
+                    b.set_sort(if q.newest_first { Sort::ReceivedDesc } else { Sort::ReceivedAsc });
+                    b.set_position(q.position);
+                    if let Some((anchor, offset)) = q.anchor {
+                        b.set_anchor(anchor.0);
+                        b.set_anchor_offset(offset);
+                    }
+                    b.set_limit(q.limit);
+                }
+                let resp = req.send().promise.await?;
+                let r = resp.get()?.get_result()?;
+                Ok(QueryPage {
+                    ids: r.get_ids()?.iter().map(EmailId).collect(),
+                    position: r.get_position(),
+                    total: r.get_total(),
+                    state: State(r.get_query_state()),
+                })
+            })
+            .await
+    }
+
+    /// Emails by id. Ids this account does not have come back in the
+    /// second list (another account's ids included: they are simply not found).
+    pub async fn get(&self, ids: &[EmailId], properties: &[Property]) -> Result<(Vec<Email>, Vec<EmailId>)> {
+        let cap = self.cap;
+        let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
+        let props: Vec<WireProperty> = properties
+            .iter()
+            .map(|p| match p {
+                Property::Envelope => WireProperty::Envelope,
+                Property::Keywords => WireProperty::Keywords,
+                Property::Mailboxes => WireProperty::Mailboxes,
+                Property::Preview => WireProperty::Preview,
+            })
+            .collect();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.get_request();
+                req.get().set_ids(&ids[..])?;
+                {
+                    let mut l = req.get().init_properties(props.len() as u32);
+                    for (i, p) in props.iter().enumerate() {
+                        l.set(i as u32, *p);
+                    }
+                }
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                let emails = r.get_emails()?.iter().map(wire::email).collect::<Result<_>>()?;
+                let missing = r.get_not_found()?.iter().map(EmailId).collect();
+                Ok((emails, missing))
+            })
+            .await
+    }
+
+    /// One email by id; `NotFound` if this account does not have it.
+    pub async fn email(&self, id: EmailId) -> Result<Email> {
+        let (mut emails, _) = self.get(&[id], &[]).await?;
+        emails.pop().ok_or_else(|| Error::NotFound(format!("no email {}", id.0)))
+    }
+
+    /// A byte range of an email's raw message (`length` 0: to the end). The
+    /// server may return fewer bytes than asked (its inline limit).
+    pub async fn raw_range(&self, id: EmailId, offset: u64, length: u64) -> Result<ByteRun> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.raw_request();
+                req.get().set_id(id.0);
+                {
+                    let mut r = req.get().init_range();
+                    r.set_offset(offset);
+                    r.set_length(length);
+                }
+                let resp = req.send().promise.await?;
+                let b = resp.get()?.get_bytes()?;
+                use quail_protocol::quail_capnp::byte_run::Which;
+                let data = match b.which()? {
+                    Which::Inline(d) => d?.to_vec(),
+                    Which::BulkToken(_) => {
+                        return Err(Error::Unimplemented("bulk transfer in this SDK version".into()));
+                    }
+                };
+                Ok(ByteRun { total_size: b.get_total_size(), offset: b.get_offset(), data })
+            })
+            .await
+    }
+
+    /// An email's whole raw message, byte for byte as it was received.
+    pub async fn raw(&self, id: EmailId) -> Result<Vec<u8>> {
+        let first = self.raw_range(id, 0, 0).await?;
+        let mut out = first.data;
+        while (out.len() as u64) < first.total_size {
+            let next = self.raw_range(id, out.len() as u64, 0).await?;
+            if next.data.is_empty() {
+                return Err(Error::Protocol("server returned an empty byte run".into()));
+            }
+            out.extend_from_slice(&next.data);
+        }
+        Ok(out)
+    }
+
+    /// Creates a long-lived app token for [`Client::login_token`]; the secret
+    /// is returned once.
+    pub async fn create_app_token(&self, label: &str) -> Result<(String, AppToken)> {
+        let cap = self.cap;
+        let label = label.to_owned();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.create_app_token_request();
+                req.get().set_label(label.as_str());
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                let info = r.get_info()?;
+                Ok((
+                    r.get_token()?.to_str()?.to_owned(),
+                    AppToken {
+                        id: info.get_id(),
+                        label: info.get_label()?.to_str()?.to_owned(),
+                        created_at: info.get_created_at(),
+                    },
+                ))
+            })
+            .await
+    }
+
+    /// The account's app tokens.
+    pub async fn app_tokens(&self) -> Result<Vec<AppToken>> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let resp = conn.session(cap)?.list_app_tokens_request().send().promise.await?;
+                resp.get()?
+                    .get_tokens()?
+                    .iter()
+                    .map(|t| {
+                        Ok(AppToken {
+                            id: t.get_id(),
+                            label: t.get_label()?.to_str()?.to_owned(),
+                            created_at: t.get_created_at(),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Revokes one app token.
+    pub async fn revoke_app_token(&self, id: u64) -> Result<()> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.revoke_app_token_request();
+                req.get().set_id(id);
+                req.send().promise.await?;
+                Ok(())
+            })
+            .await
+    }
+}

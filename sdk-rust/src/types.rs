@@ -1,0 +1,303 @@
+//! The SDK's data types: plain Rust, no capnp.
+
+use serde::Serialize;
+
+/// An email's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EmailId(pub u64);
+
+/// A mailbox's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct MailboxId(pub u64);
+
+/// An account's state (modification sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct State(pub u64);
+
+/// Limits the server announced in `hello`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Largest RPC message the server reads.
+    pub max_rpc_message_bytes: u64,
+    /// Largest raw email accepted.
+    pub max_message_bytes: u64,
+    /// Largest byte run returned inline.
+    pub max_inline_bytes: u64,
+    /// Ids per batch call.
+    pub max_ids_per_call: u32,
+    /// Page size of query and search.
+    pub max_query_limit: u32,
+    /// maxChanges of changes.
+    pub max_changes: u32,
+    /// Recipients per deliver or submit.
+    pub max_recipients: u32,
+    /// Names and keywords, in bytes.
+    pub max_name_bytes: u32,
+    /// Search query text, in bytes.
+    pub max_search_query_bytes: u32,
+}
+
+/// What the server said in `hello`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServerInfo {
+    /// Protocol versions it speaks.
+    pub versions: Vec<u32>,
+    /// Software name and version.
+    pub software: String,
+    /// Its limits.
+    pub limits: Limits,
+    /// Methods it serves, as `Interface.method`.
+    pub features: Vec<String>,
+}
+
+impl ServerInfo {
+    /// Whether the server serves `Interface.method`.
+    pub fn serves(&self, method: &str) -> bool {
+        self.features.iter().any(|f| f == method)
+    }
+}
+
+/// An account's facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AccountInfo {
+    /// Id.
+    pub id: u64,
+    /// Login name.
+    pub name: String,
+    /// Created, ms since the epoch.
+    pub created_at: i64,
+    /// Byte quota (0 = unlimited).
+    pub quota_bytes: u64,
+    /// Message quota (0 = unlimited).
+    pub quota_messages: u64,
+    /// Bytes used.
+    pub used_bytes: u64,
+    /// Messages stored.
+    pub used_messages: u64,
+}
+
+/// A mailbox's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// None.
+    None,
+    /// Inbox.
+    Inbox,
+    /// Sent.
+    Sent,
+    /// Drafts.
+    Drafts,
+    /// Junk.
+    Junk,
+    /// Trash.
+    Trash,
+    /// Archive.
+    Archive,
+}
+
+/// A mailbox with its counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mailbox {
+    /// Id.
+    pub id: MailboxId,
+    /// Name.
+    pub name: String,
+    /// Parent (None at top level).
+    pub parent: Option<MailboxId>,
+    /// Role.
+    pub role: Role,
+    /// Emails in it.
+    pub total: u32,
+    /// Unread emails in it.
+    pub unread: u32,
+}
+
+/// One address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Address {
+    /// Display name ("" when absent).
+    pub name: String,
+    /// The address itself.
+    pub email: String,
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.name.is_empty(), self.email.is_empty()) {
+            (true, _) => f.write_str(&self.email),
+            (false, true) => f.write_str(&self.name),
+            (false, false) => write!(f, "{} <{}>", self.name, self.email),
+        }
+    }
+}
+
+/// An email's metadata (never its body; see `Session::raw`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Email {
+    /// Id.
+    pub id: u64,
+    /// Thread id.
+    pub thread_id: u64,
+    /// Mailboxes it is in.
+    pub mailbox_ids: Vec<u64>,
+    /// Keywords (`$seen`, `$flagged`, ...).
+    pub keywords: Vec<String>,
+    /// Arrival time, ms since the epoch.
+    pub received_at: i64,
+    /// Raw size in bytes.
+    pub size: u64,
+    /// Subject.
+    pub subject: String,
+    /// From.
+    pub from: Vec<Address>,
+    /// To.
+    pub to: Vec<Address>,
+    /// Cc.
+    pub cc: Vec<Address>,
+    /// Bcc.
+    pub bcc: Vec<Address>,
+    /// Reply-To.
+    pub reply_to: Vec<Address>,
+    /// Sender.
+    pub sender: Vec<Address>,
+    /// Date header, ms since the epoch (0 when absent).
+    pub sent_at: i64,
+    /// Message-ID.
+    pub message_id: String,
+    /// In-Reply-To.
+    pub in_reply_to: Vec<String>,
+    /// References.
+    pub references: Vec<String>,
+    /// Text preview.
+    pub preview: String,
+    /// Whether it has attachments.
+    pub has_attachment: bool,
+}
+
+impl Email {
+    /// Whether it lacks `$seen`.
+    pub fn is_unread(&self) -> bool {
+        !self.keywords.iter().any(|k| k == "$seen")
+    }
+}
+
+/// Property groups of `Session::get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Property {
+    /// Subject, addresses, dates, message ids.
+    Envelope,
+    /// Keywords.
+    Keywords,
+    /// Mailbox ids.
+    Mailboxes,
+    /// Preview and has-attachment.
+    Preview,
+}
+
+/// A query over one account's mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Only this mailbox (None: all mail).
+    pub mailbox: Option<MailboxId>,
+    /// Only unread emails.
+    pub unread_only: bool,
+    /// Newest first (the default) or oldest first.
+    pub newest_first: bool,
+    /// Index of the first result.
+    pub position: u32,
+    /// Start at this email instead, shifted by the offset.
+    pub anchor: Option<(EmailId, i32)>,
+    /// Page size (0 = the server's maximum).
+    pub limit: u32,
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Query { mailbox: None, unread_only: false, newest_first: true, position: 0, anchor: None, limit: 50 }
+    }
+}
+
+impl Query {
+    /// All mail, newest first, first 50.
+    pub fn all() -> Self {
+        Query::default()
+    }
+
+    /// One mailbox, newest first, first 50.
+    pub fn mailbox(id: MailboxId) -> Self {
+        Query { mailbox: Some(id), ..Query::default() }
+    }
+
+    /// Only unread emails.
+    pub fn unread(mut self) -> Self {
+        self.unread_only = true;
+        self
+    }
+
+    /// Page size.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = n;
+        self
+    }
+
+    /// Start at this index.
+    pub fn position(mut self, p: u32) -> Self {
+        self.position = p;
+        self
+    }
+
+    /// Oldest first.
+    pub fn oldest_first(mut self) -> Self {
+        self.newest_first = false;
+        self
+    }
+}
+
+/// One page of a query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueryPage {
+    /// Email ids in order.
+    pub ids: Vec<EmailId>,
+    /// Index of the first.
+    pub position: u32,
+    /// Size of the whole result.
+    pub total: u64,
+    /// The state the page reflects.
+    pub state: State,
+}
+
+/// An SMTP envelope for `Gateway::deliver`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// Reverse path ("" for the null sender).
+    pub mail_from: String,
+    /// Recipients.
+    pub rcpt_to: Vec<String>,
+    /// The SMTP client's IP ("" when local).
+    pub remote_ip: String,
+    /// HELO/EHLO name.
+    pub helo: String,
+    /// Whether the SMTP session used TLS.
+    pub tls: bool,
+}
+
+/// Outcome of delivering to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryResult {
+    /// The recipient as given.
+    pub recipient: String,
+    /// The new email's id, or why it was not delivered.
+    pub outcome: Result<EmailId, crate::Error>,
+}
+
+/// An app token's public facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppToken {
+    /// Id.
+    pub id: u64,
+    /// Label.
+    pub label: String,
+    /// Created, ms since the epoch.
+    pub created_at: i64,
+}

@@ -1,0 +1,98 @@
+//! Schema readers → SDK types.
+
+use quail_protocol::quail_capnp::{account_info, address, email, mailbox, server_info, Role as WireRole};
+
+use crate::error::Result;
+use crate::types::{AccountInfo, Address, Email, Limits, Mailbox, MailboxId, Role, ServerInfo};
+
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String> {
+    Ok(t?.to_str()?.to_owned())
+}
+
+fn texts(l: capnp::Result<capnp::text_list::Reader<'_>>) -> Result<Vec<String>> {
+    l?.iter().map(|t| text(t)).collect()
+}
+
+pub(crate) fn server_info(r: server_info::Reader<'_>) -> Result<ServerInfo> {
+    let l = r.get_limits()?;
+    Ok(ServerInfo {
+        versions: r.get_versions()?.iter().collect(),
+        software: text(r.get_software())?,
+        limits: Limits {
+            max_rpc_message_bytes: l.get_max_rpc_message_bytes(),
+            max_message_bytes: l.get_max_message_bytes(),
+            max_inline_bytes: l.get_max_inline_bytes(),
+            max_ids_per_call: l.get_max_ids_per_call(),
+            max_query_limit: l.get_max_query_limit(),
+            max_changes: l.get_max_changes(),
+            max_recipients: l.get_max_recipients(),
+            max_name_bytes: l.get_max_name_bytes(),
+            max_search_query_bytes: l.get_max_search_query_bytes(),
+        },
+        features: texts(r.get_features())?,
+    })
+}
+
+pub(crate) fn account(r: account_info::Reader<'_>) -> Result<AccountInfo> {
+    Ok(AccountInfo {
+        id: r.get_id(),
+        name: text(r.get_name())?,
+        created_at: r.get_created_at(),
+        quota_bytes: r.get_quota_bytes(),
+        quota_messages: r.get_quota_messages(),
+        used_bytes: r.get_used_bytes(),
+        used_messages: r.get_used_messages(),
+    })
+}
+
+pub(crate) fn mailbox(r: mailbox::Reader<'_>) -> Result<Mailbox> {
+    Ok(Mailbox {
+        id: MailboxId(r.get_id()),
+        name: text(r.get_name())?,
+        parent: match r.get_parent_id() {
+            0 => None,
+            p => Some(MailboxId(p)),
+        },
+        role: match r.get_role()? {
+            WireRole::None => Role::None,
+            WireRole::Inbox => Role::Inbox,
+            WireRole::Sent => Role::Sent,
+            WireRole::Drafts => Role::Drafts,
+            WireRole::Junk => Role::Junk,
+            WireRole::Trash => Role::Trash,
+            WireRole::Archive => Role::Archive,
+        },
+        total: r.get_total(),
+        unread: r.get_unread(),
+    })
+}
+
+fn addresses(l: capnp::Result<capnp::struct_list::Reader<'_, address::Owned>>) -> Result<Vec<Address>> {
+    l?.iter()
+        .map(|a| Ok(Address { name: text(a.get_name())?, email: text(a.get_email())? }))
+        .collect()
+}
+
+pub(crate) fn email(r: email::Reader<'_>) -> Result<Email> {
+    Ok(Email {
+        id: r.get_id(),
+        thread_id: r.get_thread_id(),
+        mailbox_ids: r.get_mailbox_ids()?.iter().collect(),
+        keywords: texts(r.get_keywords())?,
+        received_at: r.get_received_at(),
+        size: r.get_size(),
+        subject: text(r.get_subject())?,
+        from: addresses(r.get_from())?,
+        to: addresses(r.get_to())?,
+        cc: addresses(r.get_cc())?,
+        bcc: addresses(r.get_bcc())?,
+        reply_to: addresses(r.get_reply_to())?,
+        sender: addresses(r.get_sender())?,
+        sent_at: r.get_sent_at(),
+        message_id: text(r.get_message_id())?,
+        in_reply_to: texts(r.get_in_reply_to())?,
+        references: texts(r.get_references())?,
+        preview: text(r.get_preview())?,
+        has_attachment: r.get_has_attachment(),
+    })
+}
