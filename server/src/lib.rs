@@ -13,12 +13,14 @@
 //! - [`store`] — the ordered key-value store and its group-commit durability.
 //!
 //! Beside them: [`config`] (TOML + flags), [`error`] (the domain error every
-//! layer returns), [`server`] (wiring: open the store, bind, serve, shut down).
+//! layer returns), [`fuzzing`] (bodies of the fuzz targets), [`server`]
+//! (wiring: open the store, bind, serve, shut down).
 
 pub mod account;
 pub mod blob;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod mail;
 pub mod net;
 pub mod rpc;

@@ -1,1 +1,565 @@
-fn main() {}
+//! `quail`: the command-line client.
+//!
+//! ```text
+//! quail admin user add alice          # operator: create an account
+//! quail login alice                   # save a token for later commands
+//! quail deliver --to alice mail.eml   # gateway helper: deliver files
+//! quail ls --unread                   # list mail, newest first
+//! quail show 42                       # one email (--raw for the bytes)
+//! ```
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use quail::{Client, EmailId, Envelope, Query, Role, Session, Trust};
+use serde::{Deserialize, Serialize};
+
+/// Quail command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "quail", version)]
+struct Cli {
+    /// Server address (host:port). Default: the saved login, else 127.0.0.1:4433.
+    #[arg(long, global = true, env = "QUAIL_SERVER")]
+    server: Option<String>,
+    /// Pin the server certificate's SHA-256 fingerprint (quaild prints it).
+    #[arg(long, global = true, env = "QUAIL_PIN")]
+    pin: Option<String>,
+    /// Trust the system's root certificates instead of a pin.
+    #[arg(long, global = true)]
+    system_roots: bool,
+    /// The server's data dir, when it runs on this machine: the development
+    /// certificate's fingerprint and the admin and gateway credentials are read from it.
+    #[arg(long, global = true, env = "QUAIL_DATA_DIR", default_value = "./quail-data")]
+    data_dir: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Operator commands (need the admin credential).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Log in and save an app token for later commands.
+    Login {
+        /// Account name.
+        name: String,
+        /// Password (default: $QUAIL_PASSWORD, else prompt or one line of stdin).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Forget the saved login.
+    Logout,
+    /// List mail, newest first.
+    Ls {
+        /// Only unread mail.
+        #[arg(long)]
+        unread: bool,
+        /// Only this mailbox (name or role, e.g. inbox). Default: all mail.
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// How many.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: u32,
+        /// Skip this many.
+        #[arg(long, default_value_t = 0)]
+        position: u32,
+    },
+    /// Show one email.
+    Show {
+        /// Email id (from `quail ls`).
+        id: u64,
+        /// Write the raw message, byte for byte, to stdout.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// List mailboxes with their counts.
+    Mailboxes,
+    /// Deliver message files through the gateway credential (a local MTA stand-in).
+    Deliver {
+        /// Recipient (account name or address); repeatable.
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// Envelope sender.
+        #[arg(long, default_value = "")]
+        from: String,
+        /// Message files (RFC 5322), `-` for stdin.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account.
+    Add {
+        /// Login name.
+        name: String,
+        /// Password (default: $QUAIL_PASSWORD, else prompt or one line of stdin).
+        #[arg(long)]
+        password: Option<String>,
+        /// Byte quota (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        quota_bytes: u64,
+        /// Message quota (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        quota_messages: u64,
+    },
+    /// List accounts.
+    List,
+    /// Set an account's password.
+    Passwd {
+        /// Login name.
+        name: String,
+        /// New password (default: $QUAIL_PASSWORD, else prompt or stdin).
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+/// What `quail login` saves.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Profile {
+    server: String,
+    pin: Option<String>,
+    name: String,
+    token: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quail: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("quail: {e:#}");
+        let code = match e.downcast_ref::<quail::Error>() {
+            Some(quail::Error::BadCredentials) => 3,
+            Some(quail::Error::NotFound(_)) => 4,
+            Some(quail::Error::Disconnected(_) | quail::Error::Tls(_)) => 5,
+            _ => 1,
+        };
+        std::process::exit(code);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let profile = load_profile()?;
+    match &cli.command {
+        Command::Admin { command: AdminCommand::User { command } } => admin(&cli, profile.as_ref(), command).await,
+        Command::Login { name, password } => login(&cli, name, password.as_deref()).await,
+        Command::Logout => {
+            let path = profile_path()?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => println!("logged out"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("not logged in"),
+                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+            }
+            Ok(())
+        }
+        Command::Ls { unread, mailbox, limit, position } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            ls(&cli, &session, *unread, mailbox.as_deref(), *limit, *position).await
+        }
+        Command::Show { id, raw } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            show(&cli, &session, EmailId(*id), *raw).await
+        }
+        Command::Mailboxes => {
+            let session = session(&cli, profile.as_ref()).await?;
+            mailboxes(&cli, &session).await
+        }
+        Command::Deliver { to, from, files } => deliver(&cli, profile.as_ref(), to, from, files).await,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connection
+
+fn server_addr(cli: &Cli, profile: Option<&Profile>) -> String {
+    cli.server
+        .clone()
+        .or_else(|| profile.map(|p| p.server.clone()))
+        .unwrap_or_else(|| "127.0.0.1:4433".to_owned())
+}
+
+fn trust(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<(Trust, Option<String>)> {
+    if cli.system_roots {
+        return Ok((Trust::SystemRoots, None));
+    }
+    let pin = match (&cli.pin, profile.and_then(|p| p.pin.clone())) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) if cli.server.is_none() => p,
+        _ => {
+            let file = cli.data_dir.join("tls/dev-cert.sha256");
+            std::fs::read_to_string(&file).map(|s| s.trim().to_owned()).map_err(|_| {
+                anyhow!(
+                    "no way to trust the server: pass --pin FINGERPRINT (quaild prints it at start), \
+                     --system-roots, or --data-dir of a local server ({} not found)",
+                    file.display()
+                )
+            })?
+        }
+    };
+    Ok((Trust::Pinned(pin.parse()?), Some(pin)))
+}
+
+async fn connect(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<Client> {
+    let addr = server_addr(cli, profile);
+    let (trust, _) = trust(cli, profile)?;
+    Client::connect(&addr, trust).await.with_context(|| format!("connecting to {addr}"))
+}
+
+async fn session(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<Session> {
+    let Some(p) = profile else {
+        bail!("not logged in: run `quail login NAME` first");
+    };
+    let client = connect(cli, Some(p)).await?;
+    client.login_token(&p.token).await.map_err(|e| match e {
+        quail::Error::BadCredentials => anyhow!(e).context("the saved login was revoked; run `quail login` again"),
+        other => anyhow!(other),
+    })
+}
+
+fn secret(dir: &Path, file: &str, env: &str) -> anyhow::Result<String> {
+    if let Ok(s) = std::env::var(env) {
+        return Ok(s);
+    }
+    let path = dir.join(file);
+    std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| {
+        anyhow!("reading {} ({e}); set {env} or --data-dir to the server's data dir", path.display())
+    })
+}
+
+fn password(given: Option<&str>, prompt: &str) -> anyhow::Result<String> {
+    if let Some(p) = given {
+        return Ok(p.to_owned());
+    }
+    if let Ok(p) = std::env::var("QUAIL_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(prompt).context("reading the password");
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Profile
+
+fn profile_path() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("QUAIL_CLI_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    let base = match std::env::var("XDG_CONFIG_HOME") {
+        Ok(x) if !x.is_empty() => PathBuf::from(x),
+        _ => PathBuf::from(std::env::var("HOME").context("HOME is not set; set QUAIL_CLI_CONFIG")?).join(".config"),
+    };
+    Ok(base.join("quail/cli.toml"))
+}
+
+fn load_profile() -> anyhow::Result<Option<Profile>> {
+    let path = profile_path()?;
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(Some(toml::from_str(&s).with_context(|| format!("{} is damaged; run `quail login`", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn save_profile(p: &Profile) -> anyhow::Result<PathBuf> {
+    let path = profile_path()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(toml::to_string(p)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+
+async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> anyhow::Result<()> {
+    let client = connect(cli, profile).await?;
+    let admin = client.admin(&secret(&cli.data_dir, "admin.secret", "QUAIL_ADMIN_SECRET")?).await?;
+    match command {
+        UserCommand::Add { name, password: pw, quota_bytes, quota_messages } => {
+            let pw = password(pw.as_deref(), &format!("password for {name}: "))?;
+            let a = admin.create_account(name, &pw, *quota_bytes, *quota_messages).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&a)?);
+            } else {
+                println!("created account {} (id {})", a.name, a.id);
+            }
+        }
+        UserCommand::List => {
+            let mut after = String::new();
+            let mut all = Vec::new();
+            loop {
+                let (page, more) = admin.list_accounts(&after, 500).await?;
+                if let Some(last) = page.last() {
+                    after = last.name.clone();
+                }
+                all.extend(page);
+                if !more {
+                    break;
+                }
+            }
+            if cli.json {
+                println!("{}", serde_json::to_string(&all)?);
+            } else {
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.name.clone(),
+                            a.used_messages.to_string(),
+                            human_bytes(a.used_bytes),
+                            if a.quota_bytes == 0 { "-".into() } else { human_bytes(a.quota_bytes) },
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "MESSAGES", "SIZE", "QUOTA"], &rows);
+            }
+        }
+        UserCommand::Passwd { name, password: pw } => {
+            let pw = password(pw.as_deref(), &format!("new password for {name}: "))?;
+            admin.set_password(name, &pw).await?;
+            println!("password of {name} changed");
+        }
+    }
+    Ok(())
+}
+
+async fn login(cli: &Cli, name: &str, pw: Option<&str>) -> anyhow::Result<()> {
+    let addr = server_addr(cli, None);
+    let (trust, pin) = trust(cli, None)?;
+    let client = Client::connect(&addr, trust).await.with_context(|| format!("connecting to {addr}"))?;
+    let pw = password(pw, &format!("password for {name}: "))?;
+    let session = client.login(name, &pw).await?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into());
+    let (token, _) = session.create_app_token(&format!("quail CLI on {host}")).await?;
+    let (account, _) = session.account().await?;
+    let path = save_profile(&Profile { server: addr.clone(), pin, name: account.name.clone(), token })?;
+    println!("logged in to {addr} as {} (token saved in {})", account.name, path.display());
+    Ok(())
+}
+
+async fn find_mailbox(session: &Session, wanted: &str) -> anyhow::Result<quail::MailboxId> {
+    let (boxes, _) = session.mailboxes().await?;
+    let w = wanted.to_lowercase();
+    boxes
+        .iter()
+        .find(|m| m.name.to_lowercase() == w)
+        .or_else(|| boxes.iter().find(|m| format!("{:?}", m.role).to_lowercase() == w && m.role != Role::None))
+        .map(|m| m.id)
+        .ok_or_else(|| anyhow!("no mailbox named {wanted:?}; see `quail mailboxes`"))
+}
+
+async fn ls(cli: &Cli, session: &Session, unread: bool, mailbox: Option<&str>, limit: u32, position: u32) -> anyhow::Result<()> {
+    let mut q = Query::all().limit(limit).position(position);
+    if let Some(m) = mailbox {
+        q.mailbox = Some(find_mailbox(session, m).await?);
+    }
+    if unread {
+        q = q.unread();
+    }
+    let page = session.query(&q).await?;
+    let (emails, _) = session.get(&page.ids, &[]).await?;
+    if cli.json {
+        println!("{}", serde_json::json!({ "total": page.total, "position": page.position, "emails": emails }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = emails
+        .iter()
+        .map(|e| {
+            vec![
+                format!("{}{}", if e.is_unread() { "*" } else { " " }, e.id),
+                date(e.received_at),
+                clip(&e.from.first().map(|a| if a.name.is_empty() { a.email.clone() } else { a.name.clone() }).unwrap_or_default(), 24),
+                clip(&e.subject, 60),
+            ]
+        })
+        .collect();
+    table(&[" ID", "RECEIVED", "FROM", "SUBJECT"], &rows);
+    let end = page.position as usize + emails.len();
+    println!("{}-{} of {}{}", if emails.is_empty() { 0 } else { page.position + 1 }, end, page.total, if unread { " unread" } else { "" });
+    Ok(())
+}
+
+async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::Result<()> {
+    if raw {
+        let bytes = session.raw(id).await?;
+        std::io::stdout().write_all(&bytes)?;
+        return Ok(());
+    }
+    let e = session.email(id).await?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&e)?);
+        return Ok(());
+    }
+    let list = |a: &[quail::Address]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    println!("From:     {}", list(&e.from));
+    println!("To:       {}", list(&e.to));
+    if !e.cc.is_empty() {
+        println!("Cc:       {}", list(&e.cc));
+    }
+    println!("Subject:  {}", e.subject);
+    if e.sent_at != 0 {
+        println!("Date:     {}", date(e.sent_at));
+    }
+    println!("Received: {}", date(e.received_at));
+    println!("Size:     {}{}", human_bytes(e.size), if e.has_attachment { ", with attachments" } else { "" });
+    println!();
+    println!("{}", e.preview);
+    println!();
+    println!("(preview; `quail show {} --raw` prints the whole message)", e.id);
+    Ok(())
+}
+
+async fn mailboxes(cli: &Cli, session: &Session) -> anyhow::Result<()> {
+    let (boxes, _) = session.mailboxes().await?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&boxes)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = boxes
+        .iter()
+        .map(|m| vec![m.name.clone(), format!("{:?}", m.role).to_lowercase(), m.total.to_string(), m.unread.to_string()])
+        .collect();
+    table(&["MAILBOX", "ROLE", "TOTAL", "UNREAD"], &rows);
+    Ok(())
+}
+
+async fn deliver(cli: &Cli, profile: Option<&Profile>, to: &[String], from: &str, files: &[PathBuf]) -> anyhow::Result<()> {
+    let client = connect(cli, profile).await?;
+    let gateway = client.gateway(&secret(&cli.data_dir, "gateway.secret", "QUAIL_GATEWAY_SECRET")?).await?;
+    let envelope = Envelope { mail_from: from.to_owned(), rcpt_to: to.to_vec(), ..Envelope::default() };
+    let mut failures = 0;
+    let mut report = Vec::new();
+    for file in files {
+        let bytes = if file.as_os_str() == "-" {
+            let mut b = Vec::new();
+            std::io::stdin().read_to_end(&mut b).context("reading stdin")?;
+            b
+        } else {
+            std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+        };
+        let results = match gateway.deliver(&envelope, &bytes).await {
+            Ok(r) => r,
+            Err(e) => {
+                failures += 1;
+                eprintln!("{}: {e}", file.display());
+                continue;
+            }
+        };
+        for r in results {
+            match &r.outcome {
+                Ok(id) => {
+                    if !cli.json {
+                        println!("{} -> {}: delivered as {}", file.display(), r.recipient, id.0);
+                    }
+                    report.push(serde_json::json!({"file": file, "recipient": r.recipient, "id": id.0}));
+                }
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("{} -> {}: {e}", file.display(), r.recipient);
+                    report.push(serde_json::json!({"file": file, "recipient": r.recipient, "error": e.to_string()}));
+                }
+            }
+        }
+    }
+    if cli.json {
+        println!("{}", serde_json::Value::Array(report));
+    }
+    if failures > 0 {
+        bail!("{failures} deliveries failed");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Formatting
+
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() <= max {
+        s
+    } else {
+        format!("{}…", s.chars().take(max - 1).collect::<String>())
+    }
+}
+
+fn date(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    s.replacen('T', " ", 1).trim_end_matches('Z').to_owned()
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

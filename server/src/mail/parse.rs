@@ -55,13 +55,40 @@ pub struct Parsed {
     pub has_attachment: bool,
 }
 
-/// Parses `raw`. Never fails: input mail-parser cannot make sense of yields an
-/// empty envelope.
+/// Parses `raw`. Never fails and never panics: input mail-parser cannot
+/// make sense of yields what its header block gives, or an empty envelope.
 pub fn parse(raw: &[u8]) -> Parsed {
-    match MessageParser::default().parse(raw) {
+    match guarded(raw) {
+        Some(parsed) => parsed,
+        None => {
+            // mail-parser 0.11 panics on some malformed nestings of
+            // multipart and message/rfc822 (found by our fuzz seeds). Keep
+            // what the header block alone gives; the raw bytes are stored
+            // regardless.
+            tracing::warn!(bytes = raw.len(), "MIME parser failed; keeping headers only");
+            guarded(header_block(raw)).unwrap_or_default()
+        }
+    }
+}
+
+/// Runs the parser, turning a panic inside it into `None`.
+fn guarded(raw: &[u8]) -> Option<Parsed> {
+    std::panic::catch_unwind(|| match MessageParser::default().parse(raw) {
         Some(message) => from_message(&message),
         None => Parsed::default(),
-    }
+    })
+    .ok()
+}
+
+/// The header block of a message (up to the first empty line).
+fn header_block(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| i + 1)
+        .or_else(|| raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2))
+        .unwrap_or(raw.len());
+    &raw[..end]
 }
 
 fn from_message(m: &Message<'_>) -> Parsed {
@@ -147,6 +174,16 @@ mod tests {
         assert_eq!(p.envelope.references, vec!["a@x", "m0@example.org"]);
         assert_eq!(p.preview, "Hello Bob, see you there.");
         assert!(!p.has_attachment);
+    }
+
+    #[test]
+    fn a_parser_panic_still_yields_the_headers() {
+        // This nesting makes mail-parser 0.11.9 panic ("Invalid part ID").
+        let raw = b"Subject: kept\nContent-Type:multipart;boundary=q\n\n--qContent-Type:message/rfc822\n\n7\nContent-Type:message/rfc822\n\n\n--q--";
+        assert!(std::panic::catch_unwind(|| MessageParser::default().parse(&raw[..]).map(|_| ())).is_err(),
+            "mail-parser no longer panics here: the fallback can be revisited");
+        let p = parse(raw);
+        assert_eq!(p.envelope.subject, "kept");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub mod gateway;
 pub mod quail;
 pub mod session;
 
+pub use session::decode_query;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use quail_protocol::quail_capnp::{session, Sort, Tristate};
+use quail_protocol::quail_capnp::{query, session, Sort, Tristate};
 
 use super::convert::{self, Props};
 use super::{not_served, now_ms, text, to_capnp, Services};
@@ -35,6 +35,52 @@ impl SessionImpl {
 
 fn unsupported(what: &'static str) -> capnp::Error {
     to_capnp(Error::Unimplemented(what))
+}
+
+/// Reads a wire `Query` into the domain's, refusing options this server
+/// does not serve yet. Peer input: never panics (a fuzz target drives it).
+pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp::Error> {
+    let f = q.get_filter()?;
+    if f.get_flagged()? != Tristate::Any {
+        return Err(unsupported("query filter flagged"));
+    }
+    if f.get_has_attachment()? != Tristate::Any {
+        return Err(unsupported("query filter hasAttachment"));
+    }
+    if f.get_after() != 0 || f.get_before() != 0 {
+        return Err(unsupported("query filter by date"));
+    }
+    if !f.get_from()?.is_empty() || !f.get_to()?.is_empty() {
+        return Err(unsupported("query filter by address"));
+    }
+    if q.get_collapse_threads() {
+        return Err(unsupported("query collapseThreads"));
+    }
+    let unread_only = match f.get_unread()? {
+        Tristate::Any => false,
+        Tristate::Yes => true,
+        Tristate::No => return Err(unsupported("query filter unread=no")),
+    };
+    let limit = match q.get_limit() {
+        0 => max_limit,
+        n => n.min(max_limit),
+    };
+    let start = match q.get_anchor() {
+        0 => Start::Position(u64::from(q.get_position())),
+        a => Start::Anchor(EmailId(a), i64::from(q.get_anchor_offset())),
+    };
+    Ok(Query {
+        filter: Filter {
+            mailbox: match f.get_in_mailbox() {
+                0 => None,
+                m => Some(MailboxId(m)),
+            },
+            unread_only,
+        },
+        newest_first: q.get_sort()? == Sort::ReceivedDesc,
+        start,
+        limit: limit as usize,
+    })
 }
 
 impl session::Server for SessionImpl {
@@ -80,48 +126,7 @@ impl session::Server for SessionImpl {
         mut results: session::QueryResults,
     ) -> Result<(), capnp::Error> {
         let q = params.get()?.get_query()?;
-        let f = q.get_filter()?;
-        if f.get_flagged()? != Tristate::Any {
-            return Err(unsupported("query filter flagged"));
-        }
-        if f.get_has_attachment()? != Tristate::Any {
-            return Err(unsupported("query filter hasAttachment"));
-        }
-        if f.get_after() != 0 || f.get_before() != 0 {
-            return Err(unsupported("query filter by date"));
-        }
-        if !f.get_from()?.is_empty() || !f.get_to()?.is_empty() {
-            return Err(unsupported("query filter by address"));
-        }
-        if q.get_collapse_threads() {
-            return Err(unsupported("query collapseThreads"));
-        }
-        let unread_only = match f.get_unread()? {
-            Tristate::Any => false,
-            Tristate::Yes => true,
-            Tristate::No => return Err(unsupported("query filter unread=no")),
-        };
-        let max = self.services.config.limits.max_query_limit;
-        let limit = match q.get_limit() {
-            0 => max,
-            n => n.min(max),
-        };
-        let start = match q.get_anchor() {
-            0 => Start::Position(u64::from(q.get_position())),
-            a => Start::Anchor(EmailId(a), i64::from(q.get_anchor_offset())),
-        };
-        let query = Query {
-            filter: Filter {
-                mailbox: match f.get_in_mailbox() {
-                    0 => None,
-                    m => Some(MailboxId(m)),
-                },
-                unread_only,
-            },
-            newest_first: q.get_sort()? == Sort::ReceivedDesc,
-            start,
-            limit: limit as usize,
-        };
+        let query = decode_query(q, self.services.config.limits.max_query_limit)?;
         let page = self.services.mail.query(self.account, &query).map_err(to_capnp)?;
         let mut r = results.get().init_result();
         r.set_position(u32::try_from(page.position).unwrap_or(u32::MAX));

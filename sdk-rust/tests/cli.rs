@@ -1,0 +1,108 @@
+//! The `quail` CLI against a real server: the README's walk-through.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn quail(data_dir: &Path, config: &Path, server: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quail"));
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env("QUAIL_CLI_CONFIG", config)
+        .env_remove("QUAIL_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run quail");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait")
+}
+
+fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walk_through() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(&dir.path().join("data")).await;
+    let data = dir.path().join("data");
+    let config = dir.path().join("cli.toml");
+    let addr = server.addr().to_string();
+    let q = |args: &[&str], stdin: Option<&str>| quail(&data, &config, &addr, args, stdin);
+
+    // The operator creates an account (password on stdin, as a script would).
+    let out = ok(q(&["admin", "user", "add", "alice"], Some("alice-password\n")));
+    assert!(out.contains("created account alice"), "{out}");
+    let dup = q(&["admin", "user", "add", "alice"], Some("alice-password\n"));
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+
+    // Not logged in yet.
+    let out = q(&["ls"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quail login"));
+
+    // A wrong password: exit code 3, nothing saved.
+    let out = q(&["login", "alice", "--password", "wrong-password"], None);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!config.exists());
+    ok(q(&["login", "alice", "--password", "alice-password"], None));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config).expect("profile").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the saved token is private");
+    }
+
+    // Deliver two files, list, show, raw.
+    let files: Vec<_> = (0..2)
+        .map(|i| {
+            let p = dir.path().join(format!("m{i}.eml"));
+            std::fs::write(&p, support::generated(i)).expect("write eml");
+            p
+        })
+        .collect();
+    let out = ok(q(&["deliver", "--to", "alice", files[0].to_str().expect("utf-8"), files[1].to_str().expect("utf-8")], None));
+    assert_eq!(out.matches("delivered as").count(), 2, "{out}");
+    let bad = q(&["deliver", "--to", "nobody", files[0].to_str().expect("utf-8")], None);
+    assert!(!bad.status.success());
+
+    let out = ok(q(&["ls"], None));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("SUBJECT"));
+    assert!(lines[1].contains("generated message 1"), "newest first:\n{out}");
+    assert!(lines[2].contains("generated message 0"));
+    assert!(out.contains("1-2 of 2"));
+
+    let out = ok(q(&["ls", "--unread", "--json"], None));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["total"], 2);
+    let id = v["emails"][0]["id"].as_u64().expect("id");
+
+    let out = ok(q(&["show", &id.to_string()], None));
+    assert!(out.contains("Subject:  generated message 1"), "{out}");
+    let raw = q(&["show", &id.to_string(), "--raw"], None);
+    assert!(raw.status.success());
+    assert_eq!(raw.stdout, support::generated(1));
+    let missing = q(&["show", "999999"], None);
+    assert_eq!(missing.status.code(), Some(4));
+
+    let out = ok(q(&["mailboxes"], None));
+    assert!(out.lines().any(|l| l.starts_with("Inbox") && l.contains(" 2 ")), "{out}");
+    let out = ok(q(&["admin", "user", "list"], None));
+    assert!(out.lines().any(|l| l.starts_with("alice")), "{out}");
+    ok(q(&["logout"], None));
+    assert!(!config.exists());
+    server.shutdown().await;
+}

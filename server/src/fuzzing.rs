@@ -1,0 +1,37 @@
+//! Bodies of the fuzz targets in `fuzz/`. Each takes arbitrary bytes and
+//! checks invariants; none may panic. `tests/fuzz_seeds.rs` runs every body
+//! over its seed corpus on stable, so a regression shows up in `cargo test`
+//! without a fuzzer.
+
+use quail_protocol::quail_capnp::query;
+
+use crate::mail::parse::{self, PREVIEW_CHARS};
+
+/// Largest input the bodies look at (keeps fuzzing fast; real mail limits
+/// are enforced before parsing).
+pub const MAX_INPUT: usize = 1 << 20;
+
+/// MIME ingest: parsing any bytes yields an envelope within bounds.
+pub fn mime(data: &[u8]) {
+    let data = &data[..data.len().min(MAX_INPUT)];
+    let parsed = parse::parse(data);
+    assert!(parsed.preview.chars().count() <= PREVIEW_CHARS);
+    assert!(!parsed.preview.starts_with(char::is_whitespace));
+}
+
+/// Protocol decode: any bytes read as a framed Cap'n Proto `Query` (with the
+/// server's limits) either decode or fail with an error.
+pub fn protocol_query(data: &[u8]) {
+    let mut options = capnp::message::ReaderOptions::new();
+    options.traversal_limit_in_words(Some(64 * 1024)).nesting_limit(64);
+    let mut slice = &data[..data.len().min(MAX_INPUT)];
+    let Ok(message) = capnp::serialize::read_message_from_flat_slice(&mut slice, options) else {
+        return;
+    };
+    let Ok(root) = message.get_root::<query::Reader<'_>>() else {
+        return;
+    };
+    if let Ok(q) = crate::rpc::decode_query(root, 1000) {
+        assert!(q.limit >= 1 && q.limit <= 1000);
+    }
+}
