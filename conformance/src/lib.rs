@@ -101,6 +101,10 @@ pub async fn run_all(target: &Target, filter: Option<&str>) -> Report {
             }
         }
     }
-    println!("{} passed, {} failed", report.passed.len(), report.failed.len());
+    println!(
+        "{} passed, {} failed",
+        report.passed.len(),
+        report.failed.len()
+    );
     report
 }

@@ -4,7 +4,9 @@ use quail_protocol::quail_capnp::{Property as WireProperty, Sort, Tristate};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::types::{AccountInfo, AppToken, Email, EmailId, Mailbox, Property, Query, QueryPage, State};
+use crate::types::{
+    AccountInfo, AppToken, Email, EmailId, Mailbox, Property, Query, QueryPage, State,
+};
 use crate::wire;
 
 /// A logged-in account. Dropping it releases the server-side session.
@@ -58,9 +60,18 @@ impl Session {
         let cap = self.cap;
         self.client
             .call(move |conn| async move {
-                let resp = conn.session(cap)?.mailboxes_request().send().promise.await?;
+                let resp = conn
+                    .session(cap)?
+                    .mailboxes_request()
+                    .send()
+                    .promise
+                    .await?;
                 let r = resp.get()?;
-                let boxes = r.get_mailboxes()?.iter().map(wire::mailbox).collect::<Result<_>>()?;
+                let boxes = r
+                    .get_mailboxes()?
+                    .iter()
+                    .map(wire::mailbox)
+                    .collect::<Result<_>>()?;
                 Ok((boxes, State(r.get_state())))
             })
             .await
@@ -79,9 +90,17 @@ impl Session {
                     {
                         let mut f = b.reborrow().init_filter();
                         f.set_in_mailbox(q.mailbox.map_or(0, |m| m.0));
-                        f.set_unread(if q.unread_only { Tristate::Yes } else { Tristate::Any });
+                        f.set_unread(if q.unread_only {
+                            Tristate::Yes
+                        } else {
+                            Tristate::Any
+                        });
                     }
-                    b.set_sort(if q.newest_first { Sort::ReceivedDesc } else { Sort::ReceivedAsc });
+                    b.set_sort(if q.newest_first {
+                        Sort::ReceivedDesc
+                    } else {
+                        Sort::ReceivedAsc
+                    });
                     b.set_position(q.position);
                     if let Some((anchor, offset)) = q.anchor {
                         b.set_anchor(anchor.0);
@@ -103,7 +122,11 @@ impl Session {
 
     /// Emails by id. Ids this account does not have come back in the
     /// second list (another account's ids included: they are simply not found).
-    pub async fn get(&self, ids: &[EmailId], properties: &[Property]) -> Result<(Vec<Email>, Vec<EmailId>)> {
+    pub async fn get(
+        &self,
+        ids: &[EmailId],
+        properties: &[Property],
+    ) -> Result<(Vec<Email>, Vec<EmailId>)> {
         let cap = self.cap;
         let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
         let props: Vec<WireProperty> = properties
@@ -128,7 +151,11 @@ impl Session {
                 }
                 let resp = req.send().promise.await?;
                 let r = resp.get()?;
-                let emails = r.get_emails()?.iter().map(wire::email).collect::<Result<_>>()?;
+                let emails = r
+                    .get_emails()?
+                    .iter()
+                    .map(wire::email)
+                    .collect::<Result<_>>()?;
                 let missing = r.get_not_found()?.iter().map(EmailId).collect();
                 Ok((emails, missing))
             })
@@ -138,7 +165,9 @@ impl Session {
     /// One email by id; `NotFound` if this account does not have it.
     pub async fn email(&self, id: EmailId) -> Result<Email> {
         let (mut emails, _) = self.get(&[id], &[]).await?;
-        emails.pop().ok_or_else(|| Error::NotFound(format!("no email {}", id.0)))
+        emails
+            .pop()
+            .ok_or_else(|| Error::NotFound(format!("no email {}", id.0)))
     }
 
     /// A byte range of an email's raw message (`length` 0: to the end). The
@@ -161,10 +190,16 @@ impl Session {
                 let data = match b.which()? {
                     Which::Inline(d) => d?.to_vec(),
                     Which::BulkToken(_) => {
-                        return Err(Error::Unimplemented("bulk transfer in this SDK version".into()));
+                        return Err(Error::Unimplemented(
+                            "bulk transfer in this SDK version".into(),
+                        ));
                     }
                 };
-                Ok(ByteRun { total_size: b.get_total_size(), offset: b.get_offset(), data })
+                Ok(ByteRun {
+                    total_size: b.get_total_size(),
+                    offset: b.get_offset(),
+                    data,
+                })
             })
             .await
     }
@@ -213,7 +248,12 @@ impl Session {
         let cap = self.cap;
         self.client
             .call(move |conn| async move {
-                let resp = conn.session(cap)?.list_app_tokens_request().send().promise.await?;
+                let resp = conn
+                    .session(cap)?
+                    .list_app_tokens_request()
+                    .send()
+                    .promise
+                    .await?;
                 resp.get()?
                     .get_tokens()?
                     .iter()

@@ -84,7 +84,9 @@ pub(crate) fn client_config(trust: &Trust) -> Result<rustls::ClientConfig> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(Error::Tls("no usable system root certificates found".into()));
+                return Err(Error::Tls(
+                    "no usable system root certificates found".into(),
+                ));
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -127,7 +129,9 @@ impl ServerCertVerifier for PinnedVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used by Quail".into()))
+        Err(rustls::Error::General(
+            "TLS 1.2 is not used by Quail".into(),
+        ))
     }
 
     fn verify_tls13_signature(
@@ -145,7 +149,9 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -214,7 +214,14 @@ pub struct Query {
 
 impl Default for Query {
     fn default() -> Self {
-        Query { mailbox: None, unread_only: false, newest_first: true, position: 0, anchor: None, limit: 50 }
+        Query {
+            mailbox: None,
+            unread_only: false,
+            newest_first: true,
+            position: 0,
+            anchor: None,
+            limit: 50,
+        }
     }
 }
 
@@ -226,7 +233,10 @@ impl Query {
 
     /// One mailbox, newest first, first 50.
     pub fn mailbox(id: MailboxId) -> Self {
-        Query { mailbox: Some(id), ..Query::default() }
+        Query {
+            mailbox: Some(id),
+            ..Query::default()
+        }
     }
 
     /// Only unread emails.

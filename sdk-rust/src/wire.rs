@@ -1,6 +1,8 @@
 //! Schema readers → SDK types.
 
-use quail_protocol::quail_capnp::{account_info, address, email, mailbox, server_info, Role as WireRole};
+use quail_protocol::quail_capnp::{
+    Role as WireRole, account_info, address, email, mailbox, server_info,
+};
 
 use crate::error::Result;
 use crate::types::{AccountInfo, Address, Email, Limits, Mailbox, MailboxId, Role, ServerInfo};
@@ -10,7 +12,7 @@ fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String> {
 }
 
 fn texts(l: capnp::Result<capnp::text_list::Reader<'_>>) -> Result<Vec<String>> {
-    l?.iter().map(|t| text(t)).collect()
+    l?.iter().map(text).collect()
 }
 
 pub(crate) fn server_info(r: server_info::Reader<'_>) -> Result<ServerInfo> {
@@ -67,9 +69,16 @@ pub(crate) fn mailbox(r: mailbox::Reader<'_>) -> Result<Mailbox> {
     })
 }
 
-fn addresses(l: capnp::Result<capnp::struct_list::Reader<'_, address::Owned>>) -> Result<Vec<Address>> {
+fn addresses(
+    l: capnp::Result<capnp::struct_list::Reader<'_, address::Owned>>,
+) -> Result<Vec<Address>> {
     l?.iter()
-        .map(|a| Ok(Address { name: text(a.get_name())?, email: text(a.get_email())? }))
+        .map(|a| {
+            Ok(Address {
+                name: text(a.get_name())?,
+                email: text(a.get_email())?,
+            })
+        })
         .collect()
 }
 

@@ -5,7 +5,13 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn quail(data_dir: &Path, config: &Path, server: &str, args: &[&str], stdin: Option<&str>) -> Output {
+fn quail(
+    data_dir: &Path,
+    config: &Path,
+    server: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quail"));
     cmd.arg("--data-dir")
@@ -20,7 +26,12 @@ fn quail(data_dir: &Path, config: &Path, server: &str, args: &[&str], stdin: Opt
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("run quail");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("wait")
@@ -28,7 +39,11 @@ fn quail(data_dir: &Path, config: &Path, server: &str, args: &[&str], stdin: Opt
 
 fn ok(out: Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -42,7 +57,10 @@ async fn walk_through() {
     let q = |args: &[&str], stdin: Option<&str>| quail(&data, &config, &addr, args, stdin);
 
     // The operator creates an account (password on stdin, as a script would).
-    let out = ok(q(&["admin", "user", "add", "alice"], Some("alice-password\n")));
+    let out = ok(q(
+        &["admin", "user", "add", "alice"],
+        Some("alice-password\n"),
+    ));
     assert!(out.contains("created account alice"), "{out}");
     let dup = q(&["admin", "user", "add", "alice"], Some("alice-password\n"));
     assert!(!dup.status.success());
@@ -61,7 +79,10 @@ async fn walk_through() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&config).expect("profile").permissions().mode();
+        let mode = std::fs::metadata(&config)
+            .expect("profile")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "the saved token is private");
     }
 
@@ -73,15 +94,35 @@ async fn walk_through() {
             p
         })
         .collect();
-    let out = ok(q(&["deliver", "--to", "alice", files[0].to_str().expect("utf-8"), files[1].to_str().expect("utf-8")], None));
+    let out = ok(q(
+        &[
+            "deliver",
+            "--to",
+            "alice",
+            files[0].to_str().expect("utf-8"),
+            files[1].to_str().expect("utf-8"),
+        ],
+        None,
+    ));
     assert_eq!(out.matches("delivered as").count(), 2, "{out}");
-    let bad = q(&["deliver", "--to", "nobody", files[0].to_str().expect("utf-8")], None);
+    let bad = q(
+        &[
+            "deliver",
+            "--to",
+            "nobody",
+            files[0].to_str().expect("utf-8"),
+        ],
+        None,
+    );
     assert!(!bad.status.success());
 
     let out = ok(q(&["ls"], None));
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].contains("SUBJECT"));
-    assert!(lines[1].contains("generated message 1"), "newest first:\n{out}");
+    assert!(
+        lines[1].contains("generated message 1"),
+        "newest first:\n{out}"
+    );
     assert!(lines[2].contains("generated message 0"));
     assert!(out.contains("1-2 of 2"));
 
@@ -99,7 +140,11 @@ async fn walk_through() {
     assert_eq!(missing.status.code(), Some(4));
 
     let out = ok(q(&["mailboxes"], None));
-    assert!(out.lines().any(|l| l.starts_with("Inbox") && l.contains(" 2 ")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Inbox") && l.contains(" 2 ")),
+        "{out}"
+    );
     let out = ok(q(&["admin", "user", "list"], None));
     assert!(out.lines().any(|l| l.starts_with("alice")), "{out}");
     ok(q(&["logout"], None));

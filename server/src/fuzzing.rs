@@ -23,7 +23,9 @@ pub fn mime(data: &[u8]) {
 /// server's limits) either decode or fail with an error.
 pub fn protocol_query(data: &[u8]) {
     let mut options = capnp::message::ReaderOptions::new();
-    options.traversal_limit_in_words(Some(64 * 1024)).nesting_limit(64);
+    options
+        .traversal_limit_in_words(Some(64 * 1024))
+        .nesting_limit(64);
     let mut slice = &data[..data.len().min(MAX_INPUT)];
     let Ok(message) = capnp::serialize::read_message_from_flat_slice(&mut slice, options) else {
         return;

@@ -43,7 +43,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -75,11 +78,34 @@ async fn serve(config: Config, dev: bool) -> anyhow::Result<()> {
             tracing::warn!(%addr, "serving on a non-loopback address");
         }
     }
-    println!("quaild {} listening on {} (QUIC, ALPN quail/1)", env!("CARGO_PKG_VERSION"),
-        running.addrs().iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
-    println!("certificate SHA-256 fingerprint (pin this): {}", running.fingerprint());
-    println!("admin credential:   {}", config.data_dir.join(Credential::Admin.file_name()).display());
-    println!("gateway credential: {}", config.data_dir.join(Credential::Gateway.file_name()).display());
+    println!(
+        "quaild {} listening on {} (QUIC, ALPN quail/1)",
+        env!("CARGO_PKG_VERSION"),
+        running
+            .addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "certificate SHA-256 fingerprint (pin this): {}",
+        running.fingerprint()
+    );
+    println!(
+        "admin credential:   {}",
+        config
+            .data_dir
+            .join(Credential::Admin.file_name())
+            .display()
+    );
+    println!(
+        "gateway credential: {}",
+        config
+            .data_dir
+            .join(Credential::Gateway.file_name())
+            .display()
+    );
     if dev {
         dev_account(&running, &config).await?;
     }
@@ -97,7 +123,10 @@ async fn dev_account(running: &quail_server::Running, config: &Config) -> anyhow
     if services.accounts.by_name("demo")?.is_none() {
         let password = account::new_secret("demo-")[..17].to_owned();
         let hash = account::hash_password(&password)?;
-        services.mail.create_account("demo", hash, 0, 0, quail_server::rpc::now_ms()).await?;
+        services
+            .mail
+            .create_account("demo", hash, 0, 0, quail_server::rpc::now_ms())
+            .await?;
         let _ = std::fs::remove_file(&path);
         account::write_private(&path, &format!("{password}\n"))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -106,7 +135,10 @@ async fn dev_account(running: &quail_server::Running, config: &Config) -> anyhow
     println!();
     println!("development account: demo / {}", password.trim());
     println!("try it (in another terminal, from the repository):");
-    println!("  cargo run -p quail -- login demo --password {}", password.trim());
+    println!(
+        "  cargo run -p quail -- login demo --password {}",
+        password.trim()
+    );
     println!("  cargo run -p quail -- deliver --to demo <some .eml file>");
     println!("  cargo run -p quail -- ls");
     println!();

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use quail_protocol::quail_capnp::{query, Sort, Tristate};
+use quail_protocol::quail_capnp::{Sort, Tristate, query};
 use quail_server::fuzzing;
 
 fn repo() -> PathBuf {
@@ -13,7 +13,9 @@ fn repo() -> PathBuf {
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -50,7 +52,10 @@ fn mime_body_over_seeds_and_shared_corpora() {
             files_under(&corpora.join(d), &mut files);
         }
     } else {
-        eprintln!("note: {} is absent; running the checked-in seeds only", corpora.display());
+        eprintln!(
+            "note: {} is absent; running the checked-in seeds only",
+            corpora.display()
+        );
     }
     for f in &files {
         let data = std::fs::read(f).expect("read seed");
@@ -93,11 +98,17 @@ fn encoded_queries() -> Vec<Vec<u8>> {
 
 #[test]
 fn protocol_query_body_over_seeds_truncations_and_flips() {
-    let mut inputs: Vec<Vec<u8>> =
-        seeds("protocol_query").iter().map(|f| std::fs::read(f).expect("read seed")).collect();
+    let mut inputs: Vec<Vec<u8>> = seeds("protocol_query")
+        .iter()
+        .map(|f| std::fs::read(f).expect("read seed"))
+        .collect();
     if std::env::var_os("QUAIL_WRITE_SEEDS").is_some() {
         for (i, q) in encoded_queries().iter().enumerate() {
-            std::fs::write(repo().join(format!("fuzz/seeds/protocol_query/query-{i}.bin")), q).expect("write seed");
+            std::fs::write(
+                repo().join(format!("fuzz/seeds/protocol_query/query-{i}.bin")),
+                q,
+            )
+            .expect("write seed");
         }
     }
     for valid in encoded_queries() {

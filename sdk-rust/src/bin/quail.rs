@@ -31,7 +31,12 @@ struct Cli {
     system_roots: bool,
     /// The server's data dir, when it runs on this machine: the development
     /// certificate's fingerprint and the admin and gateway credentials are read from it.
-    #[arg(long, global = true, env = "QUAIL_DATA_DIR", default_value = "./quail-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "QUAIL_DATA_DIR",
+        default_value = "./quail-data"
+    )]
     data_dir: PathBuf,
     /// Machine-readable output.
     #[arg(long, global = true)]
@@ -144,7 +149,11 @@ struct Profile {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("quail: {e}");
@@ -166,7 +175,9 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let profile = load_profile()?;
     match &cli.command {
-        Command::Admin { command: AdminCommand::User { command } } => admin(&cli, profile.as_ref(), command).await,
+        Command::Admin {
+            command: AdminCommand::User { command },
+        } => admin(&cli, profile.as_ref(), command).await,
         Command::Login { name, password } => login(&cli, name, password.as_deref()).await,
         Command::Logout => {
             let path = profile_path()?;
@@ -177,9 +188,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Ls { unread, mailbox, limit, position } => {
+        Command::Ls {
+            unread,
+            mailbox,
+            limit,
+            position,
+        } => {
             let session = session(&cli, profile.as_ref()).await?;
-            ls(&cli, &session, *unread, mailbox.as_deref(), *limit, *position).await
+            ls(
+                &cli,
+                &session,
+                *unread,
+                mailbox.as_deref(),
+                *limit,
+                *position,
+            )
+            .await
         }
         Command::Show { id, raw } => {
             let session = session(&cli, profile.as_ref()).await?;
@@ -189,7 +213,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let session = session(&cli, profile.as_ref()).await?;
             mailboxes(&cli, &session).await
         }
-        Command::Deliver { to, from, files } => deliver(&cli, profile.as_ref(), to, from, files).await,
+        Command::Deliver { to, from, files } => {
+            deliver(&cli, profile.as_ref(), to, from, files).await
+        }
     }
 }
 
@@ -227,7 +253,9 @@ fn trust(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<(Trust, Option<
 async fn connect(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<Client> {
     let addr = server_addr(cli, profile);
     let (trust, _) = trust(cli, profile)?;
-    Client::connect(&addr, trust).await.with_context(|| format!("connecting to {addr}"))
+    Client::connect(&addr, trust)
+        .await
+        .with_context(|| format!("connecting to {addr}"))
 }
 
 async fn session(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<Session> {
@@ -236,7 +264,9 @@ async fn session(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<Session
     };
     let client = connect(cli, Some(p)).await?;
     client.login_token(&p.token).await.map_err(|e| match e {
-        quail::Error::BadCredentials => anyhow!(e).context("the saved login was revoked; run `quail login` again"),
+        quail::Error::BadCredentials => {
+            anyhow!(e).context("the saved login was revoked; run `quail login` again")
+        }
         other => anyhow!(other),
     })
 }
@@ -246,9 +276,14 @@ fn secret(dir: &Path, file: &str, env: &str) -> anyhow::Result<String> {
         return Ok(s);
     }
     let path = dir.join(file);
-    std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| {
-        anyhow!("reading {} ({e}); set {env} or --data-dir to the server's data dir", path.display())
-    })
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| {
+            anyhow!(
+                "reading {} ({e}); set {env} or --data-dir to the server's data dir",
+                path.display()
+            )
+        })
 }
 
 fn password(given: Option<&str>, prompt: &str) -> anyhow::Result<String> {
@@ -262,7 +297,9 @@ fn password(given: Option<&str>, prompt: &str) -> anyhow::Result<String> {
         return rpassword::prompt_password(prompt).context("reading the password");
     }
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -275,7 +312,8 @@ fn profile_path() -> anyhow::Result<PathBuf> {
     }
     let base = match std::env::var("XDG_CONFIG_HOME") {
         Ok(x) if !x.is_empty() => PathBuf::from(x),
-        _ => PathBuf::from(std::env::var("HOME").context("HOME is not set; set QUAIL_CLI_CONFIG")?).join(".config"),
+        _ => PathBuf::from(std::env::var("HOME").context("HOME is not set; set QUAIL_CLI_CONFIG")?)
+            .join(".config"),
     };
     Ok(base.join("quail/cli.toml"))
 }
@@ -283,7 +321,9 @@ fn profile_path() -> anyhow::Result<PathBuf> {
 fn load_profile() -> anyhow::Result<Option<Profile>> {
     let path = profile_path()?;
     match std::fs::read_to_string(&path) {
-        Ok(s) => Ok(Some(toml::from_str(&s).with_context(|| format!("{} is damaged; run `quail login`", path.display()))?)),
+        Ok(s) => Ok(Some(toml::from_str(&s).with_context(|| {
+            format!("{} is damaged; run `quail login`", path.display())
+        })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -302,7 +342,9 @@ fn save_profile(p: &Profile) -> anyhow::Result<PathBuf> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = options
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(toml::to_string(p)?.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
@@ -314,11 +356,24 @@ fn save_profile(p: &Profile) -> anyhow::Result<PathBuf> {
 
 async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> anyhow::Result<()> {
     let client = connect(cli, profile).await?;
-    let admin = client.admin(&secret(&cli.data_dir, "admin.secret", "QUAIL_ADMIN_SECRET")?).await?;
+    let admin = client
+        .admin(&secret(
+            &cli.data_dir,
+            "admin.secret",
+            "QUAIL_ADMIN_SECRET",
+        )?)
+        .await?;
     match command {
-        UserCommand::Add { name, password: pw, quota_bytes, quota_messages } => {
+        UserCommand::Add {
+            name,
+            password: pw,
+            quota_bytes,
+            quota_messages,
+        } => {
             let pw = password(pw.as_deref(), &format!("password for {name}: "))?;
-            let a = admin.create_account(name, &pw, *quota_bytes, *quota_messages).await?;
+            let a = admin
+                .create_account(name, &pw, *quota_bytes, *quota_messages)
+                .await?;
             if cli.json {
                 println!("{}", serde_json::to_string(&a)?);
             } else {
@@ -348,7 +403,11 @@ async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> a
                             a.name.clone(),
                             a.used_messages.to_string(),
                             human_bytes(a.used_bytes),
-                            if a.quota_bytes == 0 { "-".into() } else { human_bytes(a.quota_bytes) },
+                            if a.quota_bytes == 0 {
+                                "-".into()
+                            } else {
+                                human_bytes(a.quota_bytes)
+                            },
                         ]
                     })
                     .collect();
@@ -367,14 +426,27 @@ async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> a
 async fn login(cli: &Cli, name: &str, pw: Option<&str>) -> anyhow::Result<()> {
     let addr = server_addr(cli, None);
     let (trust, pin) = trust(cli, None)?;
-    let client = Client::connect(&addr, trust).await.with_context(|| format!("connecting to {addr}"))?;
+    let client = Client::connect(&addr, trust)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
     let pw = password(pw, &format!("password for {name}: "))?;
     let session = client.login(name, &pw).await?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into());
-    let (token, _) = session.create_app_token(&format!("quail CLI on {host}")).await?;
+    let (token, _) = session
+        .create_app_token(&format!("quail CLI on {host}"))
+        .await?;
     let (account, _) = session.account().await?;
-    let path = save_profile(&Profile { server: addr.clone(), pin, name: account.name.clone(), token })?;
-    println!("logged in to {addr} as {} (token saved in {})", account.name, path.display());
+    let path = save_profile(&Profile {
+        server: addr.clone(),
+        pin,
+        name: account.name.clone(),
+        token,
+    })?;
+    println!(
+        "logged in to {addr} as {} (token saved in {})",
+        account.name,
+        path.display()
+    );
     Ok(())
 }
 
@@ -384,12 +456,23 @@ async fn find_mailbox(session: &Session, wanted: &str) -> anyhow::Result<quail::
     boxes
         .iter()
         .find(|m| m.name.to_lowercase() == w)
-        .or_else(|| boxes.iter().find(|m| format!("{:?}", m.role).to_lowercase() == w && m.role != Role::None))
+        .or_else(|| {
+            boxes
+                .iter()
+                .find(|m| format!("{:?}", m.role).to_lowercase() == w && m.role != Role::None)
+        })
         .map(|m| m.id)
         .ok_or_else(|| anyhow!("no mailbox named {wanted:?}; see `quail mailboxes`"))
 }
 
-async fn ls(cli: &Cli, session: &Session, unread: bool, mailbox: Option<&str>, limit: u32, position: u32) -> anyhow::Result<()> {
+async fn ls(
+    cli: &Cli,
+    session: &Session,
+    unread: bool,
+    mailbox: Option<&str>,
+    limit: u32,
+    position: u32,
+) -> anyhow::Result<()> {
     let mut q = Query::all().limit(limit).position(position);
     if let Some(m) = mailbox {
         q.mailbox = Some(find_mailbox(session, m).await?);
@@ -400,7 +483,10 @@ async fn ls(cli: &Cli, session: &Session, unread: bool, mailbox: Option<&str>, l
     let page = session.query(&q).await?;
     let (emails, _) = session.get(&page.ids, &[]).await?;
     if cli.json {
-        println!("{}", serde_json::json!({ "total": page.total, "position": page.position, "emails": emails }));
+        println!(
+            "{}",
+            serde_json::json!({ "total": page.total, "position": page.position, "emails": emails })
+        );
         return Ok(());
     }
     let rows: Vec<Vec<String>> = emails
@@ -409,14 +495,36 @@ async fn ls(cli: &Cli, session: &Session, unread: bool, mailbox: Option<&str>, l
             vec![
                 format!("{}{}", if e.is_unread() { "*" } else { " " }, e.id),
                 date(e.received_at),
-                clip(&e.from.first().map(|a| if a.name.is_empty() { a.email.clone() } else { a.name.clone() }).unwrap_or_default(), 24),
+                clip(
+                    &e.from
+                        .first()
+                        .map(|a| {
+                            if a.name.is_empty() {
+                                a.email.clone()
+                            } else {
+                                a.name.clone()
+                            }
+                        })
+                        .unwrap_or_default(),
+                    24,
+                ),
                 clip(&e.subject, 60),
             ]
         })
         .collect();
     table(&[" ID", "RECEIVED", "FROM", "SUBJECT"], &rows);
     let end = page.position as usize + emails.len();
-    println!("{}-{} of {}{}", if emails.is_empty() { 0 } else { page.position + 1 }, end, page.total, if unread { " unread" } else { "" });
+    println!(
+        "{}-{} of {}{}",
+        if emails.is_empty() {
+            0
+        } else {
+            page.position + 1
+        },
+        end,
+        page.total,
+        if unread { " unread" } else { "" }
+    );
     Ok(())
 }
 
@@ -431,7 +539,12 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
         println!("{}", serde_json::to_string(&e)?);
         return Ok(());
     }
-    let list = |a: &[quail::Address]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let list = |a: &[quail::Address]| {
+        a.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!("From:     {}", list(&e.from));
     println!("To:       {}", list(&e.to));
     if !e.cc.is_empty() {
@@ -442,11 +555,22 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
         println!("Date:     {}", date(e.sent_at));
     }
     println!("Received: {}", date(e.received_at));
-    println!("Size:     {}{}", human_bytes(e.size), if e.has_attachment { ", with attachments" } else { "" });
+    println!(
+        "Size:     {}{}",
+        human_bytes(e.size),
+        if e.has_attachment {
+            ", with attachments"
+        } else {
+            ""
+        }
+    );
     println!();
     println!("{}", e.preview);
     println!();
-    println!("(preview; `quail show {} --raw` prints the whole message)", e.id);
+    println!(
+        "(preview; `quail show {} --raw` prints the whole message)",
+        e.id
+    );
     Ok(())
 }
 
@@ -458,22 +582,47 @@ async fn mailboxes(cli: &Cli, session: &Session) -> anyhow::Result<()> {
     }
     let rows: Vec<Vec<String>> = boxes
         .iter()
-        .map(|m| vec![m.name.clone(), format!("{:?}", m.role).to_lowercase(), m.total.to_string(), m.unread.to_string()])
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                format!("{:?}", m.role).to_lowercase(),
+                m.total.to_string(),
+                m.unread.to_string(),
+            ]
+        })
         .collect();
     table(&["MAILBOX", "ROLE", "TOTAL", "UNREAD"], &rows);
     Ok(())
 }
 
-async fn deliver(cli: &Cli, profile: Option<&Profile>, to: &[String], from: &str, files: &[PathBuf]) -> anyhow::Result<()> {
+async fn deliver(
+    cli: &Cli,
+    profile: Option<&Profile>,
+    to: &[String],
+    from: &str,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
     let client = connect(cli, profile).await?;
-    let gateway = client.gateway(&secret(&cli.data_dir, "gateway.secret", "QUAIL_GATEWAY_SECRET")?).await?;
-    let envelope = Envelope { mail_from: from.to_owned(), rcpt_to: to.to_vec(), ..Envelope::default() };
+    let gateway = client
+        .gateway(&secret(
+            &cli.data_dir,
+            "gateway.secret",
+            "QUAIL_GATEWAY_SECRET",
+        )?)
+        .await?;
+    let envelope = Envelope {
+        mail_from: from.to_owned(),
+        rcpt_to: to.to_vec(),
+        ..Envelope::default()
+    };
     let mut failures = 0;
     let mut report = Vec::new();
     for file in files {
         let bytes = if file.as_os_str() == "-" {
             let mut b = Vec::new();
-            std::io::stdin().read_to_end(&mut b).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .context("reading stdin")?;
             b
         } else {
             std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
@@ -490,9 +639,16 @@ async fn deliver(cli: &Cli, profile: Option<&Profile>, to: &[String], from: &str
             match &r.outcome {
                 Ok(id) => {
                     if !cli.json {
-                        println!("{} -> {}: delivered as {}", file.display(), r.recipient, id.0);
+                        println!(
+                            "{} -> {}: delivered as {}",
+                            file.display(),
+                            r.recipient,
+                            id.0
+                        );
                     }
-                    report.push(serde_json::json!({"file": file, "recipient": r.recipient, "id": id.0}));
+                    report.push(
+                        serde_json::json!({"file": file, "recipient": r.recipient, "id": id.0}),
+                    );
                 }
                 Err(e) => {
                     failures += 1;
@@ -561,5 +717,9 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

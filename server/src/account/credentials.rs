@@ -126,7 +126,9 @@ mod tests {
         assert!(c.check(Credential::Gateway, &admin).is_err());
         assert!(c.check(Credential::Admin, "qadm_guess").is_err());
         let again = Credentials::load_or_create(dir.path()).expect("reload");
-        again.check(Credential::Admin, &admin).expect("same secret after reload");
+        again
+            .check(Credential::Admin, &admin)
+            .expect("same secret after reload");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -107,7 +107,9 @@ impl Counter {
 pub fn normalize_name(name: &str) -> Result<String> {
     let n = name.trim().to_ascii_lowercase();
     if n.is_empty() || n.len() > MAX_NAME_BYTES {
-        return Err(Error::invalid(format!("account names are 1 to {MAX_NAME_BYTES} bytes")));
+        return Err(Error::invalid(format!(
+            "account names are 1 to {MAX_NAME_BYTES} bytes"
+        )));
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-+@".contains(c);
     if !n.chars().all(ok_char) || !n.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -129,8 +131,13 @@ pub fn check_password(password: &str) -> Result<()> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| StoreError::Corrupt { space, detail: e.to_string() }.into())
+    postcard::from_bytes(bytes).map_err(|e| {
+        StoreError::Corrupt {
+            space,
+            detail: e.to_string(),
+        }
+        .into()
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -151,7 +158,10 @@ pub struct Accounts {
 impl Accounts {
     /// Accounts in `db`.
     pub fn new(db: Db) -> Self {
-        Accounts { db, dummy_hash: OnceLock::new() }
+        Accounts {
+            db,
+            dummy_hash: OnceLock::new(),
+        }
     }
 
     /// The account with this id.
@@ -164,13 +174,16 @@ impl Accounts {
 
     /// The account with this login name (normalised first).
     pub fn by_name(&self, name: &str) -> Result<Option<Account>> {
-        let Ok(name) = normalize_name(name) else { return Ok(None) };
+        let Ok(name) = normalize_name(name) else {
+            return Ok(None);
+        };
         match self.db.get(Space::AccountNames, name.as_bytes())? {
             Some(id) => {
-                let id = crate::store::key::read_u64(&id, 0).ok_or_else(|| StoreError::Corrupt {
-                    space: Space::AccountNames,
-                    detail: "id".into(),
-                })?;
+                let id =
+                    crate::store::key::read_u64(&id, 0).ok_or_else(|| StoreError::Corrupt {
+                        space: Space::AccountNames,
+                        detail: "id".into(),
+                    })?;
                 self.get(AccountId(id))
             }
             None => Ok(None),
@@ -182,11 +195,17 @@ impl Accounts {
     /// lists it or is empty) the account named by its local part, without
     /// any `+tag`.
     pub fn resolve_recipient(&self, address: &str, domains: &[String]) -> Result<Option<Account>> {
-        let addr = address.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase();
+        let addr = address
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_ascii_lowercase();
         if let Some(a) = self.by_name(&addr)? {
             return Ok(Some(a));
         }
-        let Some((local, domain)) = addr.rsplit_once('@') else { return Ok(None) };
+        let Some((local, domain)) = addr.rsplit_once('@') else {
+            return Ok(None);
+        };
         if !domains.is_empty() && !domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
             return Ok(None);
         }
@@ -209,10 +228,20 @@ impl Accounts {
             return Err(Error::AlreadyExists(format!("account {name} exists")));
         }
         let id = AccountId(txn.next_id("account")?);
-        let account =
-            Account { id, name, password_hash, created_ms: now_ms, quota_bytes, quota_messages };
+        let account = Account {
+            id,
+            name,
+            password_hash,
+            created_ms: now_ms,
+            quota_bytes,
+            quota_messages,
+        };
         txn.put(Space::Accounts, account_key(id), encode(&account)?);
-        txn.put(Space::AccountNames, account.name.as_bytes().to_vec(), id.0.to_be_bytes());
+        txn.put(
+            Space::AccountNames,
+            account.name.as_bytes().to_vec(),
+            id.0.to_be_bytes(),
+        );
         Ok(account)
     }
 
@@ -253,9 +282,9 @@ impl Accounts {
             Some(_) => Err(Error::BadCredentials),
             None => {
                 // Spend the same time as a real check.
-                let dummy = self.dummy_hash.get_or_init(|| {
-                    hash_password("not a password of anyone").unwrap_or_default()
-                });
+                let dummy = self
+                    .dummy_hash
+                    .get_or_init(|| hash_password("not a password of anyone").unwrap_or_default());
                 let _ = verify_password(dummy, password);
                 Err(Error::BadCredentials)
             }
@@ -269,7 +298,9 @@ impl Accounts {
         } else {
             KeyRange::all().after(after.as_bytes(), Order::Ascending)
         };
-        let rows = self.db.scan(Space::AccountNames, &range, Order::Ascending, limit + 1)?;
+        let rows = self
+            .db
+            .scan(Space::AccountNames, &range, Order::Ascending, limit + 1)?;
         let more = rows.len() > limit;
         let mut out = Vec::new();
         for (_, id) in rows.into_iter().take(limit) {
@@ -286,9 +317,16 @@ impl Accounts {
 
     /// What the account uses.
     pub fn usage(&self, id: AccountId) -> Result<Usage> {
-        let bytes = self.db.counter(Space::Counters, &Counter::UsedBytes.key(id, 0))?;
-        let messages = self.db.counter(Space::Counters, &Counter::UsedMessages.key(id, 0))?;
-        Ok(Usage { bytes: bytes.max(0) as u64, messages: messages.max(0) as u64 })
+        let bytes = self
+            .db
+            .counter(Space::Counters, &Counter::UsedBytes.key(id, 0))?;
+        let messages = self
+            .db
+            .counter(Space::Counters, &Counter::UsedMessages.key(id, 0))?;
+        Ok(Usage {
+            bytes: bytes.max(0) as u64,
+            messages: messages.max(0) as u64,
+        })
     }
 
     /// Creates an app token; returns the secret (shown once) and its facts.
@@ -398,9 +436,15 @@ mod tests {
     #[test]
     fn names_are_normalised_and_checked() {
         assert_eq!(normalize_name(" Alice ").expect("ok"), "alice");
-        assert_eq!(normalize_name("bob@example.org").expect("ok"), "bob@example.org");
+        assert_eq!(
+            normalize_name("bob@example.org").expect("ok"),
+            "bob@example.org"
+        );
         for bad in ["", ".alice", "al ice", "al/ice", "é", &"a".repeat(65)] {
-            assert!(matches!(normalize_name(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+            assert!(
+                matches!(normalize_name(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
         }
     }
 

@@ -1,9 +1,9 @@
 //! argon2id password hashing (the `argon2` crate's defaults: 19 MiB, two
 //! passes, one lane — OWASP's recommended minimum).
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 use crate::error::{Error, Result};
 
@@ -19,7 +19,9 @@ pub fn hash_password(password: &str) -> Result<String> {
 /// Whether `password` matches the PHC `hash`. A malformed hash never matches.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }

@@ -184,8 +184,13 @@ pub struct Mailstore {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| StoreError::Corrupt { space, detail: e.to_string() }.into())
+    postcard::from_bytes(bytes).map_err(|e| {
+        StoreError::Corrupt {
+            space,
+            detail: e.to_string(),
+        }
+        .into()
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -248,8 +253,17 @@ impl Mailstore {
                 )?;
                 for (role, name) in Role::DEFAULTS {
                     let id = MailboxId(txn.next_id("mailbox")?);
-                    let record = MailboxRecord { id, name: name.to_owned(), parent: None, role };
-                    txn.put(Space::Mailboxes, mailbox_key(account.id, id), encode(&record)?);
+                    let record = MailboxRecord {
+                        id,
+                        name: name.to_owned(),
+                        parent: None,
+                        role,
+                    };
+                    txn.put(
+                        Space::Mailboxes,
+                        mailbox_key(account.id, id),
+                        encode(&record)?,
+                    );
                 }
                 txn.add(Space::Counters, &Counter::State.key(account.id, 0), 1)?;
                 Ok(account)
@@ -259,7 +273,11 @@ impl Mailstore {
 
     /// The account's current state.
     pub fn state(&self, account: AccountId) -> Result<State> {
-        Ok(State(self.db.counter(Space::Counters, &Counter::State.key(account, 0))?.max(0) as u64))
+        Ok(State(
+            self.db
+                .counter(Space::Counters, &Counter::State.key(account, 0))?
+                .max(0) as u64,
+        ))
     }
 
     /// The account's mailbox records, without counts.
@@ -270,7 +288,9 @@ impl Mailstore {
             Order::Ascending,
             usize::MAX,
         )?;
-        rows.into_iter().map(|(_, v)| decode(Space::Mailboxes, &v)).collect()
+        rows.into_iter()
+            .map(|(_, v)| decode(Space::Mailboxes, &v))
+            .collect()
     }
 
     /// The account's mailboxes with their counts.
@@ -280,7 +300,11 @@ impl Mailstore {
             .map(|mailbox| {
                 let total = self.counter(Counter::MailboxTotal, account, mailbox.id.0)?;
                 let unread = self.counter(Counter::MailboxUnread, account, mailbox.id.0)?;
-                Ok(MailboxView { mailbox, total, unread })
+                Ok(MailboxView {
+                    mailbox,
+                    total,
+                    unread,
+                })
             })
             .collect()
     }
@@ -291,11 +315,16 @@ impl Mailstore {
             .into_iter()
             .find(|m| m.role == role)
             .map(|m| m.id)
-            .ok_or_else(|| Error::Internal(format!("account {} has no {role:?} mailbox", account.0)))
+            .ok_or_else(|| {
+                Error::Internal(format!("account {} has no {role:?} mailbox", account.0))
+            })
     }
 
     fn counter(&self, c: Counter, account: AccountId, sub: u64) -> Result<u64> {
-        Ok(self.db.counter(Space::Counters, &c.key(account, sub))?.max(0) as u64)
+        Ok(self
+            .db
+            .counter(Space::Counters, &c.key(account, sub))?
+            .max(0) as u64)
     }
 
     /// Stores one raw message for each of `accounts` (into their Inbox) in one
@@ -319,7 +348,15 @@ impl Mailstore {
         let (outcomes, ticket) = self.db.write(|txn| {
             let mut outcomes = Vec::with_capacity(accounts.len());
             for (account, inbox) in accounts.iter().zip(&inboxes) {
-                outcomes.push(insert_email(txn, *account, *inbox, raw, blob, &parsed, received_ms));
+                outcomes.push(insert_email(
+                    txn,
+                    *account,
+                    *inbox,
+                    raw,
+                    blob,
+                    &parsed,
+                    received_ms,
+                ));
             }
             // Only fatal storage errors abort the whole transaction.
             for o in &outcomes {
@@ -346,14 +383,21 @@ impl Mailstore {
             (Space::MailboxByDate, Counter::MailboxTotal)
         };
         let total = self.counter(counter, account, mailbox.0)?;
-        let order = if q.newest_first { Order::Descending } else { Order::Ascending };
+        let order = if q.newest_first {
+            Order::Descending
+        } else {
+            Order::Ascending
+        };
         let full = KeyRange::prefix(&date_prefix(account, mailbox));
 
         let (range, skip, position) = match q.start {
             Start::Position(p) => (full, p, p),
             Start::Anchor(anchor, offset) => {
                 let Some(email) = self.email(account, anchor)? else {
-                    return Err(Error::not_found(format!("anchor email {} not found", anchor.0)));
+                    return Err(Error::not_found(format!(
+                        "anchor email {} not found",
+                        anchor.0
+                    )));
                 };
                 let anchor_key = date_key(account, mailbox, email.received_ms, anchor);
                 // Index of the anchor = entries before it in this order.
@@ -362,17 +406,29 @@ impl Mailstore {
                 (full, start, start)
             }
         };
-        let rows = self.db.scan(space, &range, order, skip as usize + q.limit)?;
+        let rows = self
+            .db
+            .scan(space, &range, order, skip as usize + q.limit)?;
         let ids = rows
             .into_iter()
             .skip(skip as usize)
             .map(|(k, _)| {
-                key::read_u64(&k, DATE_KEY_ID_OFFSET).map(EmailId).ok_or_else(|| {
-                    Error::Store(StoreError::Corrupt { space, detail: "date index key".into() })
-                })
+                key::read_u64(&k, DATE_KEY_ID_OFFSET)
+                    .map(EmailId)
+                    .ok_or_else(|| {
+                        Error::Store(StoreError::Corrupt {
+                            space,
+                            detail: "date index key".into(),
+                        })
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(QueryPage { ids, position, total, state })
+        Ok(QueryPage {
+            ids,
+            position,
+            total,
+            state,
+        })
     }
 
     fn count_before(
@@ -391,7 +447,10 @@ impl Mailstore {
     }
 
     fn mailbox_exists(&self, account: AccountId, id: MailboxId) -> Result<bool> {
-        Ok(self.db.get(Space::Mailboxes, &mailbox_key(account, id))?.is_some())
+        Ok(self
+            .db
+            .get(Space::Mailboxes, &mailbox_key(account, id))?
+            .is_some())
     }
 
     /// One email of the account, if it exists there.
@@ -433,10 +492,16 @@ fn insert_email(
     let used_bytes = txn.counter(Space::Counters, &Counter::UsedBytes.key(account, 0))?;
     let used_msgs = txn.counter(Space::Counters, &Counter::UsedMessages.key(account, 0))?;
     if acct.quota_bytes > 0 && used_bytes.max(0) as u64 + size > acct.quota_bytes {
-        return Err(Error::OverQuota(format!("{} would exceed its byte quota", acct.name)));
+        return Err(Error::OverQuota(format!(
+            "{} would exceed its byte quota",
+            acct.name
+        )));
     }
     if acct.quota_messages > 0 && used_msgs.max(0) as u64 + 1 > acct.quota_messages {
-        return Err(Error::OverQuota(format!("{} would exceed its message quota", acct.name)));
+        return Err(Error::OverQuota(format!(
+            "{} would exceed its message quota",
+            acct.name
+        )));
     }
     let id = EmailId(txn.next_id("email")?);
     let record = EmailRecord {
@@ -454,12 +519,32 @@ fn insert_email(
     blob::put(txn, blob, raw)?;
     txn.put(Space::Emails, email_key(account, id), encode(&record)?);
     for mb in [MailboxId::ALL, mailbox] {
-        txn.put(Space::MailboxByDate, date_key(account, mb, received_ms, id), Vec::new());
-        txn.put(Space::UnreadByDate, date_key(account, mb, received_ms, id), Vec::new());
-        txn.add(Space::Counters, &Counter::MailboxTotal.key(account, mb.0), 1)?;
-        txn.add(Space::Counters, &Counter::MailboxUnread.key(account, mb.0), 1)?;
+        txn.put(
+            Space::MailboxByDate,
+            date_key(account, mb, received_ms, id),
+            Vec::new(),
+        );
+        txn.put(
+            Space::UnreadByDate,
+            date_key(account, mb, received_ms, id),
+            Vec::new(),
+        );
+        txn.add(
+            Space::Counters,
+            &Counter::MailboxTotal.key(account, mb.0),
+            1,
+        )?;
+        txn.add(
+            Space::Counters,
+            &Counter::MailboxUnread.key(account, mb.0),
+            1,
+        )?;
     }
-    txn.add(Space::Counters, &Counter::UsedBytes.key(account, 0), size as i64)?;
+    txn.add(
+        Space::Counters,
+        &Counter::UsedBytes.key(account, 0),
+        size as i64,
+    )?;
     txn.add(Space::Counters, &Counter::UsedMessages.key(account, 0), 1)?;
     txn.add(Space::Counters, &Counter::State.key(account, 0), 1)?;
     Ok(id)

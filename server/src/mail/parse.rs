@@ -65,7 +65,10 @@ pub fn parse(raw: &[u8]) -> Parsed {
             // multipart and message/rfc822 (found by our fuzz seeds). Keep
             // what the header block alone gives; the raw bytes are stored
             // regardless.
-            tracing::warn!(bytes = raw.len(), "MIME parser failed; keeping headers only");
+            tracing::warn!(
+                bytes = raw.len(),
+                "MIME parser failed; keeping headers only"
+            );
             guarded(header_block(raw)).unwrap_or_default()
         }
     }
@@ -109,8 +112,15 @@ fn from_message(m: &Message<'_>) -> Parsed {
         in_reply_to: ids(m.in_reply_to()),
         references: ids(m.references()),
     };
-    let preview = m.body_preview(PREVIEW_CHARS * 2).map(|p| collapse(&p)).unwrap_or_default();
-    Parsed { envelope, preview, has_attachment: m.attachment_count() > 0 }
+    let preview = m
+        .body_preview(PREVIEW_CHARS * 2)
+        .map(|p| collapse(&p))
+        .unwrap_or_default();
+    Parsed {
+        envelope,
+        preview,
+        has_attachment: m.attachment_count() > 0,
+    }
 }
 
 fn addrs(a: Option<&MpAddress<'_>>) -> Vec<Addr> {
@@ -165,7 +175,13 @@ mod tests {
             Hello   Bob,\r\n\r\nsee you\tthere.\r\n";
         let p = parse(raw);
         assert_eq!(p.envelope.subject, "café plans");
-        assert_eq!(p.envelope.from, vec![Addr { name: "Alice A.".into(), email: "alice@example.org".into() }]);
+        assert_eq!(
+            p.envelope.from,
+            vec![Addr {
+                name: "Alice A.".into(),
+                email: "alice@example.org".into()
+            }]
+        );
         assert_eq!(p.envelope.to.len(), 2);
         assert_eq!(p.envelope.to[1].name, "Carol");
         assert_eq!(p.envelope.sent_ms, 1_751_364_000_000);
@@ -180,8 +196,11 @@ mod tests {
     fn a_parser_panic_still_yields_the_headers() {
         // This nesting makes mail-parser 0.11.9 panic ("Invalid part ID").
         let raw = b"Subject: kept\nContent-Type:multipart;boundary=q\n\n--qContent-Type:message/rfc822\n\n7\nContent-Type:message/rfc822\n\n\n--q--";
-        assert!(std::panic::catch_unwind(|| MessageParser::default().parse(&raw[..]).map(|_| ())).is_err(),
-            "mail-parser no longer panics here: the fallback can be revisited");
+        assert!(
+            std::panic::catch_unwind(|| MessageParser::default().parse(&raw[..]).map(|_| ()))
+                .is_err(),
+            "mail-parser no longer panics here: the fallback can be revisited"
+        );
         let p = parse(raw);
         assert_eq!(p.envelope.subject, "kept");
     }
@@ -192,6 +211,12 @@ mod tests {
         let p = parse(&[0xff, 0xfe, 0x00, b'\n', b':', b':']);
         assert_eq!(p.envelope.subject, "");
         let long = "x".repeat(10_000);
-        assert_eq!(parse(format!("Subject: a\r\n\r\n{long}").as_bytes()).preview.chars().count(), PREVIEW_CHARS);
+        assert_eq!(
+            parse(format!("Subject: a\r\n\r\n{long}").as_bytes())
+                .preview
+                .chars()
+                .count(),
+            PREVIEW_CHARS
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Domain records → schema builders.
 
-use quail_protocol::quail_capnp::{account_info, address, email, limits, mailbox, Property, Role as WireRole};
+use quail_protocol::quail_capnp::{
+    Property, Role as WireRole, account_info, address, email, limits, mailbox,
+};
 
 use crate::account::{Account, Usage};
 use crate::config::Limits;
@@ -75,7 +77,12 @@ pub struct Props {
 
 impl Props {
     /// Everything this server serves.
-    pub const ALL: Props = Props { envelope: true, keywords: true, mailboxes: true, preview: true };
+    pub const ALL: Props = Props {
+        envelope: true,
+        keywords: true,
+        mailboxes: true,
+        preview: true,
+    };
 
     /// Adds one property; `Err` names a property this server does not serve yet.
     pub fn add(&mut self, p: Property) -> Result<(), &'static str> {
@@ -114,8 +121,14 @@ pub fn email(mut b: email::Builder<'_>, e: &EmailRecord, props: Props) -> capnp:
         let env = &e.envelope;
         b.set_subject(env.subject.as_str());
         addresses(b.reborrow().init_from(env.from.len() as u32), &env.from);
-        addresses(b.reborrow().init_sender(env.sender.len() as u32), &env.sender);
-        addresses(b.reborrow().init_reply_to(env.reply_to.len() as u32), &env.reply_to);
+        addresses(
+            b.reborrow().init_sender(env.sender.len() as u32),
+            &env.sender,
+        );
+        addresses(
+            b.reborrow().init_reply_to(env.reply_to.len() as u32),
+            &env.reply_to,
+        );
         addresses(b.reborrow().init_to(env.to.len() as u32), &env.to);
         addresses(b.reborrow().init_cc(env.cc.len() as u32), &env.cc);
         addresses(b.reborrow().init_bcc(env.bcc.len() as u32), &env.bcc);

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use quail_protocol::quail_capnp::gateway;
 use quail_protocol::error_code_name;
+use quail_protocol::quail_capnp::gateway;
 
-use super::{code_of, not_served, now_ms, text, to_capnp, Services};
+use super::{Services, code_of, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
 use crate::error::Error;
 
@@ -75,7 +75,10 @@ impl gateway::Server for GatewayImpl {
         let outcomes = if targets.is_empty() {
             Vec::new()
         } else {
-            s.mail.deliver(&targets, raw, now_ms()).await.map_err(to_capnp)?
+            s.mail
+                .deliver(&targets, raw, now_ms())
+                .await
+                .map_err(to_capnp)?
         };
         let by_account: HashMap<AccountId, &Result<_, Error>> =
             targets.iter().copied().zip(outcomes.iter()).collect();
@@ -88,7 +91,10 @@ impl gateway::Server for GatewayImpl {
                 Ok(account) => match by_account.get(account) {
                     Some(Ok(id)) => Ok(id.0),
                     Some(Err(e)) => Err((code_of(e), e.to_string())),
-                    None => Err((code_of(&Error::Internal(String::new())), "not delivered".into())),
+                    None => Err((
+                        code_of(&Error::Internal(String::new())),
+                        "not delivered".into(),
+                    )),
                 },
                 Err(e) => Err((code_of(e), e.to_string())),
             };

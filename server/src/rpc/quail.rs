@@ -3,10 +3,10 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use quail_protocol::quail_capnp::{admin, gateway, quail, session};
 use quail_protocol::PROTOCOL_VERSION;
+use quail_protocol::quail_capnp::{admin, gateway, quail, session};
 
-use super::{Services, FEATURES, blocking, text, to_capnp};
+use super::{FEATURES, Services, blocking, text, to_capnp};
 use crate::account::Credential;
 use crate::error::Error;
 
@@ -52,8 +52,10 @@ impl quail::Server for QuailImpl {
             .await
             .map_err(to_capnp)?;
         tracing::debug!(account = account.id.0, "login");
-        let session: session::Client =
-            capnp_rpc::new_client(super::session::SessionImpl::new(Arc::clone(&self.services), account.id));
+        let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
+            Arc::clone(&self.services),
+            account.id,
+        ));
         results.get().set_session(session);
         Ok(())
     }
@@ -64,9 +66,15 @@ impl quail::Server for QuailImpl {
         mut results: quail::LoginTokenResults,
     ) -> Result<(), capnp::Error> {
         let token = text(params.get()?.get_token(), "token", MAX_SECRET_BYTES)?;
-        let account = self.services.accounts.authenticate_token(token).map_err(to_capnp)?;
-        let session: session::Client =
-            capnp_rpc::new_client(super::session::SessionImpl::new(Arc::clone(&self.services), account.id));
+        let account = self
+            .services
+            .accounts
+            .authenticate_token(token)
+            .map_err(to_capnp)?;
+        let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
+            Arc::clone(&self.services),
+            account.id,
+        ));
         results.get().set_session(session);
         Ok(())
     }
@@ -77,7 +85,10 @@ impl quail::Server for QuailImpl {
         mut results: quail::GatewayResults,
     ) -> Result<(), capnp::Error> {
         let secret = text(params.get()?.get_secret(), "secret", MAX_SECRET_BYTES)?;
-        self.services.credentials.check(Credential::Gateway, secret).map_err(to_capnp)?;
+        self.services
+            .credentials
+            .check(Credential::Gateway, secret)
+            .map_err(to_capnp)?;
         let g: gateway::Client =
             capnp_rpc::new_client(super::gateway::GatewayImpl::new(Arc::clone(&self.services)));
         results.get().set_gateway(g);

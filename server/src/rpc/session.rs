@@ -4,10 +4,10 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use quail_protocol::quail_capnp::{query, session, Sort, Tristate};
+use quail_protocol::quail_capnp::{Sort, Tristate, query, session};
 
 use super::convert::{self, Props};
-use super::{not_served, now_ms, text, to_capnp, Services};
+use super::{Services, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
 use crate::error::Error;
 use crate::mail::{EmailId, Filter, MailboxId, Query, Start};
@@ -127,7 +127,11 @@ impl session::Server for SessionImpl {
     ) -> Result<(), capnp::Error> {
         let q = params.get()?.get_query()?;
         let query = decode_query(q, self.services.config.limits.max_query_limit)?;
-        let page = self.services.mail.query(self.account, &query).map_err(to_capnp)?;
+        let page = self
+            .services
+            .mail
+            .query(self.account, &query)
+            .map_err(to_capnp)?;
         let mut r = results.get().init_result();
         r.set_position(u32::try_from(page.position).unwrap_or(u32::MAX));
         r.set_total(page.total);
@@ -160,7 +164,12 @@ impl session::Server for SessionImpl {
         let mut found = Vec::with_capacity(ids.len() as usize);
         let mut missing = Vec::new();
         for id in ids.iter() {
-            match self.services.mail.email(self.account, EmailId(id)).map_err(to_capnp)? {
+            match self
+                .services
+                .mail
+                .email(self.account, EmailId(id))
+                .map_err(to_capnp)?
+            {
                 Some(e) => found.push(e),
                 None => missing.push(id),
             }
@@ -198,7 +207,11 @@ impl session::Server for SessionImpl {
             ))));
         }
         let max = self.services.config.limits.max_inline_bytes;
-        let want = if length == 0 { total - offset } else { length.min(total - offset) };
+        let want = if length == 0 {
+            total - offset
+        } else {
+            length.min(total - offset)
+        };
         let n = want.min(max);
         let mut b = results.get().init_bytes();
         b.set_total_size(total);
@@ -212,7 +225,11 @@ impl session::Server for SessionImpl {
         params: session::CreateAppTokenParams,
         mut results: session::CreateAppTokenResults,
     ) -> Result<(), capnp::Error> {
-        let label = text(params.get()?.get_label(), "label", crate::account::MAX_LABEL_BYTES)?;
+        let label = text(
+            params.get()?.get_label(),
+            "label",
+            crate::account::MAX_LABEL_BYTES,
+        )?;
         let (secret, token) = self
             .services
             .accounts
@@ -233,7 +250,11 @@ impl session::Server for SessionImpl {
         _: session::ListAppTokensParams,
         mut results: session::ListAppTokensResults,
     ) -> Result<(), capnp::Error> {
-        let tokens = self.services.accounts.tokens(self.account).map_err(to_capnp)?;
+        let tokens = self
+            .services
+            .accounts
+            .tokens(self.account)
+            .map_err(to_capnp)?;
         let mut list = results.get().init_tokens(tokens.len() as u32);
         for (i, t) in tokens.iter().enumerate() {
             let mut b = list.reborrow().get(i as u32);
@@ -250,7 +271,11 @@ impl session::Server for SessionImpl {
         _: session::RevokeAppTokenResults,
     ) -> Result<(), capnp::Error> {
         let id = params.get()?.get_id();
-        self.services.accounts.revoke_tokens(self.account, Some(id)).await.map_err(to_capnp)?;
+        self.services
+            .accounts
+            .revoke_tokens(self.account, Some(id))
+            .await
+            .map_err(to_capnp)?;
         Ok(())
     }
 

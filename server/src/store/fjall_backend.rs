@@ -29,7 +29,9 @@ pub struct FjallStore {
 
 impl std::fmt::Debug for FjallStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FjallStore").field("metrics", &self.metrics()).finish()
+        f.debug_struct("FjallStore")
+            .field("metrics", &self.metrics())
+            .finish()
     }
 }
 
@@ -59,7 +61,9 @@ impl FjallStore {
         }
         let sync_db = db.clone();
         let group = GroupCommit::start(Box::new(move || {
-            sync_db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())
+            sync_db
+                .persist(PersistMode::SyncAll)
+                .map_err(|e| e.to_string())
         }))?;
         Ok(FjallStore {
             db,
@@ -89,7 +93,11 @@ impl Drop for FjallStore {
 
 impl Reader for FjallStore {
     fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.ks(space).get(key).map_err(backend)?.map(|v| v.to_vec()))
+        Ok(self
+            .ks(space)
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
     }
 
     fn scan(
@@ -99,7 +107,9 @@ impl Reader for FjallStore {
         order: Order,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let iter = self.ks(space).range::<Vec<u8>, _>((range.start.clone(), range.end.clone()));
+        let iter = self
+            .ks(space)
+            .range::<Vec<u8>, _>((range.start.clone(), range.end.clone()));
         let mut out = Vec::new();
         let mut push = |guard: fjall::Guard| -> StoreResult<bool> {
             let (k, v) = guard.into_inner().map_err(backend)?;
@@ -143,7 +153,8 @@ impl Store for FjallStore {
             }
         }
         batch.commit().map_err(backend)?;
-        self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.group.applied()
     }
 

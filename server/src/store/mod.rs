@@ -143,7 +143,10 @@ pub struct KeyRange {
 impl KeyRange {
     /// Every key.
     pub fn all() -> Self {
-        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
     }
 
     /// Every key that starts with `prefix`.
@@ -152,12 +155,18 @@ impl KeyRange {
             Some(s) => Bound::Excluded(s),
             None => Bound::Unbounded,
         };
-        KeyRange { start: Bound::Included(prefix.to_vec()), end }
+        KeyRange {
+            start: Bound::Included(prefix.to_vec()),
+            end,
+        }
     }
 
     /// Keys in `[start, end)`.
     pub fn between(start: Vec<u8>, end: Vec<u8>) -> Self {
-        KeyRange { start: Bound::Included(start), end: Bound::Excluded(end) }
+        KeyRange {
+            start: Bound::Included(start),
+            end: Bound::Excluded(end),
+        }
     }
 
     /// Whether `k` lies in the range.
@@ -287,24 +296,32 @@ pub trait Store: Reader + Send + Sync + fmt::Debug {
     fn metrics(&self) -> StoreMetrics;
 }
 
+/// A transaction's pending writes: `None` deletes.
+pub type Writes = BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>;
+
 /// One transaction: reads see the store plus this transaction's own writes
 /// (point reads only; scans see the store as it was when the transaction
 /// began). Writes apply atomically at the end.
 pub struct Txn<'a> {
     reader: &'a dyn Reader,
-    writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+    writes: Writes,
 }
 
 impl fmt::Debug for Txn<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Txn").field("writes", &self.writes.len()).finish()
+        f.debug_struct("Txn")
+            .field("writes", &self.writes.len())
+            .finish()
     }
 }
 
 impl<'a> Txn<'a> {
     /// A transaction reading through `reader`. Backends create these.
     pub fn new(reader: &'a dyn Reader) -> Self {
-        Txn { reader, writes: BTreeMap::new() }
+        Txn {
+            reader,
+            writes: BTreeMap::new(),
+        }
     }
 
     /// The value under `key`, including this transaction's writes.
@@ -382,11 +399,16 @@ impl<'a> Txn<'a> {
 
     /// The pending writes, for the backend to apply; refuses keys no
     /// backend can hold.
-    pub fn into_writes(self) -> StoreResult<BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>> {
-        if let Some((space, key)) =
-            self.writes.keys().find(|(_, k)| k.is_empty() || k.len() > MAX_KEY_BYTES)
+    pub fn into_writes(self) -> StoreResult<Writes> {
+        if let Some((space, key)) = self
+            .writes
+            .keys()
+            .find(|(_, k)| k.is_empty() || k.len() > MAX_KEY_BYTES)
         {
-            return Err(StoreError::InvalidKey { space: *space, len: key.len() });
+            return Err(StoreError::InvalidKey {
+                space: *space,
+                len: key.len(),
+            });
         }
         Ok(self.writes)
     }
