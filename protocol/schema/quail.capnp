@@ -152,7 +152,8 @@ struct Address {
 }
 
 struct Part {
-  partId @0 :Text;        # "1", "1.2", ... ("" for a non-multipart root: its only part is "1")
+  partId @0 :Text;        # IMAP numbering: "1", "1.2", ...; "" for the root of a multipart message
+                          # (a non-multipart message's only part is "1")
   mimeType @1 :Text;      # lower case, e.g. "text/plain"
   charset @2 :Text;
   disposition @3 :Text;   # "inline", "attachment" or ""

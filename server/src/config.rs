@@ -9,6 +9,9 @@
 //! key = "/etc/quail/key.pem"
 //! [limits]
 //! max_message_bytes = 52428800
+//! [mail]
+//! keep_changes = 100000              # change-log entries kept per account
+//! thread_window_hours = 168          # subject-only threading window
 //! ```
 
 use std::net::SocketAddr;
@@ -42,6 +45,29 @@ pub struct Config {
     pub workers: usize,
     /// Limits announced in `hello` and enforced.
     pub limits: Limits,
+    /// Mail store tunables.
+    pub mail: MailSettings,
+}
+
+/// Mail store tunables.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailSettings {
+    /// Change-log entries kept per account; clients further behind resync.
+    pub keep_changes: u64,
+    /// Messages with the same subject and no known references join one
+    /// thread when at most this many hours apart.
+    pub thread_window_hours: u64,
+}
+
+impl Default for MailSettings {
+    fn default() -> Self {
+        let d = crate::mail::MailConfig::default();
+        MailSettings {
+            keep_changes: d.keep_changes,
+            thread_window_hours: (d.thread_window_ms / 3_600_000) as u64,
+        }
+    }
 }
 
 /// A PEM certificate chain and private key.
@@ -108,6 +134,7 @@ impl Default for Config {
             domains: Vec::new(),
             workers: 0,
             limits: Limits::default(),
+            mail: MailSettings::default(),
         }
     }
 }
@@ -165,6 +192,15 @@ impl Config {
             "limits: counts must be positive"
         );
         Ok(())
+    }
+
+    /// The mail store's tunables.
+    pub fn mail_config(&self) -> crate::mail::MailConfig {
+        crate::mail::MailConfig {
+            keep_changes: self.mail.keep_changes.max(1),
+            thread_window_ms: (self.mail.thread_window_hours.min(24 * 365) * 3_600_000) as i64,
+            max_ids: self.limits.max_ids_per_call as usize,
+        }
     }
 
     /// Directory of the key-value store.

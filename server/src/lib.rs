@@ -6,7 +6,9 @@
 //!   connection on a pinned single-thread worker, stream-kind dispatch.
 //! - [`rpc`] — the Cap'n Proto services (`Quail`, `Session`, `Admin`,
 //!   `Gateway`): thin translation between the wire and the domain.
-//! - [`mail`] — parsing and ingest of messages, queries and reads of email.
+//! - [`mail`] — parsing and ingest of messages, mailboxes, keywords, threads,
+//!   queries.
+//! - [`sync`] — account state and the change log (delta sync).
 //! - [`account`] — accounts, passwords (argon2id), app tokens, the operator
 //!   and gateway credentials.
 //! - [`blob`] — content-addressed byte storage (BLAKE3 ids, reference counts).
@@ -26,6 +28,7 @@ pub mod net;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod sync;
 
 pub use config::Config;
 pub use error::{Error, Result};

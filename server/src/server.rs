@@ -21,7 +21,12 @@ use crate::rpc::Services;
 use crate::store::{Db, FjallStore, Space, StoreError, StoreMetrics};
 
 /// The store layout this build writes and reads.
-pub const STORE_FORMAT: u32 = 1;
+///
+/// - 1: the foundation (emails with raw messages only; no threads, keywords
+///   or change log).
+/// - 2: body structure, attachment blobs and skeletons, keyword and thread
+///   indexes, the change log.
+pub const STORE_FORMAT: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// Entry point.

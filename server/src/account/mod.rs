@@ -89,6 +89,12 @@ pub enum Counter {
     MailboxTotal = 4,
     /// Unread emails in a mailbox (sub-id: mailbox; 0 = all mail).
     MailboxUnread = 5,
+    /// Flagged emails in a mailbox (sub-id: mailbox; 0 = all mail).
+    MailboxFlagged = 6,
+    /// Oldest modseq still in the change log.
+    LogFloor = 7,
+    /// Server-wide (account 0): bytes all blobs take on disk.
+    BlobBytes = 8,
 }
 
 impl Counter {
@@ -96,7 +102,9 @@ impl Counter {
     pub fn key(self, account: AccountId, sub: u64) -> Vec<u8> {
         let k = Key::new().u64(account.0).u8(self as u8);
         match self {
-            Counter::MailboxTotal | Counter::MailboxUnread => k.u64(sub).build(),
+            Counter::MailboxTotal | Counter::MailboxUnread | Counter::MailboxFlagged => {
+                k.u64(sub).build()
+            }
             _ => k.build(),
         }
     }

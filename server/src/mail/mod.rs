@@ -1,26 +1,45 @@
-//! Mail: accounts' mailboxes and emails, ingest, queries and reads.
+//! Mail: accounts' mailboxes, emails, keywords and threads.
 //!
-//! - [`parse`] — raw bytes → envelope and preview (mail-parser, lenient).
-//! - this file — the stored records and the operations on them.
+//! - [`parse`] — raw bytes → envelope, preview, body structure, attachments
+//!   (mail-parser; lenient, never panics).
+//! - [`raw`] — the raw message stored as a skeleton around attachment blobs,
+//!   rebuilt byte for byte.
+//! - [`ingest`] — parse → blobs → thread → one transaction → group commit.
+//! - [`index`] — the per-mailbox date indexes (all, unread, flagged) and
+//!   their counters, kept in step with every email change.
+//! - [`thread`] — threading by Message-ID / In-Reply-To / References with a
+//!   normalised-subject fallback; merges.
+//! - [`keyword`] — keyword validation.
+//! - [`mailbox`] — create, rename, nest, delete.
+//! - [`update`] — set keywords, move, destroy (to Trash; expunge from Trash).
+//! - [`query`] — filters, sort, paging, collapse by thread.
 //!
-//! An email is stored as one record (`Space::Emails`), its raw bytes as a
-//! blob, one index entry per mailbox it is in plus one under mailbox 0
-//! ("all mail") in `Space::MailboxByDate`, the same again in
-//! `Space::UnreadByDate` while it is unread, and counters: per mailbox
-//! total/unread, the account's usage, and the account's state. All of these
-//! change in the one transaction of the ingest, so they never disagree.
+//! Every mutation happens in one store transaction that also writes the
+//! change log ([`crate::sync`]), so records, indexes, counters, blob
+//! references and changes never disagree.
 
+pub mod index;
+pub mod ingest;
+pub mod keyword;
+pub mod mailbox;
 pub mod parse;
+pub mod query;
+pub mod raw;
+pub mod thread;
+pub mod update;
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::{AccountId, Accounts, Counter};
+use crate::account::{AccountId, Counter};
 use crate::blob::{self, BlobId};
 use crate::error::{Error, Result};
-use crate::store::key::{self, Key};
+use crate::store::key::Key;
 use crate::store::{Db, KeyRange, Order, Space, StoreError, Txn};
+use crate::sync::{self, State};
 
-pub use parse::{Addr, Envelope, Parsed};
+pub use parse::{Addr, BodyPart, Envelope, Parsed};
+pub use query::{Filter, Query, QueryPage, Start, Tri};
+pub use update::UpdateOutcome;
 
 /// An email's id: unique across the server, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -36,12 +55,12 @@ impl MailboxId {
     pub const ALL: MailboxId = MailboxId(0);
 }
 
-/// An account's state: its modification sequence, bumped by every change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct State(pub u64);
+/// A thread's id: unique across the server, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ThreadId(pub u64);
 
 /// A mailbox's special role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
     /// No role.
     None,
@@ -95,8 +114,14 @@ pub struct MailboxView {
     pub unread: u64,
 }
 
-/// The keyword that marks an email read.
-pub const SEEN: &str = "$seen";
+/// Where an email's raw message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RawRef {
+    /// In this blob, as it is.
+    Plain(BlobId),
+    /// In this blob, as a [`raw::Skeleton`] around attachment blobs.
+    Skeleton(BlobId),
+}
 
 /// An email as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,82 +133,73 @@ pub struct EmailRecord {
     /// Raw size in bytes.
     pub size: u64,
     /// The raw message.
-    pub blob: BlobId,
-    /// Mailboxes it is in (never empty).
+    pub raw: RawRef,
+    /// Every blob it holds a reference to (raw and attachments), distinct.
+    pub blobs: Vec<BlobId>,
+    /// Mailboxes it is in: sorted, distinct, never empty.
     pub mailboxes: Vec<MailboxId>,
-    /// Keywords, sorted.
+    /// Keywords: sorted, distinct, lower case.
     pub keywords: Vec<String>,
     /// Its thread.
-    pub thread: u64,
+    pub thread: ThreadId,
     /// Header fields.
     pub envelope: Envelope,
     /// Text preview.
     pub preview: String,
     /// Whether it has attachments.
     pub has_attachment: bool,
+    /// Body structure.
+    pub body: BodyPart,
 }
 
 impl EmailRecord {
     /// Whether it lacks `$seen`.
     pub fn is_unread(&self) -> bool {
-        !self.keywords.iter().any(|k| k == SEEN)
+        !self.has_keyword(keyword::SEEN)
+    }
+
+    /// Whether it has `$flagged`.
+    pub fn is_flagged(&self) -> bool {
+        self.has_keyword(keyword::FLAGGED)
+    }
+
+    /// Whether it has keyword `k` (normalised).
+    pub fn has_keyword(&self, k: &str) -> bool {
+        self.keywords
+            .binary_search_by(|x| x.as_str().cmp(k))
+            .is_ok()
     }
 }
 
-/// Which emails a query selects.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Only this mailbox (`None`: all mail).
-    pub mailbox: Option<MailboxId>,
-    /// Only unread emails.
-    pub unread_only: bool,
-}
-
-/// Where a page starts.
+/// Tunables of the mail store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// At this index of the full result.
-    Position(u64),
-    /// At this email, shifted by an offset (negative: earlier in the result).
-    Anchor(EmailId, i64),
+pub struct MailConfig {
+    /// Change-log entries kept per account (older states must resync).
+    pub keep_changes: u64,
+    /// How far apart two messages may be and still join one thread by subject alone.
+    pub thread_window_ms: i64,
+    /// Ids per batch call.
+    pub max_ids: usize,
 }
 
-/// A query: filter, order, page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Query {
-    /// Selection.
-    pub filter: Filter,
-    /// Newest first when true.
-    pub newest_first: bool,
-    /// Page start.
-    pub start: Start,
-    /// Page size.
-    pub limit: usize,
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            keep_changes: 100_000,
+            thread_window_ms: 7 * 24 * 3600 * 1000,
+            max_ids: 1000,
+        }
+    }
 }
-
-/// One page of a query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryPage {
-    /// The emails, in order.
-    pub ids: Vec<EmailId>,
-    /// Index of `ids[0]` in the full result.
-    pub position: u64,
-    /// Size of the full result.
-    pub total: u64,
-    /// The account state the page reflects.
-    pub state: State,
-}
-
-/// Outcome of delivering to one recipient.
-pub type RecipientOutcome = std::result::Result<EmailId, Error>;
 
 /// The mail store.
 #[derive(Debug, Clone)]
 pub struct Mailstore {
     db: Db,
+    config: MailConfig,
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| {
         StoreError::Corrupt {
             space,
@@ -193,43 +209,75 @@ fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T>
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     postcard::to_stdvec(value).map_err(|e| Error::Internal(format!("encoding record: {e}")))
 }
 
-fn email_key(account: AccountId, id: EmailId) -> Vec<u8> {
+pub(crate) fn email_key(account: AccountId, id: EmailId) -> Vec<u8> {
     Key::new().u64(account.0).u64(id.0).build()
 }
 
-fn mailbox_key(account: AccountId, id: MailboxId) -> Vec<u8> {
+pub(crate) fn mailbox_key(account: AccountId, id: MailboxId) -> Vec<u8> {
     Key::new().u64(account.0).u64(id.0).build()
 }
 
-fn date_key(account: AccountId, mailbox: MailboxId, received_ms: i64, id: EmailId) -> Vec<u8> {
-    Key::new()
-        .u64(account.0)
-        .u64(mailbox.0)
-        .u64(received_ms.max(0) as u64)
-        .u64(id.0)
-        .build()
+pub(crate) fn account_prefix(account: AccountId) -> Vec<u8> {
+    Key::new().u64(account.0).build()
 }
 
-fn date_prefix(account: AccountId, mailbox: MailboxId) -> Vec<u8> {
-    Key::new().u64(account.0).u64(mailbox.0).build()
+/// Reads an email inside a transaction.
+pub(crate) fn email_in(
+    txn: &Txn<'_>,
+    account: AccountId,
+    id: EmailId,
+) -> Result<Option<EmailRecord>> {
+    txn.get(Space::Emails, &email_key(account, id))?
+        .map(|b| decode(Space::Emails, &b))
+        .transpose()
 }
 
-/// Where the email id sits in a date-index key.
-const DATE_KEY_ID_OFFSET: usize = 24;
+/// Writes an email inside a transaction (the caller keeps indexes in step).
+pub(crate) fn put_email(txn: &mut Txn<'_>, account: AccountId, e: &EmailRecord) -> Result<()> {
+    txn.put(Space::Emails, email_key(account, e.id), encode(e)?);
+    Ok(())
+}
+
+/// The account's mailboxes inside a transaction.
+pub(crate) fn mailboxes_in(txn: &Txn<'_>, account: AccountId) -> Result<Vec<MailboxRecord>> {
+    txn.scan(
+        Space::Mailboxes,
+        &KeyRange::prefix(&account_prefix(account)),
+        Order::Ascending,
+        usize::MAX,
+    )?
+    .into_iter()
+    .map(|(_, v)| decode(Space::Mailboxes, &v))
+    .collect()
+}
+
+/// The mailbox with `role` inside a transaction.
+pub(crate) fn role_in(txn: &Txn<'_>, account: AccountId, role: Role) -> Result<MailboxId> {
+    mailboxes_in(txn, account)?
+        .into_iter()
+        .find(|m| m.role == role)
+        .map(|m| m.id)
+        .ok_or_else(|| Error::Internal(format!("account {} has no {role:?} mailbox", account.0)))
+}
 
 impl Mailstore {
     /// The mail store on `db`.
-    pub fn new(db: Db) -> Self {
-        Mailstore { db }
+    pub fn new(db: Db, config: MailConfig) -> Self {
+        Mailstore { db, config }
     }
 
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The tunables.
+    pub fn config(&self) -> &MailConfig {
+        &self.config
     }
 
     /// Creates an account with its role mailboxes, durably.
@@ -241,9 +289,10 @@ impl Mailstore {
         quota_messages: u64,
         now_ms: i64,
     ) -> Result<crate::account::Account> {
+        let keep = self.config.keep_changes;
         self.db
             .write_durable(|txn| {
-                let account = Accounts::insert(
+                let account = crate::account::Accounts::insert(
                     txn,
                     name,
                     password_hash.clone(),
@@ -251,6 +300,7 @@ impl Mailstore {
                     quota_messages,
                     now_ms,
                 )?;
+                let mut changes = sync::ChangeSet::new();
                 for (role, name) in Role::DEFAULTS {
                     let id = MailboxId(txn.next_id("mailbox")?);
                     let record = MailboxRecord {
@@ -264,8 +314,9 @@ impl Mailstore {
                         mailbox_key(account.id, id),
                         encode(&record)?,
                     );
+                    changes.note(sync::Kind::Mailbox, id.0, sync::Op::Created);
                 }
-                txn.add(Space::Counters, &Counter::State.key(account.id, 0), 1)?;
+                changes.commit(txn, account.id, keep)?;
                 Ok(account)
             })
             .await
@@ -273,22 +324,19 @@ impl Mailstore {
 
     /// The account's current state.
     pub fn state(&self, account: AccountId) -> Result<State> {
-        Ok(State(
-            self.db
-                .counter(Space::Counters, &Counter::State.key(account, 0))?
-                .max(0) as u64,
-        ))
+        sync::state(&self.db, account)
     }
 
     /// The account's mailbox records, without counts.
     pub fn mailbox_records(&self, account: AccountId) -> Result<Vec<MailboxRecord>> {
-        let rows = self.db.scan(
-            Space::Mailboxes,
-            &KeyRange::prefix(&Key::new().u64(account.0).build()),
-            Order::Ascending,
-            usize::MAX,
-        )?;
-        rows.into_iter()
+        self.db
+            .scan(
+                Space::Mailboxes,
+                &KeyRange::prefix(&account_prefix(account)),
+                Order::Ascending,
+                usize::MAX,
+            )?
+            .into_iter()
             .map(|(_, v)| decode(Space::Mailboxes, &v))
             .collect()
     }
@@ -320,137 +368,11 @@ impl Mailstore {
             })
     }
 
-    fn counter(&self, c: Counter, account: AccountId, sub: u64) -> Result<u64> {
+    pub(crate) fn counter(&self, c: Counter, account: AccountId, sub: u64) -> Result<u64> {
         Ok(self
             .db
             .counter(Space::Counters, &c.key(account, sub))?
             .max(0) as u64)
-    }
-
-    /// Stores one raw message for each of `accounts` (into their Inbox) in one
-    /// transaction and returns once it is durable. Each recipient's outcome
-    /// is separate: one over quota does not stop the others.
-    pub async fn deliver(
-        &self,
-        accounts: &[AccountId],
-        raw: &[u8],
-        received_ms: i64,
-    ) -> Result<Vec<RecipientOutcome>> {
-        if raw.is_empty() {
-            return Err(Error::invalid("empty message"));
-        }
-        let parsed = parse::parse(raw);
-        let blob = BlobId::of(raw);
-        let inboxes = accounts
-            .iter()
-            .map(|a| self.mailbox_by_role(*a, Role::Inbox))
-            .collect::<Result<Vec<_>>>()?;
-        let (outcomes, ticket) = self.db.write(|txn| {
-            let mut outcomes = Vec::with_capacity(accounts.len());
-            for (account, inbox) in accounts.iter().zip(&inboxes) {
-                outcomes.push(insert_email(
-                    txn,
-                    *account,
-                    *inbox,
-                    raw,
-                    blob,
-                    &parsed,
-                    received_ms,
-                ));
-            }
-            // Only fatal storage errors abort the whole transaction.
-            for o in &outcomes {
-                if let Err(Error::Store(e)) = o {
-                    return Err(Error::Internal(format!("storage: {e}")));
-                }
-            }
-            Ok::<_, Error>(outcomes)
-        })?;
-        self.db.sync(ticket).await?;
-        Ok(outcomes)
-    }
-
-    /// One page of the emails a query selects.
-    pub fn query(&self, account: AccountId, q: &Query) -> Result<QueryPage> {
-        let state = self.state(account)?;
-        let mailbox = q.filter.mailbox.unwrap_or(MailboxId::ALL);
-        if mailbox != MailboxId::ALL && !self.mailbox_exists(account, mailbox)? {
-            return Err(Error::not_found(format!("no mailbox {}", mailbox.0)));
-        }
-        let (space, counter) = if q.filter.unread_only {
-            (Space::UnreadByDate, Counter::MailboxUnread)
-        } else {
-            (Space::MailboxByDate, Counter::MailboxTotal)
-        };
-        let total = self.counter(counter, account, mailbox.0)?;
-        let order = if q.newest_first {
-            Order::Descending
-        } else {
-            Order::Ascending
-        };
-        let full = KeyRange::prefix(&date_prefix(account, mailbox));
-
-        let (range, skip, position) = match q.start {
-            Start::Position(p) => (full, p, p),
-            Start::Anchor(anchor, offset) => {
-                let Some(email) = self.email(account, anchor)? else {
-                    return Err(Error::not_found(format!(
-                        "anchor email {} not found",
-                        anchor.0
-                    )));
-                };
-                let anchor_key = date_key(account, mailbox, email.received_ms, anchor);
-                // Index of the anchor = entries before it in this order.
-                let before = self.count_before(space, &full, &anchor_key, order)?;
-                let start = (before as i64).saturating_add(offset).max(0) as u64;
-                (full, start, start)
-            }
-        };
-        let rows = self
-            .db
-            .scan(space, &range, order, skip as usize + q.limit)?;
-        let ids = rows
-            .into_iter()
-            .skip(skip as usize)
-            .map(|(k, _)| {
-                key::read_u64(&k, DATE_KEY_ID_OFFSET)
-                    .map(EmailId)
-                    .ok_or_else(|| {
-                        Error::Store(StoreError::Corrupt {
-                            space,
-                            detail: "date index key".into(),
-                        })
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(QueryPage {
-            ids,
-            position,
-            total,
-            state,
-        })
-    }
-
-    fn count_before(
-        &self,
-        space: Space,
-        full: &KeyRange,
-        anchor_key: &[u8],
-        order: Order,
-    ) -> Result<u64> {
-        let mut range = full.clone();
-        match order {
-            Order::Ascending => range.end = std::ops::Bound::Excluded(anchor_key.to_vec()),
-            Order::Descending => range.start = std::ops::Bound::Excluded(anchor_key.to_vec()),
-        }
-        Ok(self.db.scan(space, &range, order, usize::MAX)?.len() as u64)
-    }
-
-    fn mailbox_exists(&self, account: AccountId, id: MailboxId) -> Result<bool> {
-        Ok(self
-            .db
-            .get(Space::Mailboxes, &mailbox_key(account, id))?
-            .is_some())
     }
 
     /// One email of the account, if it exists there.
@@ -461,91 +383,60 @@ impl Mailstore {
             .transpose()
     }
 
-    /// The raw bytes of one email of the account.
+    /// Every email id of the account, ascending (tools, tests).
+    pub fn email_ids(&self, account: AccountId) -> Result<Vec<EmailId>> {
+        let mut out = Vec::new();
+        self.db.scan_all(
+            Space::Emails,
+            &KeyRange::prefix(&account_prefix(account)),
+            Order::Ascending,
+            |k, _| {
+                if let Some(id) = crate::store::key::read_u64(k, 8) {
+                    out.push(EmailId(id));
+                }
+                Ok::<_, Error>(true)
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// The raw bytes of one email of the account, exactly as received.
     pub fn raw(&self, account: AccountId, id: EmailId) -> Result<Vec<u8>> {
         let email = self
             .email(account, id)?
             .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
-        blob::get(&self.db, email.blob)?.ok_or_else(|| {
-            Error::Store(StoreError::Corrupt {
-                space: Space::Blobs,
-                detail: format!("email {} refers to missing blob {}", id.0, email.blob),
-            })
-        })
+        self.raw_of(&email)
     }
-}
 
-/// Adds one email to `account`'s `mailbox` inside `txn`: record, blob
-/// reference, index entries, counters, state.
-fn insert_email(
-    txn: &mut Txn<'_>,
-    account: AccountId,
-    mailbox: MailboxId,
-    raw: &[u8],
-    blob: BlobId,
-    parsed: &Parsed,
-    received_ms: i64,
-) -> RecipientOutcome {
-    let acct = Accounts::get_in(txn, account)?
-        .ok_or_else(|| Error::not_found(format!("account {} is gone", account.0)))?;
-    let size = raw.len() as u64;
-    let used_bytes = txn.counter(Space::Counters, &Counter::UsedBytes.key(account, 0))?;
-    let used_msgs = txn.counter(Space::Counters, &Counter::UsedMessages.key(account, 0))?;
-    if acct.quota_bytes > 0 && used_bytes.max(0) as u64 + size > acct.quota_bytes {
-        return Err(Error::OverQuota(format!(
-            "{} would exceed its byte quota",
-            acct.name
-        )));
+    /// The raw bytes of a stored email.
+    pub fn raw_of(&self, email: &EmailRecord) -> Result<Vec<u8>> {
+        let fetch = |id: BlobId| {
+            blob::get(&self.db, id)?.ok_or_else(|| {
+                Error::Store(StoreError::Corrupt {
+                    space: Space::Blobs,
+                    detail: format!("email {} refers to missing blob {id}", email.id.0),
+                })
+            })
+        };
+        match email.raw {
+            RawRef::Plain(id) => fetch(id),
+            RawRef::Skeleton(id) => raw::reconstruct(&raw::Skeleton::decode(&fetch(id)?)?, fetch),
+        }
     }
-    if acct.quota_messages > 0 && used_msgs.max(0) as u64 + 1 > acct.quota_messages {
-        return Err(Error::OverQuota(format!(
-            "{} would exceed its message quota",
-            acct.name
-        )));
+
+    /// A thread's emails, oldest first (empty: no such thread here).
+    pub fn thread(&self, account: AccountId, thread: ThreadId) -> Result<Vec<EmailId>> {
+        thread::members(&self.db, account, thread)
     }
-    let id = EmailId(txn.next_id("email")?);
-    let record = EmailRecord {
-        id,
-        received_ms,
-        size,
-        blob,
-        mailboxes: vec![mailbox],
-        keywords: Vec::new(),
-        thread: id.0,
-        envelope: parsed.envelope.clone(),
-        preview: parsed.preview.clone(),
-        has_attachment: parsed.has_attachment,
-    };
-    blob::put(txn, blob, raw)?;
-    txn.put(Space::Emails, email_key(account, id), encode(&record)?);
-    for mb in [MailboxId::ALL, mailbox] {
-        txn.put(
-            Space::MailboxByDate,
-            date_key(account, mb, received_ms, id),
-            Vec::new(),
-        );
-        txn.put(
-            Space::UnreadByDate,
-            date_key(account, mb, received_ms, id),
-            Vec::new(),
-        );
-        txn.add(
-            Space::Counters,
-            &Counter::MailboxTotal.key(account, mb.0),
-            1,
-        )?;
-        txn.add(
-            Space::Counters,
-            &Counter::MailboxUnread.key(account, mb.0),
-            1,
-        )?;
+
+    /// Changes of `kind` since `since`.
+    pub fn changes(
+        &self,
+        account: AccountId,
+        kind: sync::Kind,
+        since: State,
+        max: usize,
+    ) -> Result<sync::Changes> {
+        sync::changes(&self.db, account, kind, since, max)
     }
-    txn.add(
-        Space::Counters,
-        &Counter::UsedBytes.key(account, 0),
-        size as i64,
-    )?;
-    txn.add(Space::Counters, &Counter::UsedMessages.key(account, 0), 1)?;
-    txn.add(Space::Counters, &Counter::State.key(account, 0), 1)?;
-    Ok(id)
 }

@@ -2,7 +2,10 @@
 //! Whatever the bytes, the result is an envelope (possibly empty) and a
 //! preview; the raw bytes are kept as they are regardless.
 
-use mail_parser::{Address as MpAddress, HeaderValue, Message, MessageParser};
+use mail_parser::{
+    Address as MpAddress, Encoding, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders,
+    PartType,
+};
 use serde::{Deserialize, Serialize};
 
 /// Characters of body text kept as the preview.
@@ -44,6 +47,66 @@ pub struct Envelope {
     pub references: Vec<String>,
 }
 
+/// One node of a message's body structure.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyPart {
+    /// IMAP-style part number: "1", "2.1", ...; "" for a multipart root.
+    pub part_id: String,
+    /// `type/subtype`, lower case.
+    pub mime_type: String,
+    /// Declared charset, lower case ("" when none).
+    pub charset: String,
+    /// "inline", "attachment" or "".
+    pub disposition: String,
+    /// File name, decoded (RFC 2231 / 2047).
+    pub file_name: String,
+    /// Content-ID without angle brackets.
+    pub content_id: String,
+    /// Decoded size in bytes.
+    pub size: u64,
+    /// The decoded content's blob, for parts stored apart (attachments).
+    pub blob: Option<crate::blob::BlobId>,
+    /// Children (multipart) or the embedded message's parts (message/rfc822).
+    pub sub_parts: Vec<BodyPart>,
+}
+
+impl BodyPart {
+    /// This part and every part below it, depth first.
+    pub fn walk(&self) -> Vec<&BodyPart> {
+        let mut out = vec![self];
+        for p in &self.sub_parts {
+            out.extend(p.walk());
+        }
+        out
+    }
+}
+
+/// How an attachment's body is encoded in the raw message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEncoding {
+    /// 7bit, 8bit, binary: the raw bytes are the content.
+    Identity,
+    /// Base64.
+    Base64,
+    /// Quoted-printable or anything else.
+    Other,
+}
+
+/// An attachment found at the top level of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Its part id in the body structure.
+    pub part_id: String,
+    /// `type/subtype`.
+    pub mime_type: String,
+    /// Its decoded content.
+    pub content: Vec<u8>,
+    /// Where its encoded body lies in the raw message.
+    pub span: std::ops::Range<usize>,
+    /// How that span encodes `content`.
+    pub encoding: BodyEncoding,
+}
+
 /// What ingest keeps from parsing one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Parsed {
@@ -53,6 +116,10 @@ pub struct Parsed {
     pub preview: String,
     /// Whether any part is an attachment.
     pub has_attachment: bool,
+    /// The body structure.
+    pub body: BodyPart,
+    /// Attachments of the top-level message, decoded.
+    pub attachments: Vec<Attachment>,
 }
 
 /// Parses `raw`. Never fails and never panics: input mail-parser cannot
@@ -116,11 +183,191 @@ fn from_message(m: &Message<'_>) -> Parsed {
         .body_preview(PREVIEW_CHARS * 2)
         .map(|p| collapse(&p))
         .unwrap_or_default();
+    let body = structure(m, 0, "", 0);
+    let attachments = attachments(m, &body);
     Parsed {
         envelope,
         preview,
         has_attachment: m.attachment_count() > 0,
+        body,
+        attachments,
     }
+}
+
+/// Deepest nesting the body structure records (mail can nest arbitrarily;
+/// clients never need more).
+const MAX_DEPTH: usize = 32;
+
+fn child_id(parent: &str, n: usize) -> String {
+    if parent.is_empty() {
+        n.to_string()
+    } else {
+        format!("{parent}.{n}")
+    }
+}
+
+/// The structure of part `idx` of `m`, numbered as `id` ("" for the root:
+/// a multipart root keeps "", any other root is "1").
+fn structure(m: &Message<'_>, idx: usize, id: &str, depth: usize) -> BodyPart {
+    let Some(part) = m.parts.get(idx) else {
+        return BodyPart::default();
+    };
+    let mut node = describe(part);
+    let is_multipart = matches!(part.body, PartType::Multipart(_));
+    node.part_id = if id.is_empty() && !is_multipart {
+        "1".to_owned()
+    } else {
+        id.to_owned()
+    };
+    if depth >= MAX_DEPTH {
+        return node;
+    }
+    match &part.body {
+        PartType::Multipart(children) => {
+            node.sub_parts = children
+                .iter()
+                .enumerate()
+                .map(|(i, c)| structure(m, *c as usize, &child_id(id, i + 1), depth + 1))
+                .collect();
+            node.size = node.sub_parts.iter().map(|p| p.size).sum();
+        }
+        PartType::Message(inner) => {
+            // IMAP numbering: the parts of an embedded message continue the
+            // number of the message/rfc822 part (2.1, 2.2, ...).
+            let root = structure(inner, 0, &node.part_id, depth + 1);
+            node.sub_parts = if root.mime_type.starts_with("multipart/") {
+                root.sub_parts
+            } else {
+                vec![BodyPart {
+                    part_id: child_id(&node.part_id, 1),
+                    ..root
+                }]
+            };
+        }
+        _ => {}
+    }
+    node
+}
+
+fn describe(part: &MessagePart<'_>) -> BodyPart {
+    let (mime_type, charset) = match part.content_type() {
+        Some(ct) => (
+            match ct.subtype() {
+                Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                None => ct.ctype().to_owned(),
+            }
+            .to_ascii_lowercase(),
+            ct.attribute("charset")
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        ),
+        None => match part.body {
+            PartType::Message(_) => ("message/rfc822".to_owned(), String::new()),
+            PartType::Multipart(_) => ("multipart/mixed".to_owned(), String::new()),
+            _ => ("text/plain".to_owned(), "us-ascii".to_owned()),
+        },
+    };
+    BodyPart {
+        part_id: String::new(),
+        mime_type,
+        charset,
+        disposition: part
+            .content_disposition()
+            .map(|d| d.ctype().to_ascii_lowercase())
+            .unwrap_or_default(),
+        file_name: part.attachment_name().unwrap_or_default().to_owned(),
+        content_id: part
+            .content_id()
+            .unwrap_or_default()
+            .trim_matches(|c| c == '<' || c == '>')
+            .to_owned(),
+        size: part.len() as u64,
+        blob: None,
+        sub_parts: Vec::new(),
+    }
+}
+
+/// Part ids of the top-level message's parts, by index into `m.parts`.
+fn part_ids(m: &Message<'_>, body: &BodyPart) -> Vec<Option<String>> {
+    fn walk(
+        m: &Message<'_>,
+        idx: usize,
+        node: &BodyPart,
+        ids: &mut Vec<Option<String>>,
+        depth: usize,
+    ) {
+        if let Some(slot) = ids.get_mut(idx) {
+            *slot = Some(node.part_id.clone());
+        }
+        if depth >= MAX_DEPTH {
+            return;
+        }
+        if let Some(PartType::Multipart(children)) = m.parts.get(idx).map(|p| &p.body) {
+            for (c, sub) in children.iter().zip(&node.sub_parts) {
+                walk(m, *c as usize, sub, ids, depth + 1);
+            }
+        }
+    }
+    let mut ids = vec![None; m.parts.len()];
+    walk(m, 0, body, &mut ids, 0);
+    ids
+}
+
+/// The top-level attachments, decoded, with where their bodies lie.
+fn attachments(m: &Message<'_>, body: &BodyPart) -> Vec<Attachment> {
+    let ids = part_ids(m, body);
+    let raw = m.raw_message();
+    let mut out = Vec::new();
+    for &idx in &m.attachments {
+        let idx = idx as usize;
+        let (Some(part), Some(Some(part_id))) = (m.parts.get(idx), ids.get(idx)) else {
+            continue;
+        };
+        if matches!(part.body, PartType::Multipart(_)) {
+            continue;
+        }
+        let start = (part.offset_body as usize).min(raw.len());
+        let span = start..(part.offset_end as usize).clamp(start, raw.len());
+        let encoded = &raw[span.clone()];
+        let (content, encoding) = match part.encoding {
+            Encoding::Base64 => match decode_base64(encoded) {
+                Some(bytes) => (bytes, BodyEncoding::Base64),
+                None => (part.contents().to_vec(), BodyEncoding::Other),
+            },
+            Encoding::None
+                if matches!(part.body, PartType::Binary(_) | PartType::InlineBinary(_)) =>
+            {
+                (part.contents().to_vec(), BodyEncoding::Identity)
+            }
+            _ => (part.contents().to_vec(), BodyEncoding::Other),
+        };
+        let mime_type = body
+            .walk()
+            .into_iter()
+            .find(|p| &p.part_id == part_id)
+            .map(|p| p.mime_type.clone())
+            .unwrap_or_default();
+        out.push(Attachment {
+            part_id: part_id.clone(),
+            mime_type,
+            content,
+            span,
+            encoding,
+        });
+    }
+    out
+}
+
+/// Decodes base64 leniently about whitespace and strictly about everything
+/// else (a damaged body is then kept in the raw message as it is).
+fn decode_base64(encoded: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let clean: Vec<u8> = encoded
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(clean).ok()
 }
 
 fn addrs(a: Option<&MpAddress<'_>>) -> Vec<Addr> {

@@ -1,12 +1,13 @@
 //! Domain records → schema builders.
 
 use quail_protocol::quail_capnp::{
-    Property, Role as WireRole, account_info, address, email, limits, mailbox,
+    Property, Role as WireRole, account_info, address, changes, email, limits, mailbox, part,
+    update_result,
 };
 
 use crate::account::{Account, Usage};
 use crate::config::Limits;
-use crate::mail::{Addr, EmailRecord, MailboxView, Role};
+use crate::mail::{Addr, BodyPart, EmailRecord, MailboxRecord, MailboxView, Role, UpdateOutcome};
 
 /// Fills `Limits`.
 pub fn limits(mut b: limits::Builder<'_>, l: &Limits) {
@@ -73,6 +74,8 @@ pub struct Props {
     pub mailboxes: bool,
     /// Preview and hasAttachment.
     pub preview: bool,
+    /// Body structure.
+    pub body_structure: bool,
 }
 
 impl Props {
@@ -82,6 +85,7 @@ impl Props {
         keywords: true,
         mailboxes: true,
         preview: true,
+        body_structure: false,
     };
 
     /// Adds one property; `Err` names a property this server does not serve yet.
@@ -91,7 +95,7 @@ impl Props {
             Property::Keywords => self.keywords = true,
             Property::Mailboxes => self.mailboxes = true,
             Property::Preview => self.preview = true,
-            Property::BodyStructure => return Err("Session.get property bodyStructure"),
+            Property::BodyStructure => self.body_structure = true,
             Property::Filter => return Err("Session.get property filter"),
         }
         Ok(())
@@ -102,7 +106,7 @@ impl Props {
 /// and size always).
 pub fn email(mut b: email::Builder<'_>, e: &EmailRecord, props: Props) -> capnp::Result<()> {
     b.set_id(e.id.0);
-    b.set_thread_id(e.thread);
+    b.set_thread_id(e.thread.0);
     b.set_received_at(e.received_ms);
     b.set_size(e.size);
     if props.mailboxes {
@@ -147,5 +151,70 @@ pub fn email(mut b: email::Builder<'_>, e: &EmailRecord, props: Props) -> capnp:
         b.set_preview(e.preview.as_str());
         b.set_has_attachment(e.has_attachment);
     }
+    if props.body_structure {
+        body_part(b.reborrow().init_body_structure(), &e.body);
+    }
     Ok(())
+}
+
+/// Fills `Part`, recursively.
+pub fn body_part(mut b: part::Builder<'_>, p: &BodyPart) {
+    b.set_part_id(p.part_id.as_str());
+    b.set_mime_type(p.mime_type.as_str());
+    b.set_charset(p.charset.as_str());
+    b.set_disposition(p.disposition.as_str());
+    b.set_file_name(p.file_name.as_str());
+    b.set_content_id(p.content_id.as_str());
+    b.set_size(p.size);
+    let mut subs = b.init_sub_parts(p.sub_parts.len() as u32);
+    for (i, s) in p.sub_parts.iter().enumerate() {
+        body_part(subs.reborrow().get(i as u32), s);
+    }
+}
+
+/// Fills `Mailbox` from a record without counts (a just-created mailbox).
+pub fn mailbox_record(b: mailbox::Builder<'_>, m: &MailboxRecord) {
+    mailbox(
+        b,
+        &MailboxView {
+            mailbox: m.clone(),
+            total: 0,
+            unread: 0,
+        },
+    );
+}
+
+/// Fills `UpdateResult`.
+pub fn update_result(mut b: update_result::Builder<'_>, r: &UpdateOutcome) {
+    b.set_old_state(r.old_state.0);
+    b.set_new_state(r.new_state.0);
+    let mut l = b.reborrow().init_updated(r.updated.len() as u32);
+    for (i, id) in r.updated.iter().enumerate() {
+        l.set(i as u32, id.0);
+    }
+    let mut l = b.init_not_updated(r.not_updated.len() as u32);
+    for (i, (id, e)) in r.not_updated.iter().enumerate() {
+        let mut item = l.reborrow().get(i as u32);
+        item.set_id(id.0);
+        let mut err = item.init_error();
+        err.set_code(super::code_of(e));
+        err.set_message(e.to_string().as_str());
+    }
+}
+
+/// Fills `Changes`.
+pub fn changes(mut b: changes::Builder<'_>, c: &crate::sync::Changes) {
+    b.set_old_state(c.old_state.0);
+    b.set_new_state(c.new_state.0);
+    b.set_has_more(c.has_more);
+    for (list, ids) in [(0, &c.created), (1, &c.updated), (2, &c.destroyed)] {
+        let mut l = match list {
+            0 => b.reborrow().init_created(ids.len() as u32),
+            1 => b.reborrow().init_updated(ids.len() as u32),
+            _ => b.reborrow().init_destroyed(ids.len() as u32),
+        };
+        for (i, id) in ids.iter().enumerate() {
+            l.set(i as u32, *id);
+        }
+    }
 }

@@ -4,13 +4,14 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use quail_protocol::quail_capnp::{Sort, Tristate, query, session};
+use quail_protocol::quail_capnp::{ObjectKind, Sort, Tristate, query, session};
 
 use super::convert::{self, Props};
 use super::{Services, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
 use crate::error::Error;
-use crate::mail::{EmailId, Filter, MailboxId, Query, Start};
+use crate::mail::{EmailId, Filter, MailboxId, Query, Start, ThreadId, Tri};
+use crate::sync::{Kind, State};
 
 pub(crate) struct SessionImpl {
     services: Arc<Services>,
@@ -37,30 +38,27 @@ fn unsupported(what: &'static str) -> capnp::Error {
     to_capnp(Error::Unimplemented(what))
 }
 
-/// Reads a wire `Query` into the domain's, refusing options this server
-/// does not serve yet. Peer input: never panics (a fuzz target drives it).
+fn tri(t: Tristate) -> Tri {
+    match t {
+        Tristate::Any => Tri::Any,
+        Tristate::Yes => Tri::Yes,
+        Tristate::No => Tri::No,
+    }
+}
+
+/// Reads a wire `Query` into the domain's. Peer input: never panics (a fuzz
+/// target drives it).
 pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp::Error> {
     let f = q.get_filter()?;
-    if f.get_flagged()? != Tristate::Any {
-        return Err(unsupported("query filter flagged"));
-    }
-    if f.get_has_attachment()? != Tristate::Any {
-        return Err(unsupported("query filter hasAttachment"));
-    }
-    if f.get_after() != 0 || f.get_before() != 0 {
-        return Err(unsupported("query filter by date"));
-    }
-    if !f.get_from()?.is_empty() || !f.get_to()?.is_empty() {
-        return Err(unsupported("query filter by address"));
-    }
-    if q.get_collapse_threads() {
-        return Err(unsupported("query collapseThreads"));
-    }
-    let unread_only = match f.get_unread()? {
-        Tristate::Any => false,
-        Tristate::Yes => true,
-        Tristate::No => return Err(unsupported("query filter unread=no")),
-    };
+    let address =
+        |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<Option<String>, capnp::Error> {
+            let s = text(t, "address", 320)?.trim();
+            Ok(if s.is_empty() {
+                None
+            } else {
+                Some(s.to_ascii_lowercase())
+            })
+        };
     let limit = match q.get_limit() {
         0 => max_limit,
         n => n.min(max_limit),
@@ -69,18 +67,61 @@ pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp
         0 => Start::Position(u64::from(q.get_position())),
         a => Start::Anchor(EmailId(a), i64::from(q.get_anchor_offset())),
     };
-    Ok(Query {
-        filter: Filter {
-            mailbox: match f.get_in_mailbox() {
-                0 => None,
-                m => Some(MailboxId(m)),
-            },
-            unread_only,
+    let filter = Filter {
+        mailbox: match f.get_in_mailbox() {
+            0 => None,
+            m => Some(MailboxId(m)),
         },
+        unread: tri(f.get_unread()?),
+        flagged: tri(f.get_flagged()?),
+        has_attachment: tri(f.get_has_attachment()?),
+        after: Some(f.get_after()).filter(|t| *t != 0),
+        before: Some(f.get_before()).filter(|t| *t != 0),
+        from: address(f.get_from())?,
+        to: address(f.get_to())?,
+    };
+    if let (Some(a), Some(b)) = (filter.after, filter.before)
+        && a >= b
+    {
+        return Err(to_capnp(Error::invalid(
+            "filter: after must be earlier than before",
+        )));
+    }
+    Ok(Query {
+        filter,
         newest_first: q.get_sort()? == Sort::ReceivedDesc,
         start,
         limit: limit as usize,
+        collapse_threads: q.get_collapse_threads(),
     })
+}
+
+fn state_param(v: u64) -> Option<State> {
+    (v != 0).then_some(State(v))
+}
+
+fn ids_of(l: capnp::primitive_list::Reader<'_, u64>) -> Vec<EmailId> {
+    l.iter().map(EmailId).collect()
+}
+
+fn mailbox_ids(l: capnp::primitive_list::Reader<'_, u64>) -> Vec<MailboxId> {
+    l.iter().map(MailboxId).collect()
+}
+
+fn texts(
+    l: capnp::text_list::Reader<'_>,
+    what: &str,
+    max: usize,
+) -> Result<Vec<String>, capnp::Error> {
+    if l.len() as usize > max {
+        return Err(to_capnp(Error::LimitExceeded(format!(
+            "{} {what}s; the limit is {max}",
+            l.len()
+        ))));
+    }
+    l.iter()
+        .map(|t| Ok(text(t, what, 1024)?.to_owned()))
+        .collect()
 }
 
 impl session::Server for SessionImpl {
@@ -279,17 +320,230 @@ impl session::Server for SessionImpl {
         Ok(())
     }
 
+    async fn create_mailbox(
+        self: Rc<Self>,
+        params: session::CreateMailboxParams,
+        mut results: session::CreateMailboxResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let name = text(
+            p.get_name(),
+            "name",
+            self.services.config.limits.max_name_bytes as usize,
+        )?;
+        let parent = Some(MailboxId(p.get_parent_id())).filter(|m| m.0 != 0);
+        let (m, state) = self
+            .services
+            .mail
+            .create_mailbox(self.account, name, parent)
+            .await
+            .map_err(to_capnp)?;
+        let mut r = results.get();
+        convert::mailbox_record(r.reborrow().init_mailbox(), &m);
+        r.set_state(state.0);
+        Ok(())
+    }
+
+    async fn rename_mailbox(
+        self: Rc<Self>,
+        params: session::RenameMailboxParams,
+        mut results: session::RenameMailboxResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let name = text(
+            p.get_name(),
+            "name",
+            self.services.config.limits.max_name_bytes as usize,
+        )?;
+        let parent = Some(MailboxId(p.get_parent_id())).filter(|m| m.0 != 0);
+        let (m, state) = self
+            .services
+            .mail
+            .rename_mailbox(self.account, MailboxId(p.get_id()), name, parent)
+            .await
+            .map_err(to_capnp)?;
+        let mut r = results.get();
+        let view = self
+            .services
+            .mail
+            .mailboxes(self.account)
+            .map_err(to_capnp)?
+            .into_iter()
+            .find(|v| v.mailbox.id == m.id);
+        match view {
+            Some(v) => convert::mailbox(r.reborrow().init_mailbox(), &v),
+            None => convert::mailbox_record(r.reborrow().init_mailbox(), &m),
+        }
+        r.set_state(state.0);
+        Ok(())
+    }
+
+    async fn delete_mailbox(
+        self: Rc<Self>,
+        params: session::DeleteMailboxParams,
+        mut results: session::DeleteMailboxResults,
+    ) -> Result<(), capnp::Error> {
+        let id = MailboxId(params.get()?.get_id());
+        let state = self
+            .services
+            .mail
+            .delete_mailbox(self.account, id)
+            .await
+            .map_err(to_capnp)?;
+        results.get().set_state(state.0);
+        Ok(())
+    }
+
+    async fn threads(
+        self: Rc<Self>,
+        params: session::ThreadsParams,
+        mut results: session::ThreadsResults,
+    ) -> Result<(), capnp::Error> {
+        let ids = params.get()?.get_ids()?;
+        self.check_ids(ids.len())?;
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for t in ids.iter() {
+            let members = self
+                .services
+                .mail
+                .thread(self.account, ThreadId(t))
+                .map_err(to_capnp)?;
+            if members.is_empty() {
+                missing.push(t);
+            } else {
+                found.push((t, members));
+            }
+        }
+        let mut r = results.get();
+        let mut list = r.reborrow().init_threads(found.len() as u32);
+        for (i, (t, members)) in found.iter().enumerate() {
+            let mut b = list.reborrow().get(i as u32);
+            b.set_id(*t);
+            let mut l = b.init_email_ids(members.len() as u32);
+            for (j, m) in members.iter().enumerate() {
+                l.set(j as u32, m.0);
+            }
+        }
+        let mut nf = r.init_not_found(missing.len() as u32);
+        for (i, t) in missing.iter().enumerate() {
+            nf.set(i as u32, *t);
+        }
+        Ok(())
+    }
+
+    async fn changes(
+        self: Rc<Self>,
+        params: session::ChangesParams,
+        mut results: session::ChangesResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let kind = match p.get_kind()? {
+            ObjectKind::Email => Kind::Email,
+            ObjectKind::Mailbox => Kind::Mailbox,
+            ObjectKind::Thread => Kind::Thread,
+        };
+        let max = self.services.config.limits.max_changes;
+        let want = match p.get_max_changes() {
+            0 => max,
+            n => n.min(max),
+        };
+        let c = self
+            .services
+            .mail
+            .changes(
+                self.account,
+                kind,
+                State(p.get_since_state()),
+                want as usize,
+            )
+            .map_err(to_capnp)?;
+        convert::changes(results.get().init_changes(), &c);
+        Ok(())
+    }
+
+    async fn set_keywords(
+        self: Rc<Self>,
+        params: session::SetKeywordsParams,
+        mut results: session::SetKeywordsResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let ids = p.get_ids()?;
+        self.check_ids(ids.len())?;
+        let add = texts(
+            p.get_add()?,
+            "keyword",
+            crate::mail::keyword::MAX_KEYWORDS_PER_EMAIL,
+        )?;
+        let remove = texts(
+            p.get_remove()?,
+            "keyword",
+            crate::mail::keyword::MAX_KEYWORDS_PER_EMAIL,
+        )?;
+        let r = self
+            .services
+            .mail
+            .set_keywords(
+                self.account,
+                &ids_of(ids),
+                &add,
+                &remove,
+                state_param(p.get_if_in_state()),
+            )
+            .await
+            .map_err(to_capnp)?;
+        convert::update_result(results.get().init_result(), &r);
+        Ok(())
+    }
+
+    async fn move_(
+        self: Rc<Self>,
+        params: session::MoveParams,
+        mut results: session::MoveResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let ids = p.get_ids()?;
+        self.check_ids(ids.len())?;
+        let add = p.get_add_mailboxes()?;
+        let remove = p.get_remove_mailboxes()?;
+        self.check_ids(add.len() + remove.len())?;
+        let r = self
+            .services
+            .mail
+            .move_emails(
+                self.account,
+                &ids_of(ids),
+                &mailbox_ids(add),
+                &mailbox_ids(remove),
+                state_param(p.get_if_in_state()),
+            )
+            .await
+            .map_err(to_capnp)?;
+        convert::update_result(results.get().init_result(), &r);
+        Ok(())
+    }
+
+    async fn destroy(
+        self: Rc<Self>,
+        params: session::DestroyParams,
+        mut results: session::DestroyResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let ids = p.get_ids()?;
+        self.check_ids(ids.len())?;
+        let r = self
+            .services
+            .mail
+            .destroy(self.account, &ids_of(ids), state_param(p.get_if_in_state()))
+            .await
+            .map_err(to_capnp)?;
+        convert::update_result(results.get().init_result(), &r);
+        Ok(())
+    }
+
     not_served! {
-        create_mailbox(session::CreateMailboxParams, session::CreateMailboxResults) => "Session.createMailbox";
-        rename_mailbox(session::RenameMailboxParams, session::RenameMailboxResults) => "Session.renameMailbox";
-        delete_mailbox(session::DeleteMailboxParams, session::DeleteMailboxResults) => "Session.deleteMailbox";
         query_changes(session::QueryChangesParams, session::QueryChangesResults) => "Session.queryChanges";
         fetch_part(session::FetchPartParams, session::FetchPartResults) => "Session.fetchPart";
-        threads(session::ThreadsParams, session::ThreadsResults) => "Session.threads";
-        changes(session::ChangesParams, session::ChangesResults) => "Session.changes";
-        set_keywords(session::SetKeywordsParams, session::SetKeywordsResults) => "Session.setKeywords";
-        move_(session::MoveParams, session::MoveResults) => "Session.move";
-        destroy(session::DestroyParams, session::DestroyResults) => "Session.destroy";
         search(session::SearchParams, session::SearchResults) => "Session.search";
         upload(session::UploadParams, session::UploadResults) => "Session.upload";
         submit(session::SubmitParams, session::SubmitResults) => "Session.submit";

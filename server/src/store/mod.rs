@@ -62,12 +62,20 @@ pub enum Space {
     Mailboxes,
     /// `account, email id` → email record.
     Emails,
-    /// `account, mailbox, received, email` → () — a mailbox by date
-    /// (mailbox 0: all mail).
-    MailboxByDate,
-    /// `account, mailbox, received, email` → () — the unread emails of a
-    /// mailbox by date (mailbox 0: all mail).
-    UnreadByDate,
+    /// `account, mailbox, facet, received, email` → () — a mailbox's emails
+    /// by date, once for all of them (facet 0) and again for the unread (1)
+    /// and the flagged (2). Mailbox 0 is all mail.
+    EmailIndex,
+    /// `account, thread, received, email` → () — a thread's members by date.
+    ThreadMembers,
+    /// `account, hash(message-id)` → thread — every Message-ID an email
+    /// names (its own and those it replies to).
+    MessageIds,
+    /// `account, hash(normalised subject)` → thread, last received — the
+    /// subject fallback of threading.
+    Subjects,
+    /// `account, kind, modseq` → id, op — the change log.
+    Changes,
     /// `blob id` → blob bytes.
     Blobs,
     /// `blob id` → reference count.
@@ -78,7 +86,7 @@ pub enum Space {
 
 impl Space {
     /// Every keyspace, in a fixed order.
-    pub const ALL: [Space; 12] = [
+    pub const ALL: [Space; 15] = [
         Space::Meta,
         Space::Accounts,
         Space::AccountNames,
@@ -86,8 +94,11 @@ impl Space {
         Space::AccountTokens,
         Space::Mailboxes,
         Space::Emails,
-        Space::MailboxByDate,
-        Space::UnreadByDate,
+        Space::EmailIndex,
+        Space::ThreadMembers,
+        Space::MessageIds,
+        Space::Subjects,
+        Space::Changes,
         Space::Blobs,
         Space::BlobRefs,
         Space::Counters,
@@ -103,8 +114,11 @@ impl Space {
             Space::AccountTokens => "account_tokens",
             Space::Mailboxes => "mailboxes",
             Space::Emails => "emails",
-            Space::MailboxByDate => "mailbox_by_date",
-            Space::UnreadByDate => "unread_by_date",
+            Space::EmailIndex => "email_index",
+            Space::ThreadMembers => "thread_members",
+            Space::MessageIds => "message_ids",
+            Space::Subjects => "subjects",
+            Space::Changes => "changes",
             Space::Blobs => "blobs",
             Space::BlobRefs => "blob_refs",
             Space::Counters => "counters",
@@ -337,6 +351,59 @@ impl<'a> Txn<'a> {
         Ok(self.get(space, key)?.is_some())
     }
 
+    /// Up to `limit` entries in `range`, including this transaction's own
+    /// writes (puts seen, deletes hidden).
+    pub fn scan(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .writes
+            .range((space, Vec::new())..)
+            .take_while(|((s, _), _)| *s == space)
+            .filter(|((_, k), _)| range.contains(k))
+            .map(|((_, k), v)| (k, v))
+            .collect();
+        if overlay.is_empty() {
+            return self.reader.scan(space, range, order, limit);
+        }
+        // The overlay can hide at most overlay.len() committed rows.
+        let committed =
+            self.reader
+                .scan(space, range, order, limit.saturating_add(overlay.len()))?;
+        let complete = committed.len() < limit.saturating_add(overlay.len());
+        let boundary = committed.last().map(|(k, _)| k.clone());
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
+        for (k, v) in overlay {
+            // Overlay keys past the last committed row fetched only count
+            // when the committed scan reached the end of the range.
+            let within = complete
+                || boundary.as_ref().is_some_and(|b| match order {
+                    Order::Ascending => k <= b,
+                    Order::Descending => k >= b,
+                });
+            if !within {
+                continue;
+            }
+            match v {
+                Some(v) => {
+                    merged.insert(k.clone(), v.clone());
+                }
+                None => {
+                    merged.remove(k);
+                }
+            }
+        }
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = match order {
+            Order::Ascending => merged.into_iter().take(limit).collect(),
+            Order::Descending => merged.into_iter().rev().take(limit).collect(),
+        };
+        Ok(rows)
+    }
+
     /// A scan of the store as it was before this transaction's writes.
     pub fn scan_committed(
         &self,
@@ -460,6 +527,34 @@ impl Db {
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
         self.store.scan(space, range, order, limit)
+    }
+
+    /// Calls `f` on every entry of `range` in `order`, reading in chunks so
+    /// any range can be walked; `f` returns `false` to stop.
+    pub fn scan_all<E>(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, E>,
+    ) -> Result<(), E>
+    where
+        E: From<StoreError>,
+    {
+        const CHUNK: usize = 1024;
+        let mut r = range.clone();
+        loop {
+            let rows = self.store.scan(space, &r, order, CHUNK)?;
+            for (k, v) in &rows {
+                if !f(k, v)? {
+                    return Ok(());
+                }
+            }
+            match rows.last() {
+                Some((last, _)) if rows.len() == CHUNK => r = r.after(last, order),
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// Counter read (absent = 0).

@@ -18,6 +18,8 @@ enum Op {
     /// A transaction that writes and then aborts: nothing may change.
     Abort(Vec<W>),
     Get(Space, Vec<u8>),
+    /// Writes and then scans inside one transaction: the scan must see them.
+    WriteThenScan(Vec<W>, Space, bool, usize),
     Scan(Space, Option<Vec<u8>>, Option<Vec<u8>>, bool, usize),
     Reopen,
 }
@@ -62,6 +64,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (space(), key()).prop_map(|(s, k)| Op::Get(s, k)),
         3 => (space(), prop::option::of(key()), prop::option::of(key()), any::<bool>(), 0usize..6)
             .prop_map(|(s, a, b, r, l)| Op::Scan(s, a, b, r, l)),
+        2 => (prop::collection::vec(write(), 1..6), space(), any::<bool>(), 0usize..8)
+            .prop_map(|(w, s, r, l)| Op::WriteThenScan(w, s, r, l)),
         1 => Just(Op::Reopen),
     ]
 }
@@ -145,6 +149,39 @@ fn run(ops: Vec<Op>) {
                     Err(StoreError::Aborted)
                 });
                 assert!(matches!(r, Err(StoreError::Aborted)));
+            }
+            Op::WriteThenScan(ws, sp, rev, limit) => {
+                let mut seen = Vec::new();
+                let t = s
+                    .commit(&mut |txn| {
+                        for w in &ws {
+                            apply_txn(txn, w)?;
+                        }
+                        let order = if rev {
+                            Order::Descending
+                        } else {
+                            Order::Ascending
+                        };
+                        seen = txn.scan(sp, &KeyRange::all(), order, limit)?;
+                        Ok(())
+                    })
+                    .expect("commit");
+                s.sync_blocking(t).expect("sync");
+                for w in &ws {
+                    if model_add_is_valid(&model, w) {
+                        apply_model(&mut model, w);
+                    }
+                }
+                let mut want: Vec<(Vec<u8>, Vec<u8>)> = model
+                    .iter()
+                    .filter(|((ms, _), _)| *ms == sp)
+                    .map(|((_, k), v)| (k.clone(), v.clone()))
+                    .collect();
+                if rev {
+                    want.reverse();
+                }
+                want.truncate(limit);
+                assert_eq!(seen, want, "scan inside the transaction");
             }
             Op::Get(sp, k) => {
                 assert_eq!(s.get(sp, &k).expect("get"), model.get(&(sp, k)).cloned());

@@ -1,0 +1,276 @@
+//! Ingest: parse → blobs → thread → one atomic transaction → group commit.
+//!
+//! [`prepare`] does the CPU work (parsing, decoding attachments, hashing,
+//! compressing) outside any transaction. [`insert`] then adds one copy of
+//! the message to one account inside a transaction: quota check, id,
+//! thread, blob references, record, indexes, counters, change log.
+//! [`Mailstore::deliver`] puts every recipient's copy in one transaction and
+//! returns after one (shared) fsync.
+
+use crate::account::{AccountId, Accounts, Counter};
+use crate::blob::{self, BlobId};
+use crate::error::{Error, Result};
+use crate::mail::parse::{self, Parsed};
+use crate::mail::{
+    EmailId, EmailRecord, MailConfig, MailboxId, Mailstore, RawRef, Role, index, keyword,
+    put_email, raw, role_in, thread,
+};
+use crate::store::{Space, Txn};
+use crate::sync::{ChangeSet, Kind, Op};
+
+/// A message ready to insert: parsed, its blobs hashed and compressed.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Envelope, preview, body structure (attachment contents dropped).
+    pub parsed: Parsed,
+    /// Raw size.
+    pub size: u64,
+    /// The raw message or its skeleton.
+    pub raw: blob::Prepared,
+    /// Whether `raw` is a skeleton.
+    pub skeleton: bool,
+    /// Attachment blobs, distinct.
+    pub attachments: Vec<blob::Prepared>,
+}
+
+/// Parses and prepares `raw` for storage.
+pub fn prepare(raw_bytes: &[u8]) -> Result<Prepared> {
+    let mut parsed = parse::parse(raw_bytes);
+    let mut blobs: Vec<blob::Prepared> = Vec::new();
+    let mut ids = Vec::with_capacity(parsed.attachments.len());
+    for a in &parsed.attachments {
+        let p = blob::prepare(&a.content, blob::compressible(&a.mime_type));
+        ids.push(p.id);
+        if !blobs.iter().any(|b| b.id == p.id) {
+            blobs.push(p);
+        }
+    }
+    for (a, id) in parsed.attachments.iter().zip(&ids) {
+        set_part_blob(&mut parsed.body, &a.part_id, *id);
+    }
+    let skeleton = raw::build(raw_bytes, &parsed.attachments, &ids);
+    let (raw_blob, is_skeleton) = match &skeleton {
+        Some(s) => (blob::prepare(&s.encode()?, true), true),
+        None => (blob::prepare(raw_bytes, true), false),
+    };
+    // The contents live in the blobs now.
+    for a in &mut parsed.attachments {
+        a.content = Vec::new();
+    }
+    Ok(Prepared {
+        parsed,
+        size: raw_bytes.len() as u64,
+        raw: raw_blob,
+        skeleton: is_skeleton,
+        attachments: blobs,
+    })
+}
+
+fn set_part_blob(part: &mut parse::BodyPart, part_id: &str, id: BlobId) {
+    if part.part_id == part_id {
+        part.blob = Some(id);
+        return;
+    }
+    for p in &mut part.sub_parts {
+        set_part_blob(p, part_id, id);
+    }
+}
+
+/// Where a copy goes and how it starts.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Mailboxes (at least one).
+    pub mailboxes: Vec<MailboxId>,
+    /// Keywords (normalised).
+    pub keywords: Vec<String>,
+    /// Arrival time, ms since the epoch.
+    pub received_ms: i64,
+}
+
+/// Adds one copy of a prepared message to `account` inside `txn`.
+pub fn insert(
+    txn: &mut Txn<'_>,
+    account: AccountId,
+    p: &Prepared,
+    place: &Placement,
+    config: &MailConfig,
+    changes: &mut ChangeSet,
+) -> Result<EmailId> {
+    let acct = Accounts::get_in(txn, account)?
+        .ok_or_else(|| Error::not_found(format!("account {} is gone", account.0)))?;
+    let used_bytes = txn
+        .counter(Space::Counters, &Counter::UsedBytes.key(account, 0))?
+        .max(0) as u64;
+    let used_msgs = txn
+        .counter(Space::Counters, &Counter::UsedMessages.key(account, 0))?
+        .max(0) as u64;
+    if acct.quota_bytes > 0 && used_bytes + p.size > acct.quota_bytes {
+        return Err(Error::OverQuota(format!(
+            "{} uses {used_bytes} of {} bytes; a {}-byte message does not fit",
+            acct.name, acct.quota_bytes, p.size
+        )));
+    }
+    if acct.quota_messages > 0 && used_msgs + 1 > acct.quota_messages {
+        return Err(Error::OverQuota(format!(
+            "{} holds its quota of {} messages",
+            acct.name, acct.quota_messages
+        )));
+    }
+    let mut mailboxes = place.mailboxes.clone();
+    mailboxes.sort();
+    mailboxes.dedup();
+    if mailboxes.is_empty() {
+        return Err(Error::invalid("an email must be in at least one mailbox"));
+    }
+    for mb in &mailboxes {
+        if !txn.exists(Space::Mailboxes, &crate::mail::mailbox_key(account, *mb))? {
+            return Err(Error::not_found(format!("no mailbox {}", mb.0)));
+        }
+    }
+    let id = EmailId(txn.next_id("email")?);
+    let thread = thread::assign(
+        txn,
+        account,
+        &p.parsed.envelope,
+        place.received_ms,
+        config.thread_window_ms,
+        changes,
+    )?;
+    blob::put(txn, &p.raw)?;
+    let mut blobs = vec![p.raw.id];
+    for a in &p.attachments {
+        if !blobs.contains(&a.id) {
+            blob::put(txn, a)?;
+            blobs.push(a.id);
+        }
+    }
+    let record = EmailRecord {
+        id,
+        received_ms: place.received_ms,
+        size: p.size,
+        raw: if p.skeleton {
+            RawRef::Skeleton(p.raw.id)
+        } else {
+            RawRef::Plain(p.raw.id)
+        },
+        blobs,
+        mailboxes,
+        keywords: place.keywords.clone(),
+        thread,
+        envelope: p.parsed.envelope.clone(),
+        preview: p.parsed.preview.clone(),
+        has_attachment: p.parsed.has_attachment,
+        body: p.parsed.body.clone(),
+    };
+    put_email(txn, account, &record)?;
+    index::apply(txn, account, None, Some(&record), changes)?;
+    thread::add_member(txn, account, &record);
+    txn.add(
+        Space::Counters,
+        &Counter::UsedBytes.key(account, 0),
+        p.size as i64,
+    )?;
+    txn.add(Space::Counters, &Counter::UsedMessages.key(account, 0), 1)?;
+    changes.note(Kind::Email, id.0, Op::Created);
+    Ok(id)
+}
+
+/// Outcome of delivering to one recipient.
+pub type RecipientOutcome = std::result::Result<EmailId, Error>;
+
+/// One message of a bulk import.
+#[derive(Debug, Clone)]
+pub struct ImportItem {
+    /// The message.
+    pub prepared: Prepared,
+    /// Where it goes.
+    pub placement: Placement,
+}
+
+impl Mailstore {
+    /// Stores one raw message for each of `accounts` (into their Inbox) in one
+    /// transaction and returns once it is durable. Each recipient's outcome
+    /// is separate: one over quota does not stop the others.
+    pub async fn deliver(
+        &self,
+        accounts: &[AccountId],
+        raw_bytes: &[u8],
+        received_ms: i64,
+    ) -> Result<Vec<RecipientOutcome>> {
+        if raw_bytes.is_empty() {
+            return Err(Error::invalid("empty message"));
+        }
+        let prepared = prepare(raw_bytes)?;
+        let config = *self.config();
+        let (outcomes, ticket) = self.db().write(|txn| {
+            let mut outcomes = Vec::with_capacity(accounts.len());
+            for account in accounts {
+                let inbox = role_in(txn, *account, Role::Inbox)?;
+                let place = Placement {
+                    mailboxes: vec![inbox],
+                    keywords: Vec::new(),
+                    received_ms,
+                };
+                let mut changes = ChangeSet::new();
+                match insert(txn, *account, &prepared, &place, &config, &mut changes) {
+                    Ok(id) => {
+                        changes.commit(txn, *account, config.keep_changes)?;
+                        outcomes.push(Ok(id));
+                    }
+                    // Refusals are checked before anything is written for
+                    // that recipient; anything else aborts the transaction.
+                    Err(e @ (Error::OverQuota(_) | Error::NotFound(_))) => outcomes.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, Error>(outcomes)
+        })?;
+        self.db().sync(ticket).await?;
+        Ok(outcomes)
+    }
+
+    /// Imports messages into one account in one transaction (bulk tools);
+    /// returns their ids once durable.
+    pub async fn import(
+        &self,
+        account: AccountId,
+        items: &[ImportItem],
+    ) -> Result<Vec<RecipientOutcome>> {
+        let (out, ticket) = self.import_unsynced(account, items)?;
+        self.db().sync(ticket).await?;
+        Ok(out)
+    }
+
+    /// [`Mailstore::import`] without waiting for durability (the caller
+    /// syncs the ticket, e.g. once per batch).
+    pub fn import_unsynced(
+        &self,
+        account: AccountId,
+        items: &[ImportItem],
+    ) -> Result<(Vec<RecipientOutcome>, crate::store::Ticket)> {
+        for item in items {
+            keyword::normalize_all(&item.placement.keywords)?;
+        }
+        let config = *self.config();
+        self.db().write(|txn| {
+            let mut changes = ChangeSet::new();
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match insert(
+                    txn,
+                    account,
+                    &item.prepared,
+                    &item.placement,
+                    &config,
+                    &mut changes,
+                ) {
+                    Ok(id) => out.push(Ok(id)),
+                    Err(e @ Error::OverQuota(_)) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            changes.commit(txn, account, config.keep_changes)?;
+            Ok::<_, Error>(out)
+        })
+    }
+}

@@ -1,0 +1,306 @@
+//! Queries: which emails, in what order, which page.
+//!
+//! Listing a mailbox by date, and its unread or flagged emails, reads one
+//! index (`Space::EmailIndex`) in key order and skips nothing: the first page
+//! of a 100k-mail inbox costs the same as of a 10-mail one, and its total is
+//! a counter. A date range narrows the same index scan. Other filters
+//! (has-attachment, addresses, negations) and collapsing by thread read the
+//! records of the indexed emails and test them, so their cost grows with the
+//! mailbox; they come later as their own indexes if they prove hot.
+
+use std::collections::HashSet;
+use std::ops::Bound;
+
+use crate::account::AccountId;
+use crate::error::{Error, Result};
+use crate::mail::index::{self, Facet};
+use crate::mail::{EmailId, EmailRecord, MailboxId, Mailstore, mailbox_key};
+use crate::store::{KeyRange, Order, Space, key};
+use crate::sync::State;
+
+/// A three-way filter: don't care, must, must not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tri {
+    /// Either.
+    #[default]
+    Any,
+    /// Must hold.
+    Yes,
+    /// Must not hold.
+    No,
+}
+
+impl Tri {
+    fn admits(self, v: bool) -> bool {
+        match self {
+            Tri::Any => true,
+            Tri::Yes => v,
+            Tri::No => !v,
+        }
+    }
+}
+
+/// Which emails a query selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this mailbox (`None`: all mail).
+    pub mailbox: Option<MailboxId>,
+    /// Unread (no `$seen`).
+    pub unread: Tri,
+    /// Flagged.
+    pub flagged: Tri,
+    /// With attachments.
+    pub has_attachment: Tri,
+    /// Received at or after (ms).
+    pub after: Option<i64>,
+    /// Received before (ms).
+    pub before: Option<i64>,
+    /// Exact From address (case-insensitive).
+    pub from: Option<String>,
+    /// Exact address in To, Cc or Bcc (case-insensitive).
+    pub to: Option<String>,
+}
+
+/// Where a page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this index of the full result.
+    Position(u64),
+    /// At this email, shifted by an offset (negative: earlier in the result).
+    Anchor(EmailId, i64),
+}
+
+/// A query: filter, order, page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Selection.
+    pub filter: Filter,
+    /// Newest first when true.
+    pub newest_first: bool,
+    /// Page start.
+    pub start: Start,
+    /// Page size.
+    pub limit: usize,
+    /// One result per thread (its first in the sort order).
+    pub collapse_threads: bool,
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Query {
+            filter: Filter::default(),
+            newest_first: true,
+            start: Start::Position(0),
+            limit: 50,
+            collapse_threads: false,
+        }
+    }
+}
+
+/// One page of a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryPage {
+    /// The emails, in order.
+    pub ids: Vec<EmailId>,
+    /// Index of `ids[0]` in the full result.
+    pub position: u64,
+    /// Size of the full result.
+    pub total: u64,
+    /// The account state the page reflects.
+    pub state: State,
+}
+
+fn id_of(k: &[u8]) -> Result<EmailId> {
+    key::read_u64(k, index::ID_OFFSET)
+        .map(EmailId)
+        .ok_or_else(|| {
+            crate::store::StoreError::Corrupt {
+                space: Space::EmailIndex,
+                detail: "index key".into(),
+            }
+            .into()
+        })
+}
+
+fn has_address(list: &[crate::mail::Addr], want: &str) -> bool {
+    list.iter().any(|a| a.email.eq_ignore_ascii_case(want))
+}
+
+impl Mailstore {
+    /// One page of the emails a query selects.
+    pub fn query(&self, account: AccountId, q: &Query) -> Result<QueryPage> {
+        let state = self.state(account)?;
+        let f = &q.filter;
+        let mailbox = f.mailbox.unwrap_or(MailboxId::ALL);
+        if mailbox != MailboxId::ALL
+            && self
+                .db()
+                .get(Space::Mailboxes, &mailbox_key(account, mailbox))?
+                .is_none()
+        {
+            return Err(Error::not_found(format!("no mailbox {}", mailbox.0)));
+        }
+        let facet = match (f.unread, f.flagged) {
+            (Tri::Yes, _) => Facet::Unread,
+            (_, Tri::Yes) => Facet::Flagged,
+            _ => Facet::All,
+        };
+        // What the chosen index does not decide.
+        let unread = if facet == Facet::Unread {
+            Tri::Any
+        } else {
+            f.unread
+        };
+        let flagged = if facet == Facet::Flagged {
+            Tri::Any
+        } else {
+            f.flagged
+        };
+        let residual = unread != Tri::Any
+            || flagged != Tri::Any
+            || f.has_attachment != Tri::Any
+            || f.from.is_some()
+            || f.to.is_some();
+
+        let prefix = index::prefix(account, mailbox, facet);
+        let full = KeyRange::prefix(&prefix);
+        let ranged = f.after.is_some() || f.before.is_some();
+        let range = KeyRange {
+            start: match f.after {
+                Some(a) => Bound::Included(index::at_time(account, mailbox, facet, a)),
+                None => full.start.clone(),
+            },
+            end: match f.before {
+                Some(b) => Bound::Excluded(index::at_time(account, mailbox, facet, b)),
+                None => full.end.clone(),
+            },
+        };
+        let order = if q.newest_first {
+            Order::Descending
+        } else {
+            Order::Ascending
+        };
+
+        if !residual && !q.collapse_threads {
+            let total = if ranged {
+                self.count(&range, order)?
+            } else {
+                self.counter(facet.counter(), account, mailbox.0)?
+            };
+            let start = match q.start {
+                Start::Position(p) => p,
+                Start::Anchor(anchor, offset) => {
+                    let e = self.email(account, anchor)?.ok_or_else(|| {
+                        Error::not_found(format!("anchor {} not found", anchor.0))
+                    })?;
+                    let k = index::entry_key(account, mailbox, facet, e.received_ms, anchor.0);
+                    if self.db().get(Space::EmailIndex, &k)?.is_none() || !range.contains(&k) {
+                        return Err(Error::not_found(format!(
+                            "anchor {} is not in the results",
+                            anchor.0
+                        )));
+                    }
+                    let before = self.count(&range.after(&k, reverse(order)), order)?;
+                    (before as i64).saturating_add(offset).max(0) as u64
+                }
+            };
+            let rows = self.db().scan(
+                Space::EmailIndex,
+                &range,
+                order,
+                (start as usize).saturating_add(q.limit),
+            )?;
+            let ids = rows
+                .iter()
+                .skip(start as usize)
+                .map(|(k, _)| id_of(k))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(QueryPage {
+                ids,
+                position: start,
+                total,
+                state,
+            });
+        }
+
+        // Walk the index, testing each email.
+        let mut matches: Vec<EmailId> = Vec::new();
+        let mut threads = HashSet::new();
+        let from = f.from.as_deref();
+        let to = f.to.as_deref();
+        let admits = |e: &EmailRecord| {
+            unread.admits(e.is_unread())
+                && flagged.admits(e.is_flagged())
+                && f.has_attachment.admits(e.has_attachment)
+                && from.is_none_or(|a| has_address(&e.envelope.from, a))
+                && to.is_none_or(|a| {
+                    has_address(&e.envelope.to, a)
+                        || has_address(&e.envelope.cc, a)
+                        || has_address(&e.envelope.bcc, a)
+                })
+        };
+        let mut err = None;
+        self.db()
+            .scan_all(Space::EmailIndex, &range, order, |k, _| {
+                let step = (|| -> Result<()> {
+                    let id = id_of(k)?;
+                    let Some(e) = self.email(account, id)? else {
+                        return Ok(());
+                    };
+                    if admits(&e) && (!q.collapse_threads || threads.insert(e.thread)) {
+                        matches.push(id);
+                    }
+                    Ok(())
+                })();
+                match step {
+                    Ok(()) => Ok::<_, Error>(true),
+                    Err(e) => {
+                        err = Some(e);
+                        Ok(false)
+                    }
+                }
+            })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let total = matches.len() as u64;
+        let start = match q.start {
+            Start::Position(p) => p,
+            Start::Anchor(anchor, offset) => {
+                let at = matches.iter().position(|i| *i == anchor).ok_or_else(|| {
+                    Error::not_found(format!("anchor {} is not in the results", anchor.0))
+                })?;
+                (at as i64).saturating_add(offset).max(0) as u64
+            }
+        };
+        let ids = matches
+            .into_iter()
+            .skip(start as usize)
+            .take(q.limit)
+            .collect();
+        Ok(QueryPage {
+            ids,
+            position: start,
+            total,
+            state,
+        })
+    }
+
+    /// Number of index keys in `range`.
+    fn count(&self, range: &KeyRange, order: Order) -> Result<u64> {
+        let mut n = 0u64;
+        self.db()
+            .scan_all(Space::EmailIndex, range, order, |_, _| {
+                n += 1;
+                Ok::<_, Error>(true)
+            })?;
+        Ok(n)
+    }
+}
+
+fn reverse(o: Order) -> Order {
+    match o {
+        Order::Ascending => Order::Descending,
+        Order::Descending => Order::Ascending,
+    }
+}

@@ -1,0 +1,296 @@
+//! State and change log: what clients need to sync by delta.
+//!
+//! Every account has a state, its modification sequence. Each change to an
+//! object (an email, a mailbox, a thread) takes the next modseq and is logged
+//! under `Space::Changes` as `account, kind, modseq → id, op`, in the same
+//! transaction as the change itself. `changes(kind, since)` is then a range
+//! scan from `since`: its cost is the number of changes, never the size of
+//! the account.
+//!
+//! The log is compacted: only the newest `keep` modseqs are kept; the
+//! account's *floor* counter says where it begins, and a client whose state
+//! is older gets `cannotCalculateChanges` and resyncs.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::{AccountId, Counter};
+use crate::error::{Error, Result};
+use crate::store::key::{self, Key};
+use crate::store::{Db, KeyRange, Order, Space, StoreError, Txn};
+
+/// An account's state: its modification sequence. 0 before any change.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct State(pub u64);
+
+/// Which kind of object changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Kind {
+    /// An email.
+    Email = 0,
+    /// A mailbox (including its counts).
+    Mailbox = 1,
+    /// A thread (its member list).
+    Thread = 2,
+}
+
+/// What happened to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    /// It came into being.
+    Created = 0,
+    /// Some property changed.
+    Updated = 1,
+    /// It is gone.
+    Destroyed = 2,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        match v {
+            0 => Some(Op::Created),
+            1 => Some(Op::Updated),
+            2 => Some(Op::Destroyed),
+            _ => None,
+        }
+    }
+}
+
+/// Changes collected during one transaction, merged per object: created
+/// then updated is created; created then destroyed is nothing; updated then
+/// destroyed is destroyed.
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    order: Vec<(Kind, u64)>,
+    ops: HashMap<(Kind, u64), Option<Op>>,
+}
+
+impl ChangeSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        ChangeSet::default()
+    }
+
+    /// Notes one change.
+    pub fn note(&mut self, kind: Kind, id: u64, op: Op) {
+        let k = (kind, id);
+        match self.ops.get(&k).copied() {
+            None => {
+                self.order.push(k);
+                self.ops.insert(k, Some(op));
+            }
+            Some(prev) => {
+                let merged = match (prev, op) {
+                    (Some(Op::Created), Op::Destroyed) => None,
+                    (Some(Op::Created), _) => Some(Op::Created),
+                    (None, Op::Created) => Some(Op::Updated),
+                    (_, Op::Destroyed) => Some(Op::Destroyed),
+                    (p, Op::Updated) => p.or(Some(Op::Updated)),
+                    (_, Op::Created) => Some(Op::Created),
+                };
+                self.ops.insert(k, merged);
+            }
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.ops.values().all(Option::is_none)
+    }
+
+    /// Logs every change with its own modseq and returns the new state.
+    /// `keep` bounds the log (older entries are compacted away).
+    pub fn commit(self, txn: &mut Txn<'_>, account: AccountId, keep: u64) -> Result<State> {
+        let state_key = Counter::State.key(account, 0);
+        let mut state = txn.counter(Space::Counters, &state_key)?.max(0) as u64;
+        for k in &self.order {
+            let Some(Some(op)) = self.ops.get(k) else {
+                continue;
+            };
+            state += 1;
+            txn.put(
+                Space::Changes,
+                log_key(account, k.0, state),
+                log_value(k.1, *op),
+            );
+        }
+        txn.put(Space::Counters, state_key, (state as i64).to_be_bytes());
+        compact(txn, account, State(state), keep)?;
+        Ok(State(state))
+    }
+}
+
+fn log_key(account: AccountId, kind: Kind, modseq: u64) -> Vec<u8> {
+    Key::new().u64(account.0).u8(kind as u8).u64(modseq).build()
+}
+
+fn log_value(id: u64, op: Op) -> Vec<u8> {
+    let mut v = id.to_be_bytes().to_vec();
+    v.push(op as u8);
+    v
+}
+
+/// Most entries deleted by one transaction's compaction, so no write pays
+/// for a long backlog at once.
+const COMPACT_STEP: usize = 512;
+
+/// Deletes log entries older than `state - keep`, a bounded number at a time.
+fn compact(txn: &mut Txn<'_>, account: AccountId, state: State, keep: u64) -> Result<()> {
+    let Some(horizon) = state.0.checked_sub(keep) else {
+        return Ok(());
+    };
+    let floor_key = Counter::LogFloor.key(account, 0);
+    let floor = txn.counter(Space::Counters, &floor_key)?.max(0) as u64;
+    if horizon <= floor {
+        return Ok(());
+    }
+    let mut new_floor = horizon;
+    for kind in [Kind::Email, Kind::Mailbox, Kind::Thread] {
+        let range = KeyRange::between(
+            log_key(account, kind, 0),
+            log_key(account, kind, horizon + 1),
+        );
+        let old = txn.scan_committed(Space::Changes, &range, Order::Ascending, COMPACT_STEP)?;
+        if old.len() == COMPACT_STEP {
+            // Not done this time: the floor only rises to what is gone.
+            if let Some(last) = old.last().and_then(|(k, _)| key::read_u64(k, 9)) {
+                new_floor = new_floor.min(last);
+            }
+        }
+        for (k, _) in old {
+            txn.delete(Space::Changes, k);
+        }
+    }
+    txn.put(Space::Counters, floor_key, (new_floor as i64).to_be_bytes());
+    Ok(())
+}
+
+/// Ids that changed since a state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The state asked about.
+    pub old_state: State,
+    /// The state these changes bring the client to.
+    pub new_state: State,
+    /// Whether more changes follow `new_state`.
+    pub has_more: bool,
+    /// Created since (and not destroyed).
+    pub created: Vec<u64>,
+    /// Updated since (and not created or destroyed since).
+    pub updated: Vec<u64>,
+    /// Destroyed since (and existing before).
+    pub destroyed: Vec<u64>,
+}
+
+/// The account's current state.
+pub fn state(db: &Db, account: AccountId) -> Result<State> {
+    Ok(State(
+        db.counter(Space::Counters, &Counter::State.key(account, 0))?
+            .max(0) as u64,
+    ))
+}
+
+/// The state inside a transaction.
+pub fn state_in(txn: &Txn<'_>, account: AccountId) -> Result<State> {
+    Ok(State(
+        txn.counter(Space::Counters, &Counter::State.key(account, 0))?
+            .max(0) as u64,
+    ))
+}
+
+/// Changes of `kind` after `since`, at most `max` of them.
+pub fn changes(
+    db: &Db,
+    account: AccountId,
+    kind: Kind,
+    since: State,
+    max: usize,
+) -> Result<Changes> {
+    let current = state(db, account)?;
+    let floor = db
+        .counter(Space::Counters, &Counter::LogFloor.key(account, 0))?
+        .max(0) as u64;
+    if since.0 < floor {
+        return Err(Error::CannotCalculateChanges(format!(
+            "state {} is older than the change log (it starts at {floor}); resync",
+            since.0
+        )));
+    }
+    if since > current {
+        return Err(Error::CannotCalculateChanges(format!(
+            "state {} is newer than the account's state {}; resync",
+            since.0, current.0
+        )));
+    }
+    let range = KeyRange::between(
+        log_key(account, kind, since.0 + 1),
+        log_key(account, kind, u64::MAX),
+    );
+    let rows = db.scan(Space::Changes, &range, Order::Ascending, max + 1)?;
+    let has_more = rows.len() > max;
+    let mut merged = ChangeSet::new();
+    let mut last = since.0;
+    for (k, v) in rows.into_iter().take(max) {
+        let corrupt = || StoreError::Corrupt {
+            space: Space::Changes,
+            detail: "log entry".into(),
+        };
+        let modseq = key::read_u64(&k, 9).ok_or_else(corrupt)?;
+        let id = key::read_u64(&v, 0).ok_or_else(corrupt)?;
+        let op = v
+            .get(8)
+            .copied()
+            .and_then(Op::from_u8)
+            .ok_or_else(corrupt)?;
+        merged.note(kind, id, op);
+        last = modseq;
+    }
+    let mut out = Changes {
+        old_state: since,
+        new_state: if has_more { State(last) } else { current },
+        has_more,
+        ..Changes::default()
+    };
+    for k in &merged.order {
+        match merged.ops.get(k).copied().flatten() {
+            Some(Op::Created) => out.created.push(k.1),
+            Some(Op::Updated) => out.updated.push(k.1),
+            Some(Op::Destroyed) => out.destroyed.push(k.1),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_merge_as_a_client_needs_them() {
+        let mut c = ChangeSet::new();
+        c.note(Kind::Email, 1, Op::Created);
+        c.note(Kind::Email, 1, Op::Updated);
+        c.note(Kind::Email, 2, Op::Created);
+        c.note(Kind::Email, 2, Op::Destroyed);
+        c.note(Kind::Email, 3, Op::Updated);
+        c.note(Kind::Email, 3, Op::Destroyed);
+        c.note(Kind::Email, 4, Op::Updated);
+        c.note(Kind::Email, 4, Op::Updated);
+        let got: Vec<_> = c.order.iter().map(|k| (k.1, c.ops[k])).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Some(Op::Created)),
+                (2, None),
+                (3, Some(Op::Destroyed)),
+                (4, Some(Op::Updated))
+            ]
+        );
+    }
+}
