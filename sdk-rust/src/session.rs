@@ -1,11 +1,14 @@
 //! [`Session`]: one account's mail.
 
-use quail_protocol::quail_capnp::{Property as WireProperty, Sort, Tristate};
+use quail_protocol::quail_capnp::{
+    ObjectKind as WireKind, Property as WireProperty, Sort, Tristate,
+};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::{
-    AccountInfo, AppToken, Email, EmailId, Mailbox, Property, Query, QueryPage, State,
+    AccountInfo, AppToken, Changes, Email, EmailId, Mailbox, MailboxId, ObjectKind, Property,
+    Query, QueryPage, State, Thread, UpdateResult,
 };
 use crate::wire;
 
@@ -88,14 +91,22 @@ impl Session {
                 {
                     let mut b = req.get().init_query();
                     {
+                        let tri = |v: Option<bool>| match v {
+                            None => Tristate::Any,
+                            Some(true) => Tristate::Yes,
+                            Some(false) => Tristate::No,
+                        };
                         let mut f = b.reborrow().init_filter();
                         f.set_in_mailbox(q.mailbox.map_or(0, |m| m.0));
-                        f.set_unread(if q.unread_only {
-                            Tristate::Yes
-                        } else {
-                            Tristate::Any
-                        });
+                        f.set_unread(tri(q.unread));
+                        f.set_flagged(tri(q.flagged));
+                        f.set_has_attachment(tri(q.has_attachment));
+                        f.set_after(q.after.unwrap_or(0));
+                        f.set_before(q.before.unwrap_or(0));
+                        f.set_from(q.from.as_deref().unwrap_or_default());
+                        f.set_to(q.to.as_deref().unwrap_or_default());
                     }
+                    b.set_collapse_threads(q.collapse_threads);
                     b.set_sort(if q.newest_first {
                         Sort::ReceivedDesc
                     } else {
@@ -136,6 +147,7 @@ impl Session {
                 Property::Keywords => WireProperty::Keywords,
                 Property::Mailboxes => WireProperty::Mailboxes,
                 Property::Preview => WireProperty::Preview,
+                Property::BodyStructure => WireProperty::BodyStructure,
             })
             .collect();
         self.client
@@ -265,6 +277,193 @@ impl Session {
                         })
                     })
                     .collect()
+            })
+            .await
+    }
+
+    /// Adds and removes keywords (`$seen`, `$flagged`, custom ones). With
+    /// `if_in_state`, fails with [`Error::StateMismatch`] unless the account
+    /// is at exactly that state.
+    pub async fn set_keywords(
+        &self,
+        ids: &[EmailId],
+        add: &[&str],
+        remove: &[&str],
+        if_in_state: Option<State>,
+    ) -> Result<UpdateResult> {
+        let cap = self.cap;
+        let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
+        let add: Vec<String> = add.iter().map(|s| (*s).to_owned()).collect();
+        let remove: Vec<String> = remove.iter().map(|s| (*s).to_owned()).collect();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.set_keywords_request();
+                let mut p = req.get();
+                p.set_ids(&ids[..])?;
+                let mut l = p.reborrow().init_add(add.len() as u32);
+                for (i, k) in add.iter().enumerate() {
+                    l.set(i as u32, k.as_str());
+                }
+                let mut l = p.reborrow().init_remove(remove.len() as u32);
+                for (i, k) in remove.iter().enumerate() {
+                    l.set(i as u32, k.as_str());
+                }
+                p.set_if_in_state(if_in_state.map_or(0, |s| s.0));
+                let resp = req.send().promise.await?;
+                wire::update_of(resp.get()?.get_result()?)
+            })
+            .await
+    }
+
+    /// Adds emails to and removes them from mailboxes.
+    pub async fn move_emails(
+        &self,
+        ids: &[EmailId],
+        add: &[MailboxId],
+        remove: &[MailboxId],
+        if_in_state: Option<State>,
+    ) -> Result<UpdateResult> {
+        let cap = self.cap;
+        let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
+        let add: Vec<u64> = add.iter().map(|i| i.0).collect();
+        let remove: Vec<u64> = remove.iter().map(|i| i.0).collect();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.move_request();
+                let mut p = req.get();
+                p.set_ids(&ids[..])?;
+                p.set_add_mailboxes(&add[..])?;
+                p.set_remove_mailboxes(&remove[..])?;
+                p.set_if_in_state(if_in_state.map_or(0, |s| s.0));
+                let resp = req.send().promise.await?;
+                wire::update_of(resp.get()?.get_result()?)
+            })
+            .await
+    }
+
+    /// Moves emails to Trash; emails already only in Trash are expunged.
+    pub async fn destroy(
+        &self,
+        ids: &[EmailId],
+        if_in_state: Option<State>,
+    ) -> Result<UpdateResult> {
+        let cap = self.cap;
+        let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.destroy_request();
+                req.get().set_ids(&ids[..])?;
+                req.get().set_if_in_state(if_in_state.map_or(0, |s| s.0));
+                let resp = req.send().promise.await?;
+                wire::update_of(resp.get()?.get_result()?)
+            })
+            .await
+    }
+
+    /// What changed since `since` (at most `max`; 0 = the server's maximum).
+    pub async fn changes(&self, kind: ObjectKind, since: State, max: u32) -> Result<Changes> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.changes_request();
+                req.get().set_kind(match kind {
+                    ObjectKind::Email => WireKind::Email,
+                    ObjectKind::Mailbox => WireKind::Mailbox,
+                    ObjectKind::Thread => WireKind::Thread,
+                });
+                req.get().set_since_state(since.0);
+                req.get().set_max_changes(max);
+                let resp = req.send().promise.await?;
+                wire::changes_of(resp.get()?.get_changes()?)
+            })
+            .await
+    }
+
+    /// Threads by id, with their emails oldest first; unknown ids come back
+    /// in the second list.
+    pub async fn threads(&self, ids: &[u64]) -> Result<(Vec<Thread>, Vec<u64>)> {
+        let cap = self.cap;
+        let ids = ids.to_vec();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.threads_request();
+                req.get().set_ids(&ids[..])?;
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                let threads = r
+                    .get_threads()?
+                    .iter()
+                    .map(|t| {
+                        Ok(Thread {
+                            id: t.get_id(),
+                            email_ids: t.get_email_ids()?.iter().map(EmailId).collect(),
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok((threads, r.get_not_found()?.iter().collect()))
+            })
+            .await
+    }
+
+    /// Creates a mailbox (under `parent`, or at the top).
+    pub async fn create_mailbox(
+        &self,
+        name: &str,
+        parent: Option<MailboxId>,
+    ) -> Result<(Mailbox, State)> {
+        let cap = self.cap;
+        let name = name.to_owned();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.create_mailbox_request();
+                req.get().set_name(name.as_str());
+                req.get().set_parent_id(parent.map_or(0, |p| p.0));
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                Ok((wire::mailbox(r.get_mailbox()?)?, State(r.get_state())))
+            })
+            .await
+    }
+
+    /// Renames a mailbox and/or moves it under another parent.
+    pub async fn rename_mailbox(
+        &self,
+        id: MailboxId,
+        name: &str,
+        parent: Option<MailboxId>,
+    ) -> Result<(Mailbox, State)> {
+        let cap = self.cap;
+        let name = name.to_owned();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.rename_mailbox_request();
+                req.get().set_id(id.0);
+                req.get().set_name(name.as_str());
+                req.get().set_parent_id(parent.map_or(0, |p| p.0));
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                Ok((wire::mailbox(r.get_mailbox()?)?, State(r.get_state())))
+            })
+            .await
+    }
+
+    /// Deletes an empty mailbox without children.
+    pub async fn delete_mailbox(&self, id: MailboxId) -> Result<State> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.delete_mailbox_request();
+                req.get().set_id(id.0);
+                let resp = req.send().promise.await?;
+                Ok(State(resp.get()?.get_state()))
             })
             .await
     }

@@ -11,7 +11,7 @@ pub struct EmailId(pub u64);
 pub struct MailboxId(pub u64);
 
 /// An account's state (modification sequence).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct State(pub u64);
 
 /// Limits the server announced in `hello`.
@@ -173,6 +173,90 @@ pub struct Email {
     pub preview: String,
     /// Whether it has attachments.
     pub has_attachment: bool,
+    /// Body structure (when asked for with [`Property::BodyStructure`]).
+    pub body: Option<Part>,
+}
+
+/// One node of a message's body structure.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Part {
+    /// IMAP-style part number ("1", "2.1"; "" for a multipart root).
+    pub part_id: String,
+    /// `type/subtype`, lower case.
+    pub mime_type: String,
+    /// Charset ("" when none).
+    pub charset: String,
+    /// "inline", "attachment" or "".
+    pub disposition: String,
+    /// File name, decoded.
+    pub file_name: String,
+    /// Content-ID.
+    pub content_id: String,
+    /// Decoded size in bytes.
+    pub size: u64,
+    /// Children.
+    pub sub_parts: Vec<Part>,
+}
+
+impl Part {
+    /// This part and all below it, depth first.
+    pub fn walk(&self) -> Vec<&Part> {
+        let mut out = vec![self];
+        for p in &self.sub_parts {
+            out.extend(p.walk());
+        }
+        out
+    }
+}
+
+/// What kind of object a change log entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ObjectKind {
+    /// Emails.
+    Email,
+    /// Mailboxes (including their counts).
+    Mailbox,
+    /// Threads.
+    Thread,
+}
+
+/// What changed since a state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    /// The state asked about.
+    pub old_state: State,
+    /// The state these changes bring the client to.
+    pub new_state: State,
+    /// Whether more changes follow (call again from `new_state`).
+    pub has_more: bool,
+    /// Created since.
+    pub created: Vec<u64>,
+    /// Updated since.
+    pub updated: Vec<u64>,
+    /// Destroyed since.
+    pub destroyed: Vec<u64>,
+}
+
+/// Outcome of a batch update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateResult {
+    /// State before.
+    pub old_state: State,
+    /// State after.
+    pub new_state: State,
+    /// Ids changed.
+    pub updated: Vec<EmailId>,
+    /// Ids not changed, with why.
+    pub not_updated: Vec<(EmailId, crate::Error)>,
+}
+
+/// A thread and its emails, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Thread {
+    /// Id.
+    pub id: u64,
+    /// Members, oldest first.
+    pub email_ids: Vec<EmailId>,
 }
 
 impl Email {
@@ -193,6 +277,8 @@ pub enum Property {
     Mailboxes,
     /// Preview and has-attachment.
     Preview,
+    /// The MIME body structure.
+    BodyStructure,
 }
 
 /// A query over one account's mail.
@@ -200,8 +286,20 @@ pub enum Property {
 pub struct Query {
     /// Only this mailbox (None: all mail).
     pub mailbox: Option<MailboxId>,
-    /// Only unread emails.
-    pub unread_only: bool,
+    /// Some(true): only unread; Some(false): only read.
+    pub unread: Option<bool>,
+    /// Some(true): only flagged; Some(false): only unflagged.
+    pub flagged: Option<bool>,
+    /// Some(true): only with attachments; Some(false): only without.
+    pub has_attachment: Option<bool>,
+    /// Received at or after (ms since the epoch).
+    pub after: Option<i64>,
+    /// Received before (ms since the epoch).
+    pub before: Option<i64>,
+    /// Exact From address.
+    pub from: Option<String>,
+    /// Exact address in To, Cc or Bcc.
+    pub to: Option<String>,
     /// Newest first (the default) or oldest first.
     pub newest_first: bool,
     /// Index of the first result.
@@ -210,17 +308,26 @@ pub struct Query {
     pub anchor: Option<(EmailId, i32)>,
     /// Page size (0 = the server's maximum).
     pub limit: u32,
+    /// One result per thread.
+    pub collapse_threads: bool,
 }
 
 impl Default for Query {
     fn default() -> Self {
         Query {
             mailbox: None,
-            unread_only: false,
+            unread: None,
+            flagged: None,
+            has_attachment: None,
+            after: None,
+            before: None,
+            from: None,
+            to: None,
             newest_first: true,
             position: 0,
             anchor: None,
             limit: 50,
+            collapse_threads: false,
         }
     }
 }
@@ -241,7 +348,13 @@ impl Query {
 
     /// Only unread emails.
     pub fn unread(mut self) -> Self {
-        self.unread_only = true;
+        self.unread = Some(true);
+        self
+    }
+
+    /// Only flagged emails.
+    pub fn flagged(mut self) -> Self {
+        self.flagged = Some(true);
         self
     }
 
@@ -260,6 +373,12 @@ impl Query {
     /// Oldest first.
     pub fn oldest_first(mut self) -> Self {
         self.newest_first = false;
+        self
+    }
+
+    /// One result per thread.
+    pub fn collapse_threads(mut self) -> Self {
+        self.collapse_threads = true;
         self
     }
 }

@@ -1,11 +1,15 @@
 //! Schema readers → SDK types.
 
 use quail_protocol::quail_capnp::{
-    Role as WireRole, account_info, address, email, mailbox, server_info,
+    Role as WireRole, account_info, address, changes, email, mailbox, part, server_info,
+    update_result,
 };
 
 use crate::error::Result;
-use crate::types::{AccountInfo, Address, Email, Limits, Mailbox, MailboxId, Role, ServerInfo};
+use crate::types::{
+    AccountInfo, Address, Changes, Email, EmailId, Limits, Mailbox, MailboxId, Part, Role,
+    ServerInfo, State, UpdateResult,
+};
 
 fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String> {
     Ok(t?.to_str()?.to_owned())
@@ -103,5 +107,57 @@ pub(crate) fn email(r: email::Reader<'_>) -> Result<Email> {
         references: texts(r.get_references())?,
         preview: text(r.get_preview())?,
         has_attachment: r.get_has_attachment(),
+        body: if r.has_body_structure() {
+            Some(body_part(r.get_body_structure()?)?)
+        } else {
+            None
+        },
+    })
+}
+
+pub(crate) fn body_part(r: part::Reader<'_>) -> Result<Part> {
+    Ok(Part {
+        part_id: text(r.get_part_id())?,
+        mime_type: text(r.get_mime_type())?,
+        charset: text(r.get_charset())?,
+        disposition: text(r.get_disposition())?,
+        file_name: text(r.get_file_name())?,
+        content_id: text(r.get_content_id())?,
+        size: r.get_size(),
+        sub_parts: r
+            .get_sub_parts()?
+            .iter()
+            .map(body_part)
+            .collect::<Result<_>>()?,
+    })
+}
+
+pub(crate) fn changes_of(r: changes::Reader<'_>) -> Result<Changes> {
+    Ok(Changes {
+        old_state: State(r.get_old_state()),
+        new_state: State(r.get_new_state()),
+        has_more: r.get_has_more(),
+        created: r.get_created()?.iter().collect(),
+        updated: r.get_updated()?.iter().collect(),
+        destroyed: r.get_destroyed()?.iter().collect(),
+    })
+}
+
+pub(crate) fn update_of(r: update_result::Reader<'_>) -> Result<UpdateResult> {
+    Ok(UpdateResult {
+        old_state: State(r.get_old_state()),
+        new_state: State(r.get_new_state()),
+        updated: r.get_updated()?.iter().map(EmailId).collect(),
+        not_updated: r
+            .get_not_updated()?
+            .iter()
+            .map(|item| {
+                let e = item.get_error()?;
+                Ok((
+                    EmailId(item.get_id()),
+                    crate::Error::from_code(e.get_code()?, text(e.get_message())?),
+                ))
+            })
+            .collect::<Result<_>>()?,
     })
 }

@@ -16,7 +16,8 @@
 //!
 //! Beside them: [`config`] (TOML + flags), [`error`] (the domain error every
 //! layer returns), [`fuzzing`] (bodies of the fuzz targets), [`server`]
-//! (wiring: open the store, bind, serve, shut down).
+//! (wiring: open the store, bind, serve, shut down), [`tools`] (offline
+//! export, import, check).
 
 pub mod account;
 pub mod blob;
@@ -29,6 +30,7 @@ pub mod rpc;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tools;
 
 pub use config::Config;
 pub use error::{Error, Result};

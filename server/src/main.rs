@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quail_server::account::{self, Credential};
-use quail_server::{Config, Server};
+use quail_server::{Config, Server, tools};
 use tracing_subscriber::EnvFilter;
 
 /// Quail mail access server: Cap'n Proto RPC over QUIC.
@@ -39,6 +39,38 @@ struct RunArgs {
 enum Command {
     /// Serve (the default).
     Run(RunArgs),
+    /// Write an account's mail as mboxrd (raw messages byte for byte). Offline.
+    Export {
+        /// Account name.
+        #[arg(long)]
+        account: String,
+        /// Only this mailbox.
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Import mbox files (also .xz), Maildir trees or message files. Offline.
+    Import {
+        /// Account name.
+        #[arg(long)]
+        account: String,
+        /// Into this mailbox (created if missing; default Inbox).
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// mbox escaping: mboxrd (default) or mboxo.
+        #[arg(long, default_value = "mboxrd")]
+        format: String,
+        /// File or directory.
+        path: PathBuf,
+    },
+    /// Verify counters, indexes and blob references; --repair fixes them. Offline.
+    Check {
+        /// Rewrite what disagrees.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +92,20 @@ fn main() -> anyhow::Result<()> {
     let run = match cli.command {
         Some(Command::Run(args)) => args,
         None => cli.run,
+        Some(Command::Export {
+            account,
+            mailbox,
+            output,
+        }) => return export(&config, &account, mailbox.as_deref(), output),
+        Some(Command::Import {
+            account,
+            mailbox,
+            format,
+            path,
+        }) => {
+            return import(&config, &account, mailbox.as_deref(), &format, &path);
+        }
+        Some(Command::Check { repair }) => return check(&config, repair),
     };
     if !run.listen.is_empty() {
         config.listen = run.listen;
@@ -142,6 +188,118 @@ async fn dev_account(running: &quail_server::Running, config: &Config) -> anyhow
     println!("  cargo run -p quail -- deliver --to demo <some .eml file>");
     println!("  cargo run -p quail -- ls");
     println!();
+    Ok(())
+}
+
+fn export(
+    config: &Config,
+    account: &str,
+    mailbox: Option<&str>,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (db, mail) = tools::open(config)?;
+    let accounts = account::Accounts::new(db);
+    let report = match &output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            tools::export::export(&mail, &accounts, account, mailbox, &mut w)?
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            tools::export::export(&mail, &accounts, account, mailbox, &mut w)?
+        }
+    };
+    eprintln!(
+        "exported {} messages ({} bytes)",
+        report.messages, report.bytes
+    );
+    Ok(())
+}
+
+fn import(
+    config: &Config,
+    account: &str,
+    mailbox: Option<&str>,
+    format: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let flavor = match format {
+        "mboxrd" => tools::mbox::Flavor::Mboxrd,
+        "mboxo" => tools::mbox::Flavor::Mboxo,
+        other => anyhow::bail!("--format {other}: use mboxrd or mboxo"),
+    };
+    let (db, mail) = tools::open(config)?;
+    let accounts = account::Accounts::new(db);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} messages  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let opts = tools::import::ImportOptions {
+        account,
+        path,
+        mailbox,
+        flavor,
+        now_ms: quail_server::rpc::now_ms(),
+    };
+    let report = runtime.block_on(tools::import::import(
+        &mail,
+        &accounts,
+        &opts,
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    ))?;
+    bar.finish_and_clear();
+    println!(
+        "imported {} of {} messages ({} bytes) in {:.1} s ({:.0} messages/s)",
+        report.imported.len(),
+        report.found,
+        report.bytes,
+        report.seconds,
+        report.imported.len() as f64 / report.seconds.max(1e-9)
+    );
+    for (origin, why) in &report.failed {
+        println!("  not imported: {origin}: {why}");
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!("{} messages were not imported", report.failed.len());
+    }
+    Ok(())
+}
+
+fn check(config: &Config, repair: bool) -> anyhow::Result<()> {
+    let (db, _) = tools::open(config)?;
+    let report = tools::check::check(&db, repair)?;
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    println!(
+        "checked {} accounts, {} emails, {} blobs: {}",
+        report.accounts,
+        report.emails,
+        report.blobs,
+        match (report.clean(), report.repaired) {
+            (true, _) => "clean".to_owned(),
+            (false, true) => format!("{} problems repaired", report.problems.len()),
+            (false, false) => format!(
+                "{} problems (run with --repair to fix)",
+                report.problems.len()
+            ),
+        }
+    );
+    if !report.clean() && !report.repaired {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -106,7 +106,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<FjallStore>> {
 }
 
 /// Refuses a store written by a newer or unknown layout, and stamps a new one.
-fn check_format(store: &FjallStore) -> anyhow::Result<()> {
+pub(crate) fn check_format(store: &FjallStore) -> anyhow::Result<()> {
     use crate::store::{Reader, Store};
     match store.get(Space::Meta, FORMAT_KEY)? {
         Some(v) => {

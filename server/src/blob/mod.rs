@@ -93,11 +93,27 @@ pub struct Prepared {
     pub size: u64,
 }
 
+/// Inputs longer than this are first judged by compressing a sample.
+const SAMPLE: usize = 64 * 1024;
+
+/// Whether compressing `bytes` looks worth it: a prefix that does not shrink
+/// by 10 % means the rest will not either (archives, media, ciphertext).
+fn worth_compressing(bytes: &[u8]) -> bool {
+    if bytes.len() <= 2 * SAMPLE {
+        return true;
+    }
+    match zstd::bulk::compress(&bytes[..SAMPLE], 1) {
+        Ok(z) => z.len() * 10 <= SAMPLE * 9,
+        Err(_) => false,
+    }
+}
+
 /// Hashes `bytes` and compresses them when `compress` and it saves >= 10 %.
 pub fn prepare(bytes: &[u8], compress: bool) -> Prepared {
     let id = BlobId::of(bytes);
     if compress
         && bytes.len() >= MIN_COMPRESS
+        && worth_compressing(bytes)
         && let Ok(z) = zstd::bulk::compress(bytes, ZSTD_LEVEL)
         && z.len() * 10 <= bytes.len() * 9
     {

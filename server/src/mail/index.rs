@@ -79,7 +79,8 @@ pub fn entry_key(
 /// Offset of the email id in an index key.
 pub const ID_OFFSET: usize = 25;
 
-fn entries(e: &EmailRecord) -> BTreeSet<(MailboxId, Facet)> {
+/// The (mailbox, facet) pairs an email is listed under.
+pub fn entries(e: &EmailRecord) -> BTreeSet<(MailboxId, Facet)> {
     let mut facets = vec![Facet::All];
     if e.is_unread() {
         facets.push(Facet::Unread);

@@ -329,7 +329,12 @@ fn attachments(m: &Message<'_>, body: &BodyPart) -> Vec<Attachment> {
         let start = (part.offset_body as usize).min(raw.len());
         let span = start..(part.offset_end as usize).clamp(start, raw.len());
         let encoded = &raw[span.clone()];
+        let binary = matches!(part.body, PartType::Binary(_) | PartType::InlineBinary(_));
         let (content, encoding) = match part.encoding {
+            // mail-parser decoded binary parts byte for byte already.
+            Encoding::Base64 if binary => (part.contents().to_vec(), BodyEncoding::Base64),
+            // Text parts it converts to UTF-8; the stored blob keeps the
+            // original bytes.
             Encoding::Base64 => match decode_base64(encoded) {
                 Some(bytes) => (bytes, BodyEncoding::Base64),
                 None => (part.contents().to_vec(), BodyEncoding::Other),

@@ -121,7 +121,8 @@ fn read_link(space: Space, v: &[u8]) -> Result<(ThreadId, i64)> {
     Ok((ThreadId(t), at))
 }
 
-fn member_key(account: AccountId, thread: ThreadId, received_ms: i64, id: EmailId) -> Vec<u8> {
+/// The member key of an email in its thread.
+pub fn member_key(account: AccountId, thread: ThreadId, received_ms: i64, id: EmailId) -> Vec<u8> {
     Key::new()
         .u64(account.0)
         .u64(thread.0)
