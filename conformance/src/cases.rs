@@ -69,21 +69,11 @@ fn code_of(e: &capnp::Error) -> Option<ErrorCode> {
     error_from_capnp(e).map(|(c, _)| c)
 }
 
-fn expect_code<T>(
-    r: Result<T, capnp::Error>,
-    want: ErrorCode,
-    what: &str,
-) -> Result<capnp::Error, String> {
+fn expect_code<T>(r: Result<T, capnp::Error>, want: ErrorCode, what: &str) -> Result<capnp::Error, String> {
     match r {
-        Ok(_) => Err(format!(
-            "{what}: succeeded, expected {}",
-            error_code_name(want)
-        )),
+        Ok(_) => Err(format!("{what}: succeeded, expected {}", error_code_name(want))),
         Err(e) if code_of(&e) == Some(want) => Ok(e),
-        Err(e) => Err(format!(
-            "{what}: expected {}, got {e}",
-            error_code_name(want)
-        )),
+        Err(e) => Err(format!("{what}: expected {}, got {e}", error_code_name(want))),
     }
 }
 
@@ -102,26 +92,16 @@ async fn bootstrap(target: &Target) -> Result<(wire::Conn, quail::Client), Strin
 async fn hello(boot: &quail::Client) -> Result<Vec<String>, String> {
     let mut req = boot.hello_request();
     req.get().set_client_name("quail-conformance");
-    req.get()
-        .set_client_versions(&[PROTOCOL_VERSION][..])
-        .map_err(fail("hello params"))?;
+    req.get().set_client_versions(&[PROTOCOL_VERSION][..]).map_err(fail("hello params"))?;
     let resp = tokio::time::timeout(STEP, req.send().promise)
         .await
         .map_err(fail("hello timed out"))?
         .map_err(fail("hello"))?;
-    let info = resp
-        .get()
-        .map_err(fail("hello results"))?
-        .get_info()
-        .map_err(fail("info"))?;
+    let info = resp.get().map_err(fail("hello results"))?.get_info().map_err(fail("info"))?;
     info.get_features()
         .map_err(fail("features"))?
         .iter()
-        .map(|f| {
-            f.map_err(fail("feature"))?
-                .to_string()
-                .map_err(fail("feature utf-8"))
-        })
+        .map(|f| f.map_err(fail("feature"))?.to_string().map_err(fail("feature utf-8")))
         .collect()
 }
 
@@ -139,11 +119,7 @@ async fn new_account(boot: &quail::Client, target: &Target) -> Result<(String, S
     Ok((name, password))
 }
 
-async fn login(
-    boot: &quail::Client,
-    name: &str,
-    password: &str,
-) -> Result<session::Client, capnp::Error> {
+async fn login(boot: &quail::Client, name: &str, password: &str) -> Result<session::Client, capnp::Error> {
     let mut req = boot.login_request();
     req.get().set_name(name);
     req.get().set_secret(password);
@@ -152,12 +128,7 @@ async fn login(
 }
 
 /// Delivers `raw` to one recipient through the gateway; returns the email id.
-async fn deliver(
-    boot: &quail::Client,
-    target: &Target,
-    rcpt: &str,
-    raw: &[u8],
-) -> Result<u64, String> {
+async fn deliver(boot: &quail::Client, target: &Target, rcpt: &str, raw: &[u8]) -> Result<u64, String> {
     let mut req = boot.gateway_request();
     req.get().set_secret(target.gateway_secret.as_str());
     let gateway = req.send().pipeline.get_gateway();
@@ -170,14 +141,8 @@ async fn deliver(
     }
     d.get().set_raw(raw);
     let resp = d.send().promise.await.map_err(fail("deliver"))?;
-    let results = resp
-        .get()
-        .map_err(fail("deliver results"))?
-        .get_results()
-        .map_err(fail("results"))?;
-    ensure(results.len() == 1, || {
-        format!("deliver: {} results for 1 recipient", results.len())
-    })?;
+    let results = resp.get().map_err(fail("deliver results"))?.get_results().map_err(fail("results"))?;
+    ensure(results.len() == 1, || format!("deliver: {} results for 1 recipient", results.len()))?;
     match results.get(0).which().map_err(fail("result"))? {
         delivery_result::Which::Delivered(id) => Ok(id),
         delivery_result::Which::Error(e) => {
@@ -185,10 +150,7 @@ async fn deliver(
             Err(format!(
                 "deliver to {rcpt}: {:?} {}",
                 e.get_code().map(error_code_name),
-                e.get_message()
-                    .ok()
-                    .and_then(|m| m.to_string().ok())
-                    .unwrap_or_default()
+                e.get_message().ok().and_then(|m| m.to_string().ok()).unwrap_or_default()
             ))
         }
     }
@@ -205,9 +167,7 @@ async fn raw_bytes(session: &session::Client, id: u64) -> Result<Vec<u8>, capnp:
         match run.which()? {
             byte_run::Which::Inline(d) => out.extend_from_slice(d?),
             byte_run::Which::BulkToken(_) => {
-                return Err(capnp::Error::failed(
-                    "bulk token for a small message".into(),
-                ));
+                return Err(capnp::Error::failed("bulk token for a small message".into()));
             }
         }
         if out.len() as u64 >= run.get_total_size() {
@@ -218,22 +178,9 @@ async fn raw_bytes(session: &session::Client, id: u64) -> Result<Vec<u8>, capnp:
 
 async fn hello_announces_version_limits_and_features(target: Target) -> Outcome {
     let (_conn, boot) = bootstrap(&target).await?;
-    let resp = boot
-        .hello_request()
-        .send()
-        .promise
-        .await
-        .map_err(fail("hello"))?;
-    let info = resp
-        .get()
-        .map_err(fail("results"))?
-        .get_info()
-        .map_err(fail("info"))?;
-    let versions: Vec<u32> = info
-        .get_versions()
-        .map_err(fail("versions"))?
-        .iter()
-        .collect();
+    let resp = boot.hello_request().send().promise.await.map_err(fail("hello"))?;
+    let info = resp.get().map_err(fail("results"))?.get_info().map_err(fail("info"))?;
+    let versions: Vec<u32> = info.get_versions().map_err(fail("versions"))?.iter().collect();
     ensure(versions.contains(&PROTOCOL_VERSION), || {
         format!("versions {versions:?} lack {PROTOCOL_VERSION}")
     })?;
@@ -247,16 +194,8 @@ async fn hello_announces_version_limits_and_features(target: Target) -> Outcome 
         || "a limit is zero".into(),
     )?;
     let features = hello(&boot).await?;
-    for needed in [
-        "Quail.hello",
-        "Quail.login",
-        "Session.query",
-        "Session.get",
-        "Gateway.deliver",
-    ] {
-        ensure(features.iter().any(|f| f == needed), || {
-            format!("features lack {needed}")
-        })?;
+    for needed in ["Quail.hello", "Quail.login", "Session.query", "Session.get", "Gateway.deliver"] {
+        ensure(features.iter().any(|f| f == needed), || format!("features lack {needed}"))?;
     }
     Ok(())
 }
@@ -267,9 +206,7 @@ async fn alpn_quail_1_is_required(target: Target) -> Outcome {
         Ok(conn) => {
             // Some stacks finish the handshake and close at once.
             let closed = tokio::time::timeout(STEP, conn.quic.closed()).await;
-            ensure(closed.is_ok(), || {
-                "a connection without ALPN quail/1 stayed open".into()
-            })
+            ensure(closed.is_ok(), || "a connection without ALPN quail/1 stayed open".into())
         }
     }
 }
@@ -277,37 +214,13 @@ async fn alpn_quail_1_is_required(target: Target) -> Outcome {
 async fn login_with_password_gives_a_session(target: Target) -> Outcome {
     let (_conn, boot) = bootstrap(&target).await?;
     let (name, password) = new_account(&boot, &target).await?;
-    let session = login(&boot, &name, &password)
-        .await
-        .map_err(fail("login"))?;
-    let resp = session
-        .account_request()
-        .send()
-        .promise
-        .await
-        .map_err(fail("account"))?;
-    let account = resp
-        .get()
-        .map_err(fail("results"))?
-        .get_account()
-        .map_err(fail("account"))?;
-    let got = account
-        .get_name()
-        .map_err(fail("name"))?
-        .to_string()
-        .map_err(fail("utf-8"))?;
+    let session = login(&boot, &name, &password).await.map_err(fail("login"))?;
+    let resp = session.account_request().send().promise.await.map_err(fail("account"))?;
+    let account = resp.get().map_err(fail("results"))?.get_account().map_err(fail("account"))?;
+    let got = account.get_name().map_err(fail("name"))?.to_string().map_err(fail("utf-8"))?;
     ensure(got == name, || format!("session is for {got}, not {name}"))?;
-    let resp = session
-        .mailboxes_request()
-        .send()
-        .promise
-        .await
-        .map_err(fail("mailboxes"))?;
-    let boxes = resp
-        .get()
-        .map_err(fail("results"))?
-        .get_mailboxes()
-        .map_err(fail("list"))?;
+    let resp = session.mailboxes_request().send().promise.await.map_err(fail("mailboxes"))?;
+    let boxes = resp.get().map_err(fail("results"))?.get_mailboxes().map_err(fail("list"))?;
     let has_inbox = boxes.iter().any(|m| m.get_role() == Ok(Role::Inbox));
     ensure(has_inbox, || "a new account has no inbox".into())
 }
@@ -325,40 +238,22 @@ async fn bad_credentials_never_reveal_which_part_was_wrong(target: Target) -> Ou
         ErrorCode::BadCredentials,
         "unknown user",
     )?;
-    ensure(
-        error_from_capnp(&wrong) == error_from_capnp(&unknown),
-        || {
-            format!(
-                "wrong password says {:?} but unknown user says {:?}",
-                wrong.extra, unknown.extra
-            )
-        },
-    )
+    ensure(error_from_capnp(&wrong) == error_from_capnp(&unknown), || {
+        format!("wrong password says {:?} but unknown user says {:?}", wrong.extra, unknown.extra)
+    })
 }
 
 async fn service_credentials_are_checked(target: Target) -> Outcome {
     let (_conn, boot) = bootstrap(&target).await?;
     let mut req = boot.admin_request();
     req.get().set_secret("not-the-admin-secret");
-    expect_code(
-        req.send().promise.await,
-        ErrorCode::BadCredentials,
-        "admin with a wrong secret",
-    )?;
+    expect_code(req.send().promise.await, ErrorCode::BadCredentials, "admin with a wrong secret")?;
     let mut req = boot.gateway_request();
     req.get().set_secret("not-the-gateway-secret");
-    expect_code(
-        req.send().promise.await,
-        ErrorCode::BadCredentials,
-        "gateway with a wrong secret",
-    )?;
+    expect_code(req.send().promise.await, ErrorCode::BadCredentials, "gateway with a wrong secret")?;
     let mut req = boot.gateway_request();
     req.get().set_secret(target.admin_secret.as_str());
-    expect_code(
-        req.send().promise.await,
-        ErrorCode::BadCredentials,
-        "gateway with the admin secret",
-    )?;
+    expect_code(req.send().promise.await, ErrorCode::BadCredentials, "gateway with the admin secret")?;
     Ok(())
 }
 
@@ -369,11 +264,7 @@ async fn failed_login_propagates_through_a_pipeline(target: Target) -> Outcome {
     req.get().set_secret("wrong-password");
     let session = req.send().pipeline.get_session();
     let r = session.mailboxes_request().send().promise.await;
-    expect_code(
-        r,
-        ErrorCode::BadCredentials,
-        "mailboxes on a failed login's session",
-    )?;
+    expect_code(r, ErrorCode::BadCredentials, "mailboxes on a failed login's session")?;
     Ok(())
 }
 
@@ -382,72 +273,38 @@ async fn deliver_then_query_get_and_raw(target: Target) -> Outcome {
     let (name, password) = new_account(&boot, &target).await?;
     let first = deliver(&boot, &target, &name, b"Subject: first\r\n\r\nearlier\r\n").await?;
     let id = deliver(&boot, &target, &name, BASIC_EML).await?;
-    let session = login(&boot, &name, &password)
-        .await
-        .map_err(fail("login"))?;
+    let session = login(&boot, &name, &password).await.map_err(fail("login"))?;
 
     let mut q = session.query_request();
     q.get().init_query().set_limit(10);
     let resp = q.send().promise.await.map_err(fail("query"))?;
-    let r = resp
-        .get()
-        .map_err(fail("results"))?
-        .get_result()
-        .map_err(fail("result"))?;
+    let r = resp.get().map_err(fail("results"))?.get_result().map_err(fail("result"))?;
     let ids: Vec<u64> = r.get_ids().map_err(fail("ids"))?.iter().collect();
-    ensure(ids == vec![id, first], || {
-        format!("query gave {ids:?}, expected newest first [{id}, {first}]")
-    })?;
+    ensure(ids == vec![id, first], || format!("query gave {ids:?}, expected newest first [{id}, {first}]"))?;
     ensure(r.get_total() == 2, || format!("total {}", r.get_total()))?;
 
     let mut g = session.get_request();
     g.get().set_ids(&[id][..]).map_err(fail("ids"))?;
     let resp = g.send().promise.await.map_err(fail("get"))?;
-    let emails = resp
-        .get()
-        .map_err(fail("results"))?
-        .get_emails()
-        .map_err(fail("emails"))?;
-    ensure(emails.len() == 1, || {
-        format!("{} emails for one id", emails.len())
-    })?;
+    let emails = resp.get().map_err(fail("results"))?.get_emails().map_err(fail("emails"))?;
+    ensure(emails.len() == 1, || format!("{} emails for one id", emails.len()))?;
     let e = emails.get(0);
     let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, String> {
         t.map_err(fail("text"))?.to_string().map_err(fail("utf-8"))
     };
-    ensure(
-        text(e.get_subject())? == "Quarterly report — draft",
-        || "subject not decoded".into(),
-    )?;
+    ensure(text(e.get_subject())? == "Quarterly report — draft", || "subject not decoded".into())?;
     let from = e.get_from().map_err(fail("from"))?;
     ensure(from.len() == 1, || "one From address".into())?;
-    ensure(text(from.get(0).get_name())? == "Alice Åberg", || {
-        "From name not decoded".into()
-    })?;
-    ensure(
-        text(from.get(0).get_email())? == "alice@example.org",
-        || "From address".into(),
-    )?;
-    ensure(e.get_to().map_err(fail("to"))?.len() == 2, || {
-        "two To addresses".into()
-    })?;
-    ensure(e.get_sent_at() == 1_741_768_200_000, || {
-        format!("sentAt {}", e.get_sent_at())
-    })?;
-    ensure(
-        text(e.get_message_id())? == "conformance-basic-1@example.org",
-        || "messageId".into(),
-    )?;
+    ensure(text(from.get(0).get_name())? == "Alice Åberg", || "From name not decoded".into())?;
+    ensure(text(from.get(0).get_email())? == "alice@example.org", || "From address".into())?;
+    ensure(e.get_to().map_err(fail("to"))?.len() == 2, || "two To addresses".into())?;
+    ensure(e.get_sent_at() == 1_741_768_200_000, || format!("sentAt {}", e.get_sent_at()))?;
+    ensure(text(e.get_message_id())? == "conformance-basic-1@example.org", || "messageId".into())?;
     ensure(e.get_size() == BASIC_EML.len() as u64, || "size".into())?;
-    ensure(
-        text(e.get_preview())?.starts_with("Hi Bob, here is the draft"),
-        || "preview".into(),
-    )?;
+    ensure(text(e.get_preview())?.starts_with("Hi Bob, here is the draft"), || "preview".into())?;
 
     let raw = raw_bytes(&session, id).await.map_err(fail("raw"))?;
-    ensure(raw == BASIC_EML, || {
-        "raw bytes differ from what was delivered".into()
-    })
+    ensure(raw == BASIC_EML, || "raw bytes differ from what was delivered".into())
 }
 
 async fn accounts_are_isolated(target: Target) -> Outcome {
@@ -460,20 +317,10 @@ async fn accounts_are_isolated(target: Target) -> Outcome {
     g.get().set_ids(&[bobs][..]).map_err(fail("ids"))?;
     let resp = g.send().promise.await.map_err(fail("get"))?;
     let r = resp.get().map_err(fail("results"))?;
-    ensure(r.get_emails().map_err(fail("emails"))?.is_empty(), || {
-        "got another account's email".into()
-    })?;
-    let nf: Vec<u64> = r
-        .get_not_found()
-        .map_err(fail("notFound"))?
-        .iter()
-        .collect();
+    ensure(r.get_emails().map_err(fail("emails"))?.is_empty(), || "got another account's email".into())?;
+    let nf: Vec<u64> = r.get_not_found().map_err(fail("notFound"))?.iter().collect();
     ensure(nf == vec![bobs], || format!("notFound {nf:?}"))?;
-    expect_code(
-        raw_bytes(&session, bobs).await,
-        ErrorCode::NotFound,
-        "raw of another account's email",
-    )?;
+    expect_code(raw_bytes(&session, bobs).await, ErrorCode::NotFound, "raw of another account's email")?;
     Ok(())
 }
 
@@ -484,27 +331,16 @@ async fn unserved_methods_fail_with_typed_unimplemented(target: Target) -> Outco
         return Ok(()); // served: nothing to check here
     }
     let (name, password) = new_account(&boot, &target).await?;
-    let session = login(&boot, &name, &password)
-        .await
-        .map_err(fail("login"))?;
+    let session = login(&boot, &name, &password).await.map_err(fail("login"))?;
     let mut req = session.search_request();
     req.get().set_query("hello");
-    expect_code(
-        req.send().promise.await,
-        ErrorCode::Unimplemented,
-        "search on a server without it",
-    )?;
+    expect_code(req.send().promise.await, ErrorCode::Unimplemented, "search on a server without it")?;
     Ok(())
 }
 
 async fn announced_limits_are_enforced(target: Target) -> Outcome {
     let (_conn, boot) = bootstrap(&target).await?;
-    let resp = boot
-        .hello_request()
-        .send()
-        .promise
-        .await
-        .map_err(fail("hello"))?;
+    let resp = boot.hello_request().send().promise.await.map_err(fail("hello"))?;
     let max_ids = resp
         .get()
         .map_err(fail("r"))?
@@ -514,27 +350,18 @@ async fn announced_limits_are_enforced(target: Target) -> Outcome {
         .map_err(fail("l"))?
         .get_max_ids_per_call();
     let (name, password) = new_account(&boot, &target).await?;
-    let session = login(&boot, &name, &password)
-        .await
-        .map_err(fail("login"))?;
+    let session = login(&boot, &name, &password).await.map_err(fail("login"))?;
     let ids: Vec<u64> = (1..=u64::from(max_ids) + 1).collect();
     let mut g = session.get_request();
     g.get().set_ids(&ids[..]).map_err(fail("ids"))?;
-    expect_code(
-        g.send().promise.await,
-        ErrorCode::LimitExceeded,
-        "get with maxIdsPerCall + 1 ids",
-    )?;
+    expect_code(g.send().promise.await, ErrorCode::LimitExceeded, "get with maxIdsPerCall + 1 ids")?;
     Ok(())
 }
 
 /// A second client that must keep being served while another misbehaves.
 async fn bystander_is_served(target: &Target, boot: &quail::Client) -> Outcome {
     let _ = target;
-    hello(boot)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("a well-behaved client was not served: {e}"))
+    hello(boot).await.map(|_| ()).map_err(|e| format!("a well-behaved client was not served: {e}"))
 }
 
 async fn unknown_stream_tag_resets_only_that_stream(target: Target) -> Outcome {
@@ -542,9 +369,8 @@ async fn unknown_stream_tag_resets_only_that_stream(target: Target) -> Outcome {
     let (mut send, mut recv) = conn.raw_stream(&[0x7f, 1, 2, 3]).await?;
     let _ = send.finish();
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(STEP, recv.read(&mut buf))
-        .await
-        .map_err(fail("no answer to an unknown tag"))?;
+    let read =
+        tokio::time::timeout(STEP, recv.read(&mut buf)).await.map_err(fail("no answer to an unknown tag"))?;
     match read {
         Err(quinn::ReadError::Reset(code)) => {
             ensure(code.into_inner() == u64::from(close_code::PROTOCOL), || {
@@ -569,10 +395,11 @@ async fn garbage_on_an_rpc_stream_closes_only_that_connection(target: Target) ->
         .await
         .map_err(fail("garbage did not close the connection"))?;
     match closed {
-        quinn::ConnectionError::ApplicationClosed(c) => ensure(
-            c.error_code.into_inner() == u64::from(close_code::PROTOCOL),
-            || format!("closed with {}, expected PROTOCOL", c.error_code),
-        )?,
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            ensure(c.error_code.into_inner() == u64::from(close_code::PROTOCOL), || {
+                format!("closed with {}, expected PROTOCOL", c.error_code)
+            })?
+        }
         other => return Err(format!("expected an application close, got {other}")),
     }
     bystander_is_served(&target, &good).await
@@ -580,12 +407,7 @@ async fn garbage_on_an_rpc_stream_closes_only_that_connection(target: Target) ->
 
 async fn oversized_message_closes_the_connection_with_limit(target: Target) -> Outcome {
     let (_good_conn, good) = bootstrap(&target).await?;
-    let resp = good
-        .hello_request()
-        .send()
-        .promise
-        .await
-        .map_err(fail("hello"))?;
+    let resp = good.hello_request().send().promise.await.map_err(fail("hello"))?;
     let max = resp
         .get()
         .map_err(fail("r"))?
@@ -606,10 +428,11 @@ async fn oversized_message_closes_the_connection_with_limit(target: Target) -> O
         .await
         .map_err(fail("oversized message did not close the connection"))?;
     match closed {
-        quinn::ConnectionError::ApplicationClosed(c) => ensure(
-            c.error_code.into_inner() == u64::from(close_code::LIMIT),
-            || format!("closed with {}, expected LIMIT", c.error_code),
-        )?,
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            ensure(c.error_code.into_inner() == u64::from(close_code::LIMIT), || {
+                format!("closed with {}, expected LIMIT", c.error_code)
+            })?
+        }
         other => return Err(format!("expected an application close, got {other}")),
     }
     bystander_is_served(&target, &good).await

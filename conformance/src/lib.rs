@@ -42,9 +42,7 @@ fn secret(name: &str) -> Result<String, String> {
         return Ok(s.trim().to_owned());
     }
     let file = env(&format!("{name}_FILE")).map_err(|_| format!("set {name} or {name}_FILE"))?;
-    std::fs::read_to_string(&file)
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| format!("reading {file}: {e}"))
+    std::fs::read_to_string(&file).map(|s| s.trim().to_owned()).map_err(|e| format!("reading {file}: {e}"))
 }
 
 impl Target {
@@ -101,10 +99,6 @@ pub async fn run_all(target: &Target, filter: Option<&str>) -> Report {
             }
         }
     }
-    println!(
-        "{} passed, {} failed",
-        report.passed.len(),
-        report.failed.len()
-    );
+    println!("{} passed, {} failed", report.passed.len(), report.failed.len());
     report
 }

@@ -37,21 +37,12 @@ pub async fn connect_with_alpn(target: &Target, alpn: Vec<Vec<u8>>) -> Result<Co
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pin {
-            fingerprint: target.fingerprint,
-            provider,
-        }))
+        .with_custom_certificate_verifier(Arc::new(Pin { fingerprint: target.fingerprint, provider }))
         .with_no_client_auth();
     tls.alpn_protocols = alpn;
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-    let bind: SocketAddr = if target.addr.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .map_err(|e| format!("{e}"))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let bind: SocketAddr =
+        if target.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|e| format!("{e}"))?;
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("bind: {e}"))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let quic = endpoint
@@ -66,14 +57,8 @@ impl Conn {
     /// Opens an RPC stream and returns the server's bootstrap capability.
     /// The RPC system runs as a local task until the stream ends.
     pub async fn rpc(&self) -> Result<quail::Client, String> {
-        let (mut send, recv) = self
-            .quic
-            .open_bi()
-            .await
-            .map_err(|e| format!("open stream: {e}"))?;
-        send.write_all(&[StreamKind::Rpc.tag()])
-            .await
-            .map_err(|e| format!("write tag: {e}"))?;
+        let (mut send, recv) = self.quic.open_bi().await.map_err(|e| format!("open stream: {e}"))?;
+        send.write_all(&[StreamKind::Rpc.tag()]).await.map_err(|e| format!("write tag: {e}"))?;
         let network = VatNetwork::new(
             BufReader::new(recv.compat()),
             BufWriter::new(send.compat_write()),
@@ -89,18 +74,9 @@ impl Conn {
     }
 
     /// Opens a bidirectional stream and writes `bytes` on it (no tag added).
-    pub async fn raw_stream(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-        let (mut send, recv) = self
-            .quic
-            .open_bi()
-            .await
-            .map_err(|e| format!("open stream: {e}"))?;
-        send.write_all(bytes)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+    pub async fn raw_stream(&self, bytes: &[u8]) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        let (mut send, recv) = self.quic.open_bi().await.map_err(|e| format!("open stream: {e}"))?;
+        send.write_all(bytes).await.map_err(|e| format!("write: {e}"))?;
         Ok((send, recv))
     }
 }
@@ -124,9 +100,7 @@ impl ServerCertVerifier for Pin {
         if got.as_ref() == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(
-                "certificate does not match QUAIL_FINGERPRINT".into(),
-            ))
+            Err(rustls::Error::General("certificate does not match QUAIL_FINGERPRINT".into()))
         }
     }
 
@@ -154,8 +128,6 @@ impl ServerCertVerifier for Pin {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -19,13 +19,8 @@ async fn target(dir: &std::path::Path) -> (Running, Target) {
 async fn run_case(name: &str) {
     let dir = tempfile::tempdir().expect("dir");
     let (server, target) = target(dir.path()).await;
-    let case = cases::all()
-        .into_iter()
-        .find(|c| c.name == name)
-        .expect("case exists");
-    let result = tokio::task::LocalSet::new()
-        .run_until((case.run)(target))
-        .await;
+    let case = cases::all().into_iter().find(|c| c.name == name).expect("case exists");
+    let result = tokio::task::LocalSet::new().run_until((case.run)(target)).await;
     server.shutdown().await;
     if let Err(e) = result {
         panic!("{name}: {e}");
@@ -76,19 +71,13 @@ async fn binary_runs_against_a_server_address() {
         .env("QUAIL_ADDR", target.addr.to_string())
         .env("QUAIL_FINGERPRINT", server.fingerprint())
         .env("QUAIL_ADMIN_SECRET", &target.admin_secret)
-        .env(
-            "QUAIL_GATEWAY_SECRET_FILE",
-            dir.path().join("gateway.secret"),
-        )
+        .env("QUAIL_GATEWAY_SECRET_FILE", dir.path().join("gateway.secret"))
         .output()
         .await
         .expect("run binary");
     server.shutdown().await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let total = cases::all().len();
-    assert!(
-        stdout.contains(&format!("{total} passed, 0 failed")),
-        "output:\n{stdout}"
-    );
+    assert!(stdout.contains(&format!("{total} passed, 0 failed")), "output:\n{stdout}");
     assert!(out.status.success());
 }

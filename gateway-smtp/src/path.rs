@@ -38,19 +38,13 @@ pub fn parse(path: &str) -> Result<Option<Mailbox>, PathError> {
     if path.len() > MAX_PATH {
         return Err(PathError::TooLong);
     }
-    let inner = path
-        .strip_prefix('<')
-        .and_then(|p| p.strip_suffix('>'))
-        .ok_or(PathError::Brackets)?;
+    let inner = path.strip_prefix('<').and_then(|p| p.strip_suffix('>')).ok_or(PathError::Brackets)?;
     if inner.is_empty() {
         return Ok(None);
     }
     // A source route (`@a,@b:user@c`) is accepted and ignored (§4.1.2).
     let inner = match inner.strip_prefix('@') {
-        Some(route) => route
-            .split_once(':')
-            .map(|(_, m)| m)
-            .ok_or(PathError::Shape)?,
+        Some(route) => route.split_once(':').map(|(_, m)| m).ok_or(PathError::Shape)?,
         None => inner,
     };
     let (local, domain) = inner.rsplit_once('@').ok_or(PathError::Shape)?;
@@ -62,19 +56,13 @@ pub fn parse(path: &str) -> Result<Option<Mailbox>, PathError> {
     }
     let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
     let local_ok = if quoted {
-        local[1..local.len() - 1]
-            .bytes()
-            .all(|b| (32..127).contains(&b))
+        local[1..local.len() - 1].bytes().all(|b| (32..127).contains(&b))
     } else {
-        local
-            .split('.')
-            .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
+        local.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
     };
     let domain_ok = if let Some(lit) = domain.strip_prefix('[') {
         lit.strip_suffix(']').is_some_and(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'[' && b != b']')
+            !l.is_empty() && l.bytes().all(|b| b.is_ascii_graphic() && b != b'[' && b != b']')
         })
     } else {
         domain.split('.').all(|label| {
@@ -82,18 +70,13 @@ pub fn parse(path: &str) -> Result<Option<Mailbox>, PathError> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
     };
     if !local_ok || !domain_ok {
         return Err(PathError::Character);
     }
-    Ok(Some(Mailbox {
-        local: local.to_owned(),
-        domain: domain.to_ascii_lowercase(),
-    }))
+    Ok(Some(Mailbox { local: local.to_owned(), domain: domain.to_ascii_lowercase() }))
 }
 
 fn is_atext(b: u8) -> bool {
@@ -107,30 +90,11 @@ mod tests {
     #[test]
     fn good_paths() {
         assert_eq!(parse("<>"), Ok(None));
-        let m = parse("<Alice.Smith+tag@Example.ORG>")
-            .expect("ok")
-            .expect("some");
-        assert_eq!(
-            (m.local.as_str(), m.domain.as_str()),
-            ("Alice.Smith+tag", "example.org")
-        );
-        assert!(
-            parse("<\"odd local\"@example.org>")
-                .expect("quoted")
-                .is_some()
-        );
-        assert!(
-            parse("<postmaster@[192.0.2.1]>")
-                .expect("literal")
-                .is_some()
-        );
-        assert_eq!(
-            parse("<@relay.example:bob@example.org>")
-                .expect("route")
-                .expect("some")
-                .local,
-            "bob"
-        );
+        let m = parse("<Alice.Smith+tag@Example.ORG>").expect("ok").expect("some");
+        assert_eq!((m.local.as_str(), m.domain.as_str()), ("Alice.Smith+tag", "example.org"));
+        assert!(parse("<\"odd local\"@example.org>").expect("quoted").is_some());
+        assert!(parse("<postmaster@[192.0.2.1]>").expect("literal").is_some());
+        assert_eq!(parse("<@relay.example:bob@example.org>").expect("route").expect("some").local, "bob");
     }
 
     #[test]
@@ -141,13 +105,7 @@ mod tests {
         assert_eq!(parse("<a..b@example.org>"), Err(PathError::Character));
         assert_eq!(parse("<a b@example.org>"), Err(PathError::Character));
         assert_eq!(parse("<a@-bad.example>"), Err(PathError::Character));
-        assert_eq!(
-            parse(&format!("<{}@example.org>", "x".repeat(65))),
-            Err(PathError::TooLong)
-        );
-        assert_eq!(
-            parse(&format!("<a@{}>", "x".repeat(300))),
-            Err(PathError::TooLong)
-        );
+        assert_eq!(parse(&format!("<{}@example.org>", "x".repeat(65))), Err(PathError::TooLong));
+        assert_eq!(parse(&format!("<a@{}>", "x".repeat(300))), Err(PathError::TooLong));
     }
 }

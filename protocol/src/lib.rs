@@ -9,13 +9,7 @@
 //!
 //! No I/O and no server logic live here.
 
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    missing_debug_implementations,
-    unused
-)]
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, missing_debug_implementations, unused)]
 pub mod quail_capnp {
     include!("generated/quail_capnp.rs");
 }
@@ -178,26 +172,14 @@ mod tests {
         let e = error_to_capnp(ErrorCode::NotFound, "no such email: 7");
         assert_eq!(e.extra, "quail:notFound: no such email: 7");
         let remote = capnp::Error::failed(format!("remote exception: {}", e.extra));
-        assert_eq!(
-            error_from_capnp(&remote),
-            Some((ErrorCode::NotFound, "no such email: 7".to_owned()))
-        );
-        assert_eq!(
-            error_from_capnp(&capnp::Error::disconnected("gone".into())),
-            None
-        );
+        assert_eq!(error_from_capnp(&remote), Some((ErrorCode::NotFound, "no such email: 7".to_owned())));
+        assert_eq!(error_from_capnp(&capnp::Error::disconnected("gone".into())), None);
     }
 
     #[test]
     fn stream_tags() {
-        assert_eq!(
-            StreamKind::from_tag(StreamKind::Rpc.tag()),
-            Some(StreamKind::Rpc)
-        );
-        assert_eq!(
-            StreamKind::from_tag(StreamKind::Bulk.tag()),
-            Some(StreamKind::Bulk)
-        );
+        assert_eq!(StreamKind::from_tag(StreamKind::Rpc.tag()), Some(StreamKind::Rpc));
+        assert_eq!(StreamKind::from_tag(StreamKind::Bulk.tag()), Some(StreamKind::Bulk));
         assert_eq!(StreamKind::from_tag(0), None);
         assert_eq!(StreamKind::from_tag(0xff), None);
     }

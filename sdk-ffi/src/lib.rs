@@ -7,11 +7,10 @@
 
 use std::ffi::{CStr, c_char};
 
-const VERSION: &CStr =
-    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-        Ok(v) => v,
-        Err(_) => panic!("version string has an interior NUL"),
-    };
+const VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+    Ok(v) => v,
+    Err(_) => panic!("version string has an interior NUL"),
+};
 
 /// The library's version as a static NUL-terminated string; never free it.
 #[unsafe(no_mangle)]

@@ -14,10 +14,7 @@ use quail_server::store::{FjallStore, Space, Store};
 use quail_server::{Config, Server};
 
 fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("QUAIL_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+    let s: f64 = std::env::var("QUAIL_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
     ((n as f64 * s) as usize).max(10)
 }
 
@@ -42,11 +39,7 @@ fn message(i: usize, size: usize) -> Vec<u8> {
 }
 
 fn envelope() -> Envelope {
-    Envelope {
-        mail_from: "bench@example.net".into(),
-        rcpt_to: vec!["alice".into()],
-        ..Envelope::default()
-    }
+    Envelope { mail_from: "bench@example.net".into(), rcpt_to: vec!["alice".into()], ..Envelope::default() }
 }
 
 async fn deliver_rate(clients: &[Client], secret: &str, writers: usize, total: usize) -> f64 {
@@ -60,10 +53,7 @@ async fn deliver_rate(clients: &[Client], secret: &str, writers: usize, total: u
     for (w, g) in gateways.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
-                let r = g
-                    .deliver(&envelope(), &message(w * per + i, 10 * 1024))
-                    .await
-                    .expect("deliver");
+                let r = g.deliver(&envelope(), &message(w * per + i, 10 * 1024)).await.expect("deliver");
                 assert!(r[0].outcome.is_ok());
             }
         }));
@@ -82,11 +72,7 @@ fn store_baseline(n: usize) -> f64 {
     for i in 0..n {
         let t = store
             .commit(&mut |txn| {
-                txn.put(
-                    Space::Emails,
-                    (i as u64 + 1).to_be_bytes().to_vec(),
-                    value.clone(),
-                );
+                txn.put(Space::Emails, (i as u64 + 1).to_be_bytes().to_vec(), value.clone());
                 Ok(())
             })
             .expect("commit");
@@ -98,39 +84,19 @@ fn store_baseline(n: usize) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
-    let server = Server::start(Config::ephemeral(dir.path()))
-        .await
-        .expect("server");
+    let server = Server::start(Config::ephemeral(dir.path())).await.expect("server");
     let pin = server.fingerprint().parse().expect("pin");
     let addr = server.addr().to_string();
-    let client = Client::connect(&addr, Trust::Pinned(pin))
-        .await
-        .expect("connect");
-    let admin = client
-        .admin(&server.secret(Credential::Admin).expect("secret"))
-        .await
-        .expect("admin");
-    admin
-        .create_account("alice", "alice-password", 0, 0)
-        .await
-        .expect("account");
+    let client = Client::connect(&addr, Trust::Pinned(pin)).await.expect("connect");
+    let admin = client.admin(&server.secret(Credential::Admin).expect("secret")).await.expect("admin");
+    admin.create_account("alice", "alice-password", 0, 0).await.expect("account");
     let gw_secret = server.secret(Credential::Gateway).expect("secret");
     let gateway = client.gateway(&gw_secret).await.expect("gateway");
     for i in 0..100 {
-        gateway
-            .deliver(&envelope(), &message(i, 4096))
-            .await
-            .expect("seed");
+        gateway.deliver(&envelope(), &message(i, 4096)).await.expect("seed");
     }
-    let session = client
-        .login("alice", "alice-password")
-        .await
-        .expect("login");
-    let ids = session
-        .query(&Query::all().limit(100))
-        .await
-        .expect("query")
-        .ids;
+    let session = client.login("alice", "alice-password").await.expect("login");
+    let ids = session.query(&Query::all().limit(100)).await.expect("query").ids;
 
     // Round trips.
     let rounds = scale(5000);
@@ -166,11 +132,7 @@ async fn main() {
     let base = store_baseline(scale(1000));
     let mut clients = vec![client.clone()];
     for _ in 0..3 {
-        clients.push(
-            Client::connect(&addr, Trust::Pinned(pin))
-                .await
-                .expect("connect"),
-        );
+        clients.push(Client::connect(&addr, Trust::Pinned(pin)).await.expect("connect"));
     }
     let before = server.store_metrics();
     let one = deliver_rate(&clients[..1], &gw_secret, 1, n / 4).await;

@@ -126,16 +126,8 @@ impl Client {
             .name("quail-rpc".into())
             .spawn(move || connection_thread(remote, server_name, tls, jobs_rx, ready_tx))
             .map_err(|e| Error::Disconnected(format!("starting the connection thread: {e}")))?;
-        let info = ready_rx
-            .await
-            .map_err(|_| Error::Disconnected("connection thread ended".into()))??;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                jobs: jobs_tx,
-                info,
-                remote,
-            }),
-        })
+        let info = ready_rx.await.map_err(|_| Error::Disconnected("connection thread ended".into()))??;
+        Ok(Client { inner: Arc::new(Inner { jobs: jobs_tx, info, remote }) })
     }
 
     /// What the server said in `hello`.
@@ -219,12 +211,8 @@ impl Client {
                 let _ = tx.send(f(conn).await);
             })
         });
-        self.inner
-            .jobs
-            .send(job)
-            .map_err(|_| Error::Disconnected("connection closed".into()))?;
-        rx.await
-            .map_err(|_| Error::Disconnected("connection closed".into()))?
+        self.inner.jobs.send(job).map_err(|_| Error::Disconnected("connection closed".into()))?;
+        rx.await.map_err(|_| Error::Disconnected("connection closed".into()))?
     }
 
     /// Drops a capability on the connection thread (best effort).
@@ -255,10 +243,7 @@ fn connection_thread(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: oneshot::Sender<Result<ServerInfo>>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(Error::Disconnected(format!("runtime: {e}"))));
@@ -275,9 +260,7 @@ fn connection_thread(
                 return;
             }
             Err(_) => {
-                let _ = ready.send(Err(Error::Disconnected(format!(
-                    "connecting to {remote} timed out"
-                ))));
+                let _ = ready.send(Err(Error::Disconnected(format!("connecting to {remote} timed out"))));
                 return;
             }
         };
@@ -311,11 +294,8 @@ async fn open(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
-    transport.max_idle_timeout(Some(
-        IDLE_TIMEOUT
-            .try_into()
-            .map_err(|_| Error::Protocol("idle timeout".into()))?,
-    ));
+    transport
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(|_| Error::Protocol("idle timeout".into()))?));
     config.transport_config(Arc::new(transport));
     let bind: SocketAddr = if remote.is_ipv6() {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
@@ -350,11 +330,7 @@ async fn open(
     tokio::task::spawn_local(async move {
         let _ = rpc.await;
     });
-    let conn = Rc::new(Conn {
-        bootstrap,
-        caps: RefCell::new(HashMap::new()),
-        next_cap: Cell::new(0),
-    });
+    let conn = Rc::new(Conn { bootstrap, caps: RefCell::new(HashMap::new()), next_cap: Cell::new(0) });
     Ok((endpoint, quic, conn))
 }
 
@@ -363,9 +339,7 @@ fn connection_error(e: quinn::ConnectionError) -> Error {
         quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") => {
             Error::Tls(t.to_string())
         }
-        quinn::ConnectionError::ConnectionClosed(c)
-            if c.error_code.to_string().contains("crypto") =>
-        {
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code.to_string().contains("crypto") => {
             Error::Tls(c.to_string())
         }
         other => Error::Disconnected(other.to_string()),
@@ -374,8 +348,7 @@ fn connection_error(e: quinn::ConnectionError) -> Error {
 
 async fn hello(bootstrap: &quail::Client) -> Result<ServerInfo> {
     let mut req = bootstrap.hello_request();
-    req.get()
-        .set_client_name(concat!("quail-sdk-rust ", env!("CARGO_PKG_VERSION")));
+    req.get().set_client_name(concat!("quail-sdk-rust ", env!("CARGO_PKG_VERSION")));
     req.get().set_client_versions(&[PROTOCOL_VERSION][..])?;
     let resp = req.send().promise.await?;
     let info = wire::server_info(resp.get()?.get_info()?)?;
@@ -394,18 +367,9 @@ mod tests {
 
     #[test]
     fn host_port() {
-        assert_eq!(
-            split_host_port("127.0.0.1:4433").expect("v4"),
-            ("127.0.0.1".into(), 4433)
-        );
-        assert_eq!(
-            split_host_port("[::1]:4433").expect("v6"),
-            ("::1".into(), 4433)
-        );
-        assert_eq!(
-            split_host_port("mail.example.org:1").expect("dns"),
-            ("mail.example.org".into(), 1)
-        );
+        assert_eq!(split_host_port("127.0.0.1:4433").expect("v4"), ("127.0.0.1".into(), 4433));
+        assert_eq!(split_host_port("[::1]:4433").expect("v6"), ("::1".into(), 4433));
+        assert_eq!(split_host_port("mail.example.org:1").expect("dns"), ("mail.example.org".into(), 1));
         assert!(split_host_port("nohost").is_err());
         assert!(split_host_port(":4433").is_err());
         assert!(split_host_port("h:port").is_err());

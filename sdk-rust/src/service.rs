@@ -66,12 +66,7 @@ impl Admin {
     }
 
     /// Sets an account's quotas (0 = unlimited).
-    pub async fn set_quota(
-        &self,
-        name: &str,
-        quota_bytes: u64,
-        quota_messages: u64,
-    ) -> Result<AccountInfo> {
+    pub async fn set_quota(&self, name: &str, quota_bytes: u64, quota_messages: u64) -> Result<AccountInfo> {
         let cap = self.cap;
         let name = name.to_owned();
         self.client
@@ -100,11 +95,7 @@ impl Admin {
                 req.get().set_limit(limit);
                 let resp = req.send().promise.await?;
                 let r = resp.get()?;
-                let list = r
-                    .get_accounts()?
-                    .iter()
-                    .map(wire::account)
-                    .collect::<Result<_>>()?;
+                let list = r.get_accounts()?.iter().map(wire::account).collect::<Result<_>>()?;
                 Ok((list, r.get_more()))
             })
             .await
@@ -184,10 +175,7 @@ impl Gateway {
                             Which::Delivered(id) => Ok(EmailId(id)),
                             Which::Error(e) => {
                                 let e = e?;
-                                Err(Error::from_code(
-                                    e.get_code()?,
-                                    e.get_message()?.to_str()?.to_owned(),
-                                ))
+                                Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()))
                             }
                         };
                         Ok(DeliveryResult { recipient, outcome })

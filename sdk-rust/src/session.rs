@@ -1,14 +1,12 @@
 //! [`Session`]: one account's mail.
 
-use quail_protocol::quail_capnp::{
-    ObjectKind as WireKind, Property as WireProperty, Sort, Tristate,
-};
+use quail_protocol::quail_capnp::{ObjectKind as WireKind, Property as WireProperty, Sort, Tristate};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::{
-    AccountInfo, AppToken, Changes, Email, EmailId, Mailbox, MailboxId, ObjectKind, Property,
-    Query, QueryPage, State, Thread, UpdateResult,
+    AccountInfo, AppToken, Changes, Email, EmailId, Mailbox, MailboxId, ObjectKind, Property, Query,
+    QueryPage, State, Thread, UpdateResult,
 };
 use crate::wire;
 
@@ -63,18 +61,9 @@ impl Session {
         let cap = self.cap;
         self.client
             .call(move |conn| async move {
-                let resp = conn
-                    .session(cap)?
-                    .mailboxes_request()
-                    .send()
-                    .promise
-                    .await?;
+                let resp = conn.session(cap)?.mailboxes_request().send().promise.await?;
                 let r = resp.get()?;
-                let boxes = r
-                    .get_mailboxes()?
-                    .iter()
-                    .map(wire::mailbox)
-                    .collect::<Result<_>>()?;
+                let boxes = r.get_mailboxes()?.iter().map(wire::mailbox).collect::<Result<_>>()?;
                 Ok((boxes, State(r.get_state())))
             })
             .await
@@ -107,11 +96,7 @@ impl Session {
                         f.set_to(q.to.as_deref().unwrap_or_default());
                     }
                     b.set_collapse_threads(q.collapse_threads);
-                    b.set_sort(if q.newest_first {
-                        Sort::ReceivedDesc
-                    } else {
-                        Sort::ReceivedAsc
-                    });
+                    b.set_sort(if q.newest_first { Sort::ReceivedDesc } else { Sort::ReceivedAsc });
                     b.set_position(q.position);
                     if let Some((anchor, offset)) = q.anchor {
                         b.set_anchor(anchor.0);
@@ -133,11 +118,7 @@ impl Session {
 
     /// Emails by id. Ids this account does not have come back in the
     /// second list (another account's ids included: they are simply not found).
-    pub async fn get(
-        &self,
-        ids: &[EmailId],
-        properties: &[Property],
-    ) -> Result<(Vec<Email>, Vec<EmailId>)> {
+    pub async fn get(&self, ids: &[EmailId], properties: &[Property]) -> Result<(Vec<Email>, Vec<EmailId>)> {
         let cap = self.cap;
         let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
         let props: Vec<WireProperty> = properties
@@ -163,11 +144,7 @@ impl Session {
                 }
                 let resp = req.send().promise.await?;
                 let r = resp.get()?;
-                let emails = r
-                    .get_emails()?
-                    .iter()
-                    .map(wire::email)
-                    .collect::<Result<_>>()?;
+                let emails = r.get_emails()?.iter().map(wire::email).collect::<Result<_>>()?;
                 let missing = r.get_not_found()?.iter().map(EmailId).collect();
                 Ok((emails, missing))
             })
@@ -177,9 +154,7 @@ impl Session {
     /// One email by id; `NotFound` if this account does not have it.
     pub async fn email(&self, id: EmailId) -> Result<Email> {
         let (mut emails, _) = self.get(&[id], &[]).await?;
-        emails
-            .pop()
-            .ok_or_else(|| Error::NotFound(format!("no email {}", id.0)))
+        emails.pop().ok_or_else(|| Error::NotFound(format!("no email {}", id.0)))
     }
 
     /// A byte range of an email's raw message (`length` 0: to the end). The
@@ -202,16 +177,10 @@ impl Session {
                 let data = match b.which()? {
                     Which::Inline(d) => d?.to_vec(),
                     Which::BulkToken(_) => {
-                        return Err(Error::Unimplemented(
-                            "bulk transfer in this SDK version".into(),
-                        ));
+                        return Err(Error::Unimplemented("bulk transfer in this SDK version".into()));
                     }
                 };
-                Ok(ByteRun {
-                    total_size: b.get_total_size(),
-                    offset: b.get_offset(),
-                    data,
-                })
+                Ok(ByteRun { total_size: b.get_total_size(), offset: b.get_offset(), data })
             })
             .await
     }
@@ -260,12 +229,7 @@ impl Session {
         let cap = self.cap;
         self.client
             .call(move |conn| async move {
-                let resp = conn
-                    .session(cap)?
-                    .list_app_tokens_request()
-                    .send()
-                    .promise
-                    .await?;
+                let resp = conn.session(cap)?.list_app_tokens_request().send().promise.await?;
                 resp.get()?
                     .get_tokens()?
                     .iter()
@@ -344,11 +308,7 @@ impl Session {
     }
 
     /// Moves emails to Trash; emails already only in Trash are expunged.
-    pub async fn destroy(
-        &self,
-        ids: &[EmailId],
-        if_in_state: Option<State>,
-    ) -> Result<UpdateResult> {
+    pub async fn destroy(&self, ids: &[EmailId], if_in_state: Option<State>) -> Result<UpdateResult> {
         let cap = self.cap;
         let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
         self.client
@@ -411,11 +371,7 @@ impl Session {
     }
 
     /// Creates a mailbox (under `parent`, or at the top).
-    pub async fn create_mailbox(
-        &self,
-        name: &str,
-        parent: Option<MailboxId>,
-    ) -> Result<(Mailbox, State)> {
+    pub async fn create_mailbox(&self, name: &str, parent: Option<MailboxId>) -> Result<(Mailbox, State)> {
         let cap = self.cap;
         let name = name.to_owned();
         self.client

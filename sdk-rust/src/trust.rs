@@ -43,11 +43,11 @@ impl std::str::FromStr for Fingerprint {
     /// 64 hex digits, with or without `:` separators, any case.
     fn from_str(s: &str) -> Result<Self> {
         let clean: String = s.trim().chars().filter(|c| *c != ':').collect();
-        let bytes = hex::decode(&clean)
-            .map_err(|_| Error::InvalidInput(format!("fingerprint {s:?} is not hex")))?;
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| {
-            Error::InvalidInput("a SHA-256 fingerprint is 64 hex digits".to_owned())
-        })?;
+        let bytes =
+            hex::decode(&clean).map_err(|_| Error::InvalidInput(format!("fingerprint {s:?} is not hex")))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::InvalidInput("a SHA-256 fingerprint is 64 hex digits".to_owned()))?;
         Ok(Fingerprint(arr))
     }
 }
@@ -84,9 +84,7 @@ pub(crate) fn client_config(trust: &Trust) -> Result<rustls::ClientConfig> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(Error::Tls(
-                    "no usable system root certificates found".into(),
-                ));
+                return Err(Error::Tls("no usable system root certificates found".into()));
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -129,9 +127,7 @@ impl ServerCertVerifier for PinnedVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS 1.2 is not used by Quail".into(),
-        ))
+        Err(rustls::Error::General("TLS 1.2 is not used by Quail".into()))
     }
 
     fn verify_tls13_signature(
@@ -149,9 +145,7 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

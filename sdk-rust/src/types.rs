@@ -340,10 +340,7 @@ impl Query {
 
     /// One mailbox, newest first, first 50.
     pub fn mailbox(id: MailboxId) -> Self {
-        Query {
-            mailbox: Some(id),
-            ..Query::default()
-        }
+        Query { mailbox: Some(id), ..Query::default() }
     }
 
     /// Only unread emails.

@@ -1,14 +1,13 @@
 //! Schema readers → SDK types.
 
 use quail_protocol::quail_capnp::{
-    Role as WireRole, account_info, address, changes, email, mailbox, part, server_info,
-    update_result,
+    Role as WireRole, account_info, address, changes, email, mailbox, part, server_info, update_result,
 };
 
 use crate::error::Result;
 use crate::types::{
-    AccountInfo, Address, Changes, Email, EmailId, Limits, Mailbox, MailboxId, Part, Role,
-    ServerInfo, State, UpdateResult,
+    AccountInfo, Address, Changes, Email, EmailId, Limits, Mailbox, MailboxId, Part, Role, ServerInfo, State,
+    UpdateResult,
 };
 
 fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String> {
@@ -73,17 +72,8 @@ pub(crate) fn mailbox(r: mailbox::Reader<'_>) -> Result<Mailbox> {
     })
 }
 
-fn addresses(
-    l: capnp::Result<capnp::struct_list::Reader<'_, address::Owned>>,
-) -> Result<Vec<Address>> {
-    l?.iter()
-        .map(|a| {
-            Ok(Address {
-                name: text(a.get_name())?,
-                email: text(a.get_email())?,
-            })
-        })
-        .collect()
+fn addresses(l: capnp::Result<capnp::struct_list::Reader<'_, address::Owned>>) -> Result<Vec<Address>> {
+    l?.iter().map(|a| Ok(Address { name: text(a.get_name())?, email: text(a.get_email())? })).collect()
 }
 
 pub(crate) fn email(r: email::Reader<'_>) -> Result<Email> {
@@ -107,11 +97,7 @@ pub(crate) fn email(r: email::Reader<'_>) -> Result<Email> {
         references: texts(r.get_references())?,
         preview: text(r.get_preview())?,
         has_attachment: r.get_has_attachment(),
-        body: if r.has_body_structure() {
-            Some(body_part(r.get_body_structure()?)?)
-        } else {
-            None
-        },
+        body: if r.has_body_structure() { Some(body_part(r.get_body_structure()?)?) } else { None },
     })
 }
 
@@ -124,11 +110,7 @@ pub(crate) fn body_part(r: part::Reader<'_>) -> Result<Part> {
         file_name: text(r.get_file_name())?,
         content_id: text(r.get_content_id())?,
         size: r.get_size(),
-        sub_parts: r
-            .get_sub_parts()?
-            .iter()
-            .map(body_part)
-            .collect::<Result<_>>()?,
+        sub_parts: r.get_sub_parts()?.iter().map(body_part).collect::<Result<_>>()?,
     })
 }
 
@@ -153,10 +135,7 @@ pub(crate) fn update_of(r: update_result::Reader<'_>) -> Result<UpdateResult> {
             .iter()
             .map(|item| {
                 let e = item.get_error()?;
-                Ok((
-                    EmailId(item.get_id()),
-                    crate::Error::from_code(e.get_code()?, text(e.get_message())?),
-                ))
+                Ok((EmailId(item.get_id()), crate::Error::from_code(e.get_code()?, text(e.get_message())?)))
             })
             .collect::<Result<_>>()?,
     })

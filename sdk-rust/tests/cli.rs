@@ -5,13 +5,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn quail(
-    data_dir: &Path,
-    config: &Path,
-    server: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> Output {
+fn quail(data_dir: &Path, config: &Path, server: &str, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quail"));
     cmd.arg("--data-dir")
@@ -26,12 +20,7 @@ fn quail(
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("run quail");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("wait")
@@ -39,11 +28,7 @@ fn quail(
 
 fn ok(out: Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     stdout
 }
 
@@ -57,10 +42,7 @@ async fn walk_through() {
     let q = |args: &[&str], stdin: Option<&str>| quail(&data, &config, &addr, args, stdin);
 
     // The operator creates an account (password on stdin, as a script would).
-    let out = ok(q(
-        &["admin", "user", "add", "alice"],
-        Some("alice-password\n"),
-    ));
+    let out = ok(q(&["admin", "user", "add", "alice"], Some("alice-password\n")));
     assert!(out.contains("created account alice"), "{out}");
     let dup = q(&["admin", "user", "add", "alice"], Some("alice-password\n"));
     assert!(!dup.status.success());
@@ -79,10 +61,7 @@ async fn walk_through() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&config)
-            .expect("profile")
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(&config).expect("profile").permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the saved token is private");
     }
 
@@ -95,34 +74,17 @@ async fn walk_through() {
         })
         .collect();
     let out = ok(q(
-        &[
-            "deliver",
-            "--to",
-            "alice",
-            files[0].to_str().expect("utf-8"),
-            files[1].to_str().expect("utf-8"),
-        ],
+        &["deliver", "--to", "alice", files[0].to_str().expect("utf-8"), files[1].to_str().expect("utf-8")],
         None,
     ));
     assert_eq!(out.matches("delivered as").count(), 2, "{out}");
-    let bad = q(
-        &[
-            "deliver",
-            "--to",
-            "nobody",
-            files[0].to_str().expect("utf-8"),
-        ],
-        None,
-    );
+    let bad = q(&["deliver", "--to", "nobody", files[0].to_str().expect("utf-8")], None);
     assert!(!bad.status.success());
 
     let out = ok(q(&["ls"], None));
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].contains("SUBJECT"));
-    assert!(
-        lines[1].contains("generated message 1"),
-        "newest first:\n{out}"
-    );
+    assert!(lines[1].contains("generated message 1"), "newest first:\n{out}");
     assert!(lines[2].contains("generated message 0"));
     assert!(out.contains("1-2 of 2"));
 
@@ -139,12 +101,27 @@ async fn walk_through() {
     let missing = q(&["show", "999999"], None);
     assert_eq!(missing.status.code(), Some(4));
 
+    // Flags, folders, trash.
+    let ids: Vec<u64> = v["emails"].as_array().expect("emails").iter().map(|e| e["id"].as_u64().expect("id")).collect();
+    let (newer, older) = (ids[0].to_string(), ids[1].to_string());
+    ok(q(&["seen", &older], None));
+    assert!(ok(q(&["ls", "--unread"], None)).contains("1-1 of 1 unread"));
+    ok(q(&["flag", &newer], None));
+    let out = ok(q(&["ls", "--flagged"], None));
+    assert!(out.contains("1-1 of 1 flagged") && out.contains(&format!("*!{newer}")), "{out}");
+    ok(q(&["mailbox", "add", "Work"], None));
+    ok(q(&["mv", &newer, "--to", "work"], None));
+    assert!(ok(q(&["ls", "--mailbox", "Work"], None)).contains("1-1 of 1"));
+    assert!(!q(&["mailbox", "rm", "Work"], None).status.success(), "not empty");
+    ok(q(&["rm", &newer], None));
+    assert!(ok(q(&["ls", "--mailbox", "trash"], None)).contains("1-1 of 1"));
+    ok(q(&["mailbox", "rm", "Work"], None));
+    ok(q(&["rm", &newer], None));
+    assert!(ok(q(&["ls"], None)).contains("1-1 of 1"), "expunged from Trash");
+    ok(q(&["mv", &older, "--to", "inbox"], None));
+
     let out = ok(q(&["mailboxes"], None));
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("Inbox") && l.contains(" 2 ")),
-        "{out}"
-    );
+    assert!(out.lines().any(|l| l.starts_with("Inbox") && l.contains(" 1 ")), "{out}");
     let out = ok(q(&["admin", "user", "list"], None));
     assert!(out.lines().any(|l| l.starts_with("alice")), "{out}");
     ok(q(&["logout"], None));

@@ -23,29 +23,18 @@ async fn snapshot(session: &Session) -> BTreeMap<u64, Known> {
     let mut out = BTreeMap::new();
     let mut position = 0;
     loop {
-        let page = session
-            .query(&Query::all().position(position).limit(500))
-            .await
-            .expect("query");
+        let page = session.query(&Query::all().position(position).limit(500)).await.expect("query");
         if page.ids.is_empty() {
             break;
         }
-        let (emails, _) = session
-            .get(&page.ids, &[Property::Keywords, Property::Mailboxes])
-            .await
-            .expect("get");
+        let (emails, _) =
+            session.get(&page.ids, &[Property::Keywords, Property::Mailboxes]).await.expect("get");
         for e in emails {
             let mut k = e.keywords.clone();
             k.sort();
             let mut m = e.mailbox_ids.clone();
             m.sort();
-            out.insert(
-                e.id,
-                Known {
-                    keywords: k,
-                    mailboxes: m,
-                },
-            );
+            out.insert(e.id, Known { keywords: k, mailboxes: m });
         }
         position += page.ids.len() as u32;
     }
@@ -57,33 +46,17 @@ async fn snapshot(session: &Session) -> BTreeMap<u64, Known> {
 async fn replay(session: &Session, known: &mut BTreeMap<u64, Known>, since: State) -> State {
     let mut at = since;
     loop {
-        let c = session
-            .changes(ObjectKind::Email, at, 50)
-            .await
-            .expect("changes");
-        let fetch: Vec<EmailId> = c
-            .created
-            .iter()
-            .chain(&c.updated)
-            .map(|i| EmailId(*i))
-            .collect();
+        let c = session.changes(ObjectKind::Email, at, 50).await.expect("changes");
+        let fetch: Vec<EmailId> = c.created.iter().chain(&c.updated).map(|i| EmailId(*i)).collect();
         for chunk in fetch.chunks(100) {
-            let (emails, missing) = session
-                .get(chunk, &[Property::Keywords, Property::Mailboxes])
-                .await
-                .expect("get");
+            let (emails, missing) =
+                session.get(chunk, &[Property::Keywords, Property::Mailboxes]).await.expect("get");
             for e in emails {
                 let mut k = e.keywords.clone();
                 k.sort();
                 let mut m = e.mailbox_ids.clone();
                 m.sort();
-                known.insert(
-                    e.id,
-                    Known {
-                        keywords: k,
-                        mailboxes: m,
-                    },
-                );
+                known.insert(e.id, Known { keywords: k, mailboxes: m });
             }
             for id in missing {
                 known.remove(&id.0);
@@ -119,43 +92,24 @@ async fn eight_clients_at_once_leave_exact_counters_and_a_replayable_log() {
     let dir = tempfile::tempdir().expect("dir");
     let server = support::start(dir.path()).await;
     let client = support::connect(&server).await;
-    support::admin(&client, &server)
-        .await
-        .create_account("alice", PASSWORD, 0, 0)
-        .await
-        .expect("create");
+    support::admin(&client, &server).await.create_account("alice", PASSWORD, 0, 0).await.expect("create");
     let gateway = support::gateway(&client, &server).await;
     for i in 0..120 {
-        gateway
-            .deliver(&support::to("alice"), &support::generated(i))
-            .await
-            .expect("deliver");
+        gateway.deliver(&support::to("alice"), &support::generated(i)).await.expect("deliver");
     }
     let session = client.login("alice", PASSWORD).await.expect("login");
-    let (a, _) = session
-        .create_mailbox("Projects", None)
-        .await
-        .expect("mailbox");
-    let (b, _) = session
-        .create_mailbox("Later", None)
-        .await
-        .expect("mailbox");
+    let (a, _) = session.create_mailbox("Projects", None).await.expect("mailbox");
+    let (b, _) = session.create_mailbox("Later", None).await.expect("mailbox");
     let (boxes, _) = session.mailboxes().await.expect("boxes");
-    let inbox = boxes
-        .iter()
-        .find(|m| m.role == Role::Inbox)
-        .expect("inbox")
-        .id;
+    let inbox = boxes.iter().find(|m| m.role == Role::Inbox).expect("inbox").id;
     let targets = [inbox, a.id, b.id];
 
     let start_state = session.account().await.expect("account").1;
     let mut known = snapshot(&session).await;
     let ids: Arc<Vec<EmailId>> = Arc::new(known.keys().map(|i| EmailId(*i)).collect());
 
-    let seed = std::env::var("QUAIL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x9e37_79b9_7f4a_7c15u64);
+    let seed =
+        std::env::var("QUAIL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x9e37_79b9_7f4a_7c15u64);
     println!("seed {seed:#x} (set QUAIL_SEED to replay)");
     let mut tasks = Vec::new();
     for c in 0..8u64 {
@@ -163,10 +117,9 @@ async fn eight_clients_at_once_leave_exact_counters_and_a_replayable_log() {
         let pin = server.fingerprint().to_owned();
         let addr = server.addr().to_string();
         tasks.push(tokio::spawn(async move {
-            let client =
-                quail::Client::connect(&addr, quail::Trust::Pinned(pin.parse().expect("pin")))
-                    .await
-                    .expect("connect");
+            let client = quail::Client::connect(&addr, quail::Trust::Pinned(pin.parse().expect("pin")))
+                .await
+                .expect("connect");
             let s = client.login("alice", PASSWORD).await.expect("login");
             let mut rng = Rng(seed ^ (c + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
             for _ in 0..60 {
@@ -175,14 +128,10 @@ async fn eight_clients_at_once_leave_exact_counters_and_a_replayable_log() {
                 let r = match rng.below(4) {
                     0 => s.set_keywords(&pick, &["$seen"], &[], None).await,
                     1 => s.set_keywords(&pick, &[], &["$seen"], None).await,
-                    2 => {
-                        s.set_keywords(&pick, &["$flagged", "todo"], &["$seen"], None)
-                            .await
-                    }
+                    2 => s.set_keywords(&pick, &["$flagged", "todo"], &["$seen"], None).await,
                     _ => {
                         let to = targets[rng.below(3)];
-                        let from: Vec<MailboxId> =
-                            targets.iter().copied().filter(|t| *t != to).collect();
+                        let from: Vec<MailboxId> = targets.iter().copied().filter(|t| *t != to).collect();
                         s.move_emails(&pick, &[to], &from, None).await
                     }
                 };
@@ -201,10 +150,7 @@ async fn eight_clients_at_once_leave_exact_counters_and_a_replayable_log() {
     let truth = snapshot(&session).await;
     let (boxes, _) = session.mailboxes().await.expect("boxes");
     for m in &boxes {
-        let total = truth
-            .values()
-            .filter(|k| k.mailboxes.contains(&m.id.0))
-            .count() as u32;
+        let total = truth.values().filter(|k| k.mailboxes.contains(&m.id.0)).count() as u32;
         let unread = truth
             .values()
             .filter(|k| k.mailboxes.contains(&m.id.0) && !k.keywords.iter().any(|x| x == "$seen"))
@@ -225,22 +171,13 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
     let server = support::start(dir.path()).await;
     let client = support::connect(&server).await;
     let admin = support::admin(&client, &server).await;
-    admin
-        .create_account("alice", PASSWORD, 0, 0)
-        .await
-        .expect("alice");
-    admin
-        .create_account("bob", "bob-password", 0, 0)
-        .await
-        .expect("bob");
+    admin.create_account("alice", PASSWORD, 0, 0).await.expect("alice");
+    admin.create_account("bob", "bob-password", 0, 0).await.expect("bob");
     let gateway = support::gateway(&client, &server).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         ids.push(
-            gateway
-                .deliver(&support::to("alice"), &support::generated(i))
-                .await
-                .expect("deliver")[0]
+            gateway.deliver(&support::to("alice"), &support::generated(i)).await.expect("deliver")[0]
                 .outcome
                 .clone()
                 .expect("ok"),
@@ -248,15 +185,8 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
     }
     let alice = client.login("alice", PASSWORD).await.expect("login");
     let bob = client.login("bob", "bob-password").await.expect("login");
-    let bobs_inbox = bob
-        .mailboxes()
-        .await
-        .expect("boxes")
-        .0
-        .iter()
-        .find(|m| m.role == Role::Inbox)
-        .expect("inbox")
-        .id;
+    let bobs_inbox =
+        bob.mailboxes().await.expect("boxes").0.iter().find(|m| m.role == Role::Inbox).expect("inbox").id;
     let before = snapshot(&alice).await;
     let state = alice.account().await.expect("account").1;
     let unchanged = |what: &str| {
@@ -265,25 +195,16 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
         let what = what.to_owned();
         async move {
             assert_eq!(snapshot(alice).await, before, "{what} changed something");
-            assert_eq!(
-                alice.account().await.expect("account").1,
-                state,
-                "{what} moved the state"
-            );
+            assert_eq!(alice.account().await.expect("account").1, state, "{what} moved the state");
         }
     };
 
-    let e = alice
-        .set_keywords(&ids, &["$seen", "bad keyword"], &[], None)
-        .await
-        .expect_err("invalid keyword");
+    let e =
+        alice.set_keywords(&ids, &["$seen", "bad keyword"], &[], None).await.expect_err("invalid keyword");
     assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
     unchanged("an invalid keyword").await;
 
-    let e = alice
-        .move_emails(&ids, &[bobs_inbox], &[], None)
-        .await
-        .expect_err("bob's mailbox");
+    let e = alice.move_emails(&ids, &[bobs_inbox], &[], None).await.expect_err("bob's mailbox");
     assert!(matches!(e, Error::NotFound(_)), "{e:?}");
     unchanged("another account's mailbox").await;
 
@@ -296,33 +217,17 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
 
     let max = client.server_info().limits.max_ids_per_call as u64;
     let many: Vec<EmailId> = (1..=max + 1).map(EmailId).collect();
-    let e = alice
-        .set_keywords(&many, &["$seen"], &[], None)
-        .await
-        .expect_err("over the limit");
+    let e = alice.set_keywords(&many, &["$seen"], &[], None).await.expect_err("over the limit");
     assert!(matches!(e, Error::LimitExceeded(_)), "{e:?}");
     unchanged("a batch over the limit").await;
 
-    let e = alice
-        .create_mailbox("x", Some(bobs_inbox))
-        .await
-        .expect_err("parent of bob");
+    let e = alice.create_mailbox("x", Some(bobs_inbox)).await.expect_err("parent of bob");
     assert!(matches!(e, Error::NotFound(_)), "{e:?}");
-    let inbox = alice
-        .mailboxes()
-        .await
-        .expect("boxes")
-        .0
-        .iter()
-        .find(|m| m.role == Role::Inbox)
-        .expect("inbox")
-        .id;
+    let inbox =
+        alice.mailboxes().await.expect("boxes").0.iter().find(|m| m.role == Role::Inbox).expect("inbox").id;
     let e = alice.delete_mailbox(inbox).await.expect_err("role mailbox");
     assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
-    let e = alice
-        .changes(ObjectKind::Email, State(state.0 + 100), 10)
-        .await
-        .expect_err("future state");
+    let e = alice.changes(ObjectKind::Email, State(state.0 + 100), 10).await.expect_err("future state");
     assert!(matches!(e, Error::CannotCalculateChanges(_)), "{e:?}");
     unchanged("refused mailbox calls").await;
 
@@ -333,10 +238,7 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
         .expect("mixed batch");
     assert_eq!(r.updated, vec![ids[0]]);
     assert!(
-        matches!(
-            r.not_updated.as_slice(),
-            [(EmailId(987_654), Error::NotFound(_))]
-        ),
+        matches!(r.not_updated.as_slice(), [(EmailId(987_654), Error::NotFound(_))]),
         "{:?}",
         r.not_updated
     );
@@ -345,59 +247,25 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
     // Destroy: to Trash, then expunged, then a typed not-found.
     let first = alice.destroy(&[ids[1]], None).await.expect("to trash");
     assert_eq!(first.updated, vec![ids[1]]);
-    let trash = alice
-        .mailboxes()
-        .await
-        .expect("boxes")
-        .0
-        .iter()
-        .find(|m| m.role == Role::Trash)
-        .expect("trash")
-        .id;
-    assert_eq!(
-        alice.email(ids[1]).await.expect("still there").mailbox_ids,
-        vec![trash.0]
-    );
+    let trash =
+        alice.mailboxes().await.expect("boxes").0.iter().find(|m| m.role == Role::Trash).expect("trash").id;
+    assert_eq!(alice.email(ids[1]).await.expect("still there").mailbox_ids, vec![trash.0]);
     alice.destroy(&[ids[1]], None).await.expect("expunge");
     assert!(matches!(alice.email(ids[1]).await, Err(Error::NotFound(_))));
-    let again = alice
-        .destroy(&[ids[1]], None)
-        .await
-        .expect("destroy of a destroyed email");
+    let again = alice.destroy(&[ids[1]], None).await.expect("destroy of a destroyed email");
     assert!(again.updated.is_empty());
-    assert!(
-        matches!(again.not_updated.as_slice(), [(_, Error::NotFound(_))]),
-        "{:?}",
-        again.not_updated
-    );
+    assert!(matches!(again.not_updated.as_slice(), [(_, Error::NotFound(_))]), "{:?}", again.not_updated);
     assert_eq!(again.new_state, again.old_state, "nothing changed");
 
     // An email cannot be left in no mailbox.
-    let r = alice
-        .move_emails(&[ids[2]], &[], &[inbox], None)
-        .await
-        .expect("move out of everything");
-    assert!(
-        matches!(r.not_updated.as_slice(), [(_, Error::InvalidInput(_))]),
-        "{:?}",
-        r.not_updated
-    );
+    let r = alice.move_emails(&[ids[2]], &[], &[inbox], None).await.expect("move out of everything");
+    assert!(matches!(r.not_updated.as_slice(), [(_, Error::InvalidInput(_))]), "{:?}", r.not_updated);
 
     // Body structure over the wire.
-    let (emails, _) = alice
-        .get(&[ids[0]], &[Property::BodyStructure])
-        .await
-        .expect("get");
+    let (emails, _) = alice.get(&[ids[0]], &[Property::BodyStructure]).await.expect("get");
     let body = emails[0].body.clone().expect("body structure");
-    assert_eq!(
-        (body.part_id.as_str(), body.mime_type.as_str()),
-        ("1", "text/plain")
-    );
-    assert!(
-        check::check(&server.services().db, false)
-            .expect("check")
-            .clean()
-    );
+    assert_eq!((body.part_id.as_str(), body.mime_type.as_str()), ("1", "text/plain"));
+    assert!(check::check(&server.services().db, false).expect("check").clean());
     drop((alice, bob, admin, gateway, client));
     server.shutdown().await;
 }
@@ -407,43 +275,26 @@ async fn threads_and_collapsed_queries_over_the_wire() {
     let dir = tempfile::tempdir().expect("dir");
     let server = support::start(dir.path()).await;
     let client = support::connect(&server).await;
-    support::admin(&client, &server)
-        .await
-        .create_account("alice", PASSWORD, 0, 0)
-        .await
-        .expect("create");
+    support::admin(&client, &server).await.create_account("alice", PASSWORD, 0, 0).await.expect("create");
     let gateway = support::gateway(&client, &server).await;
     let root = b"Subject: lunch\r\nMessage-ID: <root@x>\r\n\r\nnoon?\r\n".to_vec();
     let reply =
-        b"Subject: Re: lunch\r\nMessage-ID: <reply@x>\r\nIn-Reply-To: <root@x>\r\n\r\nyes\r\n"
-            .to_vec();
+        b"Subject: Re: lunch\r\nMessage-ID: <reply@x>\r\nIn-Reply-To: <root@x>\r\n\r\nyes\r\n".to_vec();
     let other = b"Subject: rota\r\nMessage-ID: <other@x>\r\n\r\n.\r\n".to_vec();
     let mut ids = Vec::new();
     for m in [&root, &reply, &other] {
         ids.push(
-            gateway
-                .deliver(&support::to("alice"), m)
-                .await
-                .expect("deliver")[0]
-                .outcome
-                .clone()
-                .expect("ok"),
+            gateway.deliver(&support::to("alice"), m).await.expect("deliver")[0].outcome.clone().expect("ok"),
         );
     }
     let alice = client.login("alice", PASSWORD).await.expect("login");
     let (emails, _) = alice.get(&ids, &[]).await.expect("get");
     assert_eq!(emails[0].thread_id, emails[1].thread_id);
     assert_ne!(emails[0].thread_id, emails[2].thread_id);
-    let (threads, missing) = alice
-        .threads(&[emails[0].thread_id, 424_242])
-        .await
-        .expect("threads");
+    let (threads, missing) = alice.threads(&[emails[0].thread_id, 424_242]).await.expect("threads");
     assert_eq!(threads[0].email_ids, vec![ids[0], ids[1]]);
     assert_eq!(missing, vec![424_242]);
-    let page = alice
-        .query(&Query::all().collapse_threads())
-        .await
-        .expect("collapsed");
+    let page = alice.query(&Query::all().collapse_threads()).await.expect("collapsed");
     assert_eq!(page.ids, vec![ids[2], ids[1]]);
     assert_eq!(page.total, 2);
     drop((alice, gateway, client));

@@ -142,10 +142,7 @@ impl Default for Config {
 impl Config {
     /// Defaults with another data directory (tests, tools).
     pub fn with_data_dir(dir: impl Into<PathBuf>) -> Self {
-        Config {
-            data_dir: dir.into(),
-            ..Config::default()
-        }
+        Config { data_dir: dir.into(), ..Config::default() }
     }
 
     /// Defaults with another data directory, listening on a free loopback
@@ -170,10 +167,7 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !self.listen.is_empty(),
-            "listen: at least one address is needed"
-        );
+        anyhow::ensure!(!self.listen.is_empty(), "listen: at least one address is needed");
         let l = &self.limits;
         anyhow::ensure!(
             l.max_rpc_message_bytes >= 64 * 1024,
@@ -183,10 +177,7 @@ impl Config {
             l.max_inline_bytes >= 1024 && l.max_inline_bytes + 64 * 1024 <= l.max_rpc_message_bytes,
             "limits.max_inline_bytes must be at least 1 KiB and leave 64 KiB of max_rpc_message_bytes"
         );
-        anyhow::ensure!(
-            l.max_message_bytes >= 1024,
-            "limits.max_message_bytes must be at least 1 KiB"
-        );
+        anyhow::ensure!(l.max_message_bytes >= 1024, "limits.max_message_bytes must be at least 1 KiB");
         anyhow::ensure!(
             l.max_ids_per_call > 0 && l.max_query_limit > 0 && l.max_changes > 0,
             "limits: counts must be positive"

@@ -6,6 +6,7 @@
 use quail_protocol::quail_capnp::query;
 
 use crate::mail::parse::{self, PREVIEW_CHARS};
+use crate::tools::mbox;
 
 /// Largest input the bodies look at (keeps fuzzing fast; real mail limits
 /// are enforced before parsing).
@@ -23,9 +24,7 @@ pub fn mime(data: &[u8]) {
 /// server's limits) either decode or fail with an error.
 pub fn protocol_query(data: &[u8]) {
     let mut options = capnp::message::ReaderOptions::new();
-    options
-        .traversal_limit_in_words(Some(64 * 1024))
-        .nesting_limit(64);
+    options.traversal_limit_in_words(Some(64 * 1024)).nesting_limit(64);
     let mut slice = &data[..data.len().min(MAX_INPUT)];
     let Ok(message) = capnp::serialize::read_message_from_flat_slice(&mut slice, options) else {
         return;
@@ -35,5 +34,23 @@ pub fn protocol_query(data: &[u8]) {
     };
     if let Ok(q) = crate::rpc::decode_query(root, 1000) {
         assert!(q.limit >= 1 && q.limit <= 1000);
+    }
+}
+
+/// mbox reading: any bytes split without panicking, and writing what was
+/// read as mboxrd and reading it again gives the same messages.
+pub fn mbox(data: &[u8]) {
+    let data = &data[..data.len().min(MAX_INPUT)];
+    for flavor in [mbox::Flavor::Mboxrd, mbox::Flavor::Mboxo] {
+        let messages = mbox::split(data, flavor);
+        let mut out = Vec::new();
+        for (sep, raw) in &messages {
+            mbox::write_message(&mut out, "fuzz@example.org", mbox::from_line_time(sep).unwrap_or(0), raw);
+        }
+        let again = mbox::split(&out, mbox::Flavor::Mboxrd);
+        assert_eq!(again.len(), messages.len());
+        for ((_, a), (_, b)) in again.iter().zip(&messages) {
+            assert_eq!(a, b);
+        }
     }
 }

@@ -92,17 +92,10 @@ fn main() -> anyhow::Result<()> {
     let run = match cli.command {
         Some(Command::Run(args)) => args,
         None => cli.run,
-        Some(Command::Export {
-            account,
-            mailbox,
-            output,
-        }) => return export(&config, &account, mailbox.as_deref(), output),
-        Some(Command::Import {
-            account,
-            mailbox,
-            format,
-            path,
-        }) => {
+        Some(Command::Export { account, mailbox, output }) => {
+            return export(&config, &account, mailbox.as_deref(), output);
+        }
+        Some(Command::Import { account, mailbox, format, path }) => {
             return import(&config, &account, mailbox.as_deref(), &format, &path);
         }
         Some(Command::Check { repair }) => return check(&config, repair),
@@ -127,31 +120,11 @@ async fn serve(config: Config, dev: bool) -> anyhow::Result<()> {
     println!(
         "quaild {} listening on {} (QUIC, ALPN quail/1)",
         env!("CARGO_PKG_VERSION"),
-        running
-            .addrs()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        running.addrs().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     );
-    println!(
-        "certificate SHA-256 fingerprint (pin this): {}",
-        running.fingerprint()
-    );
-    println!(
-        "admin credential:   {}",
-        config
-            .data_dir
-            .join(Credential::Admin.file_name())
-            .display()
-    );
-    println!(
-        "gateway credential: {}",
-        config
-            .data_dir
-            .join(Credential::Gateway.file_name())
-            .display()
-    );
+    println!("certificate SHA-256 fingerprint (pin this): {}", running.fingerprint());
+    println!("admin credential:   {}", config.data_dir.join(Credential::Admin.file_name()).display());
+    println!("gateway credential: {}", config.data_dir.join(Credential::Gateway.file_name()).display());
     if dev {
         dev_account(&running, &config).await?;
     }
@@ -169,10 +142,7 @@ async fn dev_account(running: &quail_server::Running, config: &Config) -> anyhow
     if services.accounts.by_name("demo")?.is_none() {
         let password = account::new_secret("demo-")[..17].to_owned();
         let hash = account::hash_password(&password)?;
-        services
-            .mail
-            .create_account("demo", hash, 0, 0, quail_server::rpc::now_ms())
-            .await?;
+        services.mail.create_account("demo", hash, 0, 0, quail_server::rpc::now_ms()).await?;
         let _ = std::fs::remove_file(&path);
         account::write_private(&path, &format!("{password}\n"))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -181,10 +151,7 @@ async fn dev_account(running: &quail_server::Running, config: &Config) -> anyhow
     println!();
     println!("development account: demo / {}", password.trim());
     println!("try it (in another terminal, from the repository):");
-    println!(
-        "  cargo run -p quail -- login demo --password {}",
-        password.trim()
-    );
+    println!("  cargo run -p quail -- login demo --password {}", password.trim());
     println!("  cargo run -p quail -- deliver --to demo <some .eml file>");
     println!("  cargo run -p quail -- ls");
     println!();
@@ -201,8 +168,7 @@ fn export(
     let accounts = account::Accounts::new(db);
     let report = match &output {
         Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
+            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
             let mut w = std::io::BufWriter::new(file);
             tools::export::export(&mail, &accounts, account, mailbox, &mut w)?
         }
@@ -212,10 +178,7 @@ fn export(
             tools::export::export(&mail, &accounts, account, mailbox, &mut w)?
         }
     };
-    eprintln!(
-        "exported {} messages ({} bytes)",
-        report.messages, report.bytes
-    );
+    eprintln!("exported {} messages ({} bytes)", report.messages, report.bytes);
     Ok(())
 }
 
@@ -233,32 +196,18 @@ fn import(
     };
     let (db, mail) = tools::open(config)?;
     let accounts = account::Accounts::new(db);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} messages  {per_sec}  eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} messages  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let opts = tools::import::ImportOptions {
-        account,
-        path,
-        mailbox,
-        flavor,
-        now_ms: quail_server::rpc::now_ms(),
-    };
-    let report = runtime.block_on(tools::import::import(
-        &mail,
-        &accounts,
-        &opts,
-        |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        },
-    ))?;
+    let opts =
+        tools::import::ImportOptions { account, path, mailbox, flavor, now_ms: quail_server::rpc::now_ms() };
+    let report = runtime.block_on(tools::import::import(&mail, &accounts, &opts, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }))?;
     bar.finish_and_clear();
     println!(
         "imported {} of {} messages ({} bytes) in {:.1} s ({:.0} messages/s)",
@@ -291,10 +240,7 @@ fn check(config: &Config, repair: bool) -> anyhow::Result<()> {
         match (report.clean(), report.repaired) {
             (true, _) => "clean".to_owned(),
             (false, true) => format!("{} problems repaired", report.problems.len()),
-            (false, false) => format!(
-                "{} problems (run with --repair to fix)",
-                report.problems.len()
-            ),
+            (false, false) => format!("{} problems (run with --repair to fix)", report.problems.len()),
         }
     );
     if !report.clean() && !report.repaired {

@@ -65,8 +65,7 @@ impl Server {
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
         for addr in &config.listen {
-            let socket =
-                std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
+            let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
             let endpoint = quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 Some(server_config.clone()),
@@ -79,12 +78,7 @@ impl Server {
             let shutdown = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            tasks.push(tokio::spawn(net::serve(
-                endpoint,
-                Arc::clone(&services),
-                pool.clone(),
-                shutdown,
-            )));
+            tasks.push(tokio::spawn(net::serve(endpoint, Arc::clone(&services), pool.clone(), shutdown)));
         }
         Ok(Running {
             addrs,
@@ -99,8 +93,7 @@ impl Server {
 
 fn open_store(config: &Config) -> anyhow::Result<Arc<FjallStore>> {
     let dir = config.store_dir();
-    let store =
-        FjallStore::open(&dir).with_context(|| format!("opening store {}", dir.display()))?;
+    let store = FjallStore::open(&dir).with_context(|| format!("opening store {}", dir.display()))?;
     check_format(&store)?;
     Ok(Arc::new(store))
 }
@@ -112,25 +105,14 @@ pub(crate) fn check_format(store: &FjallStore) -> anyhow::Result<()> {
         Some(v) => {
             let found = <[u8; 4]>::try_from(v.as_slice())
                 .map(u32::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    space: Space::Meta,
-                    detail: "format".into(),
-                })?;
+                .map_err(|_| StoreError::Corrupt { space: Space::Meta, detail: "format".into() })?;
             if found != STORE_FORMAT {
-                return Err(StoreError::UnsupportedFormat {
-                    found,
-                    supported: STORE_FORMAT,
-                }
-                .into());
+                return Err(StoreError::UnsupportedFormat { found, supported: STORE_FORMAT }.into());
             }
         }
         None => {
             let t = store.commit(&mut |txn| {
-                txn.put(
-                    Space::Meta,
-                    FORMAT_KEY.to_vec(),
-                    STORE_FORMAT.to_be_bytes().to_vec(),
-                );
+                txn.put(Space::Meta, FORMAT_KEY.to_vec(), STORE_FORMAT.to_be_bytes().to_vec());
                 Ok(())
             })?;
             store.sync_blocking(t)?;
@@ -177,12 +159,7 @@ impl Running {
     /// Stops accepting, closes connections, and waits until the store is
     /// closed (so the data dir can be opened again at once).
     pub async fn shutdown(self) {
-        let Running {
-            services,
-            stop,
-            tasks,
-            ..
-        } = self;
+        let Running { services, stop, tasks, .. } = self;
         let _ = stop.send(true);
         for t in tasks {
             let _ = t.await;

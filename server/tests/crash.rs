@@ -89,13 +89,9 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
         let client = Client::connect(&addr, pin(&data)).await.expect("connect");
         let secret = std::fs::read_to_string(data.join("admin.secret")).expect("admin secret");
         let admin = client.admin(&secret).await.expect("admin");
-        admin
-            .create_account("alice", "alice-password", 0, 0)
-            .await
-            .expect("account");
+        admin.create_account("alice", "alice-password", 0, 0).await.expect("account");
     }
-    let gateway_secret =
-        std::fs::read_to_string(data.join("gateway.secret")).expect("gateway secret");
+    let gateway_secret = std::fs::read_to_string(data.join("gateway.secret")).expect("gateway secret");
 
     for round in 0..KILLS {
         let mut writers = Vec::new();
@@ -109,10 +105,7 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
                 let Ok(gateway) = client.gateway(&secret).await else {
                     return;
                 };
-                let envelope = Envelope {
-                    rcpt_to: vec!["alice".into()],
-                    ..Envelope::default()
-                };
+                let envelope = Envelope { rcpt_to: vec!["alice".into()], ..Envelope::default() };
                 loop {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     match gateway.deliver(&envelope, &message(n)).await {
@@ -146,16 +139,9 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
 
     // Every acknowledged message is there, byte for byte.
     let acked = acked.lock().expect("lock").clone();
-    assert!(
-        acked.len() > KILLS,
-        "too few deliveries to mean anything: {}",
-        acked.len()
-    );
+    assert!(acked.len() > KILLS, "too few deliveries to mean anything: {}", acked.len());
     let client = Client::connect(&addr, pin(&data)).await.expect("connect");
-    let session = client
-        .login("alice", "alice-password")
-        .await
-        .expect("login");
+    let session = client.login("alice", "alice-password").await.expect("login");
     for (id, n) in &acked {
         let raw = session
             .raw(*id)
@@ -164,18 +150,11 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
         assert!(raw == message(*n), "acknowledged message {n} is damaged");
     }
     // Counters equal a recount, as a client sees them.
-    let total = session
-        .query(&Query::all().limit(1))
-        .await
-        .expect("query")
-        .total;
+    let total = session.query(&Query::all().limit(1)).await.expect("query").total;
     let mut all = 0;
     let mut position = 0;
     loop {
-        let page = session
-            .query(&Query::all().position(position).limit(1000))
-            .await
-            .expect("query");
+        let page = session.query(&Query::all().position(position).limit(1000)).await.expect("query");
         if page.ids.is_empty() {
             break;
         }
@@ -184,28 +163,17 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
     }
     assert_eq!(total, all);
     let (boxes, _) = session.mailboxes().await.expect("mailboxes");
-    let inbox = boxes
-        .iter()
-        .find(|m| m.role == quail::Role::Inbox)
-        .expect("inbox");
+    let inbox = boxes.iter().find(|m| m.role == quail::Role::Inbox).expect("inbox");
     assert_eq!(u64::from(inbox.total), all);
     assert!(all >= acked.len() as u64);
     drop((session, client));
 
     // One more crash, then the offline check: a clean store.
     child.kill().await.expect("SIGKILL");
-    let check = Command::new(QUAILD)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("check")
-        .output()
-        .await
-        .expect("quaild check");
+    let check =
+        Command::new(QUAILD).arg("--data-dir").arg(&data).arg("check").output().await.expect("quaild check");
     let out = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success() && out.contains(": clean"),
-        "quaild check:\n{out}"
-    );
+    assert!(check.status.success() && out.contains(": clean"), "quaild check:\n{out}");
     println!(
         "{} acknowledged, {all} stored, {KILLS} kills, {:.1} s",
         acked.len(),

@@ -52,10 +52,7 @@ fn mime_body_over_seeds_and_shared_corpora() {
             files_under(&corpora.join(d), &mut files);
         }
     } else {
-        eprintln!(
-            "note: {} is absent; running the checked-in seeds only",
-            corpora.display()
-        );
+        eprintln!("note: {} is absent; running the checked-in seeds only", corpora.display());
     }
     for f in &files {
         let data = std::fs::read(f).expect("read seed");
@@ -98,17 +95,12 @@ fn encoded_queries() -> Vec<Vec<u8>> {
 
 #[test]
 fn protocol_query_body_over_seeds_truncations_and_flips() {
-    let mut inputs: Vec<Vec<u8>> = seeds("protocol_query")
-        .iter()
-        .map(|f| std::fs::read(f).expect("read seed"))
-        .collect();
+    let mut inputs: Vec<Vec<u8>> =
+        seeds("protocol_query").iter().map(|f| std::fs::read(f).expect("read seed")).collect();
     if std::env::var_os("QUAIL_WRITE_SEEDS").is_some() {
         for (i, q) in encoded_queries().iter().enumerate() {
-            std::fs::write(
-                repo().join(format!("fuzz/seeds/protocol_query/query-{i}.bin")),
-                q,
-            )
-            .expect("write seed");
+            std::fs::write(repo().join(format!("fuzz/seeds/protocol_query/query-{i}.bin")), q)
+                .expect("write seed");
         }
     }
     for valid in encoded_queries() {
@@ -128,4 +120,28 @@ fn protocol_query_body_over_seeds_truncations_and_flips() {
         fuzzing::protocol_query(input);
     }
     println!("protocol_query: {} inputs", inputs.len());
+}
+
+#[test]
+fn mbox_body_over_seeds_and_shared_mboxes() {
+    let mut files = seeds("mbox");
+    let corpora = repo().join("../shared/corpora");
+    for f in [
+        "mail-parser-crate-resources/mbox/sample.mbox",
+        "gmime-testdata/mbox/substring.mbox",
+        "bogofilter-testdata/good.mbx",
+    ] {
+        let p = corpora.join(f);
+        if p.is_file() {
+            files.push(p);
+        }
+    }
+    for f in &files {
+        let data = std::fs::read(f).expect("read seed");
+        fuzzing::mbox(&data);
+        for cut in [1, 7, data.len() / 3, data.len() / 2] {
+            fuzzing::mbox(&data[..cut.min(data.len())]);
+        }
+    }
+    println!("mbox: {} files", files.len());
 }

@@ -34,11 +34,7 @@ const MAIL_FOLDERS: &[&str] = &[
 /// Imports a folder into a new account; checks nothing was dropped, every
 /// raw message comes back byte for byte, and the mboxrd export holds
 /// exactly the same messages.
-async fn ingest_and_export(
-    s: &support::TestStore,
-    folder: &std::path::Path,
-    account: &str,
-) -> (u64, u64) {
+async fn ingest_and_export(s: &support::TestStore, folder: &std::path::Path, account: &str) -> (u64, u64) {
     s.account(account).await;
     let found = import::collect(folder, mbox::Flavor::Mboxrd).expect("collect");
     let report = import::import(
@@ -55,24 +51,9 @@ async fn ingest_and_export(
     )
     .await
     .expect("import");
-    assert!(
-        report.failed.is_empty(),
-        "{}: not imported: {:?}",
-        folder.display(),
-        report.failed
-    );
-    assert_eq!(
-        report.imported.len(),
-        found.len(),
-        "{}: dropped messages",
-        folder.display()
-    );
-    let acct = s
-        .accounts
-        .by_name(account)
-        .expect("lookup")
-        .expect("account")
-        .id;
+    assert!(report.failed.is_empty(), "{}: not imported: {:?}", folder.display(), report.failed);
+    assert_eq!(report.imported.len(), found.len(), "{}: dropped messages", folder.display());
+    let acct = s.accounts.by_name(account).expect("lookup").expect("account").id;
     for (f, id) in found.iter().zip(&report.imported) {
         let back = s.mail.raw(acct, *id).expect("raw");
         assert!(back == f.raw, "{}: raw bytes differ", f.origin);
@@ -80,18 +61,11 @@ async fn ingest_and_export(
     let mut out = Vec::new();
     let exported = export::export(&s.mail, &s.accounts, account, None, &mut out).expect("export");
     assert_eq!(exported.messages, found.len() as u64);
-    let mut a: Vec<Vec<u8>> = mbox::split(&out, mbox::Flavor::Mboxrd)
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
+    let mut a: Vec<Vec<u8>> = mbox::split(&out, mbox::Flavor::Mboxrd).into_iter().map(|(_, m)| m).collect();
     let mut b: Vec<Vec<u8>> = found.into_iter().map(|f| f.raw).collect();
     a.sort();
     b.sort();
-    assert!(
-        a == b,
-        "{}: the export does not hold exactly the imported messages",
-        folder.display()
-    );
+    assert!(a == b, "{}: the export does not hold exactly the imported messages", folder.display());
     (exported.messages, exported.bytes)
 }
 
@@ -122,11 +96,7 @@ async fn linux_mips_archive_is_stored_and_exported_byte_for_byte() {
     };
     let s = support::store();
     let dir = corpora.join("linux-mips-list-archive");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("dir")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.path()).collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "xz"));
     files.sort();
     let mut total = 0;
@@ -135,30 +105,21 @@ async fn linux_mips_archive_is_stored_and_exported_byte_for_byte() {
         println!("{}: {n} messages, {bytes} bytes", f.display());
         total += n;
     }
-    println!(
-        "{total} messages; blob storage {} bytes",
-        blob::stored_bytes(&s.db).expect("bytes")
-    );
+    println!("{total} messages; blob storage {} bytes", blob::stored_bytes(&s.db).expect("bytes"));
     assert!(check::check(&s.db, false).expect("check").clean());
 }
 
 fn random(n: usize, seed: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; n];
-    blake3::Hasher::new()
-        .update(seed)
-        .finalize_xof()
-        .fill(&mut out);
+    blake3::Hasher::new().update(seed).finalize_xof().fill(&mut out);
     out
 }
 
 fn with_attachment(to: &str, i: usize, attachment: &[u8]) -> Vec<u8> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(attachment);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(76)
-        .map(|c| std::str::from_utf8(c).expect("ascii"))
-        .collect();
+    let lines: Vec<&str> =
+        b64.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
     format!(
         "From: Sender <sender@example.net>\r\nTo: {to}\r\nSubject: quarterly figures {i}\r\n\
          Message-ID: <figures-{i}@example.net>\r\nMIME-Version: 1.0\r\n\
@@ -184,11 +145,7 @@ async fn one_attachment_sent_to_100_accounts_is_stored_once() {
     let mut first = None;
     for (i, a) in accounts.iter().enumerate() {
         let raw = with_attachment(&format!("user{i}@example.org"), i, &attachment);
-        let id = s
-            .mail
-            .deliver(&[*a], &raw, support::now())
-            .await
-            .expect("deliver")[0]
+        let id = s.mail.deliver(&[*a], &raw, support::now()).await.expect("deliver")[0]
             .as_ref()
             .expect("ok")
             .to_owned();
@@ -197,31 +154,16 @@ async fn one_attachment_sent_to_100_accounts_is_stored_once() {
         }
     }
     let growth = blob::stored_bytes(&s.db).expect("bytes") - before;
-    println!(
-        "100 deliveries of a {stored_size}-byte attachment grew blob storage by {growth} bytes"
-    );
-    assert!(
-        growth < 2 * stored_size,
-        "grew by {growth}, stored size {stored_size}"
-    );
+    println!("100 deliveries of a {stored_size}-byte attachment grew blob storage by {growth} bytes");
+    assert!(growth < 2 * stored_size, "grew by {growth}, stored size {stored_size}");
     // And the first recipient still gets the message back byte for byte.
     let (a, id, raw) = first.expect("first");
     assert!(s.mail.raw(a, id).expect("raw") == raw);
     let e = s.mail.email(a, id).expect("get").expect("email");
-    let part = e
-        .body
-        .walk()
-        .into_iter()
-        .find(|p| p.file_name == "figures.bin")
-        .cloned()
-        .expect("attachment part");
+    let part =
+        e.body.walk().into_iter().find(|p| p.file_name == "figures.bin").cloned().expect("attachment part");
     assert_eq!(part.size, attachment.len() as u64);
-    assert_eq!(
-        blob::get(&s.db, part.blob.expect("blob"))
-            .expect("get")
-            .expect("bytes"),
-        attachment
-    );
+    assert_eq!(blob::get(&s.db, part.blob.expect("blob")).expect("get").expect("bytes"), attachment);
     assert!(check::check(&s.db, false).expect("check").clean());
 }
 
@@ -233,10 +175,7 @@ async fn changes_after_100_mutations_are_exactly_those() {
     for i in 0..120 {
         let raw = format!("Subject: m{i}\r\nMessage-ID: <m{i}@x>\r\n\r\nbody {i}\r\n");
         ids.push(
-            s.mail
-                .deliver(&[a], raw.as_bytes(), support::now() + i)
-                .await
-                .expect("deliver")[0]
+            s.mail.deliver(&[a], raw.as_bytes(), support::now() + i).await.expect("deliver")[0]
                 .as_ref()
                 .expect("ok")
                 .to_owned(),
@@ -245,15 +184,9 @@ async fn changes_after_100_mutations_are_exactly_those() {
     let since = s.mail.state(a).expect("state");
     let flagged: Vec<EmailId> = ids[..100].to_vec();
     for id in &flagged {
-        s.mail
-            .set_keywords(a, &[*id], &["$flagged".into()], &[], None)
-            .await
-            .expect("flag");
+        s.mail.set_keywords(a, &[*id], &["$flagged".into()], &[], None).await.expect("flag");
     }
-    let c = s
-        .mail
-        .changes(a, Kind::Email, since, 1000)
-        .expect("changes");
+    let c = s.mail.changes(a, Kind::Email, since, 1000).expect("changes");
     let mut got: Vec<u64> = c.updated.clone();
     got.sort();
     assert_eq!(got, flagged.iter().map(|i| i.0).collect::<Vec<_>>());
@@ -275,54 +208,34 @@ async fn changes_after_100_mutations_are_exactly_those() {
     assert_eq!(seen, got);
     // The mailbox counts changed too (flagged does not change unread, but
     // moving does); nothing is reported for threads.
-    let t = s
-        .mail
-        .changes(a, Kind::Thread, since, 1000)
-        .expect("threads");
+    let t = s.mail.changes(a, Kind::Thread, since, 1000).expect("threads");
     assert!(t.created.is_empty() && t.updated.is_empty() && t.destroyed.is_empty());
     // A future state and a compacted one are refused, typed.
-    let future = s
-        .mail
-        .changes(a, Kind::Email, State(c.new_state.0 + 1), 10)
-        .expect_err("future");
+    let future = s.mail.changes(a, Kind::Email, State(c.new_state.0 + 1), 10).expect_err("future");
     assert!(matches!(future, Error::CannotCalculateChanges(_)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_change_log_asks_for_a_resync() {
-    let s = support::store_with(quail_server::mail::MailConfig {
-        keep_changes: 50,
-        ..Default::default()
-    });
+    let s = support::store_with(quail_server::mail::MailConfig { keep_changes: 50, ..Default::default() });
     let a = s.account("alice").await;
     let first = s.mail.state(a).expect("state");
     for i in 0..100 {
         let raw = format!("Subject: m{i}\r\n\r\nbody\r\n");
-        s.mail
-            .deliver(&[a], raw.as_bytes(), support::now())
-            .await
-            .expect("deliver");
+        s.mail.deliver(&[a], raw.as_bytes(), support::now()).await.expect("deliver");
     }
-    let err = s
-        .mail
-        .changes(a, Kind::Email, first, 10)
-        .expect_err("compacted");
+    let err = s.mail.changes(a, Kind::Email, first, 10).expect_err("compacted");
     assert!(matches!(err, Error::CannotCalculateChanges(_)), "{err:?}");
     let recent = State(s.mail.state(a).expect("state").0 - 10);
-    let c = s
-        .mail
-        .changes(a, Kind::Email, recent, 100)
-        .expect("recent changes");
+    let c = s.mail.changes(a, Kind::Email, recent, 100).expect("recent changes");
     assert!(!c.created.is_empty());
 }
 
 /// Parses the checked-in expectation: blocks of `path\tmessage-id`.
 fn expected_threads() -> Vec<BTreeSet<String>> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/notmuch-threads.txt"
-    ))
-    .expect("expectation file");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/notmuch-threads.txt"))
+            .expect("expectation file");
     let mut blocks = Vec::new();
     let mut current = BTreeSet::new();
     for line in text.lines() {
@@ -380,15 +293,9 @@ async fn threads_of_real_lkml_and_notmuch_conversations() {
     }
     let expected = expected_threads();
     let listed: usize = expected.iter().map(BTreeSet::len).sum();
-    assert_eq!(
-        listed,
-        by_path.len(),
-        "the expectation lists every file once"
-    );
+    assert_eq!(listed, by_path.len(), "the expectation lists every file once");
     let thread_of = |path: &str| -> ThreadId {
-        let id = by_path
-            .get(path)
-            .unwrap_or_else(|| panic!("{path} not imported"));
+        let id = by_path.get(path).unwrap_or_else(|| panic!("{path} not imported"));
         s.mail.email(a, *id).expect("get").expect("email").thread
     };
     let mut got: HashMap<ThreadId, BTreeSet<String>> = HashMap::new();
@@ -424,9 +331,7 @@ async fn a_later_message_merges_two_threads() {
     let deliver = |raw: String| {
         let mail = s.mail.clone();
         async move {
-            mail.deliver(&[a], raw.as_bytes(), support::now())
-                .await
-                .expect("deliver")[0]
+            mail.deliver(&[a], raw.as_bytes(), support::now()).await.expect("deliver")[0]
                 .as_ref()
                 .expect("ok")
                 .to_owned()
@@ -438,20 +343,15 @@ async fn a_later_message_merges_two_threads() {
     let ty = s.mail.email(a, y).expect("get").expect("y").thread;
     assert_ne!(tx, ty);
     let since = s.mail.state(a).expect("state");
-    let z = deliver(
-        "Subject: both\r\nMessage-ID: <c@x>\r\nReferences: <a@x> <b@x>\r\n\r\n.\r\n".into(),
-    )
-    .await;
+    let z =
+        deliver("Subject: both\r\nMessage-ID: <c@x>\r\nReferences: <a@x> <b@x>\r\n\r\n.\r\n".into()).await;
     let tz = s.mail.email(a, z).expect("get").expect("z").thread;
     assert_eq!(tz, tx.min(ty));
     assert_eq!(s.mail.email(a, y).expect("get").expect("y").thread, tz);
     assert_eq!(s.mail.thread(a, tz).expect("members").len(), 3);
     let gone = tx.max(ty);
     assert!(s.mail.thread(a, gone).expect("members").is_empty());
-    let c = s
-        .mail
-        .changes(a, Kind::Thread, since, 100)
-        .expect("changes");
+    let c = s.mail.changes(a, Kind::Thread, since, 100).expect("changes");
     assert_eq!(c.destroyed, vec![gone.0]);
     assert_eq!(c.updated, vec![tz.0]);
     // Subject fallback: a reply without references joins by subject.
@@ -467,146 +367,55 @@ async fn mailboxes_nest_rename_and_delete_with_clear_errors() {
     let s = support::store();
     let a = s.account("alice").await;
     let b = s.account("bob").await;
-    let (work, _) = s
-        .mail
-        .create_mailbox(a, "Work", None)
-        .await
-        .expect("create");
-    let (proj, _) = s
-        .mail
-        .create_mailbox(a, "Project", Some(work.id))
-        .await
-        .expect("nested");
-    let dup = s
-        .mail
-        .create_mailbox(a, "work", None)
-        .await
-        .expect_err("duplicate");
+    let (work, _) = s.mail.create_mailbox(a, "Work", None).await.expect("create");
+    let (proj, _) = s.mail.create_mailbox(a, "Project", Some(work.id)).await.expect("nested");
+    let dup = s.mail.create_mailbox(a, "work", None).await.expect_err("duplicate");
     assert!(matches!(dup, Error::AlreadyExists(_)));
-    assert!(
-        s.mail.create_mailbox(a, "Project", None).await.is_ok(),
-        "same name under another parent"
-    );
-    let cycle = s
-        .mail
-        .rename_mailbox(a, work.id, "Work", Some(proj.id))
-        .await
-        .expect_err("cycle");
+    assert!(s.mail.create_mailbox(a, "Project", None).await.is_ok(), "same name under another parent");
+    let cycle = s.mail.rename_mailbox(a, work.id, "Work", Some(proj.id)).await.expect_err("cycle");
     assert!(matches!(cycle, Error::InvalidArgument(_)));
-    let (renamed, _) = s
-        .mail
-        .rename_mailbox(a, proj.id, "Projects 2026", None)
-        .await
-        .expect("rename and move up");
-    assert_eq!(
-        (renamed.name.as_str(), renamed.parent),
-        ("Projects 2026", None)
-    );
+    let (renamed, _) =
+        s.mail.rename_mailbox(a, proj.id, "Projects 2026", None).await.expect("rename and move up");
+    assert_eq!((renamed.name.as_str(), renamed.parent), ("Projects 2026", None));
     let bobs = s.mail.mailbox_by_role(b, Role::Inbox).expect("bob inbox");
-    let foreign = s
-        .mail
-        .create_mailbox(a, "x", Some(bobs))
-        .await
-        .expect_err("foreign parent");
+    let foreign = s.mail.create_mailbox(a, "x", Some(bobs)).await.expect_err("foreign parent");
     assert!(matches!(foreign, Error::NotFound(_)));
     for bad in ["", "a/b", "tab\there"] {
         assert!(
-            matches!(
-                s.mail.create_mailbox(a, bad, None).await,
-                Err(Error::InvalidArgument(_))
-            ),
+            matches!(s.mail.create_mailbox(a, bad, None).await, Err(Error::InvalidArgument(_))),
             "{bad:?}"
         );
     }
     let inbox = s.mail.mailbox_by_role(a, Role::Inbox).expect("inbox");
-    assert!(
-        matches!(
-            s.mail.delete_mailbox(a, inbox).await,
-            Err(Error::InvalidArgument(_))
-        ),
-        "role mailbox"
-    );
-    let id = s
-        .mail
-        .deliver(&[a], b"Subject: x\r\n\r\n.\r\n", support::now())
-        .await
-        .expect("deliver")[0]
+    assert!(matches!(s.mail.delete_mailbox(a, inbox).await, Err(Error::InvalidArgument(_))), "role mailbox");
+    let id = s.mail.deliver(&[a], b"Subject: x\r\n\r\n.\r\n", support::now()).await.expect("deliver")[0]
         .as_ref()
         .expect("ok")
         .to_owned();
-    s.mail
-        .move_emails(a, &[id], &[work.id], &[inbox], None)
-        .await
-        .expect("move");
-    assert!(
-        matches!(
-            s.mail.delete_mailbox(a, work.id).await,
-            Err(Error::InvalidArgument(_))
-        ),
-        "not empty"
-    );
-    s.mail
-        .move_emails(a, &[id], &[inbox], &[work.id], None)
-        .await
-        .expect("move back");
-    s.mail
-        .delete_mailbox(a, work.id)
-        .await
-        .expect("delete empty");
-    assert!(
-        s.mail
-            .mailbox_records(a)
-            .expect("list")
-            .iter()
-            .all(|m| m.id != work.id)
-    );
+    s.mail.move_emails(a, &[id], &[work.id], &[inbox], None).await.expect("move");
+    assert!(matches!(s.mail.delete_mailbox(a, work.id).await, Err(Error::InvalidArgument(_))), "not empty");
+    s.mail.move_emails(a, &[id], &[inbox], &[work.id], None).await.expect("move back");
+    s.mail.delete_mailbox(a, work.id).await.expect("delete empty");
+    assert!(s.mail.mailbox_records(a).expect("list").iter().all(|m| m.id != work.id));
     assert!(check::check(&s.db, false).expect("check").clean());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_refuses_with_a_typed_error_and_frees_on_expunge() {
     let s = support::store();
-    let a = s
-        .mail
-        .create_account("small", support::hash(), 1000, 2, 0)
-        .await
-        .expect("account")
-        .id;
-    let ok = s
-        .mail
-        .deliver(&[a], &[b'x'; 400], support::now())
-        .await
-        .expect("deliver");
+    let a = s.mail.create_account("small", support::hash(), 1000, 2, 0).await.expect("account").id;
+    let ok = s.mail.deliver(&[a], &[b'x'; 400], support::now()).await.expect("deliver");
     assert!(ok[0].is_ok());
-    let big = s
-        .mail
-        .deliver(&[a], &[b'y'; 700], support::now())
-        .await
-        .expect("deliver");
+    let big = s.mail.deliver(&[a], &[b'y'; 700], support::now()).await.expect("deliver");
     assert!(matches!(big[0], Err(Error::OverQuota(_))), "{big:?}");
-    s.mail
-        .deliver(&[a], &[b'z'; 100], support::now())
-        .await
-        .expect("deliver")[0]
-        .as_ref()
-        .expect("fits");
-    let third = s
-        .mail
-        .deliver(&[a], b"Subject: 3\r\n\r\n", support::now())
-        .await
-        .expect("deliver");
-    assert!(
-        matches!(third[0], Err(Error::OverQuota(_))),
-        "message quota"
-    );
+    s.mail.deliver(&[a], &[b'z'; 100], support::now()).await.expect("deliver")[0].as_ref().expect("fits");
+    let third = s.mail.deliver(&[a], b"Subject: 3\r\n\r\n", support::now()).await.expect("deliver");
+    assert!(matches!(third[0], Err(Error::OverQuota(_))), "message quota");
     let first = ok[0].as_ref().expect("ok").to_owned();
     s.mail.destroy(a, &[first], None).await.expect("to trash");
     s.mail.destroy(a, &[first], None).await.expect("expunge");
     assert_eq!(s.accounts.usage(a).expect("usage").messages, 1);
-    s.mail
-        .deliver(&[a], b"Subject: 3\r\n\r\n", support::now())
-        .await
-        .expect("deliver")[0]
+    s.mail.deliver(&[a], b"Subject: 3\r\n\r\n", support::now()).await.expect("deliver")[0]
         .as_ref()
         .expect("fits again");
 }
@@ -620,45 +429,20 @@ async fn query_filters_sort_page_and_collapse() {
     for i in 0..20i64 {
         let raw = format!(
             "From: {}\r\nTo: alice@example.org\r\nSubject: {}\r\nMessage-ID: <q{i}@x>\r\n{}\r\n.\r\n",
-            if i % 2 == 0 {
-                "even@example.org"
-            } else {
-                "odd@example.org"
-            },
-            if i < 10 {
-                format!("topic {i}")
-            } else {
-                format!("Re: topic {}", i - 10)
-            },
-            if i >= 10 {
-                format!("In-Reply-To: <q{}@x>\r\n", i - 10)
-            } else {
-                String::new()
-            },
+            if i % 2 == 0 { "even@example.org" } else { "odd@example.org" },
+            if i < 10 { format!("topic {i}") } else { format!("Re: topic {}", i - 10) },
+            if i >= 10 { format!("In-Reply-To: <q{}@x>\r\n", i - 10) } else { String::new() },
         );
         ids.push(
-            s.mail
-                .deliver(&[a], raw.as_bytes(), 1_000_000 + i * 1000)
-                .await
-                .expect("deliver")[0]
+            s.mail.deliver(&[a], raw.as_bytes(), 1_000_000 + i * 1000).await.expect("deliver")[0]
                 .as_ref()
                 .expect("ok")
                 .to_owned(),
         );
     }
-    s.mail
-        .set_keywords(a, &ids[..5], &["$seen".into()], &[], None)
-        .await
-        .expect("seen");
-    s.mail
-        .set_keywords(a, &ids[3..8], &["$flagged".into()], &[], None)
-        .await
-        .expect("flag");
-    let q = |f: quail_server::mail::Filter| Query {
-        filter: f,
-        limit: 100,
-        ..Query::default()
-    };
+    s.mail.set_keywords(a, &ids[..5], &["$seen".into()], &[], None).await.expect("seen");
+    s.mail.set_keywords(a, &ids[3..8], &["$flagged".into()], &[], None).await.expect("flag");
+    let q = |f: quail_server::mail::Filter| Query { filter: f, limit: 100, ..Query::default() };
     let all = s.mail.query(a, &q(Default::default())).expect("all");
     assert_eq!(all.ids, ids.iter().rev().copied().collect::<Vec<_>>());
     assert_eq!(all.total, 20);
@@ -666,10 +450,7 @@ async fn query_filters_sort_page_and_collapse() {
         .mail
         .query(
             a,
-            &q(quail_server::mail::Filter {
-                unread: quail_server::mail::Tri::Yes,
-                ..Default::default()
-            }),
+            &q(quail_server::mail::Filter { unread: quail_server::mail::Tri::Yes, ..Default::default() }),
         )
         .expect("unread");
     assert_eq!(unread.total, 15);
@@ -678,10 +459,7 @@ async fn query_filters_sort_page_and_collapse() {
         .mail
         .query(
             a,
-            &q(quail_server::mail::Filter {
-                unread: quail_server::mail::Tri::No,
-                ..Default::default()
-            }),
+            &q(quail_server::mail::Filter { unread: quail_server::mail::Tri::No, ..Default::default() }),
         )
         .expect("read");
     assert_eq!(read.total, 5);
@@ -701,10 +479,7 @@ async fn query_filters_sort_page_and_collapse() {
         .mail
         .query(
             a,
-            &q(quail_server::mail::Filter {
-                from: Some("EVEN@example.org".into()),
-                ..Default::default()
-            }),
+            &q(quail_server::mail::Filter { from: Some("EVEN@example.org".into()), ..Default::default() }),
         )
         .expect("from");
     assert_eq!(from.total, 10);
@@ -721,53 +496,23 @@ async fn query_filters_sort_page_and_collapse() {
         )
         .expect("range");
     assert_eq!(ranged.ids, vec![ids[7], ids[6], ids[5]]);
-    let collapsed = s
-        .mail
-        .query(
-            a,
-            &Query {
-                collapse_threads: true,
-                limit: 100,
-                ..Query::default()
-            },
-        )
-        .expect("collapse");
+    let collapsed =
+        s.mail.query(a, &Query { collapse_threads: true, limit: 100, ..Query::default() }).expect("collapse");
     assert_eq!(collapsed.total, 10, "ten threads of two");
     let page = s
         .mail
-        .query(
-            a,
-            &Query {
-                start: Start::Position(5),
-                limit: 3,
-                newest_first: false,
-                ..Query::default()
-            },
-        )
+        .query(a, &Query { start: Start::Position(5), limit: 3, newest_first: false, ..Query::default() })
         .expect("page");
     assert_eq!(page.ids, ids[5..8].to_vec());
     let anchored = s
         .mail
-        .query(
-            a,
-            &Query {
-                start: Start::Anchor(ids[10], -2),
-                limit: 3,
-                ..Query::default()
-            },
-        )
+        .query(a, &Query { start: Start::Anchor(ids[10], -2), limit: 3, ..Query::default() })
         .expect("anchor");
     assert_eq!(anchored.ids, vec![ids[11 + 1], ids[11], ids[10]]);
     assert_eq!(anchored.position, 7);
     let bobs_box = MailboxId(999_999);
     assert!(matches!(
-        s.mail.query(
-            a,
-            &q(quail_server::mail::Filter {
-                mailbox: Some(bobs_box),
-                ..Default::default()
-            })
-        ),
+        s.mail.query(a, &q(quail_server::mail::Filter { mailbox: Some(bobs_box), ..Default::default() })),
         Err(Error::NotFound(_))
     ));
 }
@@ -778,10 +523,7 @@ async fn check_finds_and_repairs_damage() {
     let a = s.account("alice").await;
     for i in 0..5 {
         let raw = with_attachment("alice@example.org", i, &random(4000, b"small"));
-        s.mail
-            .deliver(&[a], &raw, support::now())
-            .await
-            .expect("deliver");
+        s.mail.deliver(&[a], &raw, support::now()).await.expect("deliver");
     }
     assert!(check::check(&s.db, false).expect("check").clean());
     // Damage: a counter, an index entry, a reference count.
@@ -790,11 +532,7 @@ async fn check_finds_and_repairs_damage() {
     let inbox = s.mail.mailbox_by_role(a, Role::Inbox).expect("inbox");
     let (_, t) =
         s.db.write(|txn| {
-            txn.put(
-                Space::Counters,
-                Counter::MailboxUnread.key(a, inbox.0),
-                42i64.to_be_bytes(),
-            );
+            txn.put(Space::Counters, Counter::MailboxUnread.key(a, inbox.0), 42i64.to_be_bytes());
             let k = txn.scan(
                 Space::EmailIndex,
                 &quail_server::store::KeyRange::all(),
@@ -812,11 +550,7 @@ async fn check_finds_and_repairs_damage() {
             )?[0]
                 .0
                 .clone();
-            txn.put(
-                Space::BlobRefs,
-                r,
-                [0u8, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1],
-            );
+            txn.put(Space::BlobRefs, r, [0u8, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1]);
             Ok::<_, Error>(())
         })
         .expect("damage");

@@ -12,10 +12,7 @@ fn main() {
         }
     };
     let filter = std::env::args().nth(1);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("quail-conformance: runtime: {e}");
@@ -23,9 +20,6 @@ fn main() {
         }
     };
     let local = tokio::task::LocalSet::new();
-    let report = local.block_on(
-        &runtime,
-        quail_conformance::run_all(&target, filter.as_deref()),
-    );
+    let report = local.block_on(&runtime, quail_conformance::run_all(&target, filter.as_deref()));
     std::process::exit(if report.failed.is_empty() { 0 } else { 1 });
 }

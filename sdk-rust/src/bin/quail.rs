@@ -31,12 +31,7 @@ struct Cli {
     system_roots: bool,
     /// The server's data dir, when it runs on this machine: the development
     /// certificate's fingerprint and the admin and gateway credentials are read from it.
-    #[arg(
-        long,
-        global = true,
-        env = "QUAIL_DATA_DIR",
-        default_value = "./quail-data"
-    )]
+    #[arg(long, global = true, env = "QUAIL_DATA_DIR", default_value = "./quail-data")]
     data_dir: PathBuf,
     /// Machine-readable output.
     #[arg(long, global = true)]
@@ -67,6 +62,12 @@ enum Command {
         /// Only unread mail.
         #[arg(long)]
         unread: bool,
+        /// Only flagged mail.
+        #[arg(long)]
+        flagged: bool,
+        /// One line per thread.
+        #[arg(long)]
+        threads: bool,
         /// Only this mailbox (name or role, e.g. inbox). Default: all mail.
         #[arg(long)]
         mailbox: Option<String>,
@@ -87,6 +88,44 @@ enum Command {
     },
     /// List mailboxes with their counts.
     Mailboxes,
+    /// Create or delete mailboxes.
+    Mailbox {
+        #[command(subcommand)]
+        command: MailboxCommand,
+    },
+    /// Mark emails read (or unread with --off).
+    Seen {
+        /// Email ids.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        /// Mark unread instead.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Flag emails (or unflag with --off).
+    Flag {
+        /// Email ids.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        /// Unflag instead.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Move emails to one mailbox (out of all others).
+    Mv {
+        /// Email ids.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        /// Target mailbox (name or role).
+        #[arg(long)]
+        to: String,
+    },
+    /// Move emails to Trash; emails already in Trash are deleted for good.
+    Rm {
+        /// Email ids.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
     /// Deliver message files through the gateway credential (a local MTA stand-in).
     Deliver {
         /// Recipient (account name or address); repeatable.
@@ -98,6 +137,23 @@ enum Command {
         /// Message files (RFC 5322), `-` for stdin.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MailboxCommand {
+    /// Create a mailbox.
+    Add {
+        /// Name.
+        name: String,
+        /// Parent mailbox (name or role).
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Delete an empty mailbox.
+    Rm {
+        /// Name.
+        name: String,
     },
 }
 
@@ -149,11 +205,7 @@ struct Profile {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("quail: {e}");
@@ -175,9 +227,9 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let profile = load_profile()?;
     match &cli.command {
-        Command::Admin {
-            command: AdminCommand::User { command },
-        } => admin(&cli, profile.as_ref(), command).await,
+        Command::Admin { command: AdminCommand::User { command } } => {
+            admin(&cli, profile.as_ref(), command).await
+        }
         Command::Login { name, password } => login(&cli, name, password.as_deref()).await,
         Command::Logout => {
             let path = profile_path()?;
@@ -188,22 +240,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Ls {
-            unread,
-            mailbox,
-            limit,
-            position,
-        } => {
+        Command::Ls { unread, flagged, threads, mailbox, limit, position } => {
             let session = session(&cli, profile.as_ref()).await?;
-            ls(
-                &cli,
-                &session,
-                *unread,
-                mailbox.as_deref(),
-                *limit,
-                *position,
-            )
-            .await
+            let mut q = Query::all().limit(*limit).position(*position);
+            if let Some(m) = mailbox {
+                q.mailbox = Some(find_mailbox(&session, m).await?);
+            }
+            if *unread {
+                q = q.unread();
+            }
+            if *flagged {
+                q = q.flagged();
+            }
+            q.collapse_threads = *threads;
+            ls(&cli, &session, &q).await
+        }
+        Command::Mailbox { command } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            match command {
+                MailboxCommand::Add { name, parent } => {
+                    let parent = match parent {
+                        Some(p) => Some(find_mailbox(&session, p).await?),
+                        None => None,
+                    };
+                    let (m, _) = session.create_mailbox(name, parent).await?;
+                    println!("created mailbox {} (id {})", m.name, m.id.0);
+                }
+                MailboxCommand::Rm { name } => {
+                    let id = find_mailbox(&session, name).await?;
+                    session.delete_mailbox(id).await?;
+                    println!("deleted mailbox {name}");
+                }
+            }
+            Ok(())
+        }
+        Command::Seen { ids, off } | Command::Flag { ids, off } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            let keyword = if matches!(cli.command, Command::Seen { .. }) { "$seen" } else { "$flagged" };
+            let ids: Vec<EmailId> = ids.iter().map(|i| EmailId(*i)).collect();
+            let r = if *off {
+                session.set_keywords(&ids, &[], &[keyword], None).await?
+            } else {
+                session.set_keywords(&ids, &[keyword], &[], None).await?
+            };
+            report_update(&r)
+        }
+        Command::Mv { ids, to } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            let target = find_mailbox(&session, to).await?;
+            let (boxes, _) = session.mailboxes().await?;
+            let others: Vec<quail::MailboxId> = boxes.iter().map(|m| m.id).filter(|m| *m != target).collect();
+            let ids: Vec<EmailId> = ids.iter().map(|i| EmailId(*i)).collect();
+            report_update(&session.move_emails(&ids, &[target], &others, None).await?)
+        }
+        Command::Rm { ids } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            let ids: Vec<EmailId> = ids.iter().map(|i| EmailId(*i)).collect();
+            report_update(&session.destroy(&ids, None).await?)
         }
         Command::Show { id, raw } => {
             let session = session(&cli, profile.as_ref()).await?;
@@ -213,9 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let session = session(&cli, profile.as_ref()).await?;
             mailboxes(&cli, &session).await
         }
-        Command::Deliver { to, from, files } => {
-            deliver(&cli, profile.as_ref(), to, from, files).await
-        }
+        Command::Deliver { to, from, files } => deliver(&cli, profile.as_ref(), to, from, files).await,
     }
 }
 
@@ -253,9 +344,7 @@ fn trust(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<(Trust, Option<
 async fn connect(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<Client> {
     let addr = server_addr(cli, profile);
     let (trust, _) = trust(cli, profile)?;
-    Client::connect(&addr, trust)
-        .await
-        .with_context(|| format!("connecting to {addr}"))
+    Client::connect(&addr, trust).await.with_context(|| format!("connecting to {addr}"))
 }
 
 async fn session(cli: &Cli, profile: Option<&Profile>) -> anyhow::Result<Session> {
@@ -276,14 +365,9 @@ fn secret(dir: &Path, file: &str, env: &str) -> anyhow::Result<String> {
         return Ok(s);
     }
     let path = dir.join(file);
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| {
-            anyhow!(
-                "reading {} ({e}); set {env} or --data-dir to the server's data dir",
-                path.display()
-            )
-        })
+    std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| {
+        anyhow!("reading {} ({e}); set {env} or --data-dir to the server's data dir", path.display())
+    })
 }
 
 fn password(given: Option<&str>, prompt: &str) -> anyhow::Result<String> {
@@ -297,9 +381,7 @@ fn password(given: Option<&str>, prompt: &str) -> anyhow::Result<String> {
         return rpassword::prompt_password(prompt).context("reading the password");
     }
     let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("reading the password from stdin")?;
+    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -321,9 +403,10 @@ fn profile_path() -> anyhow::Result<PathBuf> {
 fn load_profile() -> anyhow::Result<Option<Profile>> {
     let path = profile_path()?;
     match std::fs::read_to_string(&path) {
-        Ok(s) => Ok(Some(toml::from_str(&s).with_context(|| {
-            format!("{} is damaged; run `quail login`", path.display())
-        })?)),
+        Ok(s) => Ok(Some(
+            toml::from_str(&s)
+                .with_context(|| format!("{} is damaged; run `quail login`", path.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -342,9 +425,7 @@ fn save_profile(p: &Profile) -> anyhow::Result<PathBuf> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = options.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(toml::to_string(p)?.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
@@ -356,24 +437,11 @@ fn save_profile(p: &Profile) -> anyhow::Result<PathBuf> {
 
 async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> anyhow::Result<()> {
     let client = connect(cli, profile).await?;
-    let admin = client
-        .admin(&secret(
-            &cli.data_dir,
-            "admin.secret",
-            "QUAIL_ADMIN_SECRET",
-        )?)
-        .await?;
+    let admin = client.admin(&secret(&cli.data_dir, "admin.secret", "QUAIL_ADMIN_SECRET")?).await?;
     match command {
-        UserCommand::Add {
-            name,
-            password: pw,
-            quota_bytes,
-            quota_messages,
-        } => {
+        UserCommand::Add { name, password: pw, quota_bytes, quota_messages } => {
             let pw = password(pw.as_deref(), &format!("password for {name}: "))?;
-            let a = admin
-                .create_account(name, &pw, *quota_bytes, *quota_messages)
-                .await?;
+            let a = admin.create_account(name, &pw, *quota_bytes, *quota_messages).await?;
             if cli.json {
                 println!("{}", serde_json::to_string(&a)?);
             } else {
@@ -403,11 +471,7 @@ async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> a
                             a.name.clone(),
                             a.used_messages.to_string(),
                             human_bytes(a.used_bytes),
-                            if a.quota_bytes == 0 {
-                                "-".into()
-                            } else {
-                                human_bytes(a.quota_bytes)
-                            },
+                            if a.quota_bytes == 0 { "-".into() } else { human_bytes(a.quota_bytes) },
                         ]
                     })
                     .collect();
@@ -426,27 +490,14 @@ async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> a
 async fn login(cli: &Cli, name: &str, pw: Option<&str>) -> anyhow::Result<()> {
     let addr = server_addr(cli, None);
     let (trust, pin) = trust(cli, None)?;
-    let client = Client::connect(&addr, trust)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    let client = Client::connect(&addr, trust).await.with_context(|| format!("connecting to {addr}"))?;
     let pw = password(pw, &format!("password for {name}: "))?;
     let session = client.login(name, &pw).await?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into());
-    let (token, _) = session
-        .create_app_token(&format!("quail CLI on {host}"))
-        .await?;
+    let (token, _) = session.create_app_token(&format!("quail CLI on {host}")).await?;
     let (account, _) = session.account().await?;
-    let path = save_profile(&Profile {
-        server: addr.clone(),
-        pin,
-        name: account.name.clone(),
-        token,
-    })?;
-    println!(
-        "logged in to {addr} as {} (token saved in {})",
-        account.name,
-        path.display()
-    );
+    let path = save_profile(&Profile { server: addr.clone(), pin, name: account.name.clone(), token })?;
+    println!("logged in to {addr} as {} (token saved in {})", account.name, path.display());
     Ok(())
 }
 
@@ -457,30 +508,25 @@ async fn find_mailbox(session: &Session, wanted: &str) -> anyhow::Result<quail::
         .iter()
         .find(|m| m.name.to_lowercase() == w)
         .or_else(|| {
-            boxes
-                .iter()
-                .find(|m| format!("{:?}", m.role).to_lowercase() == w && m.role != Role::None)
+            boxes.iter().find(|m| format!("{:?}", m.role).to_lowercase() == w && m.role != Role::None)
         })
         .map(|m| m.id)
         .ok_or_else(|| anyhow!("no mailbox named {wanted:?}; see `quail mailboxes`"))
 }
 
-async fn ls(
-    cli: &Cli,
-    session: &Session,
-    unread: bool,
-    mailbox: Option<&str>,
-    limit: u32,
-    position: u32,
-) -> anyhow::Result<()> {
-    let mut q = Query::all().limit(limit).position(position);
-    if let Some(m) = mailbox {
-        q.mailbox = Some(find_mailbox(session, m).await?);
+fn report_update(r: &quail::UpdateResult) -> anyhow::Result<()> {
+    for (id, e) in &r.not_updated {
+        eprintln!("{}: {e}", id.0);
     }
-    if unread {
-        q = q.unread();
+    println!("{} updated", r.updated.len());
+    if !r.not_updated.is_empty() {
+        bail!("{} not updated", r.not_updated.len());
     }
-    let page = session.query(&q).await?;
+    Ok(())
+}
+
+async fn ls(cli: &Cli, session: &Session, q: &Query) -> anyhow::Result<()> {
+    let page = session.query(q).await?;
     let (emails, _) = session.get(&page.ids, &[]).await?;
     if cli.json {
         println!(
@@ -493,18 +539,17 @@ async fn ls(
         .iter()
         .map(|e| {
             vec![
-                format!("{}{}", if e.is_unread() { "*" } else { " " }, e.id),
+                format!(
+                    "{}{}{}",
+                    if e.is_unread() { "*" } else { " " },
+                    if e.keywords.iter().any(|k| k == "$flagged") { "!" } else { " " },
+                    e.id
+                ),
                 date(e.received_at),
                 clip(
                     &e.from
                         .first()
-                        .map(|a| {
-                            if a.name.is_empty() {
-                                a.email.clone()
-                            } else {
-                                a.name.clone()
-                            }
-                        })
+                        .map(|a| if a.name.is_empty() { a.email.clone() } else { a.name.clone() })
                         .unwrap_or_default(),
                     24,
                 ),
@@ -512,19 +557,17 @@ async fn ls(
             ]
         })
         .collect();
-    table(&[" ID", "RECEIVED", "FROM", "SUBJECT"], &rows);
+    table(&["  ID", "RECEIVED", "FROM", "SUBJECT"], &rows);
     let end = page.position as usize + emails.len();
-    println!(
-        "{}-{} of {}{}",
-        if emails.is_empty() {
-            0
-        } else {
-            page.position + 1
-        },
-        end,
-        page.total,
-        if unread { " unread" } else { "" }
-    );
+    let what = match (q.unread == Some(true), q.flagged == Some(true)) {
+        (true, true) => " unread flagged",
+        (true, false) => " unread",
+        (false, true) => " flagged",
+        (false, false) => "",
+    };
+    let first = if emails.is_empty() { 0 } else { page.position + 1 };
+    let unit = if q.collapse_threads { " threads" } else { "" };
+    println!("{first}-{end} of {}{what}{unit}", page.total);
     Ok(())
 }
 
@@ -539,12 +582,7 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
         println!("{}", serde_json::to_string(&e)?);
         return Ok(());
     }
-    let list = |a: &[quail::Address]| {
-        a.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = |a: &[quail::Address]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     println!("From:     {}", list(&e.from));
     println!("To:       {}", list(&e.to));
     if !e.cc.is_empty() {
@@ -555,22 +593,11 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
         println!("Date:     {}", date(e.sent_at));
     }
     println!("Received: {}", date(e.received_at));
-    println!(
-        "Size:     {}{}",
-        human_bytes(e.size),
-        if e.has_attachment {
-            ", with attachments"
-        } else {
-            ""
-        }
-    );
+    println!("Size:     {}{}", human_bytes(e.size), if e.has_attachment { ", with attachments" } else { "" });
     println!();
     println!("{}", e.preview);
     println!();
-    println!(
-        "(preview; `quail show {} --raw` prints the whole message)",
-        e.id
-    );
+    println!("(preview; `quail show {} --raw` prints the whole message)", e.id);
     Ok(())
 }
 
@@ -603,26 +630,14 @@ async fn deliver(
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
     let client = connect(cli, profile).await?;
-    let gateway = client
-        .gateway(&secret(
-            &cli.data_dir,
-            "gateway.secret",
-            "QUAIL_GATEWAY_SECRET",
-        )?)
-        .await?;
-    let envelope = Envelope {
-        mail_from: from.to_owned(),
-        rcpt_to: to.to_vec(),
-        ..Envelope::default()
-    };
+    let gateway = client.gateway(&secret(&cli.data_dir, "gateway.secret", "QUAIL_GATEWAY_SECRET")?).await?;
+    let envelope = Envelope { mail_from: from.to_owned(), rcpt_to: to.to_vec(), ..Envelope::default() };
     let mut failures = 0;
     let mut report = Vec::new();
     for file in files {
         let bytes = if file.as_os_str() == "-" {
             let mut b = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut b)
-                .context("reading stdin")?;
+            std::io::stdin().read_to_end(&mut b).context("reading stdin")?;
             b
         } else {
             std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
@@ -639,21 +654,16 @@ async fn deliver(
             match &r.outcome {
                 Ok(id) => {
                     if !cli.json {
-                        println!(
-                            "{} -> {}: delivered as {}",
-                            file.display(),
-                            r.recipient,
-                            id.0
-                        );
+                        println!("{} -> {}: delivered as {}", file.display(), r.recipient, id.0);
                     }
-                    report.push(
-                        serde_json::json!({"file": file, "recipient": r.recipient, "id": id.0}),
-                    );
+                    report.push(serde_json::json!({"file": file, "recipient": r.recipient, "id": id.0}));
                 }
                 Err(e) => {
                     failures += 1;
                     eprintln!("{} -> {}: {e}", file.display(), r.recipient);
-                    report.push(serde_json::json!({"file": file, "recipient": r.recipient, "error": e.to_string()}));
+                    report.push(
+                        serde_json::json!({"file": file, "recipient": r.recipient, "error": e.to_string()}),
+                    );
                 }
             }
         }
@@ -696,11 +706,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
 
 fn clip(s: &str, max: usize) -> String {
     let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if s.chars().count() <= max {
-        s
-    } else {
-        format!("{}…", s.chars().take(max - 1).collect::<String>())
-    }
+    if s.chars().count() <= max { s } else { format!("{}…", s.chars().take(max - 1).collect::<String>()) }
 }
 
 fn date(ms: i64) -> String {
@@ -717,9 +723,5 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }

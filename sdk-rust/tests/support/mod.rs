@@ -11,33 +11,23 @@ use quail_server::{Config, Running, Server};
 
 /// Starts a server on 127.0.0.1, port 0, data in `dir`.
 pub async fn start(dir: &Path) -> Running {
-    Server::start(Config::ephemeral(dir))
-        .await
-        .expect("server starts")
+    Server::start(Config::ephemeral(dir)).await.expect("server starts")
 }
 
 /// Connects to `server`, pinning its certificate.
 pub async fn connect(server: &Running) -> Client {
     let pin = server.fingerprint().parse().expect("fingerprint");
-    Client::connect(&server.addr().to_string(), Trust::Pinned(pin))
-        .await
-        .expect("connect")
+    Client::connect(&server.addr().to_string(), Trust::Pinned(pin)).await.expect("connect")
 }
 
 /// The admin capability of `server`.
 pub async fn admin(client: &Client, server: &Running) -> quail::Admin {
-    client
-        .admin(&server.secret(Credential::Admin).expect("admin secret"))
-        .await
-        .expect("admin")
+    client.admin(&server.secret(Credential::Admin).expect("admin secret")).await.expect("admin")
 }
 
 /// The gateway capability of `server`.
 pub async fn gateway(client: &Client, server: &Running) -> quail::Gateway {
-    client
-        .gateway(&server.secret(Credential::Gateway).expect("gateway secret"))
-        .await
-        .expect("gateway")
+    client.gateway(&server.secret(Credential::Gateway).expect("gateway secret")).await.expect("gateway")
 }
 
 /// An envelope to one recipient.
@@ -59,20 +49,12 @@ pub fn messages(n: usize) -> Vec<Vec<u8>> {
     let dir = corpora().join("spamassassin-public-corpus/easy_ham");
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
-            let mut paths: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             paths.sort();
-            paths
-                .into_iter()
-                .take(n)
-                .map(|p| std::fs::read(p).expect("read corpus message"))
-                .collect()
+            paths.into_iter().take(n).map(|p| std::fs::read(p).expect("read corpus message")).collect()
         }
         Err(_) => {
-            eprintln!(
-                "note: {} is absent; using generated messages instead",
-                dir.display()
-            );
+            eprintln!("note: {} is absent; using generated messages instead", dir.display());
             (0..n).map(generated).collect()
         }
     }

@@ -65,11 +65,7 @@ impl Credentials {
             Credential::Gateway => &self.gateway,
         };
         // blake3::Hash compares in constant time.
-        if blake3::hash(secret.trim().as_bytes()) == *want {
-            Ok(())
-        } else {
-            Err(Error::BadCredentials)
-        }
+        if blake3::hash(secret.trim().as_bytes()) == *want { Ok(()) } else { Err(Error::BadCredentials) }
     }
 
     /// Path of a credential's file in `dir`.
@@ -126,16 +122,12 @@ mod tests {
         assert!(c.check(Credential::Gateway, &admin).is_err());
         assert!(c.check(Credential::Admin, "qadm_guess").is_err());
         let again = Credentials::load_or_create(dir.path()).expect("reload");
-        again
-            .check(Credential::Admin, &admin)
-            .expect("same secret after reload");
+        again.check(Credential::Admin, &admin).expect("same secret after reload");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("gateway.secret"))
-                .expect("meta")
-                .permissions()
-                .mode();
+            let mode =
+                std::fs::metadata(dir.path().join("gateway.secret")).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

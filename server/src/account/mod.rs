@@ -102,9 +102,7 @@ impl Counter {
     pub fn key(self, account: AccountId, sub: u64) -> Vec<u8> {
         let k = Key::new().u64(account.0).u8(self as u8);
         match self {
-            Counter::MailboxTotal | Counter::MailboxUnread | Counter::MailboxFlagged => {
-                k.u64(sub).build()
-            }
+            Counter::MailboxTotal | Counter::MailboxUnread | Counter::MailboxFlagged => k.u64(sub).build(),
             _ => k.build(),
         }
     }
@@ -115,9 +113,7 @@ impl Counter {
 pub fn normalize_name(name: &str) -> Result<String> {
     let n = name.trim().to_ascii_lowercase();
     if n.is_empty() || n.len() > MAX_NAME_BYTES {
-        return Err(Error::invalid(format!(
-            "account names are 1 to {MAX_NAME_BYTES} bytes"
-        )));
+        return Err(Error::invalid(format!("account names are 1 to {MAX_NAME_BYTES} bytes")));
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-+@".contains(c);
     if !n.chars().all(ok_char) || !n.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -139,13 +135,7 @@ pub fn check_password(password: &str) -> Result<()> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| {
-        StoreError::Corrupt {
-            space,
-            detail: e.to_string(),
-        }
-        .into()
-    })
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { space, detail: e.to_string() }.into())
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -166,18 +156,12 @@ pub struct Accounts {
 impl Accounts {
     /// Accounts in `db`.
     pub fn new(db: Db) -> Self {
-        Accounts {
-            db,
-            dummy_hash: OnceLock::new(),
-        }
+        Accounts { db, dummy_hash: OnceLock::new() }
     }
 
     /// The account with this id.
     pub fn get(&self, id: AccountId) -> Result<Option<Account>> {
-        self.db
-            .get(Space::Accounts, &account_key(id))?
-            .map(|b| decode(Space::Accounts, &b))
-            .transpose()
+        self.db.get(Space::Accounts, &account_key(id))?.map(|b| decode(Space::Accounts, &b)).transpose()
     }
 
     /// The account with this login name (normalised first).
@@ -187,11 +171,8 @@ impl Accounts {
         };
         match self.db.get(Space::AccountNames, name.as_bytes())? {
             Some(id) => {
-                let id =
-                    crate::store::key::read_u64(&id, 0).ok_or_else(|| StoreError::Corrupt {
-                        space: Space::AccountNames,
-                        detail: "id".into(),
-                    })?;
+                let id = crate::store::key::read_u64(&id, 0)
+                    .ok_or_else(|| StoreError::Corrupt { space: Space::AccountNames, detail: "id".into() })?;
                 self.get(AccountId(id))
             }
             None => Ok(None),
@@ -203,11 +184,7 @@ impl Accounts {
     /// lists it or is empty) the account named by its local part, without
     /// any `+tag`.
     pub fn resolve_recipient(&self, address: &str, domains: &[String]) -> Result<Option<Account>> {
-        let addr = address
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .to_ascii_lowercase();
+        let addr = address.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase();
         if let Some(a) = self.by_name(&addr)? {
             return Ok(Some(a));
         }
@@ -236,20 +213,9 @@ impl Accounts {
             return Err(Error::AlreadyExists(format!("account {name} exists")));
         }
         let id = AccountId(txn.next_id("account")?);
-        let account = Account {
-            id,
-            name,
-            password_hash,
-            created_ms: now_ms,
-            quota_bytes,
-            quota_messages,
-        };
+        let account = Account { id, name, password_hash, created_ms: now_ms, quota_bytes, quota_messages };
         txn.put(Space::Accounts, account_key(id), encode(&account)?);
-        txn.put(
-            Space::AccountNames,
-            account.name.as_bytes().to_vec(),
-            id.0.to_be_bytes(),
-        );
+        txn.put(Space::AccountNames, account.name.as_bytes().to_vec(), id.0.to_be_bytes());
         Ok(account)
     }
 
@@ -261,9 +227,7 @@ impl Accounts {
 
     /// Changes an account record (password, quota) durably; returns it.
     pub async fn modify(&self, name: &str, mut f: impl FnMut(&mut Account)) -> Result<Account> {
-        let account = self
-            .by_name(name)?
-            .ok_or_else(|| Error::not_found(format!("no account {name}")))?;
+        let account = self.by_name(name)?.ok_or_else(|| Error::not_found(format!("no account {name}")))?;
         self.db
             .write_durable(|txn| {
                 let mut current = Self::get_in(txn, account.id)?
@@ -277,9 +241,7 @@ impl Accounts {
 
     /// Reads an account inside a transaction.
     pub fn get_in(txn: &Txn<'_>, id: AccountId) -> Result<Option<Account>> {
-        txn.get(Space::Accounts, &account_key(id))?
-            .map(|b| decode(Space::Accounts, &b))
-            .transpose()
+        txn.get(Space::Accounts, &account_key(id))?.map(|b| decode(Space::Accounts, &b)).transpose()
     }
 
     /// Checks a name and password; CPU-heavy (argon2id), run it off the
@@ -306,16 +268,12 @@ impl Accounts {
         } else {
             KeyRange::all().after(after.as_bytes(), Order::Ascending)
         };
-        let rows = self
-            .db
-            .scan(Space::AccountNames, &range, Order::Ascending, limit + 1)?;
+        let rows = self.db.scan(Space::AccountNames, &range, Order::Ascending, limit + 1)?;
         let more = rows.len() > limit;
         let mut out = Vec::new();
         for (_, id) in rows.into_iter().take(limit) {
-            let id = crate::store::key::read_u64(&id, 0).ok_or_else(|| StoreError::Corrupt {
-                space: Space::AccountNames,
-                detail: "id".into(),
-            })?;
+            let id = crate::store::key::read_u64(&id, 0)
+                .ok_or_else(|| StoreError::Corrupt { space: Space::AccountNames, detail: "id".into() })?;
             if let Some(a) = self.get(AccountId(id))? {
                 out.push(a);
             }
@@ -325,16 +283,9 @@ impl Accounts {
 
     /// What the account uses.
     pub fn usage(&self, id: AccountId) -> Result<Usage> {
-        let bytes = self
-            .db
-            .counter(Space::Counters, &Counter::UsedBytes.key(id, 0))?;
-        let messages = self
-            .db
-            .counter(Space::Counters, &Counter::UsedMessages.key(id, 0))?;
-        Ok(Usage {
-            bytes: bytes.max(0) as u64,
-            messages: messages.max(0) as u64,
-        })
+        let bytes = self.db.counter(Space::Counters, &Counter::UsedBytes.key(id, 0))?;
+        let messages = self.db.counter(Space::Counters, &Counter::UsedMessages.key(id, 0))?;
+        Ok(Usage { bytes: bytes.max(0) as u64, messages: messages.max(0) as u64 })
     }
 
     /// Creates an app token; returns the secret (shown once) and its facts.
@@ -345,9 +296,7 @@ impl Accounts {
         now_ms: i64,
     ) -> Result<(String, AppToken)> {
         if label.len() > MAX_LABEL_BYTES {
-            return Err(Error::LimitExceeded(format!(
-                "token labels are at most {MAX_LABEL_BYTES} bytes"
-            )));
+            return Err(Error::LimitExceeded(format!("token labels are at most {MAX_LABEL_BYTES} bytes")));
         }
         let secret = credentials::new_secret("qtk_");
         let hash = blake3::hash(secret.as_bytes());
@@ -444,15 +393,9 @@ mod tests {
     #[test]
     fn names_are_normalised_and_checked() {
         assert_eq!(normalize_name(" Alice ").expect("ok"), "alice");
-        assert_eq!(
-            normalize_name("bob@example.org").expect("ok"),
-            "bob@example.org"
-        );
+        assert_eq!(normalize_name("bob@example.org").expect("ok"), "bob@example.org");
         for bad in ["", ".alice", "al ice", "al/ice", "é", &"a".repeat(65)] {
-            assert!(
-                matches!(normalize_name(bad), Err(Error::InvalidArgument(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(normalize_name(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
         }
     }
 

@@ -19,9 +19,7 @@ pub fn hash_password(password: &str) -> Result<String> {
 /// Whether `password` matches the PHC `hash`. A malformed hash never matches.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
+        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
         Err(_) => false,
     }
 }

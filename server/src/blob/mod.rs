@@ -120,20 +120,12 @@ pub fn prepare(bytes: &[u8], compress: bool) -> Prepared {
         let mut stored = Vec::with_capacity(z.len() + 1);
         stored.push(FORMAT_ZSTD);
         stored.extend_from_slice(&z);
-        return Prepared {
-            id,
-            stored,
-            size: bytes.len() as u64,
-        };
+        return Prepared { id, stored, size: bytes.len() as u64 };
     }
     let mut stored = Vec::with_capacity(bytes.len() + 1);
     stored.push(FORMAT_PLAIN);
     stored.extend_from_slice(bytes);
-    Prepared {
-        id,
-        stored,
-        size: bytes.len() as u64,
-    }
+    Prepared { id, stored, size: bytes.len() as u64 }
 }
 
 /// Reference count and stored size of a blob.
@@ -169,11 +161,7 @@ fn write_refs(txn: &mut Txn<'_>, id: BlobId, refs: Refs) {
 }
 
 fn corrupt(detail: String) -> Error {
-    StoreError::Corrupt {
-        space: Space::BlobRefs,
-        detail,
-    }
-    .into()
+    StoreError::Corrupt { space: Space::BlobRefs, detail }.into()
 }
 
 /// Key of the server-wide count of stored blob bytes.
@@ -236,10 +224,7 @@ pub fn decode(id: BlobId, mut stored: Vec<u8>) -> Result<Vec<u8>> {
             Ok(stored)
         }
         Some(&FORMAT_ZSTD) => zstd::stream::decode_all(&stored[1..]).map_err(|e| {
-            Error::Store(StoreError::Corrupt {
-                space: Space::Blobs,
-                detail: format!("blob {id}: {e}"),
-            })
+            Error::Store(StoreError::Corrupt { space: Space::Blobs, detail: format!("blob {id}: {e}") })
         }),
         other => Err(Error::Store(StoreError::Corrupt {
             space: Space::Blobs,
@@ -306,16 +291,10 @@ mod tests {
         let p = prepare(text.as_bytes(), true);
         assert_eq!(p.stored[0], FORMAT_ZSTD);
         assert!(p.stored.len() < text.len() / 10);
-        assert_eq!(
-            decode(p.id, p.stored.clone()).expect("decode"),
-            text.as_bytes()
-        );
+        assert_eq!(decode(p.id, p.stored.clone()).expect("decode"), text.as_bytes());
         // Random bytes do not shrink: kept plain.
         let mut noise = vec![0u8; 4096];
-        blake3::Hasher::new()
-            .update(b"noise")
-            .finalize_xof()
-            .fill(&mut noise);
+        blake3::Hasher::new().update(b"noise").finalize_xof().fill(&mut noise);
         let p = prepare(&noise, true);
         assert_eq!(p.stored[0], FORMAT_PLAIN);
         assert!(!compressible("image/jpeg") && !compressible("application/zip"));
@@ -339,10 +318,7 @@ mod tests {
             s.spawn(|| {
                 for _ in 0..200 {
                     db.write(|txn| put(txn, &p)).expect("put");
-                    assert!(
-                        get(&db, p.id).expect("get").is_some(),
-                        "a held blob vanished"
-                    );
+                    assert!(get(&db, p.id).expect("get").is_some(), "a held blob vanished");
                     db.write(|txn| release(txn, p.id)).expect("release");
                 }
             });

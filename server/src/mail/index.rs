@@ -42,38 +42,17 @@ impl Facet {
 
 /// Prefix of one (mailbox, facet) index.
 pub fn prefix(account: AccountId, mailbox: MailboxId, facet: Facet) -> Vec<u8> {
-    Key::new()
-        .u64(account.0)
-        .u64(mailbox.0)
-        .u8(facet as u8)
-        .build()
+    Key::new().u64(account.0).u64(mailbox.0).u8(facet as u8).build()
 }
 
 /// Prefix of one (mailbox, facet) index up to a received time.
 pub fn at_time(account: AccountId, mailbox: MailboxId, facet: Facet, received_ms: i64) -> Vec<u8> {
-    Key::new()
-        .u64(account.0)
-        .u64(mailbox.0)
-        .u8(facet as u8)
-        .u64(received_ms.max(0) as u64)
-        .build()
+    Key::new().u64(account.0).u64(mailbox.0).u8(facet as u8).u64(received_ms.max(0) as u64).build()
 }
 
 /// The index key of one email in one (mailbox, facet).
-pub fn entry_key(
-    account: AccountId,
-    mailbox: MailboxId,
-    facet: Facet,
-    received_ms: i64,
-    id: u64,
-) -> Vec<u8> {
-    Key::new()
-        .u64(account.0)
-        .u64(mailbox.0)
-        .u8(facet as u8)
-        .u64(received_ms.max(0) as u64)
-        .u64(id)
-        .build()
+pub fn entry_key(account: AccountId, mailbox: MailboxId, facet: Facet, received_ms: i64, id: u64) -> Vec<u8> {
+    Key::new().u64(account.0).u64(mailbox.0).u8(facet as u8).u64(received_ms.max(0) as u64).u64(id).build()
 }
 
 /// Offset of the email id in an index key.
@@ -113,10 +92,7 @@ pub fn apply(
     // must be removed with that key.
     if let Some(o) = old {
         for (mb, f) in before.difference(&after) {
-            txn.delete(
-                Space::EmailIndex,
-                entry_key(account, *mb, *f, o.received_ms, o.id.0),
-            );
+            txn.delete(Space::EmailIndex, entry_key(account, *mb, *f, o.received_ms, o.id.0));
             txn.add(Space::Counters, &f.counter().key(account, mb.0), -1)?;
             if *mb != MailboxId::ALL {
                 changes.note(Kind::Mailbox, mb.0, Op::Updated);
@@ -125,11 +101,7 @@ pub fn apply(
     }
     if let Some(n) = new {
         for (mb, f) in after.difference(&before) {
-            txn.put(
-                Space::EmailIndex,
-                entry_key(account, *mb, *f, n.received_ms, n.id.0),
-                Vec::new(),
-            );
+            txn.put(Space::EmailIndex, entry_key(account, *mb, *f, n.received_ms, n.id.0), Vec::new());
             txn.add(Space::Counters, &f.counter().key(account, mb.0), 1)?;
             if *mb != MailboxId::ALL {
                 changes.note(Kind::Mailbox, mb.0, Op::Updated);

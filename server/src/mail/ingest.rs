@@ -12,8 +12,8 @@ use crate::blob::{self, BlobId};
 use crate::error::{Error, Result};
 use crate::mail::parse::{self, Parsed};
 use crate::mail::{
-    EmailId, EmailRecord, MailConfig, MailboxId, Mailstore, RawRef, Role, index, keyword,
-    put_email, raw, role_in, thread,
+    EmailId, EmailRecord, MailConfig, MailboxId, Mailstore, RawRef, Role, index, keyword, put_email, raw,
+    role_in, thread,
 };
 use crate::store::{Space, Txn};
 use crate::sync::{ChangeSet, Kind, Op};
@@ -98,12 +98,8 @@ pub fn insert(
 ) -> Result<EmailId> {
     let acct = Accounts::get_in(txn, account)?
         .ok_or_else(|| Error::not_found(format!("account {} is gone", account.0)))?;
-    let used_bytes = txn
-        .counter(Space::Counters, &Counter::UsedBytes.key(account, 0))?
-        .max(0) as u64;
-    let used_msgs = txn
-        .counter(Space::Counters, &Counter::UsedMessages.key(account, 0))?
-        .max(0) as u64;
+    let used_bytes = txn.counter(Space::Counters, &Counter::UsedBytes.key(account, 0))?.max(0) as u64;
+    let used_msgs = txn.counter(Space::Counters, &Counter::UsedMessages.key(account, 0))?.max(0) as u64;
     if acct.quota_bytes > 0 && used_bytes + p.size > acct.quota_bytes {
         return Err(Error::OverQuota(format!(
             "{} uses {used_bytes} of {} bytes; a {}-byte message does not fit",
@@ -148,11 +144,7 @@ pub fn insert(
         id,
         received_ms: place.received_ms,
         size: p.size,
-        raw: if p.skeleton {
-            RawRef::Skeleton(p.raw.id)
-        } else {
-            RawRef::Plain(p.raw.id)
-        },
+        raw: if p.skeleton { RawRef::Skeleton(p.raw.id) } else { RawRef::Plain(p.raw.id) },
         blobs,
         mailboxes,
         keywords: place.keywords.clone(),
@@ -165,11 +157,7 @@ pub fn insert(
     put_email(txn, account, &record)?;
     index::apply(txn, account, None, Some(&record), changes)?;
     thread::add_member(txn, account, &record);
-    txn.add(
-        Space::Counters,
-        &Counter::UsedBytes.key(account, 0),
-        p.size as i64,
-    )?;
+    txn.add(Space::Counters, &Counter::UsedBytes.key(account, 0), p.size as i64)?;
     txn.add(Space::Counters, &Counter::UsedMessages.key(account, 0), 1)?;
     changes.note(Kind::Email, id.0, Op::Created);
     Ok(id)
@@ -206,11 +194,7 @@ impl Mailstore {
             let mut outcomes = Vec::with_capacity(accounts.len());
             for account in accounts {
                 let inbox = role_in(txn, *account, Role::Inbox)?;
-                let place = Placement {
-                    mailboxes: vec![inbox],
-                    keywords: Vec::new(),
-                    received_ms,
-                };
+                let place = Placement { mailboxes: vec![inbox], keywords: Vec::new(), received_ms };
                 let mut changes = ChangeSet::new();
                 match insert(txn, *account, &prepared, &place, &config, &mut changes) {
                     Ok(id) => {
@@ -231,11 +215,7 @@ impl Mailstore {
 
     /// Imports messages into one account in one transaction (bulk tools);
     /// returns their ids once durable.
-    pub async fn import(
-        &self,
-        account: AccountId,
-        items: &[ImportItem],
-    ) -> Result<Vec<RecipientOutcome>> {
+    pub async fn import(&self, account: AccountId, items: &[ImportItem]) -> Result<Vec<RecipientOutcome>> {
         let (out, ticket) = self.import_unsynced(account, items)?;
         self.db().sync(ticket).await?;
         Ok(out)
@@ -256,14 +236,7 @@ impl Mailstore {
             let mut changes = ChangeSet::new();
             let mut out = Vec::with_capacity(items.len());
             for item in items {
-                match insert(
-                    txn,
-                    account,
-                    &item.prepared,
-                    &item.placement,
-                    &config,
-                    &mut changes,
-                ) {
+                match insert(txn, account, &item.prepared, &item.placement, &config, &mut changes) {
                     Ok(id) => out.push(Ok(id)),
                     Err(e @ Error::OverQuota(_)) => out.push(Err(e)),
                     Err(e) => return Err(e),

@@ -28,27 +28,17 @@ pub const MAX_KEYWORDS_PER_EMAIL: usize = 64;
 pub fn normalize(keyword: &str) -> Result<String> {
     let k = keyword.to_ascii_lowercase();
     if k.is_empty() || k.len() > MAX_KEYWORD_BYTES {
-        return Err(Error::invalid(format!(
-            "keyword {keyword:?}: 1 to {MAX_KEYWORD_BYTES} bytes"
-        )));
+        return Err(Error::invalid(format!("keyword {keyword:?}: 1 to {MAX_KEYWORD_BYTES} bytes")));
     }
-    if let Some(bad) = k
-        .chars()
-        .find(|c| !c.is_ascii_graphic() || "(){]%*\"\\".contains(*c))
-    {
-        return Err(Error::invalid(format!(
-            "keyword {keyword:?}: {bad:?} is not allowed"
-        )));
+    if let Some(bad) = k.chars().find(|c| !c.is_ascii_graphic() || "(){]%*\"\\".contains(*c)) {
+        return Err(Error::invalid(format!("keyword {keyword:?}: {bad:?} is not allowed")));
     }
     Ok(k)
 }
 
 /// Normalises a list of keywords; the first bad one fails the whole list.
 pub fn normalize_all<S: AsRef<str>>(keywords: &[S]) -> Result<Vec<String>> {
-    let mut out: Vec<String> = keywords
-        .iter()
-        .map(|k| normalize(k.as_ref()))
-        .collect::<Result<_>>()?;
+    let mut out: Vec<String> = keywords.iter().map(|k| normalize(k.as_ref())).collect::<Result<_>>()?;
     out.sort();
     out.dedup();
     Ok(out)
@@ -62,21 +52,8 @@ mod tests {
     fn keywords_are_checked_and_normalised() {
         assert_eq!(normalize("$Seen").expect("ok"), "$seen");
         assert_eq!(normalize("Work-Project_7").expect("ok"), "work-project_7");
-        for bad in [
-            "",
-            "two words",
-            "paren(",
-            "star*",
-            "quote\"",
-            "back\\slash",
-            "brace]",
-            "é",
-            "tab\t",
-        ] {
-            assert!(
-                matches!(normalize(bad), Err(Error::InvalidArgument(_))),
-                "{bad:?}"
-            );
+        for bad in ["", "two words", "paren(", "star*", "quote\"", "back\\slash", "brace]", "é", "tab\t"] {
+            assert!(matches!(normalize(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
         }
         assert!(normalize(&"k".repeat(MAX_KEYWORD_BYTES + 1)).is_err());
         assert_eq!(normalize_all(&["b", "A", "a"]).expect("ok"), vec!["a", "b"]);

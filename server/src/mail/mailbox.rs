@@ -18,14 +18,10 @@ pub const MAX_DEPTH: usize = 32;
 fn check_name(name: &str) -> Result<String> {
     let n = name.trim();
     if n.is_empty() || n.len() > MAX_NAME_BYTES {
-        return Err(Error::invalid(format!(
-            "mailbox names are 1 to {MAX_NAME_BYTES} bytes"
-        )));
+        return Err(Error::invalid(format!("mailbox names are 1 to {MAX_NAME_BYTES} bytes")));
     }
     if n.chars().any(char::is_control) || n.contains('/') {
-        return Err(Error::invalid(format!(
-            "mailbox name {name:?}: no control characters or '/'"
-        )));
+        return Err(Error::invalid(format!("mailbox name {name:?}: no control characters or '/'")));
     }
     Ok(n.to_owned())
 }
@@ -51,20 +47,13 @@ fn check_place(
             }
             depth += 1;
             if depth > MAX_DEPTH {
-                return Err(Error::LimitExceeded(format!(
-                    "mailboxes nest at most {MAX_DEPTH} deep"
-                )));
+                return Err(Error::LimitExceeded(format!("mailboxes nest at most {MAX_DEPTH} deep")));
             }
             at = all.iter().find(|m| m.id == id).and_then(|m| m.parent);
         }
     }
-    if all
-        .iter()
-        .any(|m| m.parent == parent && Some(m.id) != moving && m.name.eq_ignore_ascii_case(name))
-    {
-        return Err(Error::AlreadyExists(format!(
-            "a mailbox named {name:?} exists there"
-        )));
+    if all.iter().any(|m| m.parent == parent && Some(m.id) != moving && m.name.eq_ignore_ascii_case(name)) {
+        return Err(Error::AlreadyExists(format!("a mailbox named {name:?} exists there")));
     }
     Ok(())
 }
@@ -89,12 +78,7 @@ impl Mailstore {
                 }
                 check_place(&all, &name, parent, None)?;
                 let id = MailboxId(txn.next_id("mailbox")?);
-                let record = MailboxRecord {
-                    id,
-                    name: name.clone(),
-                    parent,
-                    role: Role::None,
-                };
+                let record = MailboxRecord { id, name: name.clone(), parent, role: Role::None };
                 txn.put(Space::Mailboxes, mailbox_key(account, id), encode(&record)?);
                 let mut changes = ChangeSet::new();
                 changes.note(Kind::Mailbox, id.0, Op::Created);
@@ -156,17 +140,8 @@ impl Mailstore {
                         record.name
                     )));
                 }
-                let prefix =
-                    crate::mail::index::prefix(account, id, crate::mail::index::Facet::All);
-                if !txn
-                    .scan(
-                        Space::EmailIndex,
-                        &KeyRange::prefix(&prefix),
-                        Order::Ascending,
-                        1,
-                    )?
-                    .is_empty()
-                {
+                let prefix = crate::mail::index::prefix(account, id, crate::mail::index::Facet::All);
+                if !txn.scan(Space::EmailIndex, &KeyRange::prefix(&prefix), Order::Ascending, 1)?.is_empty() {
                     return Err(Error::invalid(format!(
                         "{} is not empty; move or destroy its emails first",
                         record.name

@@ -165,9 +165,7 @@ impl EmailRecord {
 
     /// Whether it has keyword `k` (normalised).
     pub fn has_keyword(&self, k: &str) -> bool {
-        self.keywords
-            .binary_search_by(|x| x.as_str().cmp(k))
-            .is_ok()
+        self.keywords.binary_search_by(|x| x.as_str().cmp(k)).is_ok()
     }
 }
 
@@ -184,11 +182,7 @@ pub struct MailConfig {
 
 impl Default for MailConfig {
     fn default() -> Self {
-        MailConfig {
-            keep_changes: 100_000,
-            thread_window_ms: 7 * 24 * 3600 * 1000,
-            max_ids: 1000,
-        }
+        MailConfig { keep_changes: 100_000, thread_window_ms: 7 * 24 * 3600 * 1000, max_ids: 1000 }
     }
 }
 
@@ -200,13 +194,7 @@ pub struct Mailstore {
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| {
-        StoreError::Corrupt {
-            space,
-            detail: e.to_string(),
-        }
-        .into()
-    })
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { space, detail: e.to_string() }.into())
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -226,14 +214,8 @@ pub(crate) fn account_prefix(account: AccountId) -> Vec<u8> {
 }
 
 /// Reads an email inside a transaction.
-pub(crate) fn email_in(
-    txn: &Txn<'_>,
-    account: AccountId,
-    id: EmailId,
-) -> Result<Option<EmailRecord>> {
-    txn.get(Space::Emails, &email_key(account, id))?
-        .map(|b| decode(Space::Emails, &b))
-        .transpose()
+pub(crate) fn email_in(txn: &Txn<'_>, account: AccountId, id: EmailId) -> Result<Option<EmailRecord>> {
+    txn.get(Space::Emails, &email_key(account, id))?.map(|b| decode(Space::Emails, &b)).transpose()
 }
 
 /// Writes an email inside a transaction (the caller keeps indexes in step).
@@ -244,15 +226,10 @@ pub(crate) fn put_email(txn: &mut Txn<'_>, account: AccountId, e: &EmailRecord) 
 
 /// The account's mailboxes inside a transaction.
 pub(crate) fn mailboxes_in(txn: &Txn<'_>, account: AccountId) -> Result<Vec<MailboxRecord>> {
-    txn.scan(
-        Space::Mailboxes,
-        &KeyRange::prefix(&account_prefix(account)),
-        Order::Ascending,
-        usize::MAX,
-    )?
-    .into_iter()
-    .map(|(_, v)| decode(Space::Mailboxes, &v))
-    .collect()
+    txn.scan(Space::Mailboxes, &KeyRange::prefix(&account_prefix(account)), Order::Ascending, usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| decode(Space::Mailboxes, &v))
+        .collect()
 }
 
 /// The mailbox with `role` inside a transaction.
@@ -303,17 +280,8 @@ impl Mailstore {
                 let mut changes = sync::ChangeSet::new();
                 for (role, name) in Role::DEFAULTS {
                     let id = MailboxId(txn.next_id("mailbox")?);
-                    let record = MailboxRecord {
-                        id,
-                        name: name.to_owned(),
-                        parent: None,
-                        role,
-                    };
-                    txn.put(
-                        Space::Mailboxes,
-                        mailbox_key(account.id, id),
-                        encode(&record)?,
-                    );
+                    let record = MailboxRecord { id, name: name.to_owned(), parent: None, role };
+                    txn.put(Space::Mailboxes, mailbox_key(account.id, id), encode(&record)?);
                     changes.note(sync::Kind::Mailbox, id.0, sync::Op::Created);
                 }
                 changes.commit(txn, account.id, keep)?;
@@ -348,11 +316,7 @@ impl Mailstore {
             .map(|mailbox| {
                 let total = self.counter(Counter::MailboxTotal, account, mailbox.id.0)?;
                 let unread = self.counter(Counter::MailboxUnread, account, mailbox.id.0)?;
-                Ok(MailboxView {
-                    mailbox,
-                    total,
-                    unread,
-                })
+                Ok(MailboxView { mailbox, total, unread })
             })
             .collect()
     }
@@ -363,24 +327,16 @@ impl Mailstore {
             .into_iter()
             .find(|m| m.role == role)
             .map(|m| m.id)
-            .ok_or_else(|| {
-                Error::Internal(format!("account {} has no {role:?} mailbox", account.0))
-            })
+            .ok_or_else(|| Error::Internal(format!("account {} has no {role:?} mailbox", account.0)))
     }
 
     pub(crate) fn counter(&self, c: Counter, account: AccountId, sub: u64) -> Result<u64> {
-        Ok(self
-            .db
-            .counter(Space::Counters, &c.key(account, sub))?
-            .max(0) as u64)
+        Ok(self.db.counter(Space::Counters, &c.key(account, sub))?.max(0) as u64)
     }
 
     /// One email of the account, if it exists there.
     pub fn email(&self, account: AccountId, id: EmailId) -> Result<Option<EmailRecord>> {
-        self.db
-            .get(Space::Emails, &email_key(account, id))?
-            .map(|b| decode(Space::Emails, &b))
-            .transpose()
+        self.db.get(Space::Emails, &email_key(account, id))?.map(|b| decode(Space::Emails, &b)).transpose()
     }
 
     /// Every email id of the account, ascending (tools, tests).
@@ -402,9 +358,7 @@ impl Mailstore {
 
     /// The raw bytes of one email of the account, exactly as received.
     pub fn raw(&self, account: AccountId, id: EmailId) -> Result<Vec<u8>> {
-        let email = self
-            .email(account, id)?
-            .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        let email = self.email(account, id)?.ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
         self.raw_of(&email)
     }
 

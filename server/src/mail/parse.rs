@@ -3,8 +3,7 @@
 //! preview; the raw bytes are kept as they are regardless.
 
 use mail_parser::{
-    Address as MpAddress, Encoding, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders,
-    PartType,
+    Address as MpAddress, Encoding, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -132,10 +131,7 @@ pub fn parse(raw: &[u8]) -> Parsed {
             // multipart and message/rfc822 (found by our fuzz seeds). Keep
             // what the header block alone gives; the raw bytes are stored
             // regardless.
-            tracing::warn!(
-                bytes = raw.len(),
-                "MIME parser failed; keeping headers only"
-            );
+            tracing::warn!(bytes = raw.len(), "MIME parser failed; keeping headers only");
             guarded(header_block(raw)).unwrap_or_default()
         }
     }
@@ -179,19 +175,10 @@ fn from_message(m: &Message<'_>) -> Parsed {
         in_reply_to: ids(m.in_reply_to()),
         references: ids(m.references()),
     };
-    let preview = m
-        .body_preview(PREVIEW_CHARS * 2)
-        .map(|p| collapse(&p))
-        .unwrap_or_default();
+    let preview = m.body_preview(PREVIEW_CHARS * 2).map(|p| collapse(&p)).unwrap_or_default();
     let body = structure(m, 0, "", 0);
     let attachments = attachments(m, &body);
-    Parsed {
-        envelope,
-        preview,
-        has_attachment: m.attachment_count() > 0,
-        body,
-        attachments,
-    }
+    Parsed { envelope, preview, has_attachment: m.attachment_count() > 0, body, attachments }
 }
 
 /// Deepest nesting the body structure records (mail can nest arbitrarily;
@@ -199,11 +186,7 @@ fn from_message(m: &Message<'_>) -> Parsed {
 const MAX_DEPTH: usize = 32;
 
 fn child_id(parent: &str, n: usize) -> String {
-    if parent.is_empty() {
-        n.to_string()
-    } else {
-        format!("{parent}.{n}")
-    }
+    if parent.is_empty() { n.to_string() } else { format!("{parent}.{n}") }
 }
 
 /// The structure of part `idx` of `m`, numbered as `id` ("" for the root:
@@ -214,11 +197,7 @@ fn structure(m: &Message<'_>, idx: usize, id: &str, depth: usize) -> BodyPart {
     };
     let mut node = describe(part);
     let is_multipart = matches!(part.body, PartType::Multipart(_));
-    node.part_id = if id.is_empty() && !is_multipart {
-        "1".to_owned()
-    } else {
-        id.to_owned()
-    };
+    node.part_id = if id.is_empty() && !is_multipart { "1".to_owned() } else { id.to_owned() };
     if depth >= MAX_DEPTH {
         return node;
     }
@@ -238,10 +217,7 @@ fn structure(m: &Message<'_>, idx: usize, id: &str, depth: usize) -> BodyPart {
             node.sub_parts = if root.mime_type.starts_with("multipart/") {
                 root.sub_parts
             } else {
-                vec![BodyPart {
-                    part_id: child_id(&node.part_id, 1),
-                    ..root
-                }]
+                vec![BodyPart { part_id: child_id(&node.part_id, 1), ..root }]
             };
         }
         _ => {}
@@ -257,9 +233,7 @@ fn describe(part: &MessagePart<'_>) -> BodyPart {
                 None => ct.ctype().to_owned(),
             }
             .to_ascii_lowercase(),
-            ct.attribute("charset")
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
+            ct.attribute("charset").unwrap_or_default().to_ascii_lowercase(),
         ),
         None => match part.body {
             PartType::Message(_) => ("message/rfc822".to_owned(), String::new()),
@@ -271,16 +245,9 @@ fn describe(part: &MessagePart<'_>) -> BodyPart {
         part_id: String::new(),
         mime_type,
         charset,
-        disposition: part
-            .content_disposition()
-            .map(|d| d.ctype().to_ascii_lowercase())
-            .unwrap_or_default(),
+        disposition: part.content_disposition().map(|d| d.ctype().to_ascii_lowercase()).unwrap_or_default(),
         file_name: part.attachment_name().unwrap_or_default().to_owned(),
-        content_id: part
-            .content_id()
-            .unwrap_or_default()
-            .trim_matches(|c| c == '<' || c == '>')
-            .to_owned(),
+        content_id: part.content_id().unwrap_or_default().trim_matches(|c| c == '<' || c == '>').to_owned(),
         size: part.len() as u64,
         blob: None,
         sub_parts: Vec::new(),
@@ -289,13 +256,7 @@ fn describe(part: &MessagePart<'_>) -> BodyPart {
 
 /// Part ids of the top-level message's parts, by index into `m.parts`.
 fn part_ids(m: &Message<'_>, body: &BodyPart) -> Vec<Option<String>> {
-    fn walk(
-        m: &Message<'_>,
-        idx: usize,
-        node: &BodyPart,
-        ids: &mut Vec<Option<String>>,
-        depth: usize,
-    ) {
+    fn walk(m: &Message<'_>, idx: usize, node: &BodyPart, ids: &mut Vec<Option<String>>, depth: usize) {
         if let Some(slot) = ids.get_mut(idx) {
             *slot = Some(node.part_id.clone());
         }
@@ -339,9 +300,7 @@ fn attachments(m: &Message<'_>, body: &BodyPart) -> Vec<Attachment> {
                 Some(bytes) => (bytes, BodyEncoding::Base64),
                 None => (part.contents().to_vec(), BodyEncoding::Other),
             },
-            Encoding::None
-                if matches!(part.body, PartType::Binary(_) | PartType::InlineBinary(_)) =>
-            {
+            Encoding::None if matches!(part.body, PartType::Binary(_) | PartType::InlineBinary(_)) => {
                 (part.contents().to_vec(), BodyEncoding::Identity)
             }
             _ => (part.contents().to_vec(), BodyEncoding::Other),
@@ -352,13 +311,7 @@ fn attachments(m: &Message<'_>, body: &BodyPart) -> Vec<Attachment> {
             .find(|p| &p.part_id == part_id)
             .map(|p| p.mime_type.clone())
             .unwrap_or_default();
-        out.push(Attachment {
-            part_id: part_id.clone(),
-            mime_type,
-            content,
-            span,
-            encoding,
-        });
+        out.push(Attachment { part_id: part_id.clone(), mime_type, content, span, encoding });
     }
     out
 }
@@ -367,11 +320,7 @@ fn attachments(m: &Message<'_>, body: &BodyPart) -> Vec<Attachment> {
 /// else (a damaged body is then kept in the raw message as it is).
 fn decode_base64(encoded: &[u8]) -> Option<Vec<u8>> {
     use base64::Engine;
-    let clean: Vec<u8> = encoded
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
+    let clean: Vec<u8> = encoded.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD.decode(clean).ok()
 }
 
@@ -429,10 +378,7 @@ mod tests {
         assert_eq!(p.envelope.subject, "café plans");
         assert_eq!(
             p.envelope.from,
-            vec![Addr {
-                name: "Alice A.".into(),
-                email: "alice@example.org".into()
-            }]
+            vec![Addr { name: "Alice A.".into(), email: "alice@example.org".into() }]
         );
         assert_eq!(p.envelope.to.len(), 2);
         assert_eq!(p.envelope.to[1].name, "Carol");
@@ -449,8 +395,7 @@ mod tests {
         // This nesting makes mail-parser 0.11.9 panic ("Invalid part ID").
         let raw = b"Subject: kept\nContent-Type:multipart;boundary=q\n\n--qContent-Type:message/rfc822\n\n7\nContent-Type:message/rfc822\n\n\n--q--";
         assert!(
-            std::panic::catch_unwind(|| MessageParser::default().parse(&raw[..]).map(|_| ()))
-                .is_err(),
+            std::panic::catch_unwind(|| MessageParser::default().parse(&raw[..]).map(|_| ())).is_err(),
             "mail-parser no longer panics here: the fallback can be revisited"
         );
         let p = parse(raw);
@@ -464,10 +409,7 @@ mod tests {
         assert_eq!(p.envelope.subject, "");
         let long = "x".repeat(10_000);
         assert_eq!(
-            parse(format!("Subject: a\r\n\r\n{long}").as_bytes())
-                .preview
-                .chars()
-                .count(),
+            parse(format!("Subject: a\r\n\r\n{long}").as_bytes()).preview.chars().count(),
             PREVIEW_CHARS
         );
     }

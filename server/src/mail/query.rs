@@ -111,15 +111,9 @@ pub struct QueryPage {
 }
 
 fn id_of(k: &[u8]) -> Result<EmailId> {
-    key::read_u64(k, index::ID_OFFSET)
-        .map(EmailId)
-        .ok_or_else(|| {
-            crate::store::StoreError::Corrupt {
-                space: Space::EmailIndex,
-                detail: "index key".into(),
-            }
-            .into()
-        })
+    key::read_u64(k, index::ID_OFFSET).map(EmailId).ok_or_else(|| {
+        crate::store::StoreError::Corrupt { space: Space::EmailIndex, detail: "index key".into() }.into()
+    })
 }
 
 fn has_address(list: &[crate::mail::Addr], want: &str) -> bool {
@@ -133,10 +127,7 @@ impl Mailstore {
         let f = &q.filter;
         let mailbox = f.mailbox.unwrap_or(MailboxId::ALL);
         if mailbox != MailboxId::ALL
-            && self
-                .db()
-                .get(Space::Mailboxes, &mailbox_key(account, mailbox))?
-                .is_none()
+            && self.db().get(Space::Mailboxes, &mailbox_key(account, mailbox))?.is_none()
         {
             return Err(Error::not_found(format!("no mailbox {}", mailbox.0)));
         }
@@ -146,16 +137,8 @@ impl Mailstore {
             _ => Facet::All,
         };
         // What the chosen index does not decide.
-        let unread = if facet == Facet::Unread {
-            Tri::Any
-        } else {
-            f.unread
-        };
-        let flagged = if facet == Facet::Flagged {
-            Tri::Any
-        } else {
-            f.flagged
-        };
+        let unread = if facet == Facet::Unread { Tri::Any } else { f.unread };
+        let flagged = if facet == Facet::Flagged { Tri::Any } else { f.flagged };
         let residual = unread != Tri::Any
             || flagged != Tri::Any
             || f.has_attachment != Tri::Any
@@ -175,11 +158,7 @@ impl Mailstore {
                 None => full.end.clone(),
             },
         };
-        let order = if q.newest_first {
-            Order::Descending
-        } else {
-            Order::Ascending
-        };
+        let order = if q.newest_first { Order::Descending } else { Order::Ascending };
 
         if !residual && !q.collapse_threads {
             let total = if ranged {
@@ -190,37 +169,21 @@ impl Mailstore {
             let start = match q.start {
                 Start::Position(p) => p,
                 Start::Anchor(anchor, offset) => {
-                    let e = self.email(account, anchor)?.ok_or_else(|| {
-                        Error::not_found(format!("anchor {} not found", anchor.0))
-                    })?;
+                    let e = self
+                        .email(account, anchor)?
+                        .ok_or_else(|| Error::not_found(format!("anchor {} not found", anchor.0)))?;
                     let k = index::entry_key(account, mailbox, facet, e.received_ms, anchor.0);
                     if self.db().get(Space::EmailIndex, &k)?.is_none() || !range.contains(&k) {
-                        return Err(Error::not_found(format!(
-                            "anchor {} is not in the results",
-                            anchor.0
-                        )));
+                        return Err(Error::not_found(format!("anchor {} is not in the results", anchor.0)));
                     }
                     let before = self.count(&range.after(&k, reverse(order)), order)?;
                     (before as i64).saturating_add(offset).max(0) as u64
                 }
             };
-            let rows = self.db().scan(
-                Space::EmailIndex,
-                &range,
-                order,
-                (start as usize).saturating_add(q.limit),
-            )?;
-            let ids = rows
-                .iter()
-                .skip(start as usize)
-                .map(|(k, _)| id_of(k))
-                .collect::<Result<Vec<_>>>()?;
-            return Ok(QueryPage {
-                ids,
-                position: start,
-                total,
-                state,
-            });
+            let rows =
+                self.db().scan(Space::EmailIndex, &range, order, (start as usize).saturating_add(q.limit))?;
+            let ids = rows.iter().skip(start as usize).map(|(k, _)| id_of(k)).collect::<Result<Vec<_>>>()?;
+            return Ok(QueryPage { ids, position: start, total, state });
         }
 
         // Walk the index, testing each email.
@@ -240,26 +203,25 @@ impl Mailstore {
                 })
         };
         let mut err = None;
-        self.db()
-            .scan_all(Space::EmailIndex, &range, order, |k, _| {
-                let step = (|| -> Result<()> {
-                    let id = id_of(k)?;
-                    let Some(e) = self.email(account, id)? else {
-                        return Ok(());
-                    };
-                    if admits(&e) && (!q.collapse_threads || threads.insert(e.thread)) {
-                        matches.push(id);
-                    }
-                    Ok(())
-                })();
-                match step {
-                    Ok(()) => Ok::<_, Error>(true),
-                    Err(e) => {
-                        err = Some(e);
-                        Ok(false)
-                    }
+        self.db().scan_all(Space::EmailIndex, &range, order, |k, _| {
+            let step = (|| -> Result<()> {
+                let id = id_of(k)?;
+                let Some(e) = self.email(account, id)? else {
+                    return Ok(());
+                };
+                if admits(&e) && (!q.collapse_threads || threads.insert(e.thread)) {
+                    matches.push(id);
                 }
-            })?;
+                Ok(())
+            })();
+            match step {
+                Ok(()) => Ok::<_, Error>(true),
+                Err(e) => {
+                    err = Some(e);
+                    Ok(false)
+                }
+            }
+        })?;
         if let Some(e) = err {
             return Err(e);
         }
@@ -267,33 +229,24 @@ impl Mailstore {
         let start = match q.start {
             Start::Position(p) => p,
             Start::Anchor(anchor, offset) => {
-                let at = matches.iter().position(|i| *i == anchor).ok_or_else(|| {
-                    Error::not_found(format!("anchor {} is not in the results", anchor.0))
-                })?;
+                let at = matches
+                    .iter()
+                    .position(|i| *i == anchor)
+                    .ok_or_else(|| Error::not_found(format!("anchor {} is not in the results", anchor.0)))?;
                 (at as i64).saturating_add(offset).max(0) as u64
             }
         };
-        let ids = matches
-            .into_iter()
-            .skip(start as usize)
-            .take(q.limit)
-            .collect();
-        Ok(QueryPage {
-            ids,
-            position: start,
-            total,
-            state,
-        })
+        let ids = matches.into_iter().skip(start as usize).take(q.limit).collect();
+        Ok(QueryPage { ids, position: start, total, state })
     }
 
     /// Number of index keys in `range`.
     fn count(&self, range: &KeyRange, order: Order) -> Result<u64> {
         let mut n = 0u64;
-        self.db()
-            .scan_all(Space::EmailIndex, range, order, |_, _| {
-                n += 1;
-                Ok::<_, Error>(true)
-            })?;
+        self.db().scan_all(Space::EmailIndex, range, order, |_, _| {
+            n += 1;
+            Ok::<_, Error>(true)
+        })?;
         Ok(n)
     }
 }

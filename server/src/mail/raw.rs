@@ -86,22 +86,14 @@ fn base64_layout(encoded: &[u8]) -> Option<Reencode> {
         return None;
     }
     let trailing = encoded.ends_with(b"\n");
-    Some(Reencode::Base64 {
-        line: u32::try_from(line).ok()?,
-        crlf,
-        trailing,
-    })
+    Some(Reencode::Base64 { line: u32::try_from(line).ok()?, crlf, trailing })
 }
 
 /// Encodes `content` as `how` says.
 pub fn reencode(content: &[u8], how: Reencode) -> Vec<u8> {
     match how {
         Reencode::Identity => content.to_vec(),
-        Reencode::Base64 {
-            line,
-            crlf,
-            trailing,
-        } => {
+        Reencode::Base64 { line, crlf, trailing } => {
             let b64 = base64::engine::general_purpose::STANDARD.encode(content);
             let eol: &[u8] = if crlf { b"\r\n" } else { b"\n" };
             let line = line.max(1) as usize;
@@ -124,10 +116,7 @@ pub fn reencode(content: &[u8], how: Reencode) -> Vec<u8> {
 pub fn build(raw: &[u8], attachments: &[Attachment], blobs: &[BlobId]) -> Option<Skeleton> {
     let mut refs: Vec<(std::ops::Range<usize>, BlobId, Reencode)> = Vec::new();
     for (a, id) in attachments.iter().zip(blobs) {
-        if a.content.len() < MIN_REFERENCED_BYTES
-            || a.span.end > raw.len()
-            || a.span.start > a.span.end
-        {
+        if a.content.len() < MIN_REFERENCED_BYTES || a.span.end > raw.len() || a.span.start > a.span.end {
             continue;
         }
         let encoded = &raw[a.span.clone()];
@@ -166,10 +155,7 @@ pub fn build(raw: &[u8], attachments: &[Attachment], blobs: &[BlobId]) -> Option
 }
 
 /// The raw message a skeleton stands for; `blob` fetches a blob's content.
-pub fn reconstruct(
-    skeleton: &Skeleton,
-    mut blob: impl FnMut(BlobId) -> Result<Vec<u8>>,
-) -> Result<Vec<u8>> {
+pub fn reconstruct(skeleton: &Skeleton, mut blob: impl FnMut(BlobId) -> Result<Vec<u8>>) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for s in &skeleton.segments {
         match s {
@@ -187,11 +173,8 @@ mod tests {
 
     fn message_with_attachment(content: &[u8], line: usize, eol: &str) -> Vec<u8> {
         let b64 = base64::engine::general_purpose::STANDARD.encode(content);
-        let body: Vec<&str> = b64
-            .as_bytes()
-            .chunks(line)
-            .map(|c| std::str::from_utf8(c).expect("ascii"))
-            .collect();
+        let body: Vec<&str> =
+            b64.as_bytes().chunks(line).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
         format!(
             "Subject: report{eol}MIME-Version: 1.0{eol}Content-Type: multipart/mixed; boundary=\"XX\"{eol}{eol}\
              --XX{eol}Content-Type: text/plain{eol}{eol}See attached.{eol}\
@@ -215,17 +198,8 @@ mod tests {
             let id = BlobId::of(&a.content);
             let skeleton = build(&raw, &parsed.attachments, &[id]).expect("referenced");
             assert_eq!(skeleton.blobs(), vec![id]);
-            let kept: usize = skeleton
-                .segments
-                .iter()
-                .map(|s| {
-                    if let Segment::Bytes(b) = s {
-                        b.len()
-                    } else {
-                        0
-                    }
-                })
-                .sum();
+            let kept: usize =
+                skeleton.segments.iter().map(|s| if let Segment::Bytes(b) = s { b.len() } else { 0 }).sum();
             assert!(kept < 600, "skeleton keeps {kept} bytes");
             let back = reconstruct(&skeleton, |_| Ok(content.clone())).expect("rebuild");
             assert_eq!(back, raw);
@@ -238,20 +212,12 @@ mod tests {
         let mut raw = message_with_attachment(&content, 76, "\r\n");
         // Make one line shorter than the others: not canonical any more.
         let pos = raw.windows(2).position(|w| w == b"\r\n").expect("eol");
-        let body_start = raw
-            .windows(4)
-            .rposition(|w| w == b"\r\n\r\n")
-            .expect("body")
-            + 4;
+        let body_start = raw.windows(4).rposition(|w| w == b"\r\n\r\n").expect("body") + 4;
         let _ = pos;
         raw.insert(body_start + 10, b'\n');
         raw.insert(body_start + 10, b'\r');
         let parsed = parse::parse(&raw);
-        let ids: Vec<BlobId> = parsed
-            .attachments
-            .iter()
-            .map(|a| BlobId::of(&a.content))
-            .collect();
+        let ids: Vec<BlobId> = parsed.attachments.iter().map(|a| BlobId::of(&a.content)).collect();
         assert!(build(&raw, &parsed.attachments, &ids).is_none());
     }
 }

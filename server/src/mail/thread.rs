@@ -29,8 +29,8 @@ pub const MALFORMED_ID_WINDOW_MS: i64 = 3600 * 1000;
 
 /// Reply and forward prefixes in the languages mail clients write them in.
 const PREFIXES: &[&str] = &[
-    "re", "fw", "fwd", "aw", "wg", "sv", "vs", "vb", "antw", "tr", "rif", "ref", "odp", "res",
-    "enc", "fs", "r", "حول", "回复", "回覆", "转发", "轉寄", "件名",
+    "re", "fw", "fwd", "aw", "wg", "sv", "vs", "vb", "antw", "tr", "rif", "ref", "odp", "res", "enc", "fs",
+    "r", "حول", "回复", "回覆", "转发", "轉寄", "件名",
 ];
 
 /// The subject without reply/forward prefixes, lower case, whitespace
@@ -41,12 +41,7 @@ pub fn normalize_subject(subject: &str) -> (String, bool) {
     while let Some(colon) = s.find([':', '：']) {
         let head = s[..colon].trim();
         // "Re[2]", "Re(2)", "RE^2" count as "Re".
-        let word = head
-            .split(['[', '(', '^'])
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_lowercase();
+        let word = head.split(['[', '(', '^']).next().unwrap_or_default().trim().to_lowercase();
         if head.chars().count() > 8 || !PREFIXES.contains(&word.as_str()) {
             break;
         }
@@ -54,20 +49,11 @@ pub fn normalize_subject(subject: &str) -> (String, bool) {
         let skip = s[colon..].chars().next().map_or(1, char::len_utf8);
         s = s[colon + skip..].trim_start();
     }
-    (
-        s.split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase(),
-        is_reply,
-    )
+    (s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase(), is_reply)
 }
 
 fn clean_id(id: &str) -> &str {
-    id.trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .trim()
+    id.trim().trim_start_matches('<').trim_end_matches('>').trim()
 }
 
 /// Whether a message id is well formed enough to be globally unique.
@@ -79,24 +65,10 @@ fn well_formed(id: &str) -> bool {
 fn id_key(account: AccountId, id: &str, sender: &str) -> (Vec<u8>, bool) {
     if well_formed(id) {
         let h = blake3::hash(id.as_bytes());
-        (
-            Key::new()
-                .u64(account.0)
-                .u8(0)
-                .bytes(&h.as_bytes()[..16])
-                .build(),
-            false,
-        )
+        (Key::new().u64(account.0).u8(0).bytes(&h.as_bytes()[..16]).build(), false)
     } else {
         let h = blake3::hash(format!("{id}\0{sender}").as_bytes());
-        (
-            Key::new()
-                .u64(account.0)
-                .u8(1)
-                .bytes(&h.as_bytes()[..16])
-                .build(),
-            true,
-        )
+        (Key::new().u64(account.0).u8(1).bytes(&h.as_bytes()[..16]).build(), true)
     }
 }
 
@@ -112,10 +84,7 @@ fn link_value(thread: ThreadId, at_ms: i64) -> Vec<u8> {
 }
 
 fn read_link(space: Space, v: &[u8]) -> Result<(ThreadId, i64)> {
-    let corrupt = || StoreError::Corrupt {
-        space,
-        detail: "thread link".into(),
-    };
+    let corrupt = || StoreError::Corrupt { space, detail: "thread link".into() };
     let t = key::read_u64(v, 0).ok_or_else(corrupt)?;
     let at = key::read_u64(v, 8).ok_or_else(corrupt)? as i64;
     Ok((ThreadId(t), at))
@@ -123,12 +92,7 @@ fn read_link(space: Space, v: &[u8]) -> Result<(ThreadId, i64)> {
 
 /// The member key of an email in its thread.
 pub fn member_key(account: AccountId, thread: ThreadId, received_ms: i64, id: EmailId) -> Vec<u8> {
-    Key::new()
-        .u64(account.0)
-        .u64(thread.0)
-        .u64(received_ms.max(0) as u64)
-        .u64(id.0)
-        .build()
+    Key::new().u64(account.0).u64(thread.0).u64(received_ms.max(0) as u64).u64(id.0).build()
 }
 
 fn members_prefix(account: AccountId, thread: ThreadId) -> Vec<u8> {
@@ -137,18 +101,11 @@ fn members_prefix(account: AccountId, thread: ThreadId) -> Vec<u8> {
 
 /// The time threading compares: the Date header, else arrival.
 fn when(env: &Envelope, received_ms: i64) -> i64 {
-    if env.sent_ms > 0 {
-        env.sent_ms
-    } else {
-        received_ms
-    }
+    if env.sent_ms > 0 { env.sent_ms } else { received_ms }
 }
 
 fn sender(env: &Envelope) -> String {
-    env.from
-        .first()
-        .map(|a| a.email.to_ascii_lowercase())
-        .unwrap_or_default()
+    env.from.first().map(|a| a.email.to_ascii_lowercase()).unwrap_or_default()
 }
 
 /// Every id an email cites: its own first, then its parents.
@@ -168,12 +125,7 @@ fn cited(env: &Envelope) -> (Option<String>, Vec<String>) {
 
 fn has_members(txn: &Txn<'_>, account: AccountId, thread: ThreadId) -> Result<bool> {
     Ok(!txn
-        .scan(
-            Space::ThreadMembers,
-            &KeyRange::prefix(&members_prefix(account, thread)),
-            Order::Ascending,
-            1,
-        )?
+        .scan(Space::ThreadMembers, &KeyRange::prefix(&members_prefix(account, thread)), Order::Ascending, 1)?
         .is_empty())
 }
 
@@ -188,11 +140,7 @@ fn link(txn: &mut Txn<'_>, account: AccountId, env: &Envelope, received_ms: i64,
     }
     let (subject, _) = normalize_subject(&env.subject);
     if !subject.is_empty() {
-        txn.put(
-            Space::Subjects,
-            subject_key(account, &subject),
-            link_value(thread, at),
-        );
+        txn.put(Space::Subjects, subject_key(account, &subject), link_value(thread, at));
     }
 }
 
@@ -232,11 +180,7 @@ pub fn assign(
     }
     let thread = match found.first() {
         Some(t) => {
-            let op = if has_members(txn, account, *t)? {
-                Op::Updated
-            } else {
-                Op::Created
-            };
+            let op = if has_members(txn, account, *t)? { Op::Updated } else { Op::Created };
             changes.note(Kind::Thread, t.0, op);
             *t
         }
@@ -277,11 +221,7 @@ fn merge(
         };
         e.thread = into;
         put_email(txn, account, &e)?;
-        txn.put(
-            Space::ThreadMembers,
-            member_key(account, into, e.received_ms, id),
-            Vec::new(),
-        );
+        txn.put(Space::ThreadMembers, member_key(account, into, e.received_ms, id), Vec::new());
         link(txn, account, &e.envelope, e.received_ms, into);
         changes.note(Kind::Email, id.0, Op::Updated);
     }
@@ -291,11 +231,7 @@ fn merge(
 
 /// Adds an email to its thread's member list.
 pub fn add_member(txn: &mut Txn<'_>, account: AccountId, e: &EmailRecord) {
-    txn.put(
-        Space::ThreadMembers,
-        member_key(account, e.thread, e.received_ms, e.id),
-        Vec::new(),
-    );
+    txn.put(Space::ThreadMembers, member_key(account, e.thread, e.received_ms, e.id), Vec::new());
 }
 
 /// Removes an expunged email from its thread; the thread goes with its last member.
@@ -305,15 +241,8 @@ pub fn remove_member(
     e: &EmailRecord,
     changes: &mut ChangeSet,
 ) -> Result<()> {
-    txn.delete(
-        Space::ThreadMembers,
-        member_key(account, e.thread, e.received_ms, e.id),
-    );
-    let op = if has_members(txn, account, e.thread)? {
-        Op::Updated
-    } else {
-        Op::Destroyed
-    };
+    txn.delete(Space::ThreadMembers, member_key(account, e.thread, e.received_ms, e.id));
+    let op = if has_members(txn, account, e.thread)? { Op::Updated } else { Op::Destroyed };
     changes.note(Kind::Thread, e.thread.0, op);
     Ok(())
 }
@@ -338,26 +267,11 @@ mod tests {
 
     #[test]
     fn subjects_normalise_across_languages_and_counters() {
-        assert_eq!(
-            normalize_subject("Re: RE: Fwd: Lunch  plans"),
-            ("lunch plans".into(), true)
-        );
-        assert_eq!(
-            normalize_subject("AW: SV: Re[2]: Budget"),
-            ("budget".into(), true)
-        );
-        assert_eq!(
-            normalize_subject("Lunch plans"),
-            ("lunch plans".into(), false)
-        );
-        assert_eq!(
-            normalize_subject("[PATCH 1/2] fix: the bug"),
-            ("[patch 1/2] fix: the bug".into(), false)
-        );
-        assert_eq!(
-            normalize_subject("Meeting: Monday"),
-            ("meeting: monday".into(), false)
-        );
+        assert_eq!(normalize_subject("Re: RE: Fwd: Lunch  plans"), ("lunch plans".into(), true));
+        assert_eq!(normalize_subject("AW: SV: Re[2]: Budget"), ("budget".into(), true));
+        assert_eq!(normalize_subject("Lunch plans"), ("lunch plans".into(), false));
+        assert_eq!(normalize_subject("[PATCH 1/2] fix: the bug"), ("[patch 1/2] fix: the bug".into(), false));
+        assert_eq!(normalize_subject("Meeting: Monday"), ("meeting: monday".into(), false));
         assert_eq!(normalize_subject("回复：你好"), ("你好".into(), true));
         assert_eq!(normalize_subject("  "), (String::new(), false));
     }

@@ -10,8 +10,8 @@ use crate::account::{AccountId, Counter};
 use crate::blob;
 use crate::error::{Error, Result};
 use crate::mail::{
-    EmailId, EmailRecord, MailboxId, Mailstore, Role, email_in, email_key, index, keyword,
-    mailbox_key, put_email, role_in, thread,
+    EmailId, EmailRecord, MailboxId, Mailstore, Role, email_in, email_key, index, keyword, mailbox_key,
+    put_email, role_in, thread,
 };
 use crate::store::{Space, Txn};
 use crate::sync::{self, ChangeSet, Kind, Op, State};
@@ -31,10 +31,7 @@ pub struct UpdateOutcome {
 
 fn distinct(ids: &[EmailId], max: usize) -> Result<Vec<EmailId>> {
     if ids.len() > max {
-        return Err(Error::LimitExceeded(format!(
-            "{} ids in one call; the limit is {max}",
-            ids.len()
-        )));
+        return Err(Error::LimitExceeded(format!("{} ids in one call; the limit is {max}", ids.len())));
     }
     let mut seen = std::collections::HashSet::new();
     Ok(ids.iter().copied().filter(|i| seen.insert(*i)).collect())
@@ -43,10 +40,9 @@ fn distinct(ids: &[EmailId], max: usize) -> Result<Vec<EmailId>> {
 fn check_state(txn: &Txn<'_>, account: AccountId, if_in_state: Option<State>) -> Result<State> {
     let current = sync::state_in(txn, account)?;
     match if_in_state {
-        Some(expected) if expected != current => Err(Error::StateMismatch {
-            expected: expected.0,
-            actual: current.0,
-        }),
+        Some(expected) if expected != current => {
+            Err(Error::StateMismatch { expected: expected.0, actual: current.0 })
+        }
         _ => Ok(current),
     }
 }
@@ -81,11 +77,7 @@ pub(crate) fn expunge(
     for b in &e.blobs {
         blob::release(txn, *b)?;
     }
-    txn.add(
-        Space::Counters,
-        &Counter::UsedBytes.key(account, 0),
-        -(e.size as i64),
-    )?;
+    txn.add(Space::Counters, &Counter::UsedBytes.key(account, 0), -(e.size as i64))?;
     txn.add(Space::Counters, &Counter::UsedMessages.key(account, 0), -1)?;
     changes.note(Kind::Email, e.id.0, Op::Destroyed);
     Ok(())
@@ -100,11 +92,7 @@ impl Mailstore {
         ids: &[EmailId],
         if_in_state: Option<State>,
         mut prepare: impl FnMut(&mut Txn<'_>) -> Result<()>,
-        mut f: impl FnMut(
-            &mut Txn<'_>,
-            &EmailRecord,
-            &mut ChangeSet,
-        ) -> Result<std::result::Result<(), Error>>,
+        mut f: impl FnMut(&mut Txn<'_>, &EmailRecord, &mut ChangeSet) -> Result<std::result::Result<(), Error>>,
     ) -> Result<UpdateOutcome> {
         let ids = distinct(ids, self.config().max_ids)?;
         let keep = self.config().keep_changes;
@@ -113,16 +101,10 @@ impl Mailstore {
                 let old_state = check_state(txn, account, if_in_state)?;
                 prepare(txn)?;
                 let mut changes = ChangeSet::new();
-                let mut out = UpdateOutcome {
-                    old_state,
-                    new_state: old_state,
-                    ..UpdateOutcome::default()
-                };
+                let mut out = UpdateOutcome { old_state, new_state: old_state, ..UpdateOutcome::default() };
                 for id in &ids {
                     match email_in(txn, account, *id)? {
-                        None => out
-                            .not_updated
-                            .push((*id, Error::not_found(format!("no email {}", id.0)))),
+                        None => out.not_updated.push((*id, Error::not_found(format!("no email {}", id.0)))),
                         Some(e) => match f(txn, &e, &mut changes)? {
                             Ok(()) => out.updated.push(*id),
                             Err(why) => out.not_updated.push((*id, why)),
@@ -149,9 +131,7 @@ impl Mailstore {
         let add = keyword::normalize_all(add)?;
         let remove = keyword::normalize_all(remove)?;
         if let Some(k) = add.iter().find(|k| remove.contains(k)) {
-            return Err(Error::invalid(format!(
-                "keyword {k} is both added and removed"
-            )));
+            return Err(Error::invalid(format!("keyword {k} is both added and removed")));
         }
         self.update_each(
             account,
@@ -204,15 +184,11 @@ impl Mailstore {
             |txn, e, changes| {
                 let mut new = e.clone();
                 new.mailboxes.retain(|m| !remove.contains(m));
-                new.mailboxes
-                    .extend(add.iter().filter(|m| !remove.contains(m)));
+                new.mailboxes.extend(add.iter().filter(|m| !remove.contains(m)));
                 new.mailboxes.sort();
                 new.mailboxes.dedup();
                 if new.mailboxes.is_empty() {
-                    return Ok(Err(Error::invalid(format!(
-                        "email {} would be in no mailbox",
-                        e.id.0
-                    ))));
+                    return Ok(Err(Error::invalid(format!("email {} would be in no mailbox", e.id.0))));
                 }
                 replace(txn, account, e, &new, changes)?;
                 Ok(Ok(()))

@@ -54,10 +54,7 @@ pub async fn serve(
             },
         }
     }
-    endpoint.close(
-        VarInt::from_u32(close_code::SHUTDOWN),
-        b"server shutting down",
-    );
+    endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"server shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
@@ -93,12 +90,7 @@ async fn connection(incoming: Incoming, services: Arc<Services>) {
     }
 }
 
-async fn stream(
-    conn: Connection,
-    mut send: SendStream,
-    mut recv: RecvStream,
-    services: Arc<Services>,
-) {
+async fn stream(conn: Connection, mut send: SendStream, mut recv: RecvStream, services: Arc<Services>) {
     let mut tag = [0u8; 1];
     match tokio::time::timeout(TAG_TIMEOUT, recv.read_exact(&mut tag)).await {
         Ok(Ok(())) => {}
@@ -128,8 +120,7 @@ fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
 
 fn reader_options(max_bytes: u64) -> capnp::message::ReaderOptions {
     let mut o = capnp::message::ReaderOptions::new();
-    o.traversal_limit_in_words(Some((max_bytes / 8) as usize))
-        .nesting_limit(NESTING_LIMIT);
+    o.traversal_limit_in_words(Some((max_bytes / 8) as usize)).nesting_limit(NESTING_LIMIT);
     o
 }
 
@@ -181,10 +172,7 @@ async fn bulk_stream(send: SendStream, recv: RecvStream) {
             }
         }
     }
-    if capnp_futures::serialize::write_message(&mut writer, &response)
-        .await
-        .is_ok()
-    {
+    if capnp_futures::serialize::write_message(&mut writer, &response).await.is_ok() {
         use futures::AsyncWriteExt;
         let _ = writer.close().await;
     }

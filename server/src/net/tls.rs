@@ -53,17 +53,11 @@ pub fn load_pem(cert: &Path, key: &Path) -> anyhow::Result<ServerCert> {
         .with_context(|| format!("reading certificate {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificate {}", cert.display()))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| anyhow!("{} holds no certificate", cert.display()))?;
+    let leaf = chain.first().ok_or_else(|| anyhow!("{} holds no certificate", cert.display()))?;
     let fingerprint = fingerprint(leaf);
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading private key {}", key.display()))?;
-    Ok(ServerCert {
-        chain,
-        key,
-        fingerprint,
-    })
+    Ok(ServerCert { chain, key, fingerprint })
 }
 
 /// The development certificate in `dir`, created on first use for
@@ -81,10 +75,8 @@ pub fn load_or_create_dev(dir: &Path) -> anyhow::Result<ServerCert> {
             DEV_KEY
         ),
     }
-    let cert =
-        std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
-    let key =
-        std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let cert = std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+    let key = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
     let fingerprint = fingerprint(&cert);
     Ok(ServerCert {
         chain: vec![CertificateDer::from(cert)],
@@ -95,11 +87,7 @@ pub fn load_or_create_dev(dir: &Path) -> anyhow::Result<ServerCert> {
 
 fn create_dev(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     let certified = rcgen::generate_simple_self_signed(names).context("generating certificate")?;
     let cert = certified.cert.der().to_vec();
     let key = certified.signing_key.serialize_der();
@@ -107,11 +95,7 @@ fn create_dev(dir: &Path) -> anyhow::Result<()> {
     // half-written state is reported rather than silently replaced.
     write_new(&dir.join(DEV_KEY), &key, true)?;
     write_new(&dir.join(DEV_CERT), &cert, false)?;
-    write_new(
-        &dir.join(DEV_FINGERPRINT),
-        format!("{}\n", fingerprint(&cert)).as_bytes(),
-        false,
-    )?;
+    write_new(&dir.join(DEV_FINGERPRINT), format!("{}\n", fingerprint(&cert)).as_bytes(), false)?;
     tracing::info!(dir = %dir.display(), "created a development certificate");
     Ok(())
 }
@@ -127,9 +111,7 @@ fn write_new(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = private;
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = options.open(path).with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())

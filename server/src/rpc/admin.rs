@@ -41,34 +41,17 @@ impl admin::Server for AdminImpl {
         mut results: admin::CreateAccountResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let name =
-            account::normalize_name(text(p.get_name(), "name", MAX_NAME)?).map_err(to_capnp)?;
+        let name = account::normalize_name(text(p.get_name(), "name", MAX_NAME)?).map_err(to_capnp)?;
         let password = text(p.get_password(), "password", account::MAX_PASSWORD_BYTES)?.to_owned();
         account::check_password(&password).map_err(to_capnp)?;
-        if self
-            .services
-            .accounts
-            .by_name(&name)
-            .map_err(to_capnp)?
-            .is_some()
-        {
-            return Err(to_capnp(Error::AlreadyExists(format!(
-                "account {name} exists"
-            ))));
+        if self.services.accounts.by_name(&name).map_err(to_capnp)?.is_some() {
+            return Err(to_capnp(Error::AlreadyExists(format!("account {name} exists"))));
         }
-        let hash = blocking(move || account::hash_password(&password))
-            .await
-            .map_err(to_capnp)?;
+        let hash = blocking(move || account::hash_password(&password)).await.map_err(to_capnp)?;
         let created = self
             .services
             .mail
-            .create_account(
-                &name,
-                hash,
-                p.get_quota_bytes(),
-                p.get_quota_messages(),
-                now_ms(),
-            )
+            .create_account(&name, hash, p.get_quota_bytes(), p.get_quota_messages(), now_ms())
             .await
             .map_err(to_capnp)?;
         tracing::info!(account = created.id.0, name = %created.name, "account created");
@@ -84,9 +67,7 @@ impl admin::Server for AdminImpl {
         let name = text(p.get_name(), "name", MAX_NAME)?.to_owned();
         let password = text(p.get_password(), "password", account::MAX_PASSWORD_BYTES)?.to_owned();
         account::check_password(&password).map_err(to_capnp)?;
-        let hash = blocking(move || account::hash_password(&password))
-            .await
-            .map_err(to_capnp)?;
+        let hash = blocking(move || account::hash_password(&password)).await.map_err(to_capnp)?;
         self.services
             .accounts
             .modify(&name, |a| a.password_hash.clone_from(&hash))
@@ -126,11 +107,7 @@ impl admin::Server for AdminImpl {
             0 => MAX_LIST,
             n => n.min(MAX_LIST),
         };
-        let (accounts, more) = self
-            .services
-            .accounts
-            .list(after, limit as usize)
-            .map_err(to_capnp)?;
+        let (accounts, more) = self.services.accounts.list(after, limit as usize).map_err(to_capnp)?;
         let mut r = results.get();
         r.set_more(more);
         let mut list = r.init_accounts(accounts.len() as u32);
@@ -167,12 +144,7 @@ impl admin::Server for AdminImpl {
             .by_name(name)
             .map_err(to_capnp)?
             .ok_or_else(|| to_capnp(Error::not_found(format!("no account {name}"))))?;
-        let n = self
-            .services
-            .accounts
-            .revoke_tokens(a.id, None)
-            .await
-            .map_err(to_capnp)?;
+        let n = self.services.accounts.revoke_tokens(a.id, None).await.map_err(to_capnp)?;
         results.get().set_revoked(n);
         Ok(())
     }

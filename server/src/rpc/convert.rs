@@ -1,8 +1,7 @@
 //! Domain records → schema builders.
 
 use quail_protocol::quail_capnp::{
-    Property, Role as WireRole, account_info, address, changes, email, limits, mailbox, part,
-    update_result,
+    Property, Role as WireRole, account_info, address, changes, email, limits, mailbox, part, update_result,
 };
 
 use crate::account::{Account, Usage};
@@ -80,13 +79,8 @@ pub struct Props {
 
 impl Props {
     /// Everything this server serves.
-    pub const ALL: Props = Props {
-        envelope: true,
-        keywords: true,
-        mailboxes: true,
-        preview: true,
-        body_structure: false,
-    };
+    pub const ALL: Props =
+        Props { envelope: true, keywords: true, mailboxes: true, preview: true, body_structure: false };
 
     /// Adds one property; `Err` names a property this server does not serve yet.
     pub fn add(&mut self, p: Property) -> Result<(), &'static str> {
@@ -125,14 +119,8 @@ pub fn email(mut b: email::Builder<'_>, e: &EmailRecord, props: Props) -> capnp:
         let env = &e.envelope;
         b.set_subject(env.subject.as_str());
         addresses(b.reborrow().init_from(env.from.len() as u32), &env.from);
-        addresses(
-            b.reborrow().init_sender(env.sender.len() as u32),
-            &env.sender,
-        );
-        addresses(
-            b.reborrow().init_reply_to(env.reply_to.len() as u32),
-            &env.reply_to,
-        );
+        addresses(b.reborrow().init_sender(env.sender.len() as u32), &env.sender);
+        addresses(b.reborrow().init_reply_to(env.reply_to.len() as u32), &env.reply_to);
         addresses(b.reborrow().init_to(env.to.len() as u32), &env.to);
         addresses(b.reborrow().init_cc(env.cc.len() as u32), &env.cc);
         addresses(b.reborrow().init_bcc(env.bcc.len() as u32), &env.bcc);
@@ -174,14 +162,7 @@ pub fn body_part(mut b: part::Builder<'_>, p: &BodyPart) {
 
 /// Fills `Mailbox` from a record without counts (a just-created mailbox).
 pub fn mailbox_record(b: mailbox::Builder<'_>, m: &MailboxRecord) {
-    mailbox(
-        b,
-        &MailboxView {
-            mailbox: m.clone(),
-            total: 0,
-            unread: 0,
-        },
-    );
+    mailbox(b, &MailboxView { mailbox: m.clone(), total: 0, unread: 0 });
 }
 
 /// Fills `UpdateResult`.

@@ -75,10 +75,7 @@ impl gateway::Server for GatewayImpl {
         let outcomes = if targets.is_empty() {
             Vec::new()
         } else {
-            s.mail
-                .deliver(&targets, raw, now_ms())
-                .await
-                .map_err(to_capnp)?
+            s.mail.deliver(&targets, raw, now_ms()).await.map_err(to_capnp)?
         };
         let by_account: HashMap<AccountId, &Result<_, Error>> =
             targets.iter().copied().zip(outcomes.iter()).collect();
@@ -91,10 +88,7 @@ impl gateway::Server for GatewayImpl {
                 Ok(account) => match by_account.get(account) {
                     Some(Ok(id)) => Ok(id.0),
                     Some(Err(e)) => Err((code_of(e), e.to_string())),
-                    None => Err((
-                        code_of(&Error::Internal(String::new())),
-                        "not delivered".into(),
-                    )),
+                    None => Err((code_of(&Error::Internal(String::new())), "not delivered".into())),
                 },
                 Err(e) => Err((code_of(e), e.to_string())),
             };

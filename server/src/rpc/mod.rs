@@ -129,25 +129,14 @@ pub fn bad_param(e: impl std::fmt::Display) -> capnp::Error {
 
 /// Now, in ms since the epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Reads a text parameter, bounded to `max` bytes.
-pub fn text<'a>(
-    t: capnp::Result<capnp::text::Reader<'a>>,
-    what: &str,
-    max: usize,
-) -> capnp::Result<&'a str> {
-    let s = t?
-        .to_str()
-        .map_err(|_| bad_param(format!("{what}: not UTF-8")))?;
+pub fn text<'a>(t: capnp::Result<capnp::text::Reader<'a>>, what: &str, max: usize) -> capnp::Result<&'a str> {
+    let s = t?.to_str().map_err(|_| bad_param(format!("{what}: not UTF-8")))?;
     if s.len() > max {
-        return Err(to_capnp(Error::LimitExceeded(format!(
-            "{what}: longer than {max} bytes"
-        ))));
+        return Err(to_capnp(Error::LimitExceeded(format!("{what}: longer than {max} bytes"))));
     }
     Ok(s)
 }
@@ -156,9 +145,7 @@ pub fn text<'a>(
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::Result<T> + Send + 'static,
 ) -> crate::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
 }
 
 /// Defines server methods that this server does not serve yet: each answers
@@ -186,14 +173,8 @@ mod tests {
     fn internal_details_do_not_leak() {
         let e = to_capnp(Error::Internal("disk /dev/sda1 failed".into()));
         assert!(!e.extra.contains("sda1"));
-        assert_eq!(
-            quail_protocol::error_from_capnp(&e).map(|x| x.0),
-            Some(ErrorCode::Internal)
-        );
+        assert_eq!(quail_protocol::error_from_capnp(&e).map(|x| x.0), Some(ErrorCode::Internal));
         let e = to_capnp(Error::not_found("no email 5"));
-        assert_eq!(
-            quail_protocol::error_from_capnp(&e),
-            Some((ErrorCode::NotFound, "no email 5".into()))
-        );
+        assert_eq!(quail_protocol::error_from_capnp(&e), Some((ErrorCode::NotFound, "no email 5".into())));
     }
 }

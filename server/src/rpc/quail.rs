@@ -48,14 +48,11 @@ impl quail::Server for QuailImpl {
         let name = text(p.get_name(), "name", MAX_SECRET_BYTES)?.to_owned();
         let secret = text(p.get_secret(), "secret", MAX_SECRET_BYTES)?.to_owned();
         let services = Arc::clone(&self.services);
-        let account = blocking(move || services.accounts.authenticate(&name, &secret))
-            .await
-            .map_err(to_capnp)?;
+        let account =
+            blocking(move || services.accounts.authenticate(&name, &secret)).await.map_err(to_capnp)?;
         tracing::debug!(account = account.id.0, "login");
-        let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
-            Arc::clone(&self.services),
-            account.id,
-        ));
+        let session: session::Client =
+            capnp_rpc::new_client(super::session::SessionImpl::new(Arc::clone(&self.services), account.id));
         results.get().set_session(session);
         Ok(())
     }
@@ -66,15 +63,9 @@ impl quail::Server for QuailImpl {
         mut results: quail::LoginTokenResults,
     ) -> Result<(), capnp::Error> {
         let token = text(params.get()?.get_token(), "token", MAX_SECRET_BYTES)?;
-        let account = self
-            .services
-            .accounts
-            .authenticate_token(token)
-            .map_err(to_capnp)?;
-        let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
-            Arc::clone(&self.services),
-            account.id,
-        ));
+        let account = self.services.accounts.authenticate_token(token).map_err(to_capnp)?;
+        let session: session::Client =
+            capnp_rpc::new_client(super::session::SessionImpl::new(Arc::clone(&self.services), account.id));
         results.get().set_session(session);
         Ok(())
     }
@@ -85,10 +76,7 @@ impl quail::Server for QuailImpl {
         mut results: quail::GatewayResults,
     ) -> Result<(), capnp::Error> {
         let secret = text(params.get()?.get_secret(), "secret", MAX_SECRET_BYTES)?;
-        self.services
-            .credentials
-            .check(Credential::Gateway, secret)
-            .map_err(to_capnp)?;
+        self.services.credentials.check(Credential::Gateway, secret).map_err(to_capnp)?;
         let g: gateway::Client =
             capnp_rpc::new_client(super::gateway::GatewayImpl::new(Arc::clone(&self.services)));
         results.get().set_gateway(g);

@@ -26,9 +26,7 @@ impl SessionImpl {
     fn check_ids(&self, n: u32) -> Result<(), capnp::Error> {
         let max = self.services.config.limits.max_ids_per_call;
         if n > max {
-            return Err(to_capnp(Error::LimitExceeded(format!(
-                "{n} ids in one call; the limit is {max}"
-            ))));
+            return Err(to_capnp(Error::LimitExceeded(format!("{n} ids in one call; the limit is {max}"))));
         }
         Ok(())
     }
@@ -50,15 +48,10 @@ fn tri(t: Tristate) -> Tri {
 /// target drives it).
 pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp::Error> {
     let f = q.get_filter()?;
-    let address =
-        |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<Option<String>, capnp::Error> {
-            let s = text(t, "address", 320)?.trim();
-            Ok(if s.is_empty() {
-                None
-            } else {
-                Some(s.to_ascii_lowercase())
-            })
-        };
+    let address = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<Option<String>, capnp::Error> {
+        let s = text(t, "address", 320)?.trim();
+        Ok(if s.is_empty() { None } else { Some(s.to_ascii_lowercase()) })
+    };
     let limit = match q.get_limit() {
         0 => max_limit,
         n => n.min(max_limit),
@@ -83,9 +76,7 @@ pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp
     if let (Some(a), Some(b)) = (filter.after, filter.before)
         && a >= b
     {
-        return Err(to_capnp(Error::invalid(
-            "filter: after must be earlier than before",
-        )));
+        return Err(to_capnp(Error::invalid("filter: after must be earlier than before")));
     }
     Ok(Query {
         filter,
@@ -108,20 +99,11 @@ fn mailbox_ids(l: capnp::primitive_list::Reader<'_, u64>) -> Vec<MailboxId> {
     l.iter().map(MailboxId).collect()
 }
 
-fn texts(
-    l: capnp::text_list::Reader<'_>,
-    what: &str,
-    max: usize,
-) -> Result<Vec<String>, capnp::Error> {
+fn texts(l: capnp::text_list::Reader<'_>, what: &str, max: usize) -> Result<Vec<String>, capnp::Error> {
     if l.len() as usize > max {
-        return Err(to_capnp(Error::LimitExceeded(format!(
-            "{} {what}s; the limit is {max}",
-            l.len()
-        ))));
+        return Err(to_capnp(Error::LimitExceeded(format!("{} {what}s; the limit is {max}", l.len()))));
     }
-    l.iter()
-        .map(|t| Ok(text(t, what, 1024)?.to_owned()))
-        .collect()
+    l.iter().map(|t| Ok(text(t, what, 1024)?.to_owned())).collect()
 }
 
 impl session::Server for SessionImpl {
@@ -168,11 +150,7 @@ impl session::Server for SessionImpl {
     ) -> Result<(), capnp::Error> {
         let q = params.get()?.get_query()?;
         let query = decode_query(q, self.services.config.limits.max_query_limit)?;
-        let page = self
-            .services
-            .mail
-            .query(self.account, &query)
-            .map_err(to_capnp)?;
+        let page = self.services.mail.query(self.account, &query).map_err(to_capnp)?;
         let mut r = results.get().init_result();
         r.set_position(u32::try_from(page.position).unwrap_or(u32::MAX));
         r.set_total(page.total);
@@ -205,12 +183,7 @@ impl session::Server for SessionImpl {
         let mut found = Vec::with_capacity(ids.len() as usize);
         let mut missing = Vec::new();
         for id in ids.iter() {
-            match self
-                .services
-                .mail
-                .email(self.account, EmailId(id))
-                .map_err(to_capnp)?
-            {
+            match self.services.mail.email(self.account, EmailId(id)).map_err(to_capnp)? {
                 Some(e) => found.push(e),
                 None => missing.push(id),
             }
@@ -248,11 +221,7 @@ impl session::Server for SessionImpl {
             ))));
         }
         let max = self.services.config.limits.max_inline_bytes;
-        let want = if length == 0 {
-            total - offset
-        } else {
-            length.min(total - offset)
-        };
+        let want = if length == 0 { total - offset } else { length.min(total - offset) };
         let n = want.min(max);
         let mut b = results.get().init_bytes();
         b.set_total_size(total);
@@ -266,17 +235,9 @@ impl session::Server for SessionImpl {
         params: session::CreateAppTokenParams,
         mut results: session::CreateAppTokenResults,
     ) -> Result<(), capnp::Error> {
-        let label = text(
-            params.get()?.get_label(),
-            "label",
-            crate::account::MAX_LABEL_BYTES,
-        )?;
-        let (secret, token) = self
-            .services
-            .accounts
-            .create_token(self.account, label, now_ms())
-            .await
-            .map_err(to_capnp)?;
+        let label = text(params.get()?.get_label(), "label", crate::account::MAX_LABEL_BYTES)?;
+        let (secret, token) =
+            self.services.accounts.create_token(self.account, label, now_ms()).await.map_err(to_capnp)?;
         let mut r = results.get();
         r.set_token(secret.as_str());
         let mut info = r.init_info();
@@ -291,11 +252,7 @@ impl session::Server for SessionImpl {
         _: session::ListAppTokensParams,
         mut results: session::ListAppTokensResults,
     ) -> Result<(), capnp::Error> {
-        let tokens = self
-            .services
-            .accounts
-            .tokens(self.account)
-            .map_err(to_capnp)?;
+        let tokens = self.services.accounts.tokens(self.account).map_err(to_capnp)?;
         let mut list = results.get().init_tokens(tokens.len() as u32);
         for (i, t) in tokens.iter().enumerate() {
             let mut b = list.reborrow().get(i as u32);
@@ -312,11 +269,7 @@ impl session::Server for SessionImpl {
         _: session::RevokeAppTokenResults,
     ) -> Result<(), capnp::Error> {
         let id = params.get()?.get_id();
-        self.services
-            .accounts
-            .revoke_tokens(self.account, Some(id))
-            .await
-            .map_err(to_capnp)?;
+        self.services.accounts.revoke_tokens(self.account, Some(id)).await.map_err(to_capnp)?;
         Ok(())
     }
 
@@ -326,18 +279,10 @@ impl session::Server for SessionImpl {
         mut results: session::CreateMailboxResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let name = text(
-            p.get_name(),
-            "name",
-            self.services.config.limits.max_name_bytes as usize,
-        )?;
+        let name = text(p.get_name(), "name", self.services.config.limits.max_name_bytes as usize)?;
         let parent = Some(MailboxId(p.get_parent_id())).filter(|m| m.0 != 0);
-        let (m, state) = self
-            .services
-            .mail
-            .create_mailbox(self.account, name, parent)
-            .await
-            .map_err(to_capnp)?;
+        let (m, state) =
+            self.services.mail.create_mailbox(self.account, name, parent).await.map_err(to_capnp)?;
         let mut r = results.get();
         convert::mailbox_record(r.reborrow().init_mailbox(), &m);
         r.set_state(state.0);
@@ -350,11 +295,7 @@ impl session::Server for SessionImpl {
         mut results: session::RenameMailboxResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let name = text(
-            p.get_name(),
-            "name",
-            self.services.config.limits.max_name_bytes as usize,
-        )?;
+        let name = text(p.get_name(), "name", self.services.config.limits.max_name_bytes as usize)?;
         let parent = Some(MailboxId(p.get_parent_id())).filter(|m| m.0 != 0);
         let (m, state) = self
             .services
@@ -384,12 +325,7 @@ impl session::Server for SessionImpl {
         mut results: session::DeleteMailboxResults,
     ) -> Result<(), capnp::Error> {
         let id = MailboxId(params.get()?.get_id());
-        let state = self
-            .services
-            .mail
-            .delete_mailbox(self.account, id)
-            .await
-            .map_err(to_capnp)?;
+        let state = self.services.mail.delete_mailbox(self.account, id).await.map_err(to_capnp)?;
         results.get().set_state(state.0);
         Ok(())
     }
@@ -404,11 +340,7 @@ impl session::Server for SessionImpl {
         let mut found = Vec::new();
         let mut missing = Vec::new();
         for t in ids.iter() {
-            let members = self
-                .services
-                .mail
-                .thread(self.account, ThreadId(t))
-                .map_err(to_capnp)?;
+            let members = self.services.mail.thread(self.account, ThreadId(t)).map_err(to_capnp)?;
             if members.is_empty() {
                 missing.push(t);
             } else {
@@ -451,12 +383,7 @@ impl session::Server for SessionImpl {
         let c = self
             .services
             .mail
-            .changes(
-                self.account,
-                kind,
-                State(p.get_since_state()),
-                want as usize,
-            )
+            .changes(self.account, kind, State(p.get_since_state()), want as usize)
             .map_err(to_capnp)?;
         convert::changes(results.get().init_changes(), &c);
         Ok(())
@@ -470,26 +397,12 @@ impl session::Server for SessionImpl {
         let p = params.get()?;
         let ids = p.get_ids()?;
         self.check_ids(ids.len())?;
-        let add = texts(
-            p.get_add()?,
-            "keyword",
-            crate::mail::keyword::MAX_KEYWORDS_PER_EMAIL,
-        )?;
-        let remove = texts(
-            p.get_remove()?,
-            "keyword",
-            crate::mail::keyword::MAX_KEYWORDS_PER_EMAIL,
-        )?;
+        let add = texts(p.get_add()?, "keyword", crate::mail::keyword::MAX_KEYWORDS_PER_EMAIL)?;
+        let remove = texts(p.get_remove()?, "keyword", crate::mail::keyword::MAX_KEYWORDS_PER_EMAIL)?;
         let r = self
             .services
             .mail
-            .set_keywords(
-                self.account,
-                &ids_of(ids),
-                &add,
-                &remove,
-                state_param(p.get_if_in_state()),
-            )
+            .set_keywords(self.account, &ids_of(ids), &add, &remove, state_param(p.get_if_in_state()))
             .await
             .map_err(to_capnp)?;
         convert::update_result(results.get().init_result(), &r);

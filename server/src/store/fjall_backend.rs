@@ -14,8 +14,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Pers
 
 use super::group_commit::GroupCommit;
 use super::{
-    BoxFuture, KeyRange, Order, Reader, Space, Store, StoreError, StoreMetrics, StoreResult,
-    Ticket, Txn,
+    BoxFuture, KeyRange, Order, Reader, Space, Store, StoreError, StoreMetrics, StoreResult, Ticket, Txn,
 };
 
 /// A store in one directory on local disk.
@@ -29,9 +28,7 @@ pub struct FjallStore {
 
 impl std::fmt::Debug for FjallStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FjallStore")
-            .field("metrics", &self.metrics())
-            .finish()
+        f.debug_struct("FjallStore").field("metrics", &self.metrics()).finish()
     }
 }
 
@@ -61,9 +58,7 @@ impl FjallStore {
         }
         let sync_db = db.clone();
         let group = GroupCommit::start(Box::new(move || {
-            sync_db
-                .persist(PersistMode::SyncAll)
-                .map_err(|e| e.to_string())
+            sync_db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())
         }))?;
         Ok(FjallStore {
             db,
@@ -93,11 +88,7 @@ impl Drop for FjallStore {
 
 impl Reader for FjallStore {
     fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self
-            .ks(space)
-            .get(key)
-            .map_err(backend)?
-            .map(|v| v.to_vec()))
+        Ok(self.ks(space).get(key).map_err(backend)?.map(|v| v.to_vec()))
     }
 
     fn scan(
@@ -107,9 +98,7 @@ impl Reader for FjallStore {
         order: Order,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let iter = self
-            .ks(space)
-            .range::<Vec<u8>, _>((range.start.clone(), range.end.clone()));
+        let iter = self.ks(space).range::<Vec<u8>, _>((range.start.clone(), range.end.clone()));
         let mut out = Vec::new();
         let mut push = |guard: fjall::Guard| -> StoreResult<bool> {
             let (k, v) = guard.into_inner().map_err(backend)?;
@@ -153,8 +142,7 @@ impl Store for FjallStore {
             }
         }
         batch.commit().map_err(backend)?;
-        self.commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.group.applied()
     }
 

@@ -70,10 +70,7 @@ impl GroupCommit {
             .name("quail-group-commit".into())
             .spawn(move || run(&thread_shared, sync))
             .map_err(|e| StoreError::Backend(format!("starting group commit thread: {e}")))?;
-        Ok(GroupCommit {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(GroupCommit { shared, thread: Mutex::new(Some(thread)) })
     }
 
     /// Records that one more batch is in the journal and returns its ticket.
@@ -81,9 +78,7 @@ impl GroupCommit {
     pub(crate) fn applied(&self) -> StoreResult<Ticket> {
         let mut p = lock(&self.shared.pending);
         if let Some(reason) = &p.durable.failed {
-            return Err(StoreError::Backend(format!(
-                "journal sync failed earlier: {reason}"
-            )));
+            return Err(StoreError::Backend(format!("journal sync failed earlier: {reason}")));
         }
         if p.closing {
             return Err(StoreError::Closed);
@@ -111,11 +106,7 @@ impl GroupCommit {
             if p.closing && p.applied <= p.durable.upto {
                 return Err(StoreError::Closed);
             }
-            p = self
-                .shared
-                .done
-                .wait(p)
-                .unwrap_or_else(PoisonError::into_inner);
+            p = self.shared.done.wait(p).unwrap_or_else(PoisonError::into_inner);
         }
         check(&p.durable, ticket)
     }
@@ -164,9 +155,7 @@ fn check(state: &Durable, ticket: Ticket) -> StoreResult<()> {
         Ok(())
     } else {
         let reason = state.failed.clone().unwrap_or_default();
-        Err(StoreError::Backend(format!(
-            "journal sync failed: {reason}"
-        )))
+        Err(StoreError::Backend(format!("journal sync failed: {reason}")))
     }
 }
 

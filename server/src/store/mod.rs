@@ -157,10 +157,7 @@ pub struct KeyRange {
 impl KeyRange {
     /// Every key.
     pub fn all() -> Self {
-        KeyRange {
-            start: Bound::Unbounded,
-            end: Bound::Unbounded,
-        }
+        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
     }
 
     /// Every key that starts with `prefix`.
@@ -169,18 +166,12 @@ impl KeyRange {
             Some(s) => Bound::Excluded(s),
             None => Bound::Unbounded,
         };
-        KeyRange {
-            start: Bound::Included(prefix.to_vec()),
-            end,
-        }
+        KeyRange { start: Bound::Included(prefix.to_vec()), end }
     }
 
     /// Keys in `[start, end)`.
     pub fn between(start: Vec<u8>, end: Vec<u8>) -> Self {
-        KeyRange {
-            start: Bound::Included(start),
-            end: Bound::Excluded(end),
-        }
+        KeyRange { start: Bound::Included(start), end: Bound::Excluded(end) }
     }
 
     /// Whether `k` lies in the range.
@@ -323,19 +314,14 @@ pub struct Txn<'a> {
 
 impl fmt::Debug for Txn<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Txn")
-            .field("writes", &self.writes.len())
-            .finish()
+        f.debug_struct("Txn").field("writes", &self.writes.len()).finish()
     }
 }
 
 impl<'a> Txn<'a> {
     /// A transaction reading through `reader`. Backends create these.
     pub fn new(reader: &'a dyn Reader) -> Self {
-        Txn {
-            reader,
-            writes: BTreeMap::new(),
-        }
+        Txn { reader, writes: BTreeMap::new() }
     }
 
     /// The value under `key`, including this transaction's writes.
@@ -371,9 +357,7 @@ impl<'a> Txn<'a> {
             return self.reader.scan(space, range, order, limit);
         }
         // The overlay can hide at most overlay.len() committed rows.
-        let committed =
-            self.reader
-                .scan(space, range, order, limit.saturating_add(overlay.len()))?;
+        let committed = self.reader.scan(space, range, order, limit.saturating_add(overlay.len()))?;
         let complete = committed.len() < limit.saturating_add(overlay.len());
         let boundary = committed.last().map(|(k, _)| k.clone());
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
@@ -467,15 +451,9 @@ impl<'a> Txn<'a> {
     /// The pending writes, for the backend to apply; refuses keys no
     /// backend can hold.
     pub fn into_writes(self) -> StoreResult<Writes> {
-        if let Some((space, key)) = self
-            .writes
-            .keys()
-            .find(|(_, k)| k.is_empty() || k.len() > MAX_KEY_BYTES)
+        if let Some((space, key)) = self.writes.keys().find(|(_, k)| k.is_empty() || k.len() > MAX_KEY_BYTES)
         {
-            return Err(StoreError::InvalidKey {
-                space: *space,
-                len: key.len(),
-            });
+            return Err(StoreError::InvalidKey { space: *space, len: key.len() });
         }
         Ok(self.writes)
     }
@@ -564,10 +542,7 @@ impl Db {
 
     /// Runs `f` as one atomic transaction; returns its value and the ticket
     /// to wait on. The writes are visible but not yet durable.
-    pub fn write<T, E>(
-        &self,
-        mut f: impl FnMut(&mut Txn<'_>) -> Result<T, E>,
-    ) -> Result<(T, Ticket), E>
+    pub fn write<T, E>(&self, mut f: impl FnMut(&mut Txn<'_>) -> Result<T, E>) -> Result<(T, Ticket), E>
     where
         E: From<StoreError>,
     {
@@ -592,10 +567,7 @@ impl Db {
     }
 
     /// [`Db::write`] and then wait until it is durable.
-    pub async fn write_durable<T, E>(
-        &self,
-        f: impl FnMut(&mut Txn<'_>) -> Result<T, E>,
-    ) -> Result<T, E>
+    pub async fn write_durable<T, E>(&self, f: impl FnMut(&mut Txn<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
@@ -605,10 +577,7 @@ impl Db {
     }
 
     /// [`Db::write`] and then block until it is durable (tools and tests).
-    pub fn write_durable_blocking<T, E>(
-        &self,
-        f: impl FnMut(&mut Txn<'_>) -> Result<T, E>,
-    ) -> Result<T, E>
+    pub fn write_durable_blocking<T, E>(&self, f: impl FnMut(&mut Txn<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {

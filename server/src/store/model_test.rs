@@ -32,26 +32,17 @@ enum W {
 }
 
 fn space() -> impl Strategy<Value = Space> {
-    prop_oneof![
-        Just(Space::Meta),
-        Just(Space::Emails),
-        Just(Space::Counters),
-        Just(Space::Blobs)
-    ]
+    prop_oneof![Just(Space::Meta), Just(Space::Emails), Just(Space::Counters), Just(Space::Blobs)]
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
     // A small alphabet so keys collide and ranges overlap.
-    prop::collection::vec(
-        prop_oneof![Just(0u8), Just(1), Just(0x7f), Just(0xff)],
-        1..4,
-    )
+    prop::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0x7f), Just(0xff)], 1..4)
 }
 
 fn write() -> impl Strategy<Value = W> {
     prop_oneof![
-        (space(), key(), prop::collection::vec(any::<u8>(), 0..40))
-            .prop_map(|(s, k, v)| W::Put(s, k, v)),
+        (space(), key(), prop::collection::vec(any::<u8>(), 0..40)).prop_map(|(s, k, v)| W::Put(s, k, v)),
         (space(), key()).prop_map(|(s, k)| W::Delete(s, k)),
         (key(), -3i64..4).prop_map(|(k, d)| W::Add(Space::Counters, k, d)),
     ]
@@ -157,11 +148,7 @@ fn run(ops: Vec<Op>) {
                         for w in &ws {
                             apply_txn(txn, w)?;
                         }
-                        let order = if rev {
-                            Order::Descending
-                        } else {
-                            Order::Ascending
-                        };
+                        let order = if rev { Order::Descending } else { Order::Ascending };
                         seen = txn.scan(sp, &KeyRange::all(), order, limit)?;
                         Ok(())
                     })
@@ -196,11 +183,7 @@ fn run(ops: Vec<Op>) {
                 {
                     continue; // an inverted range is a caller bug, not a store case
                 }
-                let order = if rev {
-                    Order::Descending
-                } else {
-                    Order::Ascending
-                };
+                let order = if rev { Order::Descending } else { Order::Ascending };
                 let got = s.scan(sp, &range, order, limit).expect("scan");
                 let mut want: Vec<(Vec<u8>, Vec<u8>)> = model
                     .iter()
@@ -223,14 +206,9 @@ fn run(ops: Vec<Op>) {
     drop(store.take());
     let s = FjallStore::open(dir.path()).expect("final reopen");
     for sp in [Space::Meta, Space::Emails, Space::Counters, Space::Blobs] {
-        let got = s
-            .scan(sp, &KeyRange::all(), Order::Ascending, usize::MAX)
-            .expect("scan");
-        let want: Vec<_> = model
-            .iter()
-            .filter(|((ms, _), _)| *ms == sp)
-            .map(|((_, k), v)| (k.clone(), v.clone()))
-            .collect();
+        let got = s.scan(sp, &KeyRange::all(), Order::Ascending, usize::MAX).expect("scan");
+        let want: Vec<_> =
+            model.iter().filter(|((ms, _), _)| *ms == sp).map(|((_, k), v)| (k.clone(), v.clone())).collect();
         assert_eq!(got, want, "keyspace {sp:?} after reopen");
     }
 }
@@ -255,11 +233,7 @@ fn group_commit_shares_fsyncs_across_writers() {
                 for i in 0..20u64 {
                     let ticket = store
                         .commit(&mut |txn| {
-                            txn.put(
-                                Space::Emails,
-                                key::Key::new().u64(t).u64(i).build(),
-                                vec![1],
-                            );
+                            txn.put(Space::Emails, key::Key::new().u64(t).u64(i).build(), vec![1]);
                             Ok(())
                         })
                         .expect("commit");
@@ -273,11 +247,7 @@ fn group_commit_shares_fsyncs_across_writers() {
     // Every commit was acknowledged only after an fsync, and concurrent
     // writers shared them.
     assert!(m.fsyncs - before >= 1);
-    assert!(
-        m.fsyncs - before < 320,
-        "fsyncs {} for 320 commits",
-        m.fsyncs - before
-    );
+    assert!(m.fsyncs - before < 320, "fsyncs {} for 320 commits", m.fsyncs - before);
 }
 
 #[test]
@@ -290,16 +260,7 @@ fn invalid_keys_are_refused_and_nothing_is_applied() {
             txn.put(Space::Meta, bad.clone(), b"v".to_vec());
             Ok(())
         });
-        assert!(
-            matches!(
-                r,
-                Err(StoreError::InvalidKey {
-                    space: Space::Meta,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(StoreError::InvalidKey { space: Space::Meta, .. })), "{r:?}");
         assert_eq!(store.get(Space::Meta, b"good").expect("get"), None);
     }
 }

@@ -21,9 +21,7 @@ use crate::store::key::{self, Key};
 use crate::store::{Db, KeyRange, Order, Space, StoreError, Txn};
 
 /// An account's state: its modification sequence. 0 before any change.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct State(pub u64);
 
 /// Which kind of object changed.
@@ -113,11 +111,7 @@ impl ChangeSet {
                 continue;
             };
             state += 1;
-            txn.put(
-                Space::Changes,
-                log_key(account, k.0, state),
-                log_value(k.1, *op),
-            );
+            txn.put(Space::Changes, log_key(account, k.0, state), log_value(k.1, *op));
         }
         txn.put(Space::Counters, state_key, (state as i64).to_be_bytes());
         compact(txn, account, State(state), keep)?;
@@ -151,10 +145,7 @@ fn compact(txn: &mut Txn<'_>, account: AccountId, state: State, keep: u64) -> Re
     }
     let mut new_floor = horizon;
     for kind in [Kind::Email, Kind::Mailbox, Kind::Thread] {
-        let range = KeyRange::between(
-            log_key(account, kind, 0),
-            log_key(account, kind, horizon + 1),
-        );
+        let range = KeyRange::between(log_key(account, kind, 0), log_key(account, kind, horizon + 1));
         let old = txn.scan_committed(Space::Changes, &range, Order::Ascending, COMPACT_STEP)?;
         if old.len() == COMPACT_STEP {
             // Not done this time: the floor only rises to what is gone.
@@ -189,32 +180,18 @@ pub struct Changes {
 
 /// The account's current state.
 pub fn state(db: &Db, account: AccountId) -> Result<State> {
-    Ok(State(
-        db.counter(Space::Counters, &Counter::State.key(account, 0))?
-            .max(0) as u64,
-    ))
+    Ok(State(db.counter(Space::Counters, &Counter::State.key(account, 0))?.max(0) as u64))
 }
 
 /// The state inside a transaction.
 pub fn state_in(txn: &Txn<'_>, account: AccountId) -> Result<State> {
-    Ok(State(
-        txn.counter(Space::Counters, &Counter::State.key(account, 0))?
-            .max(0) as u64,
-    ))
+    Ok(State(txn.counter(Space::Counters, &Counter::State.key(account, 0))?.max(0) as u64))
 }
 
 /// Changes of `kind` after `since`, at most `max` of them.
-pub fn changes(
-    db: &Db,
-    account: AccountId,
-    kind: Kind,
-    since: State,
-    max: usize,
-) -> Result<Changes> {
+pub fn changes(db: &Db, account: AccountId, kind: Kind, since: State, max: usize) -> Result<Changes> {
     let current = state(db, account)?;
-    let floor = db
-        .counter(Space::Counters, &Counter::LogFloor.key(account, 0))?
-        .max(0) as u64;
+    let floor = db.counter(Space::Counters, &Counter::LogFloor.key(account, 0))?.max(0) as u64;
     if since.0 < floor {
         return Err(Error::CannotCalculateChanges(format!(
             "state {} is older than the change log (it starts at {floor}); resync",
@@ -227,26 +204,16 @@ pub fn changes(
             since.0, current.0
         )));
     }
-    let range = KeyRange::between(
-        log_key(account, kind, since.0 + 1),
-        log_key(account, kind, u64::MAX),
-    );
+    let range = KeyRange::between(log_key(account, kind, since.0 + 1), log_key(account, kind, u64::MAX));
     let rows = db.scan(Space::Changes, &range, Order::Ascending, max + 1)?;
     let has_more = rows.len() > max;
     let mut merged = ChangeSet::new();
     let mut last = since.0;
     for (k, v) in rows.into_iter().take(max) {
-        let corrupt = || StoreError::Corrupt {
-            space: Space::Changes,
-            detail: "log entry".into(),
-        };
+        let corrupt = || StoreError::Corrupt { space: Space::Changes, detail: "log entry".into() };
         let modseq = key::read_u64(&k, 9).ok_or_else(corrupt)?;
         let id = key::read_u64(&v, 0).ok_or_else(corrupt)?;
-        let op = v
-            .get(8)
-            .copied()
-            .and_then(Op::from_u8)
-            .ok_or_else(corrupt)?;
+        let op = v.get(8).copied().and_then(Op::from_u8).ok_or_else(corrupt)?;
         merged.note(kind, id, op);
         last = modseq;
     }
@@ -285,12 +252,7 @@ mod tests {
         let got: Vec<_> = c.order.iter().map(|k| (k.1, c.ops[k])).collect();
         assert_eq!(
             got,
-            vec![
-                (1, Some(Op::Created)),
-                (2, None),
-                (3, Some(Op::Destroyed)),
-                (4, Some(Op::Updated))
-            ]
+            vec![(1, Some(Op::Created)), (2, None), (3, Some(Op::Destroyed)), (4, Some(Op::Updated))]
         );
     }
 }

@@ -43,15 +43,10 @@ struct Fixes {
 
 fn keys_with_prefix(db: &Db, space: Space, prefix: &[u8]) -> Result<BTreeSet<Vec<u8>>> {
     let mut out = BTreeSet::new();
-    db.scan_all(
-        space,
-        &KeyRange::prefix(prefix),
-        Order::Ascending,
-        |k, _| {
-            out.insert(k.to_vec());
-            Ok::<_, Error>(true)
-        },
-    )?;
+    db.scan_all(space, &KeyRange::prefix(prefix), Order::Ascending, |k, _| {
+        out.insert(k.to_vec());
+        Ok::<_, Error>(true)
+    })?;
     Ok(out)
 }
 
@@ -62,17 +57,12 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
     let mut expected_refs: HashMap<BlobId, u64> = HashMap::new();
 
     let mut accounts = Vec::new();
-    db.scan_all(
-        Space::Accounts,
-        &KeyRange::all(),
-        Order::Ascending,
-        |k, _| {
-            if let Some(id) = key::read_u64(k, 0) {
-                accounts.push(AccountId(id));
-            }
-            Ok::<_, Error>(true)
-        },
-    )?;
+    db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
+        if let Some(id) = key::read_u64(k, 0) {
+            accounts.push(AccountId(id));
+        }
+        Ok::<_, Error>(true)
+    })?;
     for account in accounts {
         report.accounts += 1;
         check_account(db, account, &mut report, &mut fixes, &mut expected_refs)?;
@@ -82,15 +72,10 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
     let mut stored_total = 0u64;
     let mut seen = BTreeSet::new();
     let mut rows = Vec::new();
-    db.scan_all(
-        Space::BlobRefs,
-        &KeyRange::all(),
-        Order::Ascending,
-        |k, v| {
-            rows.push((k.to_vec(), v.to_vec()));
-            Ok::<_, Error>(true)
-        },
-    )?;
+    db.scan_all(Space::BlobRefs, &KeyRange::all(), Order::Ascending, |k, v| {
+        rows.push((k.to_vec(), v.to_vec()));
+        Ok::<_, Error>(true)
+    })?;
     for (k, _) in rows {
         let Ok(arr) = <[u8; 32]>::try_from(k.as_slice()) else {
             report.problems.push("malformed blob reference key".into());
@@ -105,14 +90,12 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
         let present = db.get(Space::Blobs, &id.0)?;
         match (&present, want) {
             (None, 0) => {
-                report.problems.push(format!(
-                    "blob {id}: reference record without blob or emails"
-                ));
+                report.problems.push(format!("blob {id}: reference record without blob or emails"));
                 fixes.deletes.push((Space::BlobRefs, id.0.to_vec()));
             }
-            (None, _) => report.problems.push(format!(
-                "blob {id}: missing, {want} emails need it (not repairable)"
-            )),
+            (None, _) => {
+                report.problems.push(format!("blob {id}: missing, {want} emails need it (not repairable)"))
+            }
             (Some(_), 0) => {
                 report.problems.push(format!(
                     "blob {id}: orphan ({} references recorded, no email uses it)",
@@ -124,10 +107,9 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
             (Some(bytes), n) => {
                 stored_total += bytes.len() as u64;
                 if refs.count != n || refs.stored != bytes.len() as u64 {
-                    report.problems.push(format!(
-                        "blob {id}: {} references recorded, {n} emails use it",
-                        refs.count
-                    ));
+                    report
+                        .problems
+                        .push(format!("blob {id}: {} references recorded, {n} emails use it", refs.count));
                     let mut v = n.to_be_bytes().to_vec();
                     v.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
                     fixes.puts.push((Space::BlobRefs, id.0.to_vec(), v));
@@ -141,30 +123,22 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
         }
         match db.get(Space::Blobs, &id.0)? {
             Some(bytes) => {
-                report
-                    .problems
-                    .push(format!("blob {id}: no reference record, {n} emails use it"));
+                report.problems.push(format!("blob {id}: no reference record, {n} emails use it"));
                 stored_total += bytes.len() as u64;
                 let mut v = n.to_be_bytes().to_vec();
                 v.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
                 fixes.puts.push((Space::BlobRefs, id.0.to_vec(), v));
             }
-            None => report.problems.push(format!(
-                "blob {id}: missing, {n} emails need it (not repairable)"
-            )),
+            None => report.problems.push(format!("blob {id}: missing, {n} emails need it (not repairable)")),
         }
     }
     let total_key = Counter::BlobBytes.key(AccountId(0), 0);
     let recorded = db.counter(Space::Counters, &total_key)?.max(0) as u64;
     if recorded != stored_total {
-        report.problems.push(format!(
-            "stored blob bytes: counter says {recorded}, blobs take {stored_total}"
-        ));
-        fixes.puts.push((
-            Space::Counters,
-            total_key,
-            (stored_total as i64).to_be_bytes().to_vec(),
-        ));
+        report
+            .problems
+            .push(format!("stored blob bytes: counter says {recorded}, blobs take {stored_total}"));
+        fixes.puts.push((Space::Counters, total_key, (stored_total as i64).to_be_bytes().to_vec()));
     }
 
     if repair && !report.problems.is_empty() {
@@ -195,24 +169,15 @@ fn check_account(
     let prefix = Key::new().u64(account.0).build();
     let mut emails: Vec<EmailRecord> = Vec::new();
     let mut bad = Vec::new();
-    db.scan_all(
-        Space::Emails,
-        &KeyRange::prefix(&prefix),
-        Order::Ascending,
-        |k, v| {
-            match decode::<EmailRecord>(Space::Emails, v) {
-                Ok(e) => emails.push(e),
-                Err(_) => bad.push(k.to_vec()),
-            }
-            Ok::<_, Error>(true)
-        },
-    )?;
+    db.scan_all(Space::Emails, &KeyRange::prefix(&prefix), Order::Ascending, |k, v| {
+        match decode::<EmailRecord>(Space::Emails, v) {
+            Ok(e) => emails.push(e),
+            Err(_) => bad.push(k.to_vec()),
+        }
+        Ok::<_, Error>(true)
+    })?;
     for k in bad {
-        report.problems.push(format!(
-            "account {}: undecodable email record {}",
-            account.0,
-            hex::encode(&k)
-        ));
+        report.problems.push(format!("account {}: undecodable email record {}", account.0, hex::encode(&k)));
     }
     report.emails += emails.len() as u64;
 
@@ -223,9 +188,7 @@ fn check_account(
     for e in &emails {
         for (mb, facet) in index::entries(e) {
             want_index.insert(index::entry_key(account, mb, facet, e.received_ms, e.id.0));
-            *want_counts
-                .entry(facet.counter().key(account, mb.0))
-                .or_default() += 1;
+            *want_counts.entry(facet.counter().key(account, mb.0)).or_default() += 1;
         }
         want_members.insert(thread::member_key(account, e.thread, e.received_ms, e.id));
         bytes += e.size as i64;
@@ -239,25 +202,9 @@ fn check_account(
     want_counts.insert(Counter::UsedMessages.key(account, 0), messages);
 
     let have_index = keys_with_prefix(db, Space::EmailIndex, &prefix)?;
-    diff_keys(
-        report,
-        fixes,
-        account,
-        Space::EmailIndex,
-        "index entry",
-        &want_index,
-        &have_index,
-    );
+    diff_keys(report, fixes, account, Space::EmailIndex, "index entry", &want_index, &have_index);
     let have_members = keys_with_prefix(db, Space::ThreadMembers, &prefix)?;
-    diff_keys(
-        report,
-        fixes,
-        account,
-        Space::ThreadMembers,
-        "thread member",
-        &want_members,
-        &have_members,
-    );
+    diff_keys(report, fixes, account, Space::ThreadMembers, "thread member", &want_members, &have_members);
 
     // Counters of this account that counts derive from.
     let derived = [
@@ -268,22 +215,13 @@ fn check_account(
         Counter::UsedMessages,
     ];
     let mut have_counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-    db.scan_all(
-        Space::Counters,
-        &KeyRange::prefix(&prefix),
-        Order::Ascending,
-        |k, v| {
-            if k.get(8)
-                .is_some_and(|tag| derived.iter().any(|c| *c as u8 == *tag))
-            {
-                have_counts.insert(
-                    k.to_vec(),
-                    decode_counter(Space::Counters, Some(v.to_vec())).unwrap_or(i64::MIN),
-                );
-            }
-            Ok::<_, Error>(true)
-        },
-    )?;
+    db.scan_all(Space::Counters, &KeyRange::prefix(&prefix), Order::Ascending, |k, v| {
+        if k.get(8).is_some_and(|tag| derived.iter().any(|c| *c as u8 == *tag)) {
+            have_counts
+                .insert(k.to_vec(), decode_counter(Space::Counters, Some(v.to_vec())).unwrap_or(i64::MIN));
+        }
+        Ok::<_, Error>(true)
+    })?;
     for (k, want) in &want_counts {
         let have = have_counts.get(k).copied().unwrap_or(0);
         if have != *want {
@@ -295,9 +233,7 @@ fn check_account(
             if *want == 0 {
                 fixes.deletes.push((Space::Counters, k.clone()));
             } else {
-                fixes
-                    .puts
-                    .push((Space::Counters, k.clone(), want.to_be_bytes().to_vec()));
+                fixes.puts.push((Space::Counters, k.clone(), want.to_be_bytes().to_vec()));
             }
         }
     }
@@ -324,19 +260,11 @@ fn diff_keys(
     have: &BTreeSet<Vec<u8>>,
 ) {
     for k in want.difference(have) {
-        report.problems.push(format!(
-            "account {}: missing {what} {}",
-            account.0,
-            hex::encode(k)
-        ));
+        report.problems.push(format!("account {}: missing {what} {}", account.0, hex::encode(k)));
         fixes.puts.push((space, k.clone(), Vec::new()));
     }
     for k in have.difference(want) {
-        report.problems.push(format!(
-            "account {}: stray {what} {}",
-            account.0,
-            hex::encode(k)
-        ));
+        report.problems.push(format!("account {}: stray {what} {}", account.0, hex::encode(k)));
         fixes.deletes.push((space, k.clone()));
     }
 }

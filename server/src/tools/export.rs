@@ -25,9 +25,7 @@ pub fn export(
     mailbox: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<ExportReport> {
-    let acct = accounts
-        .by_name(account)?
-        .ok_or_else(|| Error::not_found(format!("no account {account}")))?;
+    let acct = accounts.by_name(account)?.ok_or_else(|| Error::not_found(format!("no account {account}")))?;
     let mailbox = match mailbox {
         None => None,
         Some(name) => Some(
@@ -60,22 +58,15 @@ pub fn export(
                 continue;
             };
             let raw = mail.raw_of(&e)?;
-            let sender = e
-                .envelope
-                .from
-                .first()
-                .map(|a| a.email.as_str())
-                .unwrap_or_default();
+            let sender = e.envelope.from.first().map(|a| a.email.as_str()).unwrap_or_default();
             let mut buf = Vec::with_capacity(raw.len() + 128);
             mbox::write_message(&mut buf, sender, e.received_ms, &raw);
-            out.write_all(&buf)
-                .map_err(|e| Error::Internal(format!("writing the export: {e}")))?;
+            out.write_all(&buf).map_err(|e| Error::Internal(format!("writing the export: {e}")))?;
             report.messages += 1;
             report.bytes += raw.len() as u64;
         }
         position += page.ids.len() as u64;
     }
-    out.flush()
-        .map_err(|e| Error::Internal(format!("writing the export: {e}")))?;
+    out.flush().map_err(|e| Error::Internal(format!("writing the export: {e}")))?;
     Ok(report)
 }

@@ -20,16 +20,10 @@ const BATCH: usize = 64;
 
 /// Files that are never mail: notes and data beside a corpus.
 fn skipped(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     name.starts_with('.') && path.is_file()
         || matches!(
-            path.extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase)
-                .as_deref(),
+            path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
             Some("md" | "tsv" | "json" | "toml")
         )
 }
@@ -52,8 +46,7 @@ pub struct Found {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let data = std::fs::read(path)
-        .map_err(|e| Error::invalid(format!("reading {}: {e}", path.display())))?;
+    let data = std::fs::read(path).map_err(|e| Error::invalid(format!("reading {}: {e}", path.display())))?;
     if path.extension().and_then(|e| e.to_str()) == Some("xz") {
         let mut out = Vec::new();
         lzma_rs::xz_decompress(&mut std::io::Cursor::new(&data), &mut out)
@@ -80,13 +73,8 @@ fn walk(path: &Path, folder: &[String], flavor: Flavor, out: &mut Vec<Found>) ->
         let mut entries = list(path)?;
         entries.sort();
         for e in entries {
-            let name = e
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_owned();
-            if maildir && (matches!(name.as_str(), "cur" | "new" | "tmp") || name.starts_with('.'))
-            {
+            let name = e.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if maildir && (matches!(name.as_str(), "cur" | "new" | "tmp") || name.starts_with('.')) {
                 continue; // read as the Maildir above
             }
             if e.is_dir() {
@@ -127,10 +115,7 @@ fn walk(path: &Path, folder: &[String], flavor: Flavor, out: &mut Vec<Found>) ->
 fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::read_dir(dir)
         .map_err(|e| Error::invalid(format!("reading {}: {e}", dir.display())))?
-        .map(|e| {
-            e.map(|e| e.path())
-                .map_err(|e| Error::invalid(format!("reading {}: {e}", dir.display())))
-        })
+        .map(|e| e.map(|e| e.path()).map_err(|e| Error::invalid(format!("reading {}: {e}", dir.display()))))
         .collect()
 }
 
@@ -148,15 +133,8 @@ fn collect_maildir_files(dir: &Path, folder: &[String], out: &mut Vec<Found>) ->
         let mut files = list(&d)?;
         files.sort();
         for f in files.into_iter().filter(|f| f.is_file()) {
-            let name = f
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_owned();
-            let flags = name
-                .rsplit_once(":2,")
-                .map(|(_, fl)| fl.to_owned())
-                .unwrap_or_default();
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let flags = name.rsplit_once(":2,").map(|(_, fl)| fl.to_owned()).unwrap_or_default();
             let mut keywords = Vec::new();
             for (c, k) in [
                 ('S', keyword::SEEN),
@@ -169,11 +147,7 @@ fn collect_maildir_files(dir: &Path, folder: &[String], out: &mut Vec<Found>) ->
                     keywords.push(k.to_owned());
                 }
             }
-            let received_ms = name
-                .split('.')
-                .next()
-                .and_then(|s| s.parse::<i64>().ok())
-                .map(|s| s * 1000);
+            let received_ms = name.split('.').next().and_then(|s| s.parse::<i64>().ok()).map(|s| s * 1000);
             out.push(Found {
                 origin: f.display().to_string(),
                 raw: read_file(&f)?,
@@ -269,55 +243,33 @@ pub async fn import(
     opts: &ImportOptions<'_>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ImportReport> {
-    let ImportOptions {
-        account,
-        path,
-        mailbox,
-        flavor,
-        now_ms,
-    } = *opts;
+    let ImportOptions { account, path, mailbox, flavor, now_ms } = *opts;
     let started = Instant::now();
-    let acct = accounts
-        .by_name(account)?
-        .ok_or_else(|| Error::not_found(format!("no account {account}")))?;
+    let acct = accounts.by_name(account)?.ok_or_else(|| Error::not_found(format!("no account {account}")))?;
     let base = match mailbox {
         None => mail.mailbox_by_role(acct.id, Role::Inbox)?,
-        Some(name) => match mail
-            .mailbox_records(acct.id)?
-            .into_iter()
-            .find(|m| m.name.eq_ignore_ascii_case(name))
-        {
-            Some(m) => m.id,
-            None => mail.create_mailbox(acct.id, name, None).await?.0.id,
-        },
+        Some(name) => {
+            match mail.mailbox_records(acct.id)?.into_iter().find(|m| m.name.eq_ignore_ascii_case(name)) {
+                Some(m) => m.id,
+                None => mail.create_mailbox(acct.id, name, None).await?.0.id,
+            }
+        }
     };
     let trash = mail.mailbox_by_role(acct.id, Role::Trash)?;
     let found = collect(path, flavor)?;
-    let mut report = ImportReport {
-        found: found.len() as u64,
-        ..ImportReport::default()
-    };
+    let mut report = ImportReport { found: found.len() as u64, ..ImportReport::default() };
     for chunk in found.chunks(BATCH) {
         let mut items = Vec::with_capacity(chunk.len());
         let mut origins = Vec::with_capacity(chunk.len());
         for f in chunk {
             let prepared = ingest::prepare(&f.raw)?;
-            let target = if f.trashed {
-                trash
-            } else {
-                folder_mailbox(mail, acct.id, base, &f.folder).await?
-            };
-            let received_ms = f
-                .received_ms
-                .or(Some(prepared.parsed.envelope.sent_ms).filter(|t| *t > 0))
-                .unwrap_or(now_ms);
+            let target =
+                if f.trashed { trash } else { folder_mailbox(mail, acct.id, base, &f.folder).await? };
+            let received_ms =
+                f.received_ms.or(Some(prepared.parsed.envelope.sent_ms).filter(|t| *t > 0)).unwrap_or(now_ms);
             items.push(ImportItem {
                 prepared,
-                placement: Placement {
-                    mailboxes: vec![target],
-                    keywords: f.keywords.clone(),
-                    received_ms,
-                },
+                placement: Placement { mailboxes: vec![target], keywords: f.keywords.clone(), received_ms },
             });
             origins.push((f.origin.clone(), f.raw.len() as u64));
         }
@@ -331,10 +283,7 @@ pub async fn import(
                 Err(e) => report.failed.push((origin, e.to_string())),
             }
         }
-        progress(
-            (report.imported.len() + report.failed.len()) as u64,
-            report.found,
-        );
+        progress((report.imported.len() + report.failed.len()) as u64, report.found);
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -26,10 +26,7 @@ pub fn split(data: &[u8], flavor: Flavor) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut current: Option<(Vec<u8>, Vec<u8>)> = None;
     let mut at = 0;
     while at < data.len() {
-        let end = data[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(data.len(), |i| at + i + 1);
+        let end = data[at..].iter().position(|&b| b == b'\n').map_or(data.len(), |i| at + i + 1);
         let line = &data[at..end];
         if is_from_line(line) {
             if let Some(m) = current.take() {
@@ -67,18 +64,12 @@ fn unescape(line: &[u8], flavor: Flavor) -> std::borrow::Cow<'_, [u8]> {
 
 /// Appends one message to an mboxrd stream.
 pub fn write_message(out: &mut Vec<u8>, sender: &str, received_ms: i64, raw: &[u8]) {
-    let sender = if sender.is_empty() || sender.contains(char::is_whitespace) {
-        "MAILER-DAEMON"
-    } else {
-        sender
-    };
+    let sender =
+        if sender.is_empty() || sender.contains(char::is_whitespace) { "MAILER-DAEMON" } else { sender };
     out.extend_from_slice(format!("From {sender} {}\n", asctime(received_ms)).as_bytes());
     let mut at = 0;
     while at < raw.len() {
-        let end = raw[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(raw.len(), |i| at + i + 1);
+        let end = raw[at..].iter().position(|&b| b == b'\n').map_or(raw.len(), |i| at + i + 1);
         let line = &raw[at..end];
         let quotes = line.iter().take_while(|&&b| b == b'>').count();
         if line[quotes..].starts_with(b"From ") {
@@ -91,9 +82,8 @@ pub fn write_message(out: &mut Vec<u8>, sender: &str, received_ms: i64, raw: &[u
 }
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+const MONTHS: [&str; 12] =
+    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -169,10 +159,7 @@ mod tests {
         assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
         assert_eq!(asctime(1_741_768_200_000), "Wed Mar 12 08:30:00 2025");
         for ms in [0, 951_782_400_000, 1_741_768_200_000, 4_102_444_799_000] {
-            assert_eq!(
-                from_line_time(format!("From a@b {}\n", asctime(ms)).as_bytes()),
-                Some(ms)
-            );
+            assert_eq!(from_line_time(format!("From a@b {}\n", asctime(ms)).as_bytes()), Some(ms));
         }
         assert_eq!(from_line_time(b"From nobody\n"), None);
     }

@@ -22,16 +22,10 @@ use crate::store::{Db, FjallStore};
 pub fn open(config: &Config) -> anyhow::Result<(Db, Mailstore)> {
     let dir = config.store_dir();
     if !dir.is_dir() {
-        anyhow::bail!(
-            "{} holds no store (wrong --data-dir?)",
-            config.data_dir.display()
-        );
+        anyhow::bail!("{} holds no store (wrong --data-dir?)", config.data_dir.display());
     }
     let store = FjallStore::open(&dir).with_context(|| {
-        format!(
-            "opening the store in {} (is quaild running on this data dir? stop it first)",
-            dir.display()
-        )
+        format!("opening the store in {} (is quaild running on this data dir? stop it first)", dir.display())
     })?;
     crate::server::check_format(&store)?;
     let db = Db::new(Arc::new(store));

@@ -24,31 +24,19 @@ pub fn store() -> TestStore {
 
 pub fn store_with(config: MailConfig) -> TestStore {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
-    let db = Db::new(Arc::new(
-        FjallStore::open(&dir.path().join("store")).expect("open"),
-    ));
-    TestStore {
-        mail: Mailstore::new(db.clone(), config),
-        accounts: Accounts::new(db.clone()),
-        db,
-        dir,
-    }
+    let db = Db::new(Arc::new(FjallStore::open(&dir.path().join("store")).expect("open")));
+    TestStore { mail: Mailstore::new(db.clone(), config), accounts: Accounts::new(db.clone()), db, dir }
 }
 
 /// One argon2 hash shared by test accounts (hashing is slow on purpose).
 pub fn hash() -> String {
     static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| account::hash_password("test-password").expect("hash"))
-        .clone()
+    HASH.get_or_init(|| account::hash_password("test-password").expect("hash")).clone()
 }
 
 impl TestStore {
     pub async fn account(&self, name: &str) -> AccountId {
-        self.mail
-            .create_account(name, hash(), 0, 0, 0)
-            .await
-            .expect("create account")
-            .id
+        self.mail.create_account(name, hash(), 0, 0, 0).await.expect("create account").id
     }
 }
 

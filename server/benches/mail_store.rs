@@ -1,0 +1,345 @@
+//! Mail store benchmarks (a bench binary: it prints figures, it asserts nothing).
+//!
+//! `cargo bench -p quail-server --bench mail_store [-- ingest|storage|inbox|changes]`
+//! `QUAIL_BENCH_SCALE=0.1` for a quick run. Baselines are measured in the
+//! same run: a bare store commit + fsync for ingest, the raw bytes of the
+//! archive for storage, the 1k-mail account for the 100k-mail one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quail_server::account::{self, AccountId};
+use quail_server::blob;
+use quail_server::mail::ingest::{self, ImportItem, Placement};
+use quail_server::mail::{EmailId, MailConfig, Mailstore, Query, Role};
+use quail_server::store::{Db, FjallStore, Space};
+use quail_server::sync::Kind;
+use quail_server::tools::{import, mbox};
+
+fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("QUAIL_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(10)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
+}
+
+fn corpora() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora")
+}
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    db: Db,
+    mail: Mailstore,
+}
+
+fn open() -> Bench {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let db = Db::new(Arc::new(FjallStore::open(&dir.path().join("store")).expect("open")));
+    let mail = Mailstore::new(db.clone(), MailConfig::default());
+    Bench { _dir: dir, db, mail }
+}
+
+async fn account(b: &Bench, name: &str, hash: &str) -> AccountId {
+    b.mail.create_account(name, hash.to_owned(), 0, 0, 0).await.expect("account").id
+}
+
+/// Real messages when the corpora are here, generated ones otherwise.
+fn sample_messages(n: usize) -> Vec<Vec<u8>> {
+    let dir = corpora().join("spamassassin-public-corpus/easy_ham");
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    files.sort();
+    if files.is_empty() {
+        eprintln!("note: {} absent; using generated 10 KB messages", dir.display());
+        return (0..n).map(|i| generated(i, 10 * 1024)).collect();
+    }
+    files.iter().cycle().take(n).map(|p| std::fs::read(p).expect("read")).collect()
+}
+
+fn generated(i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Sender {} <s{}@example.net>\r\nTo: alice@example.org\r\nSubject: message {i}\r\n\
+         Date: Mon, 3 Feb 2025 10:00:00 +0000\r\nMessage-ID: <g{i}@example.net>\r\n\r\n",
+        i % 97,
+        i % 97
+    )
+    .into_bytes();
+    while m.len() < size {
+        m.extend_from_slice(b"Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n");
+    }
+    m
+}
+
+async fn bench_ingest(hash: &str) {
+    let n = scale(4000);
+    let messages = Arc::new(sample_messages(n));
+    let avg = messages.iter().map(Vec::len).sum::<usize>() / messages.len();
+    // Baseline: one writer, commit + fsync of the same bytes, no parsing.
+    let base = {
+        let b = open();
+        let start = Instant::now();
+        for (i, m) in messages.iter().take(n / 4).enumerate() {
+            let t = b.db.store().commit(&mut |txn| {
+                txn.put(Space::Emails, (i as u64 + 1).to_be_bytes().to_vec(), m.clone());
+                Ok(())
+            });
+            b.db.store().sync_blocking(t.expect("commit")).expect("sync");
+        }
+        (n / 4) as f64 / start.elapsed().as_secs_f64()
+    };
+    println!(
+        "ingest (parse, blobs, thread, indexes, one transaction, group commit), {avg}-byte average messages:"
+    );
+    println!("  store commit+fsync, 1 writer (baseline)   {base:8.0} msg/s");
+    let mut one = 0.0;
+    for writers in [1usize, 20] {
+        let b = open();
+        let a = account(&b, "alice", hash).await;
+        let per = if writers == 1 { n / 4 } else { n / writers };
+        let before = b.db.metrics();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (mail, messages) = (b.mail.clone(), Arc::clone(&messages));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per {
+                    let m = &messages[(w * per + i) % messages.len()];
+                    mail.deliver(&[a], m, 1_750_000_000_000 + i as i64).await.expect("deliver");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        let rate = (per * writers) as f64 / start.elapsed().as_secs_f64();
+        let m = b.db.metrics();
+        let per_fsync = (m.commits - before.commits) as f64 / (m.fsyncs - before.fsyncs).max(1) as f64;
+        if writers == 1 {
+            one = rate;
+            println!(
+                "  deliver, 1 writer                         {rate:8.0} msg/s  ({:.2}x baseline; {per_fsync:.1} commits per fsync)",
+                rate / base
+            );
+        } else {
+            println!(
+                "  deliver, 20 writers                       {rate:8.0} msg/s  ({:.2}x baseline, {:.2}x one writer; {per_fsync:.1} commits per fsync)",
+                rate / base,
+                rate / one
+            );
+        }
+    }
+}
+
+async fn bench_storage(hash: &str) {
+    let dir = corpora().join("linux-mips-list-archive");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        println!("storage: {} absent; skipped", dir.display());
+        return;
+    };
+    let mut files: Vec<PathBuf> =
+        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "xz")).collect();
+    files.sort();
+    let take = ((files.len() as f64
+        * std::env::var("QUAIL_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0))
+    .ceil() as usize)
+        .clamp(1, files.len());
+    let b = open();
+    account(&b, "mips", hash).await;
+    let accounts = account::Accounts::new(b.db.clone());
+    let (mut msgs, mut raw) = (0u64, 0u64);
+    let start = Instant::now();
+    for f in files.iter().take(take) {
+        let opts = import::ImportOptions {
+            account: "mips",
+            path: f,
+            mailbox: None,
+            flavor: mbox::Flavor::Mboxrd,
+            now_ms: 0,
+        };
+        let r = import::import(&b.mail, &accounts, &opts, |_, _| {}).await.expect("import");
+        assert!(r.failed.is_empty());
+        msgs += r.imported.len() as u64;
+        raw += r.bytes;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let stored = blob::stored_bytes(&b.db).expect("bytes");
+    println!("storage, linux-mips list archive ({take} of {} yearly files):", files.len());
+    println!("  {msgs} messages, {raw} raw bytes, imported in {secs:.1} s ({:.0} msg/s)", msgs as f64 / secs);
+    println!(
+        "  blob storage {stored} bytes: {:.0} bytes per message against {:.0} raw ({:.2}x raw)",
+        stored as f64 / msgs as f64,
+        raw as f64 / msgs as f64,
+        stored as f64 / raw as f64
+    );
+}
+
+/// An account with `n` small messages in its inbox, imported in batches.
+async fn filled(b: &Bench, name: &str, hash: &str, n: usize) -> AccountId {
+    let a = account(b, name, hash).await;
+    let inbox = b.mail.mailbox_by_role(a, Role::Inbox).expect("inbox");
+    let mut i = 0;
+    while i < n {
+        let items: Vec<ImportItem> = (i..(i + 500).min(n))
+            .map(|j| ImportItem {
+                prepared: ingest::prepare(&generated(j, 600)).expect("prepare"),
+                placement: Placement {
+                    mailboxes: vec![inbox],
+                    keywords: Vec::new(),
+                    received_ms: 1_700_000_000_000 + j as i64 * 1000,
+                },
+            })
+            .collect();
+        b.mail.import(a, &items).await.expect("import");
+        i += 500;
+    }
+    a
+}
+
+async fn bench_inbox(hash: &str) {
+    let n = scale(100_000);
+    let b = open();
+    let a = filled(&b, "big", hash, n).await;
+    let inbox = b.mail.mailbox_by_role(a, Role::Inbox).expect("inbox");
+    let rounds = scale(2000);
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let page = b
+            .mail
+            .query(
+                a,
+                &Query {
+                    filter: quail_server::mail::Filter { mailbox: Some(inbox), ..Default::default() },
+                    limit: 50,
+                    ..Query::default()
+                },
+            )
+            .expect("query");
+        let mut emails = Vec::with_capacity(50);
+        for id in &page.ids {
+            emails.push(b.mail.email(a, *id).expect("get").expect("email"));
+        }
+        std::hint::black_box(&emails);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "first page (50, headers + keywords) of a {n}-mail inbox, in-process: p50 {:.0} us, p99 {:.0} us",
+        pct(&times, 0.5),
+        pct(&times, 0.99)
+    );
+}
+
+/// The same over loopback QUIC through the SDK: query + get of 50.
+async fn bench_inbox_wire(hash: &str) {
+    let n = scale(100_000);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let server =
+        quail_server::Server::start(quail_server::Config::ephemeral(dir.path())).await.expect("server");
+    let services = server.services();
+    let bench = Bench {
+        _dir: tempfile::tempdir().expect("dir"),
+        db: services.db.clone(),
+        mail: services.mail.clone(),
+    };
+    let _ = filled(&bench, "big", hash, n).await;
+    let client = quail::Client::connect(
+        &server.addr().to_string(),
+        quail::Trust::Pinned(server.fingerprint().parse().expect("pin")),
+    )
+    .await
+    .expect("connect");
+    let session = client.login("big", "bench-password").await.expect("login");
+    let inbox = session
+        .mailboxes()
+        .await
+        .expect("boxes")
+        .0
+        .iter()
+        .find(|m| m.role == quail::Role::Inbox)
+        .expect("inbox")
+        .id;
+    let rounds = scale(2000);
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let page = session.query(&quail::Query::mailbox(inbox).limit(50)).await.expect("query");
+        let (emails, _) = session
+            .get(&page.ids, &[quail::Property::Envelope, quail::Property::Keywords])
+            .await
+            .expect("get");
+        std::hint::black_box(&emails);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "first page (50, headers + keywords) of a {n}-mail inbox, SDK over loopback QUIC (query + get): p50 {:.0} us, p99 {:.0} us",
+        pct(&times, 0.5),
+        pct(&times, 0.99)
+    );
+    drop((session, client, bench));
+    server.shutdown().await;
+}
+
+async fn bench_changes(hash: &str) {
+    let big = scale(100_000);
+    println!("changes() after 100 mutations (100 setKeywords, then one changes call):");
+    let mut base = 0.0;
+    for n in [1000usize, big] {
+        let b = open();
+        let a = filled(&b, "acct", hash, n).await;
+        let ids: Vec<EmailId> = b.mail.email_ids(a).expect("ids");
+        let rounds = 200;
+        let mut times = Vec::with_capacity(rounds);
+        for r in 0..rounds {
+            let since = b.mail.state(a).expect("state");
+            for k in 0..100 {
+                let id = ids[(r * 100 + k) % ids.len()];
+                // A keyword new in each round, so every call is a real change.
+                b.mail.set_keywords(a, &[id], &[format!("round{r}")], &[], None).await.expect("flag");
+            }
+            let t = Instant::now();
+            let c = b.mail.changes(a, Kind::Email, since, 1000).expect("changes");
+            times.push(t.elapsed());
+            assert_eq!(c.updated.len() + c.created.len(), 100);
+        }
+        times.sort();
+        let p50 = pct(&times, 0.5);
+        if n == 1000 {
+            base = p50;
+            println!("  {n:>7}-mail account: p50 {p50:6.0} us, p99 {:6.0} us", pct(&times, 0.99));
+        } else {
+            println!(
+                "  {n:>7}-mail account: p50 {p50:6.0} us, p99 {:6.0} us  ({:.2}x the 1k-mail account)",
+                pct(&times, 0.99),
+                p50 / base
+            );
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    let hash = account::hash_password("bench-password").expect("hash");
+    if run("ingest") {
+        bench_ingest(&hash).await;
+    }
+    if run("inbox") {
+        bench_inbox(&hash).await;
+    }
+    if run("inbox-wire") || run("inbox") {
+        bench_inbox_wire(&hash).await;
+    }
+    if run("changes") {
+        bench_changes(&hash).await;
+    }
+    if run("storage") {
+        bench_storage(&hash).await;
+    }
+}
