@@ -102,7 +102,8 @@ async fn walk_through() {
     assert_eq!(missing.status.code(), Some(4));
 
     // Flags, folders, trash.
-    let ids: Vec<u64> = v["emails"].as_array().expect("emails").iter().map(|e| e["id"].as_u64().expect("id")).collect();
+    let ids: Vec<u64> =
+        v["emails"].as_array().expect("emails").iter().map(|e| e["id"].as_u64().expect("id")).collect();
     let (newer, older) = (ids[0].to_string(), ids[1].to_string());
     ok(q(&["seen", &older], None));
     assert!(ok(q(&["ls", "--unread"], None)).contains("1-1 of 1 unread"));

@@ -188,7 +188,14 @@ impl Mailstore {
         if raw_bytes.is_empty() {
             return Err(Error::invalid("empty message"));
         }
-        let prepared = prepare(raw_bytes)?;
+        // Parsing is CPU work: do it on the blocking pool so the RPC worker
+        // keeps serving, and declare the coming commit so concurrent
+        // deliveries share one fsync.
+        let intent = self.db().intent();
+        let owned = raw_bytes.to_vec();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&owned))
+            .await
+            .map_err(|e| Error::Internal(format!("parsing task failed: {e}")))??;
         let config = *self.config();
         let (outcomes, ticket) = self.db().write(|txn| {
             let mut outcomes = Vec::with_capacity(accounts.len());
@@ -209,6 +216,7 @@ impl Mailstore {
             }
             Ok::<_, Error>(outcomes)
         })?;
+        drop(intent);
         self.db().sync(ticket).await?;
         Ok(outcomes)
     }

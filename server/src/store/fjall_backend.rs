@@ -154,6 +154,10 @@ impl Store for FjallStore {
         self.group.wait_blocking(ticket)
     }
 
+    fn intent(&self) -> super::Intent {
+        self.group.intent()
+    }
+
     fn metrics(&self) -> StoreMetrics {
         StoreMetrics {
             commits: self.commits.load(std::sync::atomic::Ordering::Relaxed),

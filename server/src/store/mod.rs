@@ -44,6 +44,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use fjall_backend::FjallStore;
+pub use group_commit::{COMMIT_DELAY, Intent};
 
 /// A named keyspace. Each is its own ordered map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -299,6 +300,10 @@ pub trait Store: Reader + Send + Sync + fmt::Debug {
 
     /// Counters for tests and operators.
     fn metrics(&self) -> StoreMetrics;
+
+    /// Declares that a commit is being prepared, so the group committer can
+    /// wait a moment for it (see [`COMMIT_DELAY`]).
+    fn intent(&self) -> Intent;
 }
 
 /// A transaction's pending writes: `None` deletes.
@@ -589,6 +594,11 @@ impl Db {
     /// Waits until `ticket` is durable.
     pub async fn sync(&self, ticket: Ticket) -> StoreResult<()> {
         self.store.sync(ticket).await
+    }
+
+    /// Declares a commit in preparation (hold it until `write` returns).
+    pub fn intent(&self) -> Intent {
+        self.store.intent()
     }
 
     /// Backend counters.
