@@ -30,6 +30,16 @@ impl AdminImpl {
         convert::account(b, a, usage);
         Ok(())
     }
+
+    /// The account named by a `name` parameter, or a typed not-found.
+    fn named(&self, name: capnp::Result<capnp::text::Reader<'_>>) -> Result<Account, capnp::Error> {
+        let name = text(name, "name", MAX_NAME)?;
+        self.services
+            .accounts
+            .by_name(name)
+            .map_err(to_capnp)?
+            .ok_or_else(|| to_capnp(Error::not_found(format!("no account {name}"))))
+    }
 }
 
 const MAX_NAME: usize = account::MAX_NAME_BYTES * 4;
@@ -122,13 +132,7 @@ impl admin::Server for AdminImpl {
         params: admin::GetAccountParams,
         mut results: admin::GetAccountResults,
     ) -> Result<(), capnp::Error> {
-        let name = text(params.get()?.get_name(), "name", MAX_NAME)?;
-        let a = self
-            .services
-            .accounts
-            .by_name(name)
-            .map_err(to_capnp)?
-            .ok_or_else(|| to_capnp(Error::not_found(format!("no account {name}"))))?;
+        let a = self.named(params.get()?.get_name())?;
         self.fill(results.get().init_account(), &a)
     }
 
@@ -137,13 +141,7 @@ impl admin::Server for AdminImpl {
         params: admin::RevokeTokensParams,
         mut results: admin::RevokeTokensResults,
     ) -> Result<(), capnp::Error> {
-        let name = text(params.get()?.get_name(), "name", MAX_NAME)?;
-        let a = self
-            .services
-            .accounts
-            .by_name(name)
-            .map_err(to_capnp)?
-            .ok_or_else(|| to_capnp(Error::not_found(format!("no account {name}"))))?;
+        let a = self.named(params.get()?.get_name())?;
         let n = self.services.accounts.revoke_tokens(a.id, None).await.map_err(to_capnp)?;
         results.get().set_revoked(n);
         Ok(())
