@@ -18,6 +18,7 @@ pub fn mime(data: &[u8]) {
     let parsed = parse::parse(data);
     assert!(parsed.preview.chars().count() <= PREVIEW_CHARS);
     assert!(!parsed.preview.starts_with(char::is_whitespace));
+    assert!(parsed.body.walk().len() <= parse::MAX_PARTS + 1);
 }
 
 /// Protocol decode: any bytes read as a framed Cap'n Proto `Query` (with the

@@ -176,7 +176,7 @@ fn from_message(m: &Message<'_>) -> Parsed {
         references: ids(m.references()),
     };
     let preview = m.body_preview(PREVIEW_CHARS * 2).map(|p| collapse(&p)).unwrap_or_default();
-    let body = structure(m, 0, "", 0);
+    let body = structure(m, 0, "", 0, &mut MAX_PARTS.clone());
     let attachments = attachments(m, &body);
     Parsed { envelope, preview, has_attachment: m.attachment_count() > 0, body, attachments }
 }
@@ -185,20 +185,26 @@ fn from_message(m: &Message<'_>) -> Parsed {
 /// clients never need more).
 const MAX_DEPTH: usize = 32;
 
+/// Most parts the body structure records. Malformed mail can make the part
+/// tree a graph whose unfolding is exponential (found by fuzzing); past
+/// this budget parts are listed without children.
+pub const MAX_PARTS: usize = 1000;
+
 fn child_id(parent: &str, n: usize) -> String {
     if parent.is_empty() { n.to_string() } else { format!("{parent}.{n}") }
 }
 
 /// The structure of part `idx` of `m`, numbered as `id` ("" for the root:
 /// a multipart root keeps "", any other root is "1").
-fn structure(m: &Message<'_>, idx: usize, id: &str, depth: usize) -> BodyPart {
+fn structure(m: &Message<'_>, idx: usize, id: &str, depth: usize, budget: &mut usize) -> BodyPart {
     let Some(part) = m.parts.get(idx) else {
         return BodyPart::default();
     };
+    *budget = budget.saturating_sub(1);
     let mut node = describe(part);
     let is_multipart = matches!(part.body, PartType::Multipart(_));
     node.part_id = if id.is_empty() && !is_multipart { "1".to_owned() } else { id.to_owned() };
-    if depth >= MAX_DEPTH {
+    if depth >= MAX_DEPTH || *budget == 0 {
         return node;
     }
     match &part.body {
@@ -206,14 +212,16 @@ fn structure(m: &Message<'_>, idx: usize, id: &str, depth: usize) -> BodyPart {
             node.sub_parts = children
                 .iter()
                 .enumerate()
-                .map(|(i, c)| structure(m, *c as usize, &child_id(id, i + 1), depth + 1))
+                .map_while(|(i, c)| {
+                    (*budget > 0).then(|| structure(m, *c as usize, &child_id(id, i + 1), depth + 1, budget))
+                })
                 .collect();
             node.size = node.sub_parts.iter().map(|p| p.size).sum();
         }
         PartType::Message(inner) => {
             // IMAP numbering: the parts of an embedded message continue the
             // number of the message/rfc822 part (2.1, 2.2, ...).
-            let root = structure(inner, 0, &node.part_id, depth + 1);
+            let root = structure(inner, 0, &node.part_id, depth + 1, budget);
             node.sub_parts = if root.mime_type.starts_with("multipart/") {
                 root.sub_parts
             } else {

@@ -132,19 +132,20 @@ pub fn from_line_time(line: &[u8]) -> Option<i64> {
     let words: Vec<&str> = text.split_whitespace().collect();
     // Find "Mon DD HH:MM:SS YYYY" anywhere after the sender.
     for w in words.windows(4) {
-        let Some(m) = MONTHS.iter().position(|x| *x == w[0]) else {
-            continue;
-        };
+        let Some(m) = MONTHS.iter().position(|x| *x == w[0]) else { continue };
         let Ok(d) = w[1].parse::<i64>() else { continue };
-        let hms: Vec<i64> = w[2].split(':').filter_map(|p| p.parse().ok()).collect();
+        let hms: Vec<i64> = w[2].split(':').map(|p| p.parse().unwrap_or(-1)).collect();
         let Ok(y) = w[3].parse::<i64>() else { continue };
-        if hms.len() < 2 || !(1..=31).contains(&d) {
+        let (h, min, sec) = (hms[0], hms.get(1).copied().unwrap_or(-1), hms.get(2).copied().unwrap_or(0));
+        if !(1..=31).contains(&d)
+            || !(1..=9999).contains(&y)
+            || !(0..24).contains(&h)
+            || !(0..60).contains(&min)
+            || !(0..=60).contains(&sec)
+        {
             continue;
         }
-        let secs = days_from_civil(y, m as i64 + 1, d) * 86_400
-            + hms[0] * 3600
-            + hms[1] * 60
-            + hms.get(2).copied().unwrap_or(0);
+        let secs = days_from_civil(y, m as i64 + 1, d) * 86_400 + h * 3600 + min * 60 + sec;
         return Some(secs * 1000);
     }
     None
@@ -162,6 +163,10 @@ mod tests {
             assert_eq!(from_line_time(format!("From a@b {}\n", asctime(ms)).as_bytes()), Some(ms));
         }
         assert_eq!(from_line_time(b"From nobody\n"), None);
+        // Out-of-range fields (found by fuzzing: they overflowed) are no date.
+        assert_eq!(from_line_time(b"From a@u Jan  1 00:00:00 88888888888888888\n"), None);
+        assert_eq!(from_line_time(b"From a@u Jan 99 00:00:00 2001\n"), None);
+        assert_eq!(from_line_time(b"From a@u Jan  1 25:00:00 2001\n"), None);
     }
 
     #[test]
