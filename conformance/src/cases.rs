@@ -47,6 +47,7 @@ cases!(
     accounts_are_isolated,
     unserved_methods_fail_with_typed_unimplemented,
     announced_limits_are_enforced,
+    gateway_refuses_bad_deliveries,
     unknown_stream_tag_resets_only_that_stream,
     garbage_on_an_rpc_stream_closes_only_that_connection,
     oversized_message_closes_the_connection_with_limit,
@@ -356,6 +357,54 @@ async fn announced_limits_are_enforced(target: Target) -> Outcome {
     g.get().set_ids(&ids[..]).map_err(fail("ids"))?;
     expect_code(g.send().promise.await, ErrorCode::LimitExceeded, "get with maxIdsPerCall + 1 ids")?;
     Ok(())
+}
+
+async fn gateway_refuses_bad_deliveries(target: Target) -> Outcome {
+    let (_conn, boot) = bootstrap(&target).await?;
+    let resp = boot.hello_request().send().promise.await.map_err(fail("hello"))?;
+    let limits =
+        resp.get().map_err(fail("r"))?.get_info().map_err(fail("i"))?.get_limits().map_err(fail("l"))?;
+    let (max_message, max_rpc, max_rcpt) =
+        (limits.get_max_message_bytes(), limits.get_max_rpc_message_bytes(), limits.get_max_recipients());
+    let (name, password) = new_account(&boot, &target).await?;
+    let mut req = boot.gateway_request();
+    req.get().set_secret(target.gateway_secret.as_str());
+    let gateway = req.send().pipeline.get_gateway();
+    let send = |rcpts: Vec<String>, raw: Vec<u8>| {
+        let mut d = gateway.deliver_request();
+        {
+            let mut l = d.get().init_envelope().init_rcpt_to(rcpts.len() as u32);
+            for (i, r) in rcpts.iter().enumerate() {
+                l.set(i as u32, r.as_str());
+            }
+        }
+        d.get().set_raw(&raw);
+        d.send().promise
+    };
+    expect_code(send(vec![name.clone()], Vec::new()).await, ErrorCode::InvalidArgument, "an empty message")?;
+    expect_code(send(Vec::new(), BASIC_EML.to_vec()).await, ErrorCode::InvalidArgument, "no recipients")?;
+    let many = (0..=max_rcpt).map(|i| format!("r{i}@example.org")).collect();
+    expect_code(
+        send(many, BASIC_EML.to_vec()).await,
+        ErrorCode::LimitExceeded,
+        "maxRecipients + 1 recipients",
+    )?;
+    // An oversized message, when one fits in an RPC message at all.
+    if max_message + 64 * 1024 < max_rpc {
+        let big = vec![b'x'; max_message as usize + 1];
+        expect_code(
+            send(vec![name.clone()], big).await,
+            ErrorCode::LimitExceeded,
+            "a message over maxMessageBytes",
+        )?;
+    }
+    // None of it stored anything.
+    let session = login(&boot, &name, &password).await.map_err(fail("login"))?;
+    let mut q = session.query_request();
+    q.get().init_query().set_limit(1);
+    let resp = q.send().promise.await.map_err(fail("query"))?;
+    let total = resp.get().map_err(fail("results"))?.get_result().map_err(fail("result"))?.get_total();
+    ensure(total == 0, || format!("refused deliveries stored {total} emails"))
 }
 
 /// A second client that must keep being served while another misbehaves.

@@ -57,6 +57,7 @@ case_tests!(
     accounts_are_isolated,
     unserved_methods_fail_with_typed_unimplemented,
     announced_limits_are_enforced,
+    gateway_refuses_bad_deliveries,
     unknown_stream_tag_resets_only_that_stream,
     garbage_on_an_rpc_stream_closes_only_that_connection,
     oversized_message_closes_the_connection_with_limit,
@@ -80,4 +81,24 @@ async fn binary_runs_against_a_server_address() {
     let total = cases::all().len();
     assert!(stdout.contains(&format!("{total} passed, 0 failed")), "output:\n{stdout}");
     assert!(out.status.success());
+}
+
+/// The same gateway case with a message limit small enough that an
+/// oversized message fits in one RPC message, so that refusal is exercised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_refuses_an_oversized_message() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = Config::ephemeral(dir.path());
+    config.limits.max_message_bytes = 64 * 1024;
+    let server = Server::start(config).await.expect("server");
+    let target = Target {
+        addr: server.addr(),
+        fingerprint: quail_conformance::parse_fingerprint(server.fingerprint()).expect("fp"),
+        admin_secret: server.secret(Credential::Admin).expect("admin"),
+        gateway_secret: server.secret(Credential::Gateway).expect("gateway"),
+    };
+    let case = cases::all().into_iter().find(|c| c.name == "gateway_refuses_bad_deliveries").expect("case");
+    let result = tokio::task::LocalSet::new().run_until((case.run)(target)).await;
+    server.shutdown().await;
+    result.expect("gateway_refuses_bad_deliveries");
 }

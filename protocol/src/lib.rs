@@ -3,7 +3,9 @@
 //!
 //! - `schema/quail.capnp` — the schema, the source of truth.
 //! - [`quail_capnp`] — Rust code generated from it (committed; regenerate with
-//!   `cargo run -p quail-protocol --example regen`, a test fails on drift).
+//!   `cargo run -p quail-protocol --example regen`, a test fails on drift)
+//!   Its only `unimplemented!()` bodies are capnpc's `init_pointer` of
+//!   interface clients, an operation capnp does not have; a test pins that.
 //! - this file — the schema's constants in Rust form, the stream-kind tags and
 //!   the wire form of typed errors.
 //!

@@ -563,3 +563,27 @@ async fn check_finds_and_repairs_damage() {
     let again = check::check(&s.db, false).expect("check again");
     assert!(again.clean(), "{:?}", again.problems);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_keywords_are_normalised_and_bad_ones_refuse_the_batch() {
+    use quail_server::mail::ingest::{ImportItem, Placement, prepare};
+    let s = support::store();
+    let a = s.account("alice").await;
+    let inbox = s.mail.mailbox_by_role(a, Role::Inbox).expect("inbox");
+    let item = |keywords: &[&str]| ImportItem {
+        prepared: prepare(b"Subject: k\r\n\r\n.\r\n").expect("prepare"),
+        placement: Placement {
+            mailboxes: vec![inbox],
+            keywords: keywords.iter().map(|k| (*k).to_owned()).collect(),
+            received_ms: support::now(),
+        },
+    };
+    let ids = s.mail.import(a, &[item(&["$Seen", "Work", "work"])]).await.expect("import");
+    let id = ids[0].as_ref().expect("imported").to_owned();
+    assert_eq!(s.mail.email(a, id).expect("get").expect("email").keywords, vec!["$seen", "work"]);
+    let before = s.mail.state(a).expect("state");
+    let err = s.mail.import(a, &[item(&["fine"]), item(&["not fine"])]).await.expect_err("bad keyword");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert_eq!(s.mail.state(a).expect("state"), before, "nothing of the batch was applied");
+    assert_eq!(s.mail.email_ids(a).expect("ids").len(), 1);
+}

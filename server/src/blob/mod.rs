@@ -144,7 +144,8 @@ fn read_refs(txn: &Txn<'_>, id: BlobId) -> Result<Refs> {
     }
 }
 
-fn decode_refs(v: &[u8]) -> Option<Refs> {
+/// Decodes a reference record (count, stored size).
+pub fn decode_refs(v: &[u8]) -> Option<Refs> {
     let count = crate::store::key::read_u64(v, 0)?;
     let stored = crate::store::key::read_u64(v, 8)?;
     Some(Refs { count, stored })
@@ -179,17 +180,6 @@ pub fn put(txn: &mut Txn<'_>, blob: &Prepared) -> Result<()> {
     }
     refs.count += 1;
     write_refs(txn, blob.id, refs);
-    Ok(())
-}
-
-/// Takes one more reference to a blob that must exist (a copy of an email).
-pub fn retain(txn: &mut Txn<'_>, id: BlobId) -> Result<()> {
-    let mut refs = read_refs(txn, id)?;
-    if refs.count == 0 {
-        return Err(corrupt(format!("retain of missing blob {id}")));
-    }
-    refs.count += 1;
-    write_refs(txn, id, refs);
     Ok(())
 }
 
@@ -239,11 +229,6 @@ pub fn refs(db: &Db, id: BlobId) -> Result<Refs> {
         None => Ok(Refs::default()),
         Some(v) => decode_refs(&v).ok_or_else(|| corrupt(format!("reference record of {id}"))),
     }
-}
-
-/// Overwrites a blob's reference record (repair).
-pub fn set_refs(txn: &mut Txn<'_>, id: BlobId, refs: Refs) {
-    write_refs(txn, id, refs);
 }
 
 /// Bytes all blobs take on disk, server-wide.

@@ -112,6 +112,9 @@ pub fn insert(
             acct.name, acct.quota_messages
         )));
     }
+    // Normalised here, where every path to the store passes: invalid ones
+    // fail before anything is written.
+    let keywords = keyword::normalize_all(&place.keywords)?;
     let mut mailboxes = place.mailboxes.clone();
     mailboxes.sort();
     mailboxes.dedup();
@@ -147,7 +150,7 @@ pub fn insert(
         raw: if p.skeleton { RawRef::Skeleton(p.raw.id) } else { RawRef::Plain(p.raw.id) },
         blobs,
         mailboxes,
-        keywords: place.keywords.clone(),
+        keywords,
         thread,
         envelope: p.parsed.envelope.clone(),
         preview: p.parsed.preview.clone(),
@@ -236,9 +239,6 @@ impl Mailstore {
         account: AccountId,
         items: &[ImportItem],
     ) -> Result<(Vec<RecipientOutcome>, crate::store::Ticket)> {
-        for item in items {
-            keyword::normalize_all(&item.placement.keywords)?;
-        }
         let config = *self.config();
         self.db().write(|txn| {
             let mut changes = ChangeSet::new();

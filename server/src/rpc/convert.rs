@@ -78,7 +78,8 @@ pub struct Props {
 }
 
 impl Props {
-    /// Everything this server serves.
+    /// What `get` returns when no property is named (the body structure
+    /// only on request: it can be large).
     pub const ALL: Props =
         Props { envelope: true, keywords: true, mailboxes: true, preview: true, body_structure: false };
 

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use quail_protocol::error_code_name;
 use quail_protocol::quail_capnp::gateway;
+use quail_protocol::{ErrorCode, error_code_name};
 
 use super::{Services, code_of, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
@@ -88,7 +88,8 @@ impl gateway::Server for GatewayImpl {
                 Ok(account) => match by_account.get(account) {
                     Some(Ok(id)) => Ok(id.0),
                     Some(Err(e)) => Err((code_of(e), e.to_string())),
-                    None => Err((code_of(&Error::Internal(String::new())), "not delivered".into())),
+                    // Every resolved account was delivered to; this cannot happen.
+                    None => Err((ErrorCode::Internal, "not delivered".into())),
                 },
                 Err(e) => Err((code_of(e), e.to_string())),
             };

@@ -443,16 +443,6 @@ impl<'a> Txn<'a> {
         decode_counter(space, self.get(space, key)?)
     }
 
-    /// Number of pending writes.
-    pub fn len(&self) -> usize {
-        self.writes.len()
-    }
-
-    /// Whether the transaction writes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
-    }
-
     /// The pending writes, for the backend to apply; refuses keys no
     /// backend can hold.
     pub fn into_writes(self) -> StoreResult<Writes> {
@@ -578,16 +568,6 @@ impl Db {
     {
         let (value, ticket) = self.write(f)?;
         self.store.sync(ticket).await?;
-        Ok(value)
-    }
-
-    /// [`Db::write`] and then block until it is durable (tools and tests).
-    pub fn write_durable_blocking<T, E>(&self, f: impl FnMut(&mut Txn<'_>) -> Result<T, E>) -> Result<T, E>
-    where
-        E: From<StoreError>,
-    {
-        let (value, ticket) = self.write(f)?;
-        self.store.sync_blocking(ticket)?;
         Ok(value)
     }
 

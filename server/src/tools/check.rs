@@ -76,7 +76,7 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
         rows.push((k.to_vec(), v.to_vec()));
         Ok::<_, Error>(true)
     })?;
-    for (k, _) in rows {
+    for (k, v) in rows {
         let Ok(arr) = <[u8; 32]>::try_from(k.as_slice()) else {
             report.problems.push("malformed blob reference key".into());
             fixes.deletes.push((Space::BlobRefs, k));
@@ -85,7 +85,11 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
         let id = BlobId(arr);
         seen.insert(id);
         report.blobs += 1;
-        let refs = blob::refs(db, id)?;
+        let Some(refs) = blob::decode_refs(&v) else {
+            report.problems.push(format!("blob {id}: malformed reference record"));
+            fixes.deletes.push((Space::BlobRefs, k));
+            continue;
+        };
         let want = expected_refs.get(&id).copied().unwrap_or(0);
         let present = db.get(Space::Blobs, &id.0)?;
         match (&present, want) {
