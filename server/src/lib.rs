@@ -17,7 +17,8 @@
 //! Beside them: [`config`] (TOML + flags), [`error`] (the domain error every
 //! layer returns), [`fuzzing`] (bodies of the fuzz targets), [`server`]
 //! (wiring: open the store, bind, serve, shut down), [`tools`] (offline
-//! export, import, check).
+//! export, import, check, accounts), [`upgrade`] (store formats and their
+//! migrations).
 
 pub mod account;
 pub mod blob;
@@ -31,6 +32,7 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod tools;
+pub mod upgrade;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -18,16 +18,7 @@ use crate::account::{Credential, Credentials};
 use crate::config::Config;
 use crate::net::{self, tls};
 use crate::rpc::Services;
-use crate::store::{Db, FjallStore, Space, StoreError, StoreMetrics};
-
-/// The store layout this build writes and reads.
-///
-/// - 1: the foundation (emails with raw messages only; no threads, keywords
-///   or change log).
-/// - 2: body structure, attachment blobs and skeletons, keyword and thread
-///   indexes, the change log.
-pub const STORE_FORMAT: u32 = 2;
-const FORMAT_KEY: &[u8] = b"format";
+use crate::store::{Db, FjallStore, Store, StoreMetrics};
 
 /// Entry point.
 #[derive(Debug)]
@@ -50,7 +41,27 @@ impl Server {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let store = open_store(&config)?;
+        let dir = config.store_dir();
+        let store = FjallStore::open(&dir).with_context(|| format!("opening store {}", dir.display()))?;
+        Self::start_on(config, Arc::new(store)).await
+    }
+
+    /// [`Server::start`] on a store opened by the caller (the data dir still
+    /// holds the certificate and credentials): tests use a
+    /// [`crate::store::MemStore`] to simulate power loss.
+    pub async fn start_on(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let db = Db::new(store);
+        crate::upgrade::open(&db, &mut |line| tracing::info!("{line}"))
+            .with_context(|| format!("opening the store in {}", config.store_dir().display()))?;
+        if config.domains.is_empty() {
+            tracing::info!(
+                "domains is empty: mail to any domain reaches the account named by its local part; \
+                 set domains = [\"example.org\"] in the config to accept only your own"
+            );
+        }
         let credentials = Credentials::load_or_create(&config.data_dir)?;
         let cert = tls::load(&config)?;
         let server_config = tls::server_config(&cert, &config.limits)?;
@@ -60,7 +71,7 @@ impl Server {
             n => n,
         };
         let pool = LocalPoolHandle::new(workers);
-        let services = Services::new(Db::new(store), credentials, config.clone());
+        let services = Services::new(db, credentials, config.clone());
         let (stop, _) = watch::channel(false);
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
@@ -89,36 +100,6 @@ impl Server {
             tasks,
         })
     }
-}
-
-fn open_store(config: &Config) -> anyhow::Result<Arc<FjallStore>> {
-    let dir = config.store_dir();
-    let store = FjallStore::open(&dir).with_context(|| format!("opening store {}", dir.display()))?;
-    check_format(&store)?;
-    Ok(Arc::new(store))
-}
-
-/// Refuses a store written by a newer or unknown layout, and stamps a new one.
-pub(crate) fn check_format(store: &FjallStore) -> anyhow::Result<()> {
-    use crate::store::{Reader, Store};
-    match store.get(Space::Meta, FORMAT_KEY)? {
-        Some(v) => {
-            let found = <[u8; 4]>::try_from(v.as_slice())
-                .map(u32::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt { space: Space::Meta, detail: "format".into() })?;
-            if found != STORE_FORMAT {
-                return Err(StoreError::UnsupportedFormat { found, supported: STORE_FORMAT }.into());
-            }
-        }
-        None => {
-            let t = store.commit(&mut |txn| {
-                txn.put(Space::Meta, FORMAT_KEY.to_vec(), STORE_FORMAT.to_be_bytes().to_vec());
-                Ok(())
-            })?;
-            store.sync_blocking(t)?;
-        }
-    }
-    Ok(())
 }
 
 impl Running {

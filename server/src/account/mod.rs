@@ -91,10 +91,14 @@ pub enum Counter {
     MailboxUnread = 5,
     /// Flagged emails in a mailbox (sub-id: mailbox; 0 = all mail).
     MailboxFlagged = 6,
-    /// Oldest modseq still in the change log.
+    /// Format 2 only (one floor for every kind); migrated to [`Counter::KindFloor`].
     LogFloor = 7,
-    /// Server-wide (account 0): bytes all blobs take on disk.
+    /// Server-wide (account 0): bytes all blobs take on disk. Written by
+    /// `blob`, which spells the same key itself (it sits below accounts).
     BlobBytes = 8,
+    /// Where one kind's change log begins (sub-id: the kind): every change
+    /// of that kind after this modseq is still logged.
+    KindFloor = 9,
 }
 
 impl Counter {
@@ -102,7 +106,9 @@ impl Counter {
     pub fn key(self, account: AccountId, sub: u64) -> Vec<u8> {
         let k = Key::new().u64(account.0).u8(self as u8);
         match self {
-            Counter::MailboxTotal | Counter::MailboxUnread | Counter::MailboxFlagged => k.u64(sub).build(),
+            Counter::MailboxTotal | Counter::MailboxUnread | Counter::MailboxFlagged | Counter::KindFloor => {
+                k.u64(sub).build()
+            }
             _ => k.build(),
         }
     }

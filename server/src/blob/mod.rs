@@ -17,9 +17,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::{AccountId, Counter};
 use crate::error::{Error, Result};
-use crate::store::{Db, Space, StoreError, Txn};
+use crate::store::key::Key;
+use crate::store::{Db, Reader, Space, StoreError, Txn};
 
 /// A blob's id: BLAKE3 of its content.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -165,9 +165,11 @@ fn corrupt(detail: String) -> Error {
     StoreError::Corrupt { space: Space::BlobRefs, detail }.into()
 }
 
-/// Key of the server-wide count of stored blob bytes.
+/// Key of the server-wide count of stored blob bytes: in the layout of the
+/// per-account counters, account 0, tag 8 (`account::Counter::BlobBytes`
+/// names it; blobs sit below accounts, so the key is spelled here).
 fn stored_bytes_key() -> Vec<u8> {
-    Counter::BlobBytes.key(AccountId(0), 0)
+    Key::new().u64(0).u8(8).build()
 }
 
 /// Takes a reference to a prepared blob, storing it if it is new.
@@ -200,7 +202,12 @@ pub fn release(txn: &mut Txn<'_>, id: BlobId) -> Result<()> {
 
 /// The bytes of a blob.
 pub fn get(db: &Db, id: BlobId) -> Result<Option<Vec<u8>>> {
-    match db.get(Space::Blobs, &id.0)? {
+    get_in(db.store(), id)
+}
+
+/// The bytes of a blob, read through `reader` (e.g. one snapshot).
+pub fn get_in(reader: &dyn Reader, id: BlobId) -> Result<Option<Vec<u8>>> {
+    match reader.get(Space::Blobs, &id.0)? {
         None => Ok(None),
         Some(stored) => decode(id, stored).map(Some),
     }

@@ -34,7 +34,7 @@ use crate::account::{AccountId, Counter};
 use crate::blob::{self, BlobId};
 use crate::error::{Error, Result};
 use crate::store::key::Key;
-use crate::store::{Db, KeyRange, Order, Space, StoreError, Txn};
+use crate::store::{Db, KeyRange, Order, Reader, Space, StoreError, Txn};
 use crate::sync::{self, State};
 
 pub use parse::{Addr, BodyPart, Envelope, Parsed};
@@ -213,6 +213,22 @@ pub(crate) fn account_prefix(account: AccountId) -> Vec<u8> {
     Key::new().u64(account.0).build()
 }
 
+/// The raw bytes of `email`, its blobs read through `reader`.
+fn raw_from(reader: &dyn Reader, email: &EmailRecord) -> Result<Vec<u8>> {
+    let fetch = |id: BlobId| {
+        blob::get_in(reader, id)?.ok_or_else(|| {
+            Error::Store(StoreError::Corrupt {
+                space: Space::Blobs,
+                detail: format!("email {} refers to missing blob {id}", email.id.0),
+            })
+        })
+    };
+    match email.raw {
+        RawRef::Plain(id) => fetch(id),
+        RawRef::Skeleton(id) => raw::reconstruct(&raw::Skeleton::decode(&fetch(id)?)?, fetch),
+    }
+}
+
 /// Reads an email inside a transaction.
 pub(crate) fn email_in(txn: &Txn<'_>, account: AccountId, id: EmailId) -> Result<Option<EmailRecord>> {
     txn.get(Space::Emails, &email_key(account, id))?.map(|b| decode(Space::Emails, &b)).transpose()
@@ -356,26 +372,22 @@ impl Mailstore {
         Ok(out)
     }
 
-    /// The raw bytes of one email of the account, exactly as received.
+    /// The raw bytes of one email of the account, exactly as received. The
+    /// record and its blobs come from one snapshot, so a concurrent expunge
+    /// is either not seen at all or seen whole (then: not found).
     pub fn raw(&self, account: AccountId, id: EmailId) -> Result<Vec<u8>> {
-        let email = self.email(account, id)?.ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
-        self.raw_of(&email)
+        let view = self.db.snapshot();
+        let email = view
+            .get(Space::Emails, &email_key(account, id))?
+            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
+            .transpose()?
+            .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        raw_from(&view, &email)
     }
 
-    /// The raw bytes of a stored email.
+    /// The raw bytes of a stored email (read from the newest snapshot).
     pub fn raw_of(&self, email: &EmailRecord) -> Result<Vec<u8>> {
-        let fetch = |id: BlobId| {
-            blob::get(&self.db, id)?.ok_or_else(|| {
-                Error::Store(StoreError::Corrupt {
-                    space: Space::Blobs,
-                    detail: format!("email {} refers to missing blob {id}", email.id.0),
-                })
-            })
-        };
-        match email.raw {
-            RawRef::Plain(id) => fetch(id),
-            RawRef::Skeleton(id) => raw::reconstruct(&raw::Skeleton::decode(&fetch(id)?)?, fetch),
-        }
+        raw_from(&self.db.snapshot(), email)
     }
 
     /// A thread's emails, oldest first (empty: no such thread here).

@@ -6,21 +6,30 @@
 //! while holding it, so transactions never conflict and never retry. The
 //! lock is never held across an fsync: durability comes from the group
 //! committer, which calls `persist(SyncAll)` (fsync of the journal file).
+//!
+//! Readers see a fjall snapshot, not the live trees: the committer opens a
+//! snapshot, fsyncs, and only then publishes it. Every batch in that
+//! snapshot had its journal write done before the snapshot was opened
+//! (fjall makes a batch visible after journaling it), so the fsync covers
+//! it: a published snapshot never holds a batch a power loss could undo.
 
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Readable};
 
-use super::group_commit::GroupCommit;
+use super::group_commit::{GroupCommit, SyncGate};
 use super::{
-    BoxFuture, KeyRange, Order, Reader, Space, Store, StoreError, StoreMetrics, StoreResult, Ticket, Txn,
+    BoxFuture, KeyRange, Order, Reader, Snapshot, Space, Store, StoreError, StoreMetrics, StoreResult,
+    Ticket, Txn,
 };
 
 /// A store in one directory on local disk.
 pub struct FjallStore {
     db: Database,
-    spaces: Vec<Keyspace>,
+    spaces: Arc<[Keyspace]>,
+    /// The snapshot readers see: taken before the last successful fsync.
+    published: Arc<RwLock<fjall::Snapshot>>,
     writer: Mutex<()>,
     commits: std::sync::atomic::AtomicU64,
     group: GroupCommit,
@@ -39,6 +48,12 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl FjallStore {
     /// Opens (creating if needed) the store in `dir`, replaying its journal.
     pub fn open(dir: &Path) -> StoreResult<Self> {
+        Self::open_gated(dir, SyncGate::new())
+    }
+
+    /// [`FjallStore::open`] with fsyncs passing through `gate` (tests hold
+    /// it to look at the store between a commit and its fsync).
+    pub fn open_gated(dir: &Path, gate: SyncGate) -> StoreResult<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         let db = Database::builder(dir).open().map_err(backend)?;
@@ -56,13 +71,22 @@ impl FjallStore {
                 .map_err(backend)?;
             spaces.push(ks);
         }
+        let spaces: Arc<[Keyspace]> = spaces.into();
+        // Everything recovered is on disk already.
+        let published = Arc::new(RwLock::new(db.snapshot()));
         let sync_db = db.clone();
+        let publish = Arc::clone(&published);
         let group = GroupCommit::start(Box::new(move || {
-            sync_db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())
+            gate.pass();
+            let snapshot = sync_db.snapshot();
+            sync_db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())?;
+            *publish.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
+            Ok(())
         }))?;
         Ok(FjallStore {
             db,
             spaces,
+            published,
             writer: Mutex::new(()),
             commits: std::sync::atomic::AtomicU64::new(0),
             group,
@@ -86,9 +110,66 @@ impl Drop for FjallStore {
     }
 }
 
-impl Reader for FjallStore {
+/// Reads of the live trees: only the writer's transactions use them.
+struct Live<'a>(&'a FjallStore);
+
+/// Reads of a published snapshot.
+struct Frozen {
+    snapshot: fjall::Snapshot,
+    spaces: Arc<[Keyspace]>,
+}
+
+fn get_from(source: Option<&fjall::Snapshot>, ks: &Keyspace, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+    let v = match source {
+        Some(s) => s.get(ks, key),
+        None => ks.get(key),
+    };
+    Ok(v.map_err(backend)?.map(|v| v.to_vec()))
+}
+
+fn scan_from(
+    source: Option<&fjall::Snapshot>,
+    ks: &Keyspace,
+    range: &KeyRange,
+    order: Order,
+    limit: usize,
+) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let bounds = (range.start.clone(), range.end.clone());
+    let iter = match source {
+        Some(s) => s.range::<Vec<u8>, _>(ks, bounds),
+        None => ks.range::<Vec<u8>, _>(bounds),
+    };
+    let mut out = Vec::new();
+    let mut push = |guard: fjall::Guard| -> StoreResult<bool> {
+        let (k, v) = guard.into_inner().map_err(backend)?;
+        out.push((k.to_vec(), v.to_vec()));
+        Ok(out.len() < limit)
+    };
+    match order {
+        Order::Ascending => {
+            for g in iter {
+                if !push(g)? {
+                    break;
+                }
+            }
+        }
+        Order::Descending => {
+            for g in iter.rev() {
+                if !push(g)? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Reader for Live<'_> {
     fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.ks(space).get(key).map_err(backend)?.map(|v| v.to_vec()))
+        get_from(None, self.0.ks(space), key)
     }
 
     fn scan(
@@ -98,40 +179,53 @@ impl Reader for FjallStore {
         order: Order,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let iter = self.ks(space).range::<Vec<u8>, _>((range.start.clone(), range.end.clone()));
-        let mut out = Vec::new();
-        let mut push = |guard: fjall::Guard| -> StoreResult<bool> {
-            let (k, v) = guard.into_inner().map_err(backend)?;
-            out.push((k.to_vec(), v.to_vec()));
-            Ok(out.len() < limit)
-        };
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        match order {
-            Order::Ascending => {
-                for g in iter {
-                    if !push(g)? {
-                        break;
-                    }
-                }
-            }
-            Order::Descending => {
-                for g in iter.rev() {
-                    if !push(g)? {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
+        scan_from(None, self.0.ks(space), range, order, limit)
+    }
+}
+
+impl Reader for Frozen {
+    fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        get_from(Some(&self.snapshot), &self.spaces[space.index()], key)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        scan_from(Some(&self.snapshot), &self.spaces[space.index()], range, order, limit)
+    }
+}
+
+impl FjallStore {
+    fn current(&self) -> fjall::Snapshot {
+        self.published.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl Reader for FjallStore {
+    fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        get_from(Some(&self.current()), self.ks(space), key)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        scan_from(Some(&self.current()), self.ks(space), range, order, limit)
     }
 }
 
 impl Store for FjallStore {
     fn commit(&self, f: &mut dyn FnMut(&mut Txn<'_>) -> StoreResult<()>) -> StoreResult<Ticket> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut txn = Txn::new(self);
+        let live = Live(self);
+        let mut txn = Txn::new(&live);
         f(&mut txn)?;
         let writes = txn.into_writes()?;
         let mut batch = self.db.batch();
@@ -156,6 +250,10 @@ impl Store for FjallStore {
 
     fn intent(&self) -> super::Intent {
         self.group.intent()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::new(Box::new(Frozen { snapshot: self.current(), spaces: Arc::clone(&self.spaces) }))
     }
 
     fn metrics(&self) -> StoreMetrics {

@@ -2,9 +2,10 @@
 //!
 //! Writers call [`GroupCommit::applied`] (under the store's writer lock, after
 //! their batch is in the journal) to get a ticket, then wait on it. A single
-//! thread loops: when some ticket is wanted and not yet durable, it takes the
-//! newest applied ticket as its target, fsyncs once, and publishes that every
-//! ticket up to the target is durable. Writers that apply while an fsync runs
+//! thread loops: when some applied ticket is not yet durable, it takes the
+//! newest applied ticket as its target, fsyncs once (the backend's sync
+//! function also publishes the snapshot readers see), and then tells every
+//! writer up to the target that it is durable. Writers that apply while an fsync runs
 //! are covered by the next one, so under load one fsync serves many writers
 //! with no added delay when idle.
 //!
@@ -32,8 +33,6 @@ pub(crate) type SyncFn = Box<dyn FnMut() -> Result<(), String> + Send>;
 struct Pending {
     /// Newest ticket whose batch is in the journal.
     applied: u64,
-    /// Newest ticket some writer waits for.
-    wanted: u64,
     /// Set on shutdown.
     closing: bool,
     /// Mirror of [`Durable`] for blocking waiters.
@@ -81,6 +80,41 @@ impl Drop for Intent {
         if let Some(s) = self.shared.take() {
             s.intents.fetch_sub(1, Ordering::AcqRel);
             s.wake.notify_one();
+        }
+    }
+}
+
+/// Holds back a store's fsyncs while held: how tests see what readers and
+/// writers observe between a commit and its durability (a power-loss test
+/// then "reboots" a [`super::MemStore`] to its durable image). Open unless
+/// [`SyncGate::hold`] was called; cloning shares the gate.
+#[derive(Debug, Clone, Default)]
+pub struct SyncGate {
+    inner: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl SyncGate {
+    /// A gate that lets every fsync through.
+    pub fn new() -> Self {
+        SyncGate::default()
+    }
+
+    /// Blocks every fsync from now on until [`SyncGate::release`].
+    pub fn hold(&self) {
+        *lock(&self.inner.0) = true;
+    }
+
+    /// Lets fsyncs run again.
+    pub fn release(&self) {
+        *lock(&self.inner.0) = false;
+        self.inner.1.notify_all();
+    }
+
+    /// Waits while the gate is held.
+    pub(crate) fn pass(&self) {
+        let mut held = lock(&self.inner.0);
+        while *held {
+            held = self.inner.1.wait(held).unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -135,7 +169,6 @@ impl GroupCommit {
     /// Waits until `ticket` is durable.
     pub(crate) async fn wait(&self, ticket: Ticket) -> StoreResult<()> {
         let mut rx = self.shared.durable.subscribe();
-        self.want(ticket);
         let state = rx
             .wait_for(|d| d.upto >= ticket.0 || d.failed.is_some())
             .await
@@ -145,7 +178,6 @@ impl GroupCommit {
 
     /// Blocking form of [`GroupCommit::wait`].
     pub(crate) fn wait_blocking(&self, ticket: Ticket) -> StoreResult<()> {
-        self.want(ticket);
         let mut p = lock(&self.shared.pending);
         while p.durable.upto < ticket.0 && p.durable.failed.is_none() {
             if p.closing && p.applied <= p.durable.upto {
@@ -154,14 +186,6 @@ impl GroupCommit {
             p = self.shared.done.wait(p).unwrap_or_else(PoisonError::into_inner);
         }
         check(&p.durable, ticket)
-    }
-
-    fn want(&self, ticket: Ticket) {
-        let mut p = lock(&self.shared.pending);
-        if p.wanted < ticket.0 {
-            p.wanted = ticket.0;
-            self.shared.wake.notify_one();
-        }
     }
 
     /// The newest durable ticket.
@@ -179,7 +203,6 @@ impl GroupCommit {
         {
             let mut p = lock(&self.shared.pending);
             p.closing = true;
-            p.wanted = p.applied;
             self.shared.wake.notify_one();
         }
         let handle = lock(&self.thread).take();
@@ -217,7 +240,7 @@ fn run(shared: &Shared, mut sync: SyncFn) {
     loop {
         let target = {
             let mut p = lock(&shared.pending);
-            while p.wanted <= durable && !p.closing {
+            while p.applied <= durable && !p.closing {
                 p = shared.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
             }
             if p.closing && p.applied <= durable {
@@ -269,5 +292,112 @@ fn run(shared: &Shared, mut sync: SyncFn) {
         if failed {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+
+    /// A sync function the test drives: each call reports itself and waits
+    /// for the test's verdict.
+    fn scripted() -> (SyncFn, mpsc::Receiver<()>, mpsc::Sender<Result<(), String>>) {
+        let (called_tx, called_rx) = mpsc::channel();
+        let (verdict_tx, verdict_rx) = mpsc::channel::<Result<(), String>>();
+        let verdicts = Mutex::new(verdict_rx);
+        let f: SyncFn = Box::new(move || {
+            let _ = called_tx.send(());
+            lock(&verdicts).recv().unwrap_or(Err("test ended".into()))
+        });
+        (f, called_rx, verdict_tx)
+    }
+
+    #[test]
+    fn writers_are_acknowledged_only_after_their_sync_returned() {
+        let (f, called, verdict) = scripted();
+        let g = Arc::new(GroupCommit::start(f).expect("start"));
+        let t = g.applied().expect("ticket");
+        let acked = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (g, acked) = (Arc::clone(&g), Arc::clone(&acked));
+            std::thread::spawn(move || {
+                let r = g.wait_blocking(t);
+                acked.store(true, Ordering::SeqCst);
+                r
+            })
+        };
+        called.recv().expect("the committer syncs");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!acked.load(Ordering::SeqCst), "acknowledged while its fsync was still running");
+        verdict.send(Ok(())).expect("verdict");
+        waiter.join().expect("join").expect("durable");
+        assert!(acked.load(Ordering::SeqCst));
+        assert_eq!(g.durable(), t.0);
+        drop(verdict);
+    }
+
+    #[test]
+    fn writers_that_arrive_during_a_sync_share_the_next_one() {
+        let (f, called, verdict) = scripted();
+        let g = Arc::new(GroupCommit::start(f).expect("start"));
+        let first = g.applied().expect("ticket");
+        called.recv().expect("first sync starts");
+        // Eight writers commit while the first fsync runs.
+        let tickets: Vec<Ticket> = (0..8).map(|_| g.applied().expect("ticket")).collect();
+        let waiters: Vec<_> = tickets
+            .iter()
+            .map(|t| {
+                let (g, t) = (Arc::clone(&g), *t);
+                std::thread::spawn(move || g.wait_blocking(t))
+            })
+            .collect();
+        verdict.send(Ok(())).expect("first verdict");
+        g.wait_blocking(first).expect("first durable");
+        called.recv().expect("second sync starts");
+        verdict.send(Ok(())).expect("second verdict");
+        for w in waiters {
+            w.join().expect("join").expect("durable");
+        }
+        assert_eq!(g.fsyncs(), 2, "nine writers, two fsyncs");
+        drop(verdict);
+    }
+
+    #[test]
+    fn a_failed_fsync_refuses_every_later_write() {
+        let (f, called, verdict) = scripted();
+        let g = GroupCommit::start(f).expect("start");
+        let t = g.applied().expect("ticket");
+        called.recv().expect("sync starts");
+        verdict.send(Err("EIO".into())).expect("verdict");
+        let err = g.wait_blocking(t).expect_err("its sync failed");
+        assert!(err.to_string().contains("EIO"), "{err}");
+        for _ in 0..3 {
+            let e = g.applied().expect_err("no write after a failed fsync");
+            assert!(e.to_string().contains("sync failed"), "{e}");
+        }
+        drop(verdict);
+    }
+
+    #[test]
+    fn a_held_gate_holds_the_fsync_back() {
+        let gate = SyncGate::new();
+        gate.hold();
+        let synced = Arc::new(AtomicU64::new(0));
+        let (gate2, synced2) = (gate.clone(), Arc::clone(&synced));
+        let g = GroupCommit::start(Box::new(move || {
+            gate2.pass();
+            synced2.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }))
+        .expect("start");
+        let t = g.applied().expect("ticket");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(synced.load(Ordering::SeqCst), 0);
+        assert_eq!(g.durable(), 0);
+        gate.release();
+        g.wait_blocking(t).expect("durable");
+        assert_eq!(synced.load(Ordering::SeqCst), 1);
     }
 }

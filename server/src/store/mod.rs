@@ -12,20 +12,37 @@
 //!
 //! 1. [`Store::commit`] runs the caller's transaction under the store's single
 //!    writer lock and appends its batch to the journal atomically (all of the
-//!    batch or none of it, across keyspaces). The writes are visible to readers
-//!    at once, but **not yet durable**: they are in the operating system's
-//!    cache. The call returns a [`Ticket`].
+//!    batch or none of it, across keyspaces). The call returns a [`Ticket`].
+//!    The batch is in the operating system's cache, **not yet durable**, and
+//!    **not yet visible** to readers (only to later transactions, which must
+//!    read the newest data to stay correct).
 //! 2. [`Store::sync`] waits for that ticket to be durable. One background
 //!    thread (the *group committer*) fsyncs the journal for every writer that
 //!    is waiting, so one fsync acknowledges many writers: writers that arrive
-//!    while an fsync is running share the next one.
+//!    while an fsync is running share the next one. It fsyncs whenever
+//!    commits are pending, so every commit becomes durable (and visible) soon
+//!    even if nobody waits for it.
 //!
 //! Nothing is acknowledged to a client (RPC success, SMTP 250) before step 2
 //! returns, so a crash — process or machine — loses nothing acknowledged. A
 //! crash can lose writes that completed step 1 only; their senders were never
-//! told they succeeded and retry. A reader may briefly see such a write before
-//! it is durable (it is read-uncommitted with respect to crashes, never with
-//! respect to atomicity).
+//! told they succeeded and retry.
+//!
+//! # Reads are served at the durable point
+//!
+//! Reads outside a transaction ([`Reader`] on a [`Store`], [`Db::get`],
+//! [`Db::scan`], [`Db::snapshot`]) see a snapshot taken just before the last
+//! successful fsync and published after it, never a batch that a power loss
+//! could still take away. The alternative — an epoch in every state and id
+//! sequence, moved on each open — keeps ids unique but still lets a client
+//! learn of mail, states and mailboxes that then vanish; serving only durable
+//! data fixes that at the root, for every sequence and every record at once,
+//! and costs a reader at most one fsync of delay (a writer's own results are
+//! returned only after its sync anyway). So after a crash nobody has seen a
+//! state or id that recovery hands out again for other content.
+//!
+//! A [`Snapshot`] is also how a reader gets one consistent answer from many
+//! reads (a state and the log entries up to it; a skeleton and its blobs).
 //!
 //! On open, the backend replays its journal; a torn final batch is discarded
 //! whole, so recovery yields a prefix of the committed batches.
@@ -33,6 +50,7 @@
 mod fjall_backend;
 mod group_commit;
 pub mod key;
+mod mem;
 #[cfg(test)]
 mod model_test;
 
@@ -44,7 +62,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use fjall_backend::FjallStore;
-pub use group_commit::{COMMIT_DELAY, Intent};
+pub use group_commit::{COMMIT_DELAY, Intent, SyncGate};
+pub use mem::MemStore;
 
 /// A named keyspace. Each is its own ordered map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -219,7 +238,10 @@ pub enum StoreError {
         detail: String,
     },
     /// The store was written by a newer or unknown version of Quail.
-    #[error("store format {found} is not supported (this build reads formats up to {supported})")]
+    #[error(
+        "store format {found} was written by a newer Quail (this build reads formats up to \
+         {supported}); run that newer quaild, or restore the backup taken before the upgrade"
+    )]
     UnsupportedFormat {
         /// On disk.
         found: u32,
@@ -304,6 +326,89 @@ pub trait Store: Reader + Send + Sync + fmt::Debug {
     /// Declares that a commit is being prepared, so the group committer can
     /// wait a moment for it (see [`COMMIT_DELAY`]).
     fn intent(&self) -> Intent;
+
+    /// The newest durable state, frozen: every read of it sees the same data.
+    fn snapshot(&self) -> Snapshot;
+}
+
+/// A frozen, durable view of the store (see the module docs).
+pub struct Snapshot {
+    reader: Box<dyn Reader + Send + Sync>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// Wraps a backend's frozen reader.
+    pub fn new(reader: Box<dyn Reader + Send + Sync>) -> Self {
+        Snapshot { reader }
+    }
+
+    /// Counter read (absent = 0).
+    pub fn counter(&self, space: Space, key: &[u8]) -> StoreResult<i64> {
+        decode_counter(space, self.reader.get(space, key)?)
+    }
+
+    /// Calls `f` on every entry of `range` in `order` (see [`Db::scan_all`]).
+    pub fn scan_all<E>(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool, E>,
+    ) -> Result<(), E>
+    where
+        E: From<StoreError>,
+    {
+        scan_all(self.reader.as_ref(), space, range, order, f)
+    }
+}
+
+impl Reader for Snapshot {
+    fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        self.reader.get(space, key)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.reader.scan(space, range, order, limit)
+    }
+}
+
+/// Walks `range` in chunks, calling `f` until it returns `false`.
+fn scan_all<E>(
+    reader: &dyn Reader,
+    space: Space,
+    range: &KeyRange,
+    order: Order,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, E>,
+) -> Result<(), E>
+where
+    E: From<StoreError>,
+{
+    const CHUNK: usize = 1024;
+    let mut r = range.clone();
+    loop {
+        let rows = reader.scan(space, &r, order, CHUNK)?;
+        for (k, v) in &rows {
+            if !f(k, v)? {
+                return Ok(());
+            }
+        }
+        match rows.last() {
+            Some((last, _)) if rows.len() == CHUNK => r = r.after(last, order),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// A transaction's pending writes: `None` deletes.
@@ -503,31 +608,24 @@ impl Db {
     }
 
     /// Calls `f` on every entry of `range` in `order`, reading in chunks so
-    /// any range can be walked; `f` returns `false` to stop.
+    /// any range can be walked; `f` returns `false` to stop. Each chunk is
+    /// read from the newest durable state; use [`Db::snapshot`] for one view.
     pub fn scan_all<E>(
         &self,
         space: Space,
         range: &KeyRange,
         order: Order,
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, E>,
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool, E>,
     ) -> Result<(), E>
     where
         E: From<StoreError>,
     {
-        const CHUNK: usize = 1024;
-        let mut r = range.clone();
-        loop {
-            let rows = self.store.scan(space, &r, order, CHUNK)?;
-            for (k, v) in &rows {
-                if !f(k, v)? {
-                    return Ok(());
-                }
-            }
-            match rows.last() {
-                Some((last, _)) if rows.len() == CHUNK => r = r.after(last, order),
-                _ => return Ok(()),
-            }
-        }
+        scan_all(self.store.as_ref(), space, range, order, f)
+    }
+
+    /// One frozen, durable view for reads that must agree with each other.
+    pub fn snapshot(&self) -> Snapshot {
+        self.store.snapshot()
     }
 
     /// Counter read (absent = 0).

@@ -7,9 +7,17 @@
 //! scan from `since`: its cost is the number of changes, never the size of
 //! the account.
 //!
-//! The log is compacted: only the newest `keep` modseqs are kept; the
-//! account's *floor* counter says where it begins, and a client whose state
-//! is older gets `cannotCalculateChanges` and resyncs.
+//! The log is compacted: only the newest `keep` modseqs are kept. Each kind
+//! has its own *floor* (`Counter::KindFloor`): every change of that kind
+//! after the floor is still in the log. Compaction deletes at most
+//! [`COMPACT_STEP`] entries per kind per commit, scanning from that kind's
+//! floor (never from 0, where every earlier compaction left tombstones), so
+//! a commit's cost is what it deletes, whatever the account's history; and a
+//! kind whose backlog is not yet gone keeps its lower floor, so `changes`
+//! either returns every change since a state or says `cannotCalculateChanges`.
+//!
+//! `changes` reads the state, the floor and the log from one snapshot, so
+//! its answer is one consistent cut: never an entry beyond `newState`.
 
 use std::collections::HashMap;
 
@@ -18,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::{AccountId, Counter};
 use crate::error::{Error, Result};
 use crate::store::key::{self, Key};
-use crate::store::{Db, KeyRange, Order, Space, StoreError, Txn};
+use crate::store::{Db, KeyRange, Order, Reader, Space, StoreError, Txn};
 
 /// An account's state: its modification sequence. 0 before any change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -129,35 +137,52 @@ fn log_value(id: u64, op: Op) -> Vec<u8> {
     v
 }
 
-/// Most entries deleted by one transaction's compaction, so no write pays
-/// for a long backlog at once.
-const COMPACT_STEP: usize = 512;
+/// Most entries of one kind deleted by one transaction's compaction, so no
+/// write pays for a long backlog at once.
+pub const COMPACT_STEP: usize = 512;
 
-/// Deletes log entries older than `state - keep`, a bounded number at a time.
+/// Every kind, in log order.
+pub const KINDS: [Kind; 3] = [Kind::Email, Kind::Mailbox, Kind::Thread];
+
+fn floor_key(account: AccountId, kind: Kind) -> Vec<u8> {
+    Counter::KindFloor.key(account, kind as u64)
+}
+
+/// Sets where `kind`'s log begins (migrations, compaction).
+pub fn set_floor(txn: &mut Txn<'_>, account: AccountId, kind: Kind, floor: u64) {
+    txn.put(Space::Counters, floor_key(account, kind), (floor as i64).to_be_bytes());
+}
+
+/// Where `kind`'s log begins, inside a transaction.
+pub fn floor_in(txn: &Txn<'_>, account: AccountId, kind: Kind) -> Result<u64> {
+    Ok(txn.counter(Space::Counters, &floor_key(account, kind))?.max(0) as u64)
+}
+
+/// Deletes each kind's log entries up to `state - keep`, at most
+/// [`COMPACT_STEP`] per kind, starting at that kind's floor.
 fn compact(txn: &mut Txn<'_>, account: AccountId, state: State, keep: u64) -> Result<()> {
     let Some(horizon) = state.0.checked_sub(keep) else {
         return Ok(());
     };
-    let floor_key = Counter::LogFloor.key(account, 0);
-    let floor = txn.counter(Space::Counters, &floor_key)?.max(0) as u64;
-    if horizon <= floor {
-        return Ok(());
-    }
-    let mut new_floor = horizon;
-    for kind in [Kind::Email, Kind::Mailbox, Kind::Thread] {
-        let range = KeyRange::between(log_key(account, kind, 0), log_key(account, kind, horizon + 1));
-        let old = txn.scan_committed(Space::Changes, &range, Order::Ascending, COMPACT_STEP)?;
-        if old.len() == COMPACT_STEP {
-            // Not done this time: the floor only rises to what is gone.
-            if let Some(last) = old.last().and_then(|(k, _)| key::read_u64(k, 9)) {
-                new_floor = new_floor.min(last);
-            }
+    for kind in KINDS {
+        let floor = floor_in(txn, account, kind)?;
+        if horizon <= floor {
+            continue;
         }
+        let range =
+            KeyRange::between(log_key(account, kind, floor + 1), log_key(account, kind, horizon + 1));
+        let old = txn.scan_committed(Space::Changes, &range, Order::Ascending, COMPACT_STEP)?;
+        let new_floor = if old.len() == COMPACT_STEP {
+            // Not done this time: the floor only rises to what is gone.
+            old.last().and_then(|(k, _)| key::read_u64(k, 9)).unwrap_or(floor)
+        } else {
+            horizon
+        };
         for (k, _) in old {
             txn.delete(Space::Changes, k);
         }
+        set_floor(txn, account, kind, new_floor);
     }
-    txn.put(Space::Counters, floor_key, (new_floor as i64).to_be_bytes());
     Ok(())
 }
 
@@ -188,10 +213,12 @@ pub fn state_in(txn: &Txn<'_>, account: AccountId) -> Result<State> {
     Ok(State(txn.counter(Space::Counters, &Counter::State.key(account, 0))?.max(0) as u64))
 }
 
-/// Changes of `kind` after `since`, at most `max` of them.
+/// Changes of `kind` after `since`, at most `max` of them, read from one
+/// snapshot.
 pub fn changes(db: &Db, account: AccountId, kind: Kind, since: State, max: usize) -> Result<Changes> {
-    let current = state(db, account)?;
-    let floor = db.counter(Space::Counters, &Counter::LogFloor.key(account, 0))?.max(0) as u64;
+    let view = db.snapshot();
+    let current = State(view.counter(Space::Counters, &Counter::State.key(account, 0))?.max(0) as u64);
+    let floor = view.counter(Space::Counters, &floor_key(account, kind))?.max(0) as u64;
     if since.0 < floor {
         return Err(Error::CannotCalculateChanges(format!(
             "state {} is older than the change log (it starts at {floor}); resync",
@@ -204,8 +231,9 @@ pub fn changes(db: &Db, account: AccountId, kind: Kind, since: State, max: usize
             since.0, current.0
         )));
     }
-    let range = KeyRange::between(log_key(account, kind, since.0 + 1), log_key(account, kind, u64::MAX));
-    let rows = db.scan(Space::Changes, &range, Order::Ascending, max + 1)?;
+    let range =
+        KeyRange::between(log_key(account, kind, since.0 + 1), log_key(account, kind, current.0 + 1));
+    let rows = view.scan(Space::Changes, &range, Order::Ascending, max + 1)?;
     let has_more = rows.len() > max;
     let mut merged = ChangeSet::new();
     let mut last = since.0;

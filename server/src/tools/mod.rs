@@ -27,8 +27,9 @@ pub fn open(config: &Config) -> anyhow::Result<(Db, Mailstore)> {
     let store = FjallStore::open(&dir).with_context(|| {
         format!("opening the store in {} (is quaild running on this data dir? stop it first)", dir.display())
     })?;
-    crate::server::check_format(&store)?;
     let db = Db::new(Arc::new(store));
+    crate::upgrade::open(&db, &mut |line| eprintln!("{line}"))
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
     let mail = Mailstore::new(db.clone(), config.mail_config());
     Ok((db, mail))
 }

@@ -1,0 +1,177 @@
+//! Store formats and the migrations between them.
+//!
+//! The store records its format under `Space::Meta` `format`. On open,
+//! [`open`] refuses a format this build does not know (newer, or too old to
+//! migrate) with a message that says what to do, and runs the steps from
+//! the format on disk up to [`STORE_FORMAT`] one at a time, printing a
+//! progress line for each. A step is idempotent and its last transaction
+//! stamps the next format, so a crash during a migration leaves a store that
+//! the next open migrates again from where the format says it is.
+//!
+//! Formats:
+//! - 1: the foundation (emails with raw messages only). Not migratable:
+//!   export it with the build that wrote it and import it again.
+//! - 2: body structure, attachment blobs and skeletons, keyword and thread
+//!   indexes, the change log with one floor per account.
+//! - 3: one change-log floor per kind (`Counter::KindFloor`), so compaction
+//!   that lags for one kind never drops another kind's changes.
+//!
+//! Every later format change (search index, filter verdicts, outbox) adds a
+//! step here and extends `server/tests/upgrade.rs`.
+
+use crate::account::{AccountId, Counter};
+use crate::error::{Error, Result};
+use crate::store::key::{self, Key};
+use crate::store::{Db, KeyRange, Order, Space, StoreError};
+use crate::sync::{self, KINDS};
+
+/// The store layout this build writes and reads.
+pub const STORE_FORMAT: u32 = 3;
+/// The oldest format this build migrates.
+pub const OLDEST_MIGRATABLE: u32 = 2;
+const FORMAT_KEY: &[u8] = b"format";
+
+/// What happened on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// A new store, stamped with [`STORE_FORMAT`].
+    Created,
+    /// Already at [`STORE_FORMAT`].
+    Current,
+    /// Migrated from this format.
+    Migrated(u32),
+}
+
+/// The format on disk, if stamped.
+pub fn format(db: &Db) -> Result<Option<u32>> {
+    match db.get(Space::Meta, FORMAT_KEY)? {
+        None => Ok(None),
+        Some(v) => <[u8; 4]>::try_from(v.as_slice())
+            .map(|b| Some(u32::from_be_bytes(b)))
+            .map_err(|_| StoreError::Corrupt { space: Space::Meta, detail: "format".into() }.into()),
+    }
+}
+
+fn stamp(txn: &mut crate::store::Txn<'_>, format: u32) {
+    txn.put(Space::Meta, FORMAT_KEY.to_vec(), format.to_be_bytes().to_vec());
+}
+
+/// Brings the store to [`STORE_FORMAT`], or refuses it. `progress` gets one
+/// line per step and per thousand accounts migrated.
+pub fn open(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<Opened> {
+    let found = match format(db)? {
+        Some(f) => f,
+        None => {
+            if !db.scan(Space::Accounts, &KeyRange::all(), Order::Ascending, 1)?.is_empty() {
+                return Err(Error::Internal(
+                    "the store holds accounts but no format stamp: it is damaged or not a Quail store; \
+                     restore it from a backup"
+                        .into(),
+                ));
+            }
+            let (_, t) = db.write(|txn| {
+                stamp(txn, STORE_FORMAT);
+                Ok::<_, Error>(())
+            })?;
+            db.store().sync_blocking(t)?;
+            return Ok(Opened::Created);
+        }
+    };
+    if found > STORE_FORMAT {
+        return Err(Error::Store(StoreError::UnsupportedFormat { found, supported: STORE_FORMAT }));
+    }
+    if found < OLDEST_MIGRATABLE {
+        return Err(Error::Internal(format!(
+            "store format {found} is too old to migrate (this build migrates formats \
+             {OLDEST_MIGRATABLE} to {STORE_FORMAT}); export every account with the quaild that wrote \
+             it (`quaild export`) and import them into a new data dir"
+        )));
+    }
+    if found == STORE_FORMAT {
+        return Ok(Opened::Current);
+    }
+    progress(&format!(
+        "store format {found} is older than this build's {STORE_FORMAT}: migrating in place \
+         (one-way; to keep a way back, stop now and copy the data dir first)"
+    ));
+    for from in found..STORE_FORMAT {
+        progress(&format!("migrating store format {from} -> {}: {}", from + 1, describe(from)));
+        run_step(db, from, progress)?;
+    }
+    progress(&format!("store migrated to format {STORE_FORMAT}"));
+    Ok(Opened::Migrated(found))
+}
+
+fn describe(from: u32) -> &'static str {
+    match from {
+        2 => "one change-log floor per kind",
+        _ => "no such step",
+    }
+}
+
+fn run_step(db: &Db, from: u32, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    match from {
+        2 => kind_floors(db, progress),
+        other => Err(Error::Internal(format!("no migration from store format {other}"))),
+    }
+}
+
+/// Accounts migrated per transaction.
+const ACCOUNTS_PER_TXN: usize = 1000;
+
+/// 2 → 3: per-kind floors. A format-2 floor is the lowest point any kind's
+/// compaction reached, but other kinds may have been compacted beyond it.
+/// Each kind's log is a suffix (compaction deletes from the bottom), so its
+/// first remaining entry `m` proves every change of that kind after `m - 1`
+/// is there: the kind's floor becomes `max(old floor, m - 1)`; a kind with
+/// no entries left after compaction began gets the account's state.
+fn kind_floors(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut accounts = Vec::new();
+    db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
+        if let Some(id) = key::read_u64(k, 0) {
+            accounts.push(AccountId(id));
+        }
+        Ok::<_, Error>(true)
+    })?;
+    let total = accounts.len();
+    for (n, chunk) in accounts.chunks(ACCOUNTS_PER_TXN).enumerate() {
+        let last = (n + 1) * ACCOUNTS_PER_TXN >= total;
+        let (_, t) = db.write(|txn| {
+            for account in chunk {
+                if txn.exists(Space::Counters, &Counter::KindFloor.key(*account, 0))? {
+                    continue; // migrated before a crash interrupted this step
+                }
+                let old_key = Counter::LogFloor.key(*account, 0);
+                let old = txn.counter(Space::Counters, &old_key)?.max(0) as u64;
+                let state = sync::state_in(txn, *account)?.0;
+                for kind in KINDS {
+                    let prefix = Key::new().u64(account.0).u8(kind as u8).build();
+                    let first = txn.scan(Space::Changes, &KeyRange::prefix(&prefix), Order::Ascending, 1)?;
+                    let floor = match first.first().and_then(|(k, _)| key::read_u64(k, 9)) {
+                        Some(m) => old.max(m.saturating_sub(1)),
+                        None if old > 0 => state,
+                        None => 0,
+                    };
+                    sync::set_floor(txn, *account, kind, floor);
+                }
+                txn.delete(Space::Counters, old_key);
+            }
+            if last {
+                stamp(txn, 3);
+            }
+            Ok::<_, Error>(())
+        })?;
+        db.store().sync_blocking(t)?;
+        if total > ACCOUNTS_PER_TXN {
+            progress(&format!("  {} of {total} accounts", ((n + 1) * ACCOUNTS_PER_TXN).min(total)));
+        }
+    }
+    if total == 0 {
+        let (_, t) = db.write(|txn| {
+            stamp(txn, 3);
+            Ok::<_, Error>(())
+        })?;
+        db.store().sync_blocking(t)?;
+    }
+    Ok(())
+}
