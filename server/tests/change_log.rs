@@ -99,7 +99,12 @@ fn apply(db: &Db, model: &mut Model, t: &Tx, keep: u64, pick: &mut u64) -> State
 
 /// Replays every page of `changes(kind, since)`; `None` when the log can
 /// no longer answer from `since`.
-fn replay(db: &Db, kind: Kind, since: State, start: &BTreeSet<u64>) -> Option<(State, BTreeSet<u64>, BTreeSet<u64>)> {
+fn replay(
+    db: &Db,
+    kind: Kind,
+    since: State,
+    start: &BTreeSet<u64>,
+) -> Option<(State, BTreeSet<u64>, BTreeSet<u64>)> {
     let mut live = start.clone();
     let mut touched = BTreeSet::new();
     let mut at = since;
@@ -145,7 +150,11 @@ fn check_all(db: &Db, history: &[(State, Model)], last: &Model, current: State, 
                     // Every id still there that changed after `s` was reported.
                     for ((kk, id), at) in &last.changed_at {
                         if *kk == k && *at > s.0 && want.contains(id) {
-                            assert!(touched.contains(id), "{kind:?} {id} changed at {at}, missed from {}", s.0);
+                            assert!(
+                                touched.contains(id),
+                                "{kind:?} {id} changed at {at}, missed from {}",
+                                s.0
+                            );
                         }
                     }
                 }
@@ -204,7 +213,13 @@ fn replays_stay_exact_while_a_writer_commits() {
                 let t = if i % 50 == 7 {
                     Tx { kinds: vec![(Kind::Email, 1000, 2, 2), (Kind::Mailbox, 1, 1, 0)] }
                 } else {
-                    Tx { kinds: vec![(Kind::Email, 3, 2, 1), (Kind::Mailbox, 1, 1, 0), (Kind::Thread, 2, 1, 1)] }
+                    Tx {
+                        kinds: vec![
+                            (Kind::Email, 3, 2, 1),
+                            (Kind::Mailbox, 1, 1, 0),
+                            (Kind::Thread, 2, 1, 1),
+                        ],
+                    }
                 };
                 // The model is recorded before the commit is durable (and
                 // so visible), so no reader can see the state first.
@@ -233,9 +248,14 @@ fn replays_stay_exact_while_a_writer_commits() {
                         }
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
-                    let at_end =
-                        at_end.unwrap_or_else(|| panic!("replay ended at {}, a state no writer produced", end.0));
-                    assert_eq!(live, at_end.live.get(&k).cloned().unwrap_or_default(), "{kind:?} {s} -> {}", end.0);
+                    let at_end = at_end
+                        .unwrap_or_else(|| panic!("replay ended at {}, a state no writer produced", end.0));
+                    assert_eq!(
+                        live,
+                        at_end.live.get(&k).cloned().unwrap_or_default(),
+                        "{kind:?} {s} -> {}",
+                        end.0
+                    );
                     replays += 1;
                 }
             }

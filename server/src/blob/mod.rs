@@ -249,6 +249,13 @@ mod tests {
     use crate::store::FjallStore;
     use std::sync::Arc;
 
+    /// A durable write: reads see only what is durable.
+    fn commit(db: &Db, f: impl FnMut(&mut Txn<'_>) -> Result<()>) -> Result<()> {
+        let (_, t) = db.write(f)?;
+        db.store().sync_blocking(t)?;
+        Ok(())
+    }
+
     fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().expect("dir");
         let db = Db::new(Arc::new(FjallStore::open(dir.path()).expect("open")));
@@ -261,19 +268,19 @@ mod tests {
         let bytes = b"attachment".to_vec();
         let p = prepare(&bytes, true);
         for _ in 0..3 {
-            db.write(|txn| put(txn, &p)).expect("put");
+            commit(&db, |txn| put(txn, &p)).expect("put");
         }
         assert_eq!(refs(&db, p.id).expect("refs").count, 3);
         assert_eq!(get(&db, p.id).expect("get"), Some(bytes.clone()));
         assert_eq!(stored_bytes(&db).expect("bytes"), p.stored.len() as u64);
         for left in [2, 1] {
-            db.write(|txn| release(txn, p.id)).expect("release");
+            commit(&db, |txn| release(txn, p.id)).expect("release");
             assert_eq!(refs(&db, p.id).expect("refs").count, left);
         }
-        db.write(|txn| release(txn, p.id)).expect("release");
+        commit(&db, |txn| release(txn, p.id)).expect("release");
         assert_eq!(get(&db, p.id).expect("get"), None);
         assert_eq!(stored_bytes(&db).expect("bytes"), 0);
-        let err = db.write(|txn| release(txn, p.id)).expect_err("below zero");
+        let err = commit(&db, |txn| release(txn, p.id)).expect_err("below zero");
         assert!(matches!(err, Error::Store(StoreError::Corrupt { .. })));
     }
 
@@ -301,17 +308,17 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..200 {
-                        db.write(|txn| put(txn, &p)).expect("put");
-                        db.write(|txn| release(txn, p.id)).expect("release");
+                        commit(&db, |txn| put(txn, &p)).expect("put");
+                        commit(&db, |txn| release(txn, p.id)).expect("release");
                     }
                 });
             }
             // A long-lived holder interleaves with them.
             s.spawn(|| {
                 for _ in 0..200 {
-                    db.write(|txn| put(txn, &p)).expect("put");
+                    commit(&db, |txn| put(txn, &p)).expect("put");
                     assert!(get(&db, p.id).expect("get").is_some(), "a held blob vanished");
-                    db.write(|txn| release(txn, p.id)).expect("release");
+                    commit(&db, |txn| release(txn, p.id)).expect("release");
                 }
             });
         });

@@ -264,3 +264,53 @@ fn invalid_keys_are_refused_and_nothing_is_applied() {
         assert_eq!(store.get(Space::Meta, b"good").expect("get"), None);
     }
 }
+
+#[test]
+fn readers_see_a_commit_only_once_it_is_durable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gate = SyncGate::new();
+    let store = std::sync::Arc::new(FjallStore::open_gated(dir.path(), gate.clone()).expect("open"));
+    let db = Db::new(store.clone());
+    gate.hold();
+    let ticket = store
+        .commit(&mut |txn| {
+            txn.put(Space::Meta, b"seq/email".to_vec(), 41i64.to_be_bytes().to_vec());
+            txn.put(Space::Emails, b"new".to_vec(), b"not yet durable".to_vec());
+            Ok(())
+        })
+        .expect("commit");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    // Neither a point read, a scan nor a snapshot shows it yet...
+    assert_eq!(db.get(Space::Emails, b"new").expect("get"), None);
+    assert!(db.scan(Space::Emails, &KeyRange::all(), Order::Ascending, 10).expect("scan").is_empty());
+    assert_eq!(db.snapshot().get(Space::Meta, b"seq/email").expect("get"), None);
+    // ...but the next transaction builds on it (ids are never handed out twice).
+    let (seen, t2) = db.write(|txn| Ok::<_, StoreError>(txn.get(Space::Emails, b"new")?)).expect("write");
+    assert_eq!(seen.as_deref(), Some(&b"not yet durable"[..]));
+    assert_eq!(store.metrics().durable, 0);
+    gate.release();
+    store.sync_blocking(ticket).expect("sync");
+    store.sync_blocking(t2).expect("sync");
+    assert_eq!(db.get(Space::Emails, b"new").expect("get").as_deref(), Some(&b"not yet durable"[..]));
+}
+
+#[test]
+fn a_snapshot_is_one_frozen_view() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = std::sync::Arc::new(FjallStore::open(dir.path()).expect("open"));
+    let db = Db::new(store.clone());
+    let put = |v: &[u8]| {
+        let (_, t) = db
+            .write(|txn| {
+                txn.put(Space::Emails, b"k".to_vec(), v.to_vec());
+                Ok::<_, StoreError>(())
+            })
+            .expect("write");
+        store.sync_blocking(t).expect("sync");
+    };
+    put(b"one");
+    let view = db.snapshot();
+    put(b"two");
+    assert_eq!(view.get(Space::Emails, b"k").expect("get").as_deref(), Some(&b"one"[..]));
+    assert_eq!(db.get(Space::Emails, b"k").expect("get").as_deref(), Some(&b"two"[..]));
+}

@@ -169,8 +169,7 @@ fn compact(txn: &mut Txn<'_>, account: AccountId, state: State, keep: u64) -> Re
         if horizon <= floor {
             continue;
         }
-        let range =
-            KeyRange::between(log_key(account, kind, floor + 1), log_key(account, kind, horizon + 1));
+        let range = KeyRange::between(log_key(account, kind, floor + 1), log_key(account, kind, horizon + 1));
         let old = txn.scan_committed(Space::Changes, &range, Order::Ascending, COMPACT_STEP)?;
         let new_floor = if old.len() == COMPACT_STEP {
             // Not done this time: the floor only rises to what is gone.
@@ -231,8 +230,7 @@ pub fn changes(db: &Db, account: AccountId, kind: Kind, since: State, max: usize
             since.0, current.0
         )));
     }
-    let range =
-        KeyRange::between(log_key(account, kind, since.0 + 1), log_key(account, kind, current.0 + 1));
+    let range = KeyRange::between(log_key(account, kind, since.0 + 1), log_key(account, kind, current.0 + 1));
     let rows = view.scan(Space::Changes, &range, Order::Ascending, max + 1)?;
     let has_more = rows.len() > max;
     let mut merged = ChangeSet::new();

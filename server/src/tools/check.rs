@@ -163,6 +163,26 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
     Ok(report)
 }
 
+/// Each kind's change log must begin after its floor: an entry at or below
+/// it is a leftover that compaction missed (repair deletes it).
+fn check_change_log(db: &Db, account: AccountId, report: &mut CheckReport, fixes: &mut Fixes) -> Result<()> {
+    for kind in crate::sync::KINDS {
+        let floor = db.counter(Space::Counters, &Counter::KindFloor.key(account, kind as u64))?.max(0) as u64;
+        let start = Key::new().u64(account.0).u8(kind as u8).build();
+        let end = Key::new().u64(account.0).u8(kind as u8).u64(floor.saturating_add(1)).build();
+        let stale = db.scan(Space::Changes, &KeyRange::between(start, end), Order::Ascending, usize::MAX)?;
+        if !stale.is_empty() {
+            report.problems.push(format!(
+                "account {}: {} {kind:?} change-log entries at or below its floor {floor}",
+                account.0,
+                stale.len()
+            ));
+            fixes.deletes.extend(stale.into_iter().map(|(k, _)| (Space::Changes, k)));
+        }
+    }
+    Ok(())
+}
+
 fn check_account(
     db: &Db,
     account: AccountId,
@@ -184,6 +204,7 @@ fn check_account(
         report.problems.push(format!("account {}: undecodable email record {}", account.0, hex::encode(&k)));
     }
     report.emails += emails.len() as u64;
+    check_change_log(db, account, report, fixes)?;
 
     let mut want_index = BTreeSet::new();
     let mut want_counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();

@@ -1,0 +1,94 @@
+//! Upgrades migrate: a store written by an older build (the checked-in
+//! format-2 fixture) opens, migrates and checks clean; a newer format is
+//! refused with a message that says what to do.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use quail_server::Config;
+use quail_server::account::{AccountId, Counter};
+use quail_server::store::{Db, FjallStore, Space};
+use quail_server::sync::{KINDS, Kind, State};
+use quail_server::tools::{self, check};
+use quail_server::upgrade::{self, Opened, STORE_FORMAT};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn fixture_copy() -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().expect("dir");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-2/store");
+    let config = Config::with_data_dir(dir.path());
+    copy_dir(&fixture, &config.store_dir());
+    (dir, config)
+}
+
+#[test]
+fn the_format_2_fixture_migrates_and_checks_clean() {
+    let (_dir, config) = fixture_copy();
+    {
+        let store = FjallStore::open(&config.store_dir()).expect("open fixture");
+        let db = Db::new(Arc::new(store));
+        assert_eq!(upgrade::format(&db).expect("format"), Some(2));
+        let mut lines = Vec::new();
+        let opened = upgrade::open(&db, &mut |l| lines.push(l.to_owned())).expect("migrates");
+        assert_eq!(opened, Opened::Migrated(2));
+        assert_eq!(upgrade::format(&db).expect("format"), Some(STORE_FORMAT));
+        assert!(lines.iter().any(|l| l.contains("migrating store format 2 -> 3")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("copy the data dir")), "a backup hint: {lines:?}");
+        // The old single floor is gone, every kind has its own.
+        let demo = AccountId(1);
+        assert_eq!(db.get(Space::Counters, &Counter::LogFloor.key(demo, 0)).expect("get"), None);
+        for kind in KINDS {
+            assert!(
+                db.get(Space::Counters, &Counter::KindFloor.key(demo, kind as u64)).expect("get").is_some()
+            );
+        }
+        // Opening again is a no-op.
+        assert_eq!(upgrade::open(&db, &mut |_| {}).expect("reopen"), Opened::Current);
+    }
+    // The offline tools open it, and it checks clean.
+    let (db, mail) = tools::open(&config).expect("tools open the migrated store");
+    let report = check::check(&db, false).expect("check");
+    assert!(report.clean(), "{:?}", report.problems);
+    assert_eq!((report.accounts, report.emails), (2, 27));
+    // The mail is all there and delta sync answers from the current state.
+    let demo = AccountId(1);
+    assert_eq!(mail.email_ids(demo).expect("ids").len(), 25);
+    let state = mail.state(demo).expect("state");
+    let c = mail.changes(demo, Kind::Email, state, 10).expect("changes");
+    assert!(c.created.is_empty() && c.new_state == state);
+    // The fixture's log was compacted (keep_changes = 16): old states resync.
+    let err = mail.changes(demo, Kind::Email, State(1), 10).expect_err("compacted");
+    assert!(err.to_string().contains("resync"), "{err}");
+}
+
+#[test]
+fn a_newer_format_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = Config::with_data_dir(dir.path());
+    {
+        let db = Db::new(Arc::new(FjallStore::open(&config.store_dir()).expect("open")));
+        let (_, t) = db
+            .write(|txn| {
+                txn.put(Space::Meta, b"format".to_vec(), 99u32.to_be_bytes().to_vec());
+                Ok::<_, quail_server::store::StoreError>(())
+            })
+            .expect("stamp");
+        db.store().sync_blocking(t).expect("sync");
+    }
+    let err = format!("{:#}", tools::open(&config).expect_err("refused"));
+    assert!(err.contains("format 99"), "{err}");
+    assert!(err.contains(&format!("up to {STORE_FORMAT}")), "{err}");
+    assert!(err.contains("newer quaild") && err.contains("backup"), "names the fix: {err}");
+}
