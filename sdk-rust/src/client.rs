@@ -107,10 +107,31 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// How to connect, beyond the address and the trust.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// The local UDP address to bind (default: any address, any port).
+    pub local_addr: Option<SocketAddr>,
+}
+
+impl ConnectOptions {
+    /// Binds the client's UDP socket to `addr`.
+    pub fn local_addr(mut self, addr: SocketAddr) -> Self {
+        self.local_addr = Some(addr);
+        self
+    }
+}
+
 impl Client {
     /// Connects to `addr` (`host:port`), authenticating the server by `trust`,
     /// and says hello.
     pub async fn connect(addr: &str, trust: Trust) -> Result<Client> {
+        Self::connect_with(addr, trust, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with options.
+    pub async fn connect_with(addr: &str, trust: Trust, options: ConnectOptions) -> Result<Client> {
         let (host, port) = split_host_port(addr)?;
         let remote = tokio::net::lookup_host((host.as_str(), port))
             .await
@@ -124,7 +145,7 @@ impl Client {
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("quail-rpc".into())
-            .spawn(move || connection_thread(remote, server_name, tls, jobs_rx, ready_tx))
+            .spawn(move || connection_thread(remote, server_name, tls, options, jobs_rx, ready_tx))
             .map_err(|e| Error::Disconnected(format!("starting the connection thread: {e}")))?;
         let info = ready_rx.await.map_err(|_| Error::Disconnected("connection thread ended".into()))??;
         Ok(Client { inner: Arc::new(Inner { jobs: jobs_tx, info, remote }) })
@@ -240,6 +261,7 @@ fn connection_thread(
     remote: SocketAddr,
     server_name: ServerName<'static>,
     tls: rustls::ClientConfig,
+    options: ConnectOptions,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: oneshot::Sender<Result<ServerInfo>>,
 ) {
@@ -252,7 +274,7 @@ fn connection_thread(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let setup = tokio::time::timeout(CONNECT_TIMEOUT, open(remote, server_name, tls)).await;
+        let setup = tokio::time::timeout(CONNECT_TIMEOUT, open(remote, server_name, tls, options)).await;
         let (endpoint, quic, conn) = match setup {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
@@ -288,6 +310,7 @@ async fn open(
     remote: SocketAddr,
     server_name: ServerName<'static>,
     tls: rustls::ClientConfig,
+    options: ConnectOptions,
 ) -> Result<(quinn::Endpoint, quinn::Connection, Rc<Conn>)> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| Error::Tls(format!("QUIC TLS configuration: {e}")))?;
@@ -297,10 +320,10 @@ async fn open(
     transport
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(|_| Error::Protocol("idle timeout".into()))?));
     config.transport_config(Arc::new(transport));
-    let bind: SocketAddr = if remote.is_ipv6() {
-        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-    } else {
-        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    let bind: SocketAddr = match options.local_addr {
+        Some(a) => a,
+        None if remote.is_ipv6() => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        None => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
     };
     let mut endpoint = quinn::Endpoint::client(bind)
         .map_err(|e| Error::Disconnected(format!("binding a UDP socket: {e}")))?;

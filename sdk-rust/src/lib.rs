@@ -32,7 +32,7 @@ mod trust;
 mod types;
 mod wire;
 
-pub use client::Client;
+pub use client::{Client, ConnectOptions};
 pub use error::{Error, Reaction, Result};
 pub use service::{Admin, Gateway};
 pub use session::{ByteRun, Session};

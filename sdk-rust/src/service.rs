@@ -65,6 +65,22 @@ impl Admin {
             .await
     }
 
+    /// Revokes every app token of an account; returns how many. Sessions
+    /// opened with them fail their next call with `BadCredentials`.
+    pub async fn revoke_tokens(&self, name: &str) -> Result<u32> {
+        let cap = self.cap;
+        let name = name.to_owned();
+        self.client
+            .call(move |conn| async move {
+                let admin = conn.admin(cap)?;
+                let mut req = admin.revoke_tokens_request();
+                req.get().set_name(name.as_str());
+                let resp = req.send().promise.await?;
+                Ok(resp.get()?.get_revoked())
+            })
+            .await
+    }
+
     /// Sets an account's quotas (0 = unlimited).
     pub async fn set_quota(&self, name: &str, quota_bytes: u64, quota_messages: u64) -> Result<AccountInfo> {
         let cap = self.cap;

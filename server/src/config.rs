@@ -104,6 +104,13 @@ pub struct Limits {
     pub max_search_query_bytes: u32,
     /// Concurrent streams a client may open per connection.
     pub max_streams_per_connection: u32,
+    /// Password checks (argon2id, 19 MiB each) running at once, server-wide;
+    /// logins beyond it get `unavailable` at once.
+    pub max_concurrent_logins: u32,
+    /// Calls in flight per connection; more get `unavailable` at once.
+    pub max_calls_per_connection: u32,
+    /// Connections from one IP address (IPv6: one /64) at once.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -119,6 +126,9 @@ impl Default for Limits {
             max_name_bytes: limits::MAX_NAME_BYTES,
             max_search_query_bytes: limits::MAX_SEARCH_QUERY_BYTES,
             max_streams_per_connection: 32,
+            max_concurrent_logins: 4,
+            max_calls_per_connection: 128,
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -181,6 +191,10 @@ impl Config {
         anyhow::ensure!(
             l.max_ids_per_call > 0 && l.max_query_limit > 0 && l.max_changes > 0,
             "limits: counts must be positive"
+        );
+        anyhow::ensure!(
+            l.max_concurrent_logins > 0 && l.max_calls_per_connection > 0 && l.max_connections_per_ip > 0,
+            "limits: max_concurrent_logins, max_calls_per_connection and max_connections_per_ip must be positive"
         );
         Ok(())
     }

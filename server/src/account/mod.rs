@@ -7,6 +7,7 @@
 //! reveal which names exist.
 
 mod credentials;
+pub mod guard;
 mod password;
 
 use std::sync::OnceLock;
@@ -18,6 +19,7 @@ use crate::store::key::Key;
 use crate::store::{Db, KeyRange, Order, Space, StoreError, Txn};
 
 pub use credentials::{Credential, Credentials, new_secret, write_private};
+pub use guard::{Attempt, LoginGuard, LoginStats};
 pub use password::{hash_password, verify_password};
 
 /// An account's id. Stable for the account's life, never reused.
@@ -346,6 +348,14 @@ impl Accounts {
             None => return Err(Error::BadCredentials),
         };
         self.get(token.account)?.ok_or(Error::BadCredentials)
+    }
+
+    /// Whether the token with this BLAKE3 hash still logs into `account`.
+    pub fn token_valid(&self, hash: &[u8; 32], account: AccountId) -> Result<bool> {
+        match self.db.get(Space::Tokens, hash)? {
+            Some(b) => Ok(decode::<AppToken>(Space::Tokens, &b)?.account == account),
+            None => Ok(false),
+        }
     }
 
     /// The account's app tokens.

@@ -13,8 +13,11 @@
 
 pub mod tls;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty::VatNetwork};
@@ -24,7 +27,60 @@ use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::task::LocalPoolHandle;
 
-use crate::rpc::{self, Services};
+use crate::rpc::{self, Peer, Services};
+
+/// Connections open per remote address (IPv6: per /64).
+#[derive(Debug, Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// The address a per-IP limit counts: IPv6 hosts get a /64 each.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// One open connection counted against its address; uncounted on drop.
+#[derive(Debug)]
+struct Slot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<Slot> {
+        let ip = ip_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { table: Arc::clone(self), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// How long a new stream may take to send its kind tag.
 const TAG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,13 +98,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let per_ip = Arc::new(PerIp::default());
+    let max_per_ip = services.config.limits.max_connections_per_ip;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
+                    let remote = incoming.remote_address();
+                    let Some(slot) = per_ip.take(remote.ip(), max_per_ip) else {
+                        tracing::info!(%remote, limit = max_per_ip, "refusing a connection: too many from this address");
+                        incoming.refuse();
+                        continue;
+                    };
                     let services = Arc::clone(&services);
-                    workers.spawn_pinned(move || connection(incoming, services));
+                    workers.spawn_pinned(move || connection(incoming, services, slot));
                 }
                 None => break,
             },
@@ -58,7 +122,8 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
-async fn connection(incoming: Incoming, services: Arc<Services>) {
+async fn connection(incoming: Incoming, services: Arc<Services>, slot: Slot) {
+    let _slot = slot;
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -77,10 +142,17 @@ async fn connection(incoming: Incoming, services: Arc<Services>) {
         return;
     }
     tracing::debug!(%remote, "connected");
+    let peer = Peer::new(remote.ip(), services.config.limits.max_calls_per_connection);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::task::spawn_local(stream(conn.clone(), send, recv, Arc::clone(&services)));
+                tokio::task::spawn_local(stream(
+                    conn.clone(),
+                    send,
+                    recv,
+                    Arc::clone(&services),
+                    Rc::clone(&peer),
+                ));
             }
             Err(e) => {
                 tracing::debug!(%remote, reason = %e, "connection ended");
@@ -90,7 +162,13 @@ async fn connection(incoming: Incoming, services: Arc<Services>) {
     }
 }
 
-async fn stream(conn: Connection, mut send: SendStream, mut recv: RecvStream, services: Arc<Services>) {
+async fn stream(
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    services: Arc<Services>,
+    peer: Rc<Peer>,
+) {
     let mut tag = [0u8; 1];
     match tokio::time::timeout(TAG_TIMEOUT, recv.read_exact(&mut tag)).await {
         Ok(Ok(())) => {}
@@ -104,7 +182,7 @@ async fn stream(conn: Connection, mut send: SendStream, mut recv: RecvStream, se
         }
     }
     match StreamKind::from_tag(tag[0]) {
-        Some(StreamKind::Rpc) => rpc_stream(conn, send, recv, services).await,
+        Some(StreamKind::Rpc) => rpc_stream(conn, send, recv, services, peer).await,
         Some(StreamKind::Bulk) => bulk_stream(send, recv).await,
         None => {
             tracing::debug!(tag = tag[0], "unknown stream kind; resetting the stream");
@@ -124,7 +202,13 @@ fn reader_options(max_bytes: u64) -> capnp::message::ReaderOptions {
     o
 }
 
-async fn rpc_stream(conn: Connection, send: SendStream, recv: RecvStream, services: Arc<Services>) {
+async fn rpc_stream(
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    services: Arc<Services>,
+    peer: Rc<Peer>,
+) {
     let options = reader_options(services.config.limits.max_rpc_message_bytes);
     let network = VatNetwork::new(
         BufReader::new(recv.compat()),
@@ -132,7 +216,7 @@ async fn rpc_stream(conn: Connection, send: SendStream, recv: RecvStream, servic
         Side::Server,
         options,
     );
-    let bootstrap = rpc::bootstrap(services);
+    let bootstrap = rpc::bootstrap(services, peer);
     let system = RpcSystem::new(Box::new(network), Some(bootstrap.client));
     if let Err(e) = system.await {
         if conn.close_reason().is_some() || e.kind == capnp::ErrorKind::Disconnected {

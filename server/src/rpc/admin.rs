@@ -14,11 +14,12 @@ const MAX_LIST: u32 = 1000;
 
 pub(crate) struct AdminImpl {
     services: Arc<Services>,
+    peer: std::rc::Rc<super::Peer>,
 }
 
 impl AdminImpl {
-    pub(crate) fn new(services: Arc<Services>) -> Self {
-        AdminImpl { services }
+    pub(crate) fn new(services: Arc<Services>, peer: std::rc::Rc<super::Peer>) -> Self {
+        AdminImpl { services, peer }
     }
 
     fn fill(
@@ -50,6 +51,7 @@ impl admin::Server for AdminImpl {
         params: admin::CreateAccountParams,
         mut results: admin::CreateAccountResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let p = params.get()?;
         let name = account::normalize_name(text(p.get_name(), "name", MAX_NAME)?).map_err(to_capnp)?;
         let password = text(p.get_password(), "password", account::MAX_PASSWORD_BYTES)?.to_owned();
@@ -73,6 +75,7 @@ impl admin::Server for AdminImpl {
         params: admin::SetPasswordParams,
         _: admin::SetPasswordResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let p = params.get()?;
         let name = text(p.get_name(), "name", MAX_NAME)?.to_owned();
         let password = text(p.get_password(), "password", account::MAX_PASSWORD_BYTES)?.to_owned();
@@ -91,6 +94,7 @@ impl admin::Server for AdminImpl {
         params: admin::SetQuotaParams,
         mut results: admin::SetQuotaResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let p = params.get()?;
         let name = text(p.get_name(), "name", MAX_NAME)?;
         let (bytes, messages) = (p.get_quota_bytes(), p.get_quota_messages());
@@ -111,6 +115,7 @@ impl admin::Server for AdminImpl {
         params: admin::ListAccountsParams,
         mut results: admin::ListAccountsResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let p = params.get()?;
         let after = text(p.get_after(), "after", MAX_NAME)?;
         let limit = match p.get_limit() {
@@ -132,6 +137,7 @@ impl admin::Server for AdminImpl {
         params: admin::GetAccountParams,
         mut results: admin::GetAccountResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let a = self.named(params.get()?.get_name())?;
         self.fill(results.get().init_account(), &a)
     }
@@ -141,6 +147,7 @@ impl admin::Server for AdminImpl {
         params: admin::RevokeTokensParams,
         mut results: admin::RevokeTokensResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let a = self.named(params.get()?.get_name())?;
         let n = self.services.accounts.revoke_tokens(a.id, None).await.map_err(to_capnp)?;
         results.get().set_revoked(n);

@@ -16,11 +16,12 @@ const MAX_PATH_BYTES: usize = 256;
 
 pub(crate) struct GatewayImpl {
     services: Arc<Services>,
+    peer: std::rc::Rc<super::Peer>,
 }
 
 impl GatewayImpl {
-    pub(crate) fn new(services: Arc<Services>) -> Self {
-        GatewayImpl { services }
+    pub(crate) fn new(services: Arc<Services>, peer: std::rc::Rc<super::Peer>) -> Self {
+        GatewayImpl { services, peer }
     }
 }
 
@@ -30,6 +31,7 @@ impl gateway::Server for GatewayImpl {
         params: gateway::DeliverParams,
         mut results: gateway::DeliverResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let s = &self.services;
         let limits = &s.config.limits;
         let p = params.get()?;

@@ -19,12 +19,16 @@ pub mod session;
 
 pub use session::decode_query;
 
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use quail_protocol::{ErrorCode, error_to_capnp};
+use tokio::sync::Semaphore;
 
-use crate::account::{Accounts, Credentials};
+use crate::account::{Accounts, Credentials, LoginGuard};
 use crate::config::Config;
 use crate::error::Error;
 use crate::mail::Mailstore;
@@ -45,18 +49,70 @@ pub struct Services {
     pub credentials: Credentials,
     /// Configuration (limits, domains).
     pub config: Config,
+    /// The budget of password checks and failed logins.
+    pub logins: LoginGuard,
+    /// Permits for reads that may walk a whole mailbox (filtered or
+    /// collapsed queries, deep pages): they run on the blocking pool, this
+    /// many at once, never on a connection's worker.
+    pub heavy_reads: Arc<Semaphore>,
 }
 
 impl Services {
     /// Services over `db`.
     pub fn new(db: Db, credentials: Credentials, config: Config) -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Services {
             accounts: Accounts::new(db.clone()),
             mail: Mailstore::new(db.clone(), config.mail_config()),
             db,
             credentials,
+            logins: LoginGuard::new(config.limits.max_concurrent_logins as usize),
+            heavy_reads: Arc::new(Semaphore::new(cores)),
             config,
         })
+    }
+}
+
+/// One connection: where it comes from, and its calls in flight. Every
+/// capability handed out on the connection shares it.
+#[derive(Debug)]
+pub struct Peer {
+    /// The remote address.
+    pub ip: IpAddr,
+    in_flight: Cell<u32>,
+    max_in_flight: u32,
+}
+
+impl Peer {
+    /// A connection from `ip` allowed `max_in_flight` calls at once.
+    pub fn new(ip: IpAddr, max_in_flight: u32) -> Rc<Self> {
+        Rc::new(Peer { ip, in_flight: Cell::new(0), max_in_flight: max_in_flight.max(1) })
+    }
+
+    /// Counts one call in flight until the guard drops; refuses one over
+    /// the connection's budget at once (`unavailable`), so a client that
+    /// pipelines without waiting gets errors, not server memory.
+    pub fn enter(self: &Rc<Self>) -> Result<CallGuard, capnp::Error> {
+        let n = self.in_flight.get();
+        if n >= self.max_in_flight {
+            return Err(to_capnp(Error::Unavailable(format!(
+                "{n} calls in flight on this connection; wait for answers before sending more"
+            ))));
+        }
+        self.in_flight.set(n + 1);
+        Ok(CallGuard { peer: Rc::clone(self) })
+    }
+}
+
+/// One call in flight (see [`Peer::enter`]).
+#[derive(Debug)]
+pub struct CallGuard {
+    peer: Rc<Peer>,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.peer.in_flight.set(self.peer.in_flight.get().saturating_sub(1));
     }
 }
 
@@ -139,6 +195,24 @@ pub fn text<'a>(t: capnp::Result<capnp::text::Reader<'a>>, what: &str, max: usiz
         return Err(to_capnp(Error::LimitExceeded(format!("{what}: longer than {max} bytes"))));
     }
     Ok(s)
+}
+
+/// Runs a read that may walk a whole mailbox on the blocking pool, at most
+/// [`Services::heavy_reads`] at once.
+pub async fn heavy<T: Send + 'static>(
+    services: &Arc<Services>,
+    f: impl FnOnce(&Services) -> crate::Result<T> + Send + 'static,
+) -> crate::Result<T> {
+    let permit = Arc::clone(&services.heavy_reads)
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::Unavailable("shutting down".into()))?;
+    let services = Arc::clone(services);
+    blocking(move || {
+        let _permit = permit;
+        f(&services)
+    })
+    .await
 }
 
 /// Runs CPU-heavy work (argon2) on the blocking pool.

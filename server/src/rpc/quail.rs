@@ -2,24 +2,42 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use quail_protocol::PROTOCOL_VERSION;
 use quail_protocol::quail_capnp::{admin, gateway, quail, session};
 
-use super::{FEATURES, Services, blocking, text, to_capnp};
-use crate::account::Credential;
+use super::session::Auth;
+use super::{FEATURES, Peer, Services, text, to_capnp};
+use crate::account::{Attempt, Credential};
 use crate::error::Error;
 
 /// Longest secret or token accepted.
 const MAX_SECRET_BYTES: usize = 1024;
 
-/// The bootstrap capability of one RPC stream.
-pub fn bootstrap(services: Arc<Services>) -> quail::Client {
-    capnp_rpc::new_client(QuailImpl { services })
+/// The bootstrap capability of one RPC stream of the connection `peer`.
+pub fn bootstrap(services: Arc<Services>, peer: Rc<Peer>) -> quail::Client {
+    capnp_rpc::new_client(QuailImpl { services, peer })
 }
 
 struct QuailImpl {
     services: Arc<Services>,
+    peer: Rc<Peer>,
+}
+
+impl QuailImpl {
+    /// Checks a service credential (cheap), throttled like a login.
+    fn service_secret(&self, which: Credential, secret: &str) -> Result<(), capnp::Error> {
+        let logins = &self.services.logins;
+        logins.admit(self.peer.ip, Attempt::Service, Instant::now()).map_err(to_capnp)?;
+        let ok = self.services.credentials.check(which, secret).is_ok();
+        logins.record(self.peer.ip, Attempt::Service, ok, Instant::now());
+        if !ok {
+            tracing::info!(ip = %self.peer.ip, credential = ?which, "failed service login");
+            return Err(to_capnp(Error::BadCredentials));
+        }
+        Ok(())
+    }
 }
 
 impl quail::Server for QuailImpl {
@@ -44,15 +62,36 @@ impl quail::Server for QuailImpl {
         params: quail::LoginParams,
         mut results: quail::LoginResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let p = params.get()?;
         let name = text(p.get_name(), "name", MAX_SECRET_BYTES)?.to_owned();
         let secret = text(p.get_secret(), "secret", MAX_SECRET_BYTES)?.to_owned();
+        let ip = self.peer.ip;
+        let logins = &self.services.logins;
+        logins.admit(ip, Attempt::User(Some(&name)), Instant::now()).map_err(to_capnp)?;
+        // Hashing is the expensive part: only with a permit, never queued.
+        let permit = logins.permit().await.map_err(to_capnp)?;
+        // Failures may have come in while this one waited.
+        logins.admit(ip, Attempt::User(Some(&name)), Instant::now()).map_err(to_capnp)?;
         let services = Arc::clone(&self.services);
-        let account =
-            blocking(move || services.accounts.authenticate(&name, &secret)).await.map_err(to_capnp)?;
+        let who = name.clone();
+        let outcome = logins.hash(permit, move || services.accounts.authenticate(&who, &secret)).await;
+        let ok = outcome.is_ok();
+        logins.record(ip, Attempt::User(Some(&name)), ok, Instant::now());
+        let account = outcome.map_err(|e| {
+            if matches!(e, Error::BadCredentials) {
+                tracing::info!(name = %name, %ip, "failed login");
+            }
+            to_capnp(e)
+        })?;
         tracing::debug!(account = account.id.0, "login");
-        let session: session::Client =
-            capnp_rpc::new_client(super::session::SessionImpl::new(Arc::clone(&self.services), account.id));
+        let auth = Auth::Password(account.password_hash.clone());
+        let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
+            Arc::clone(&self.services),
+            Rc::clone(&self.peer),
+            account.id,
+            auth,
+        ));
         results.get().set_session(session);
         Ok(())
     }
@@ -62,10 +101,26 @@ impl quail::Server for QuailImpl {
         params: quail::LoginTokenParams,
         mut results: quail::LoginTokenResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let token = text(params.get()?.get_token(), "token", MAX_SECRET_BYTES)?;
-        let account = self.services.accounts.authenticate_token(token).map_err(to_capnp)?;
-        let session: session::Client =
-            capnp_rpc::new_client(super::session::SessionImpl::new(Arc::clone(&self.services), account.id));
+        let ip = self.peer.ip;
+        let logins = &self.services.logins;
+        logins.admit(ip, Attempt::User(None), Instant::now()).map_err(to_capnp)?;
+        let outcome = self.services.accounts.authenticate_token(token);
+        logins.record(ip, Attempt::User(None), outcome.is_ok(), Instant::now());
+        let account = outcome.map_err(|e| {
+            if matches!(e, Error::BadCredentials) {
+                tracing::info!(%ip, "failed token login");
+            }
+            to_capnp(e)
+        })?;
+        let auth = Auth::Token(*blake3::hash(token.as_bytes()).as_bytes());
+        let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
+            Arc::clone(&self.services),
+            Rc::clone(&self.peer),
+            account.id,
+            auth,
+        ));
         results.get().set_session(session);
         Ok(())
     }
@@ -75,10 +130,13 @@ impl quail::Server for QuailImpl {
         params: quail::GatewayParams,
         mut results: quail::GatewayResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let secret = text(params.get()?.get_secret(), "secret", MAX_SECRET_BYTES)?;
-        self.services.credentials.check(Credential::Gateway, secret).map_err(to_capnp)?;
-        let g: gateway::Client =
-            capnp_rpc::new_client(super::gateway::GatewayImpl::new(Arc::clone(&self.services)));
+        self.service_secret(Credential::Gateway, secret)?;
+        let g: gateway::Client = capnp_rpc::new_client(super::gateway::GatewayImpl::new(
+            Arc::clone(&self.services),
+            Rc::clone(&self.peer),
+        ));
         results.get().set_gateway(g);
         Ok(())
     }
@@ -88,13 +146,13 @@ impl quail::Server for QuailImpl {
         params: quail::AdminParams,
         mut results: quail::AdminResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
         let secret = text(params.get()?.get_secret(), "secret", MAX_SECRET_BYTES)?;
-        self.services
-            .credentials
-            .check(Credential::Admin, secret)
-            .map_err(|_| to_capnp(Error::BadCredentials))?;
-        let a: admin::Client =
-            capnp_rpc::new_client(super::admin::AdminImpl::new(Arc::clone(&self.services)));
+        self.service_secret(Credential::Admin, secret)?;
+        let a: admin::Client = capnp_rpc::new_client(super::admin::AdminImpl::new(
+            Arc::clone(&self.services),
+            Rc::clone(&self.peer),
+        ));
         results.get().set_admin(a);
         Ok(())
     }

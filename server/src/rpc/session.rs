@@ -7,20 +7,51 @@ use std::sync::Arc;
 use quail_protocol::quail_capnp::{ObjectKind, Sort, Tristate, query, session};
 
 use super::convert::{self, Props};
-use super::{Services, not_served, now_ms, text, to_capnp};
+use super::{CallGuard, Peer, Services, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
 use crate::error::Error;
 use crate::mail::{EmailId, Filter, MailboxId, Query, Start, ThreadId, Tri};
 use crate::sync::{Kind, State};
 
+/// How a session was opened: what must still hold for it to go on.
+#[derive(Debug, Clone)]
+pub(crate) enum Auth {
+    /// By password: the account's hash at login. `setPassword` changes it.
+    Password(String),
+    /// By app token: BLAKE3 of the token. Revoking deletes it.
+    Token([u8; 32]),
+}
+
 pub(crate) struct SessionImpl {
     services: Arc<Services>,
+    peer: Rc<Peer>,
     account: AccountId,
+    auth: Auth,
 }
 
 impl SessionImpl {
-    pub(crate) fn new(services: Arc<Services>, account: AccountId) -> Self {
-        SessionImpl { services, account }
+    pub(crate) fn new(services: Arc<Services>, peer: Rc<Peer>, account: AccountId, auth: Auth) -> Self {
+        SessionImpl { services, peer, account, auth }
+    }
+
+    /// Starts a call: within the connection's budget, and only while the
+    /// credential the session was opened with is still good (a new
+    /// password or a revoked token ends it with `badCredentials`).
+    fn enter(&self) -> Result<CallGuard, capnp::Error> {
+        let guard = self.peer.enter()?;
+        let still = match &self.auth {
+            Auth::Password(hash) => self
+                .services
+                .accounts
+                .get(self.account)
+                .map_err(to_capnp)?
+                .is_some_and(|a| a.password_hash == *hash),
+            Auth::Token(hash) => self.services.accounts.token_valid(hash, self.account).map_err(to_capnp)?,
+        };
+        if !still {
+            return Err(to_capnp(Error::BadCredentials));
+        }
+        Ok(guard)
     }
 
     fn check_ids(&self, n: u32) -> Result<(), capnp::Error> {
@@ -112,6 +143,7 @@ impl session::Server for SessionImpl {
         _: session::AccountParams,
         mut results: session::AccountResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let s = &self.services;
         let account = s
             .accounts
@@ -131,6 +163,7 @@ impl session::Server for SessionImpl {
         _: session::MailboxesParams,
         mut results: session::MailboxesResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let s = &self.services;
         let state = s.mail.state(self.account).map_err(to_capnp)?;
         let boxes = s.mail.mailboxes(self.account).map_err(to_capnp)?;
@@ -148,6 +181,7 @@ impl session::Server for SessionImpl {
         params: session::QueryParams,
         mut results: session::QueryResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let q = params.get()?.get_query()?;
         let query = decode_query(q, self.services.config.limits.max_query_limit)?;
         let page = self.services.mail.query(self.account, &query).map_err(to_capnp)?;
@@ -167,6 +201,7 @@ impl session::Server for SessionImpl {
         params: session::GetParams,
         mut results: session::GetResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let p = params.get()?;
         let ids = p.get_ids()?;
         self.check_ids(ids.len())?;
@@ -205,6 +240,7 @@ impl session::Server for SessionImpl {
         params: session::RawParams,
         mut results: session::RawResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let p = params.get()?;
         let id = EmailId(p.get_id());
         let (offset, length) = if p.has_range() {
@@ -235,6 +271,7 @@ impl session::Server for SessionImpl {
         params: session::CreateAppTokenParams,
         mut results: session::CreateAppTokenResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let label = text(params.get()?.get_label(), "label", crate::account::MAX_LABEL_BYTES)?;
         let (secret, token) =
             self.services.accounts.create_token(self.account, label, now_ms()).await.map_err(to_capnp)?;
@@ -252,6 +289,7 @@ impl session::Server for SessionImpl {
         _: session::ListAppTokensParams,
         mut results: session::ListAppTokensResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let tokens = self.services.accounts.tokens(self.account).map_err(to_capnp)?;
         let mut list = results.get().init_tokens(tokens.len() as u32);
         for (i, t) in tokens.iter().enumerate() {
@@ -268,6 +306,7 @@ impl session::Server for SessionImpl {
         params: session::RevokeAppTokenParams,
         _: session::RevokeAppTokenResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let id = params.get()?.get_id();
         self.services.accounts.revoke_tokens(self.account, Some(id)).await.map_err(to_capnp)?;
         Ok(())
@@ -278,6 +317,7 @@ impl session::Server for SessionImpl {
         params: session::CreateMailboxParams,
         mut results: session::CreateMailboxResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let p = params.get()?;
         let name = text(p.get_name(), "name", self.services.config.limits.max_name_bytes as usize)?;
         let parent = Some(MailboxId(p.get_parent_id())).filter(|m| m.0 != 0);
@@ -294,6 +334,7 @@ impl session::Server for SessionImpl {
         params: session::RenameMailboxParams,
         mut results: session::RenameMailboxResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let p = params.get()?;
         let name = text(p.get_name(), "name", self.services.config.limits.max_name_bytes as usize)?;
         let parent = Some(MailboxId(p.get_parent_id())).filter(|m| m.0 != 0);
@@ -324,6 +365,7 @@ impl session::Server for SessionImpl {
         params: session::DeleteMailboxParams,
         mut results: session::DeleteMailboxResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let id = MailboxId(params.get()?.get_id());
         let state = self.services.mail.delete_mailbox(self.account, id).await.map_err(to_capnp)?;
         results.get().set_state(state.0);
@@ -335,6 +377,7 @@ impl session::Server for SessionImpl {
         params: session::ThreadsParams,
         mut results: session::ThreadsResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let ids = params.get()?.get_ids()?;
         self.check_ids(ids.len())?;
         let mut found = Vec::new();
@@ -369,6 +412,7 @@ impl session::Server for SessionImpl {
         params: session::ChangesParams,
         mut results: session::ChangesResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let p = params.get()?;
         let kind = match p.get_kind()? {
             ObjectKind::Email => Kind::Email,
@@ -394,6 +438,7 @@ impl session::Server for SessionImpl {
         params: session::SetKeywordsParams,
         mut results: session::SetKeywordsResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let p = params.get()?;
         let ids = p.get_ids()?;
         self.check_ids(ids.len())?;
@@ -414,6 +459,7 @@ impl session::Server for SessionImpl {
         params: session::MoveParams,
         mut results: session::MoveResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let p = params.get()?;
         let ids = p.get_ids()?;
         self.check_ids(ids.len())?;
@@ -441,6 +487,7 @@ impl session::Server for SessionImpl {
         params: session::DestroyParams,
         mut results: session::DestroyResults,
     ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
         let p = params.get()?;
         let ids = p.get_ids()?;
         self.check_ids(ids.len())?;

@@ -285,7 +285,7 @@ fn readers_see_a_commit_only_once_it_is_durable() {
     assert!(db.scan(Space::Emails, &KeyRange::all(), Order::Ascending, 10).expect("scan").is_empty());
     assert_eq!(db.snapshot().get(Space::Meta, b"seq/email").expect("get"), None);
     // ...but the next transaction builds on it (ids are never handed out twice).
-    let (seen, t2) = db.write(|txn| Ok::<_, StoreError>(txn.get(Space::Emails, b"new")?)).expect("write");
+    let (seen, t2) = db.write(|txn| txn.get(Space::Emails, b"new")).expect("write");
     assert_eq!(seen.as_deref(), Some(&b"not yet durable"[..]));
     assert_eq!(store.metrics().durable, 0);
     gate.release();
