@@ -403,7 +403,11 @@ interface Session {
 
   query @5 (query :Query) -> (result :QueryResult);
   queryChanges @6 (query :Query, sinceQueryState :UInt64, maxChanges :UInt32) -> (changes :QueryChanges);
-  get @7 (ids :List(UInt64), properties :List(Property)) -> (emails :List(Email), notFound :List(UInt64));
+  get @7 (ids :List(UInt64), properties :List(Property))
+      -> (emails :List(Email), notFound :List(UInt64), notFetched :List(UInt64));
+  # Duplicate ids are answered once. `notFetched` holds ids left out because
+  # the answer reached the size a client can read (maxRpcMessageBytes);
+  # ask for them again.
   raw @8 (id :UInt64, range :Range) -> (bytes :ByteRun);
   fetchPart @9 (id :UInt64, partId :Text, range :Range) -> (bytes :ByteRun);
   threads @10 (ids :List(UInt64)) -> (threads :List(Thread), notFound :List(UInt64));

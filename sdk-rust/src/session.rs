@@ -118,7 +118,31 @@ impl Session {
 
     /// Emails by id. Ids this account does not have come back in the
     /// second list (another account's ids included: they are simply not found).
+    /// A duplicate id is answered once. When the server's answer would not
+    /// fit one message it returns part and names the rest; this asks again
+    /// until every id is answered.
     pub async fn get(&self, ids: &[EmailId], properties: &[Property]) -> Result<(Vec<Email>, Vec<EmailId>)> {
+        let mut emails = Vec::new();
+        let mut missing = Vec::new();
+        let mut left: Vec<EmailId> = ids.to_vec();
+        while !left.is_empty() {
+            let (found, not_found, not_fetched) = self.get_once(&left, properties).await?;
+            if found.is_empty() && not_found.is_empty() && !not_fetched.is_empty() {
+                return Err(Error::Protocol("the server answered get with nothing".into()));
+            }
+            emails.extend(found);
+            missing.extend(not_found);
+            left = not_fetched;
+        }
+        Ok((emails, missing))
+    }
+
+    /// One `get` call: found, not found, not fetched (ask again).
+    async fn get_once(
+        &self,
+        ids: &[EmailId],
+        properties: &[Property],
+    ) -> Result<(Vec<Email>, Vec<EmailId>, Vec<EmailId>)> {
         let cap = self.cap;
         let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
         let props: Vec<WireProperty> = properties
@@ -146,7 +170,8 @@ impl Session {
                 let r = resp.get()?;
                 let emails = r.get_emails()?.iter().map(wire::email).collect::<Result<_>>()?;
                 let missing = r.get_not_found()?.iter().map(EmailId).collect();
-                Ok((emails, missing))
+                let later = r.get_not_fetched()?.iter().map(EmailId).collect();
+                Ok((emails, missing, later))
             })
             .await
     }

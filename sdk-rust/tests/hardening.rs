@@ -117,3 +117,82 @@ async fn a_new_password_ends_old_password_sessions() {
     by_token.mailboxes().await.expect("app tokens survive a password change");
     server.shutdown().await;
 }
+
+/// A hostile message: a 1 MB subject, 10,000 long To addresses, 5,000
+/// References.
+fn hostile_message() -> Vec<u8> {
+    let mut m = String::from("From: Mallory <mallory@example.net>\r\nSubject: ");
+    m.push_str(&"spam ".repeat(200_000));
+    m.push_str("\r\nTo: ");
+    for i in 0..10_000 {
+        if i > 0 {
+            m.push_str(",\r\n ");
+        }
+        m.push_str(&format!("\"{} {i}\" <{}{i}@example.org>", "N".repeat(180), "a".repeat(200)));
+    }
+    m.push_str("\r\nReferences:");
+    for i in 0..5_000 {
+        m.push_str(&format!("\r\n <ref{i}@example.net>"));
+    }
+    m.push_str("\r\nMessage-ID: <hostile@example.net>\r\n\r\nhello\r\n");
+    m.into_bytes()
+}
+
+/// (d) The hostile message is stored byte-exact; a `get` of 1,000 copies
+/// fits what a client reads (the SDK reads at most the announced
+/// maxRpcMessageBytes per answer); `threads` of one id sent 1,000 times
+/// answers once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_header_sizes_are_bounded_where_they_are_returned() {
+    use quail_server::mail::ingest::{ImportItem, Placement, prepare};
+    use quail_server::mail::{MailboxId as ServerMailbox, Role as ServerRole};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(dir.path()).await;
+    let (client, _admin, session) = alice(&server).await;
+    let raw = hostile_message();
+    assert!(raw.len() > 4 << 20);
+    let gateway = support::gateway(&client, &server).await;
+    let first = gateway.deliver(&support::to("alice@example.org"), &raw).await.expect("deliver")[0]
+        .outcome
+        .clone()
+        .expect("delivered");
+    assert!(session.raw(first).await.expect("raw") == raw, "stored byte for byte");
+
+    // 999 more copies, imported in-process (the same blob, stored once).
+    let mail = &server.services().mail;
+    let account = server.services().accounts.by_name("alice").expect("lookup").expect("alice").id;
+    let inbox: ServerMailbox = mail.mailbox_by_role(account, ServerRole::Inbox).expect("inbox");
+    let prepared = prepare(&raw).expect("prepare");
+    let item = ImportItem {
+        prepared,
+        placement: Placement { mailboxes: vec![inbox], keywords: Vec::new(), received_ms: 1 },
+    };
+    let items = vec![item; 999];
+    mail.import(account, &items).await.expect("import");
+
+    let page = session.query(&Query::default().limit(1000)).await.expect("query");
+    assert_eq!(page.ids.len(), 1000);
+    let (emails, missing) = session.get(&page.ids, &[]).await.expect("get of 1,000 hostile emails");
+    assert!(missing.is_empty());
+    assert_eq!(emails.len(), 1000);
+    for e in &emails {
+        assert!(e.subject.len() <= 998 && e.subject.starts_with("spam spam"));
+        assert_eq!(e.to.len(), 50, "addresses kept per field");
+        assert!(e.references.len() <= 32);
+        assert_eq!(e.references.first().map(String::as_str), Some("ref0@example.net"), "the root is kept");
+        assert_eq!(
+            e.references.last().map(String::as_str),
+            Some("ref4999@example.net"),
+            "so are the parents"
+        );
+    }
+    // Duplicates are answered once.
+    let same = vec![first; 1000];
+    let (once, _) = session.get(&same, &[]).await.expect("get");
+    assert_eq!(once.len(), 1);
+    let thread = emails[0].thread_id;
+    let (threads, _) = session.threads(&vec![thread; 1000]).await.expect("threads");
+    assert_eq!(threads.len(), 1);
+    server.shutdown().await;
+}

@@ -157,23 +157,81 @@ fn header_block(raw: &[u8]) -> &[u8] {
     &raw[..end]
 }
 
+/// Caps on what is indexed and returned of a message's header fields. The
+/// raw message is always kept whole; these bound what one hostile email
+/// can make every `get`, every index entry and every thread lookup cost.
+pub mod caps {
+    /// Subject, in bytes.
+    pub const SUBJECT_BYTES: usize = 998;
+    /// Addresses kept per field (From, To, Cc, ...).
+    pub const ADDRESSES_PER_FIELD: usize = 50;
+    /// A display name, in bytes.
+    pub const NAME_BYTES: usize = 256;
+    /// An address, in bytes (RFC 5321 allows 254 in a path).
+    pub const ADDRESS_BYTES: usize = 320;
+    /// A message id, in bytes.
+    pub const MESSAGE_ID_BYTES: usize = 512;
+    /// In-Reply-To ids kept.
+    pub const IN_REPLY_TO: usize = 8;
+    /// References ids kept: the first (the thread's root) and the last ones
+    /// (the nearest ancestors), which is all threading needs.
+    pub const REFERENCES: usize = 32;
+    /// A part's file name or content id, in bytes.
+    pub const PART_TEXT_BYTES: usize = 512;
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn capped_addrs(a: Option<&MpAddress<'_>>) -> Vec<Addr> {
+    let mut v = addrs(a);
+    v.truncate(caps::ADDRESSES_PER_FIELD);
+    for x in &mut v {
+        x.name = truncate(std::mem::take(&mut x.name), caps::NAME_BYTES);
+        x.email = truncate(std::mem::take(&mut x.email), caps::ADDRESS_BYTES);
+    }
+    v
+}
+
+fn capped_ids(mut v: Vec<String>, keep: usize, keep_first: bool) -> Vec<String> {
+    if v.len() > keep {
+        let tail = v.split_off(v.len() - (keep - usize::from(keep_first)));
+        if keep_first {
+            v.truncate(1);
+            v.extend(tail);
+        } else {
+            v = tail;
+        }
+    }
+    v.into_iter().map(|id| truncate(id, caps::MESSAGE_ID_BYTES)).collect()
+}
+
 fn from_message(m: &Message<'_>) -> Parsed {
     let envelope = Envelope {
-        subject: m.subject().unwrap_or_default().to_owned(),
-        from: addrs(m.from()),
-        sender: addrs(m.sender()),
-        reply_to: addrs(m.reply_to()),
-        to: addrs(m.to()),
-        cc: addrs(m.cc()),
-        bcc: addrs(m.bcc()),
+        subject: truncate(m.subject().unwrap_or_default().to_owned(), caps::SUBJECT_BYTES),
+        from: capped_addrs(m.from()),
+        sender: capped_addrs(m.sender()),
+        reply_to: capped_addrs(m.reply_to()),
+        to: capped_addrs(m.to()),
+        cc: capped_addrs(m.cc()),
+        bcc: capped_addrs(m.bcc()),
         sent_ms: m
             .date()
             .filter(|d| d.is_valid())
             .map(|d| d.to_timestamp().saturating_mul(1000))
             .unwrap_or(0),
-        message_id: m.message_id().unwrap_or_default().to_owned(),
-        in_reply_to: ids(m.in_reply_to()),
-        references: ids(m.references()),
+        message_id: truncate(m.message_id().unwrap_or_default().to_owned(), caps::MESSAGE_ID_BYTES),
+        in_reply_to: capped_ids(ids(m.in_reply_to()), caps::IN_REPLY_TO, false),
+        references: capped_ids(ids(m.references()), caps::REFERENCES, true),
     };
     let preview = m.body_preview(PREVIEW_CHARS * 2).map(|p| collapse(&p)).unwrap_or_default();
     let body = structure(m, 0, "", 0, &mut MAX_PARTS.clone());
@@ -249,13 +307,17 @@ fn describe(part: &MessagePart<'_>) -> BodyPart {
             _ => ("text/plain".to_owned(), "us-ascii".to_owned()),
         },
     };
+    let disposition = part.content_disposition().map(|d| d.ctype().to_ascii_lowercase()).unwrap_or_default();
     BodyPart {
         part_id: String::new(),
-        mime_type,
-        charset,
-        disposition: part.content_disposition().map(|d| d.ctype().to_ascii_lowercase()).unwrap_or_default(),
-        file_name: part.attachment_name().unwrap_or_default().to_owned(),
-        content_id: part.content_id().unwrap_or_default().trim_matches(|c| c == '<' || c == '>').to_owned(),
+        mime_type: truncate(mime_type, caps::PART_TEXT_BYTES),
+        charset: truncate(charset, caps::PART_TEXT_BYTES),
+        disposition: truncate(disposition, caps::PART_TEXT_BYTES),
+        file_name: truncate(part.attachment_name().unwrap_or_default().to_owned(), caps::PART_TEXT_BYTES),
+        content_id: truncate(
+            part.content_id().unwrap_or_default().trim_matches(|c| c == '<' || c == '>').to_owned(),
+            caps::PART_TEXT_BYTES,
+        ),
         size: part.len() as u64,
         blob: None,
         sub_parts: Vec::new(),

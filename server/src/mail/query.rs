@@ -97,6 +97,32 @@ impl Default for Query {
     }
 }
 
+/// Positions up to this deep are read straight from the index on the
+/// caller's thread; deeper ones (and anchors) count their way there.
+pub const SHALLOW_POSITION: u64 = 1000;
+
+impl Query {
+    /// Whether answering may walk the whole mailbox (a filter the index
+    /// does not decide, collapsing by thread, or a deep page): callers run
+    /// such queries off their async workers.
+    pub fn is_heavy(&self) -> bool {
+        let f = &self.filter;
+        let decided_by_index = (f.unread == Tri::Any || f.unread == Tri::Yes)
+            && (f.flagged == Tri::Any || (f.flagged == Tri::Yes && f.unread == Tri::Any));
+        !decided_by_index
+            || f.has_attachment != Tri::Any
+            || f.from.is_some()
+            || f.to.is_some()
+            || f.after.is_some()
+            || f.before.is_some()
+            || self.collapse_threads
+            || match self.start {
+                Start::Position(p) => p > SHALLOW_POSITION,
+                Start::Anchor(..) => true,
+            }
+    }
+}
+
 /// One page of a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryPage {
@@ -180,9 +206,24 @@ impl Mailstore {
                     (before as i64).saturating_add(offset).max(0) as u64
                 }
             };
-            let rows =
-                self.db().scan(Space::EmailIndex, &range, order, (start as usize).saturating_add(q.limit))?;
-            let ids = rows.iter().skip(start as usize).map(|(k, _)| id_of(k)).collect::<Result<Vec<_>>>()?;
+            // Skip to the page without keeping what is skipped.
+            let mut ids = Vec::with_capacity(q.limit.min(1024));
+            let mut n = 0u64;
+            let mut err = None;
+            self.db().scan_all(Space::EmailIndex, &range, order, |k, _| {
+                n += 1;
+                if n <= start {
+                    return Ok::<_, Error>(true);
+                }
+                match id_of(k) {
+                    Ok(id) => ids.push(id),
+                    Err(e) => err = Some(e),
+                }
+                Ok(err.is_none() && ids.len() < q.limit)
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
             return Ok(QueryPage { ids, position: start, total, state });
         }
 

@@ -24,6 +24,13 @@ use crate::store::key::{self, Key};
 use crate::store::{Db, KeyRange, Order, Space, StoreError, Txn};
 use crate::sync::{ChangeSet, Kind, Op};
 
+/// Most threads one ingest merges into its own: a crafted References
+/// header must not make one delivery rewrite half the mailbox under the
+/// writer lock.
+pub const MAX_MERGES: usize = 4;
+/// Largest thread a merge moves; a bigger one stays a thread of its own.
+pub const MAX_MERGE_MEMBERS: usize = 1000;
+
 /// How close in time mail citing the same malformed id must be.
 pub const MALFORMED_ID_WINDOW_MS: i64 = 3600 * 1000;
 
@@ -190,8 +197,23 @@ pub fn assign(
             t
         }
     };
+    let mut merged = 0;
     for other in found.iter().skip(1) {
+        if merged == MAX_MERGES {
+            break;
+        }
+        let prefix = members_prefix(account, *other);
+        let size = txn.scan(
+            Space::ThreadMembers,
+            &KeyRange::prefix(&prefix),
+            Order::Ascending,
+            MAX_MERGE_MEMBERS + 1,
+        )?;
+        if size.len() > MAX_MERGE_MEMBERS {
+            continue;
+        }
         merge(txn, account, *other, thread, changes)?;
+        merged += 1;
     }
     link(txn, account, env, received_ms, thread);
     Ok(thread)

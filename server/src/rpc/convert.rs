@@ -97,6 +97,48 @@ impl Props {
     }
 }
 
+/// Bytes a text takes in a message: its pointer, its bytes and NUL, padded.
+fn text_size(s: &str) -> usize {
+    8 + (s.len() + 1).div_ceil(8) * 8
+}
+
+fn addrs_size(a: &[Addr]) -> usize {
+    8 + a.iter().map(|x| 24 + text_size(&x.name) + text_size(&x.email)).sum::<usize>()
+}
+
+fn part_size(p: &BodyPart) -> usize {
+    let texts = [&p.part_id, &p.mime_type, &p.charset, &p.disposition, &p.file_name, &p.content_id];
+    96 + texts.iter().map(|t| text_size(t)).sum::<usize>() + p.sub_parts.iter().map(part_size).sum::<usize>()
+}
+
+/// An upper bound of the bytes [`email`] writes for `e`: how `get` keeps
+/// its answer within the size a client reads.
+pub fn email_size(e: &EmailRecord, props: Props) -> usize {
+    let mut n = 256;
+    if props.mailboxes {
+        n += 8 + 8 * e.mailboxes.len();
+    }
+    if props.keywords {
+        n += 8 + e.keywords.iter().map(|k| text_size(k)).sum::<usize>();
+    }
+    if props.envelope {
+        let env = &e.envelope;
+        n += text_size(&env.subject) + text_size(&env.message_id);
+        n += [&env.from, &env.sender, &env.reply_to, &env.to, &env.cc, &env.bcc]
+            .iter()
+            .map(|l| addrs_size(l))
+            .sum::<usize>();
+        n += 16 + env.in_reply_to.iter().chain(&env.references).map(|x| text_size(x)).sum::<usize>();
+    }
+    if props.preview {
+        n += text_size(&e.preview);
+    }
+    if props.body_structure {
+        n += part_size(&e.body);
+    }
+    n
+}
+
 /// Fills `Email` with the asked-for properties (id, thread, received time
 /// and size always).
 pub fn email(mut b: email::Builder<'_>, e: &EmailRecord, props: Props) -> capnp::Result<()> {

@@ -63,6 +63,9 @@ impl SessionImpl {
     }
 }
 
+/// Room left in a `get` answer for its framing and lists of ids.
+const GET_MARGIN: usize = 256 * 1024;
+
 fn unsupported(what: &'static str) -> capnp::Error {
     to_capnp(Error::Unimplemented(what))
 }
@@ -184,7 +187,13 @@ impl session::Server for SessionImpl {
         let _call = self.enter()?;
         let q = params.get()?.get_query()?;
         let query = decode_query(q, self.services.config.limits.max_query_limit)?;
-        let page = self.services.mail.query(self.account, &query).map_err(to_capnp)?;
+        let account = self.account;
+        let page = if query.is_heavy() {
+            super::heavy(&self.services, move |s| s.mail.query(account, &query)).await
+        } else {
+            self.services.mail.query(account, &query)
+        }
+        .map_err(to_capnp)?;
         let mut r = results.get().init_result();
         r.set_position(u32::try_from(page.position).unwrap_or(u32::MAX));
         r.set_total(page.total);
@@ -215,11 +224,39 @@ impl session::Server for SessionImpl {
             }
             props
         };
+        // One answer must fit what a client reads: stop before the budget,
+        // and name the rest as not fetched.
+        let limit = self
+            .services
+            .config
+            .limits
+            .max_rpc_message_bytes
+            .min(quail_protocol::limits::MAX_RPC_MESSAGE_BYTES);
+        let budget = (limit as usize).saturating_sub(GET_MARGIN) * 3 / 4;
+        let mut used = 0usize;
         let mut found = Vec::with_capacity(ids.len() as usize);
         let mut missing = Vec::new();
+        let mut unfetched = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for id in ids.iter() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if used >= budget {
+                unfetched.push(id);
+                continue;
+            }
             match self.services.mail.email(self.account, EmailId(id)).map_err(to_capnp)? {
-                Some(e) => found.push(e),
+                Some(e) => {
+                    let size = convert::email_size(&e, props);
+                    if used + size > budget && !found.is_empty() {
+                        used = budget;
+                        unfetched.push(id);
+                        continue;
+                    }
+                    used += size;
+                    found.push(e);
+                }
                 None => missing.push(id),
             }
         }
@@ -228,9 +265,13 @@ impl session::Server for SessionImpl {
         for (i, e) in found.iter().enumerate() {
             convert::email(list.reborrow().get(i as u32), e, props)?;
         }
-        let mut nf = r.init_not_found(missing.len() as u32);
+        let mut nf = r.reborrow().init_not_found(missing.len() as u32);
         for (i, id) in missing.iter().enumerate() {
             nf.set(i as u32, *id);
+        }
+        let mut later = r.init_not_fetched(unfetched.len() as u32);
+        for (i, id) in unfetched.iter().enumerate() {
+            later.set(i as u32, *id);
         }
         Ok(())
     }
@@ -382,7 +423,8 @@ impl session::Server for SessionImpl {
         self.check_ids(ids.len())?;
         let mut found = Vec::new();
         let mut missing = Vec::new();
-        for t in ids.iter() {
+        let mut seen = std::collections::HashSet::new();
+        for t in ids.iter().filter(|t| seen.insert(*t)) {
             let members = self.services.mail.thread(self.account, ThreadId(t)).map_err(to_capnp)?;
             if members.is_empty() {
                 missing.push(t);
