@@ -65,7 +65,8 @@ async fn deliver_rate(clients: &[Client], secret: &str, writers: usize, total: u
 }
 
 fn store_baseline(n: usize) -> f64 {
-    let dir = tempfile::tempdir().expect("dir");
+    // Beside the server's data dir: the same filesystem as what it is compared with.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
     let store = FjallStore::open(dir.path()).expect("open");
     let value = message(0, 10 * 1024);
     let start = Instant::now();

@@ -1,6 +1,6 @@
 //! Mail store benchmarks (a bench binary: it prints figures, it asserts nothing).
 //!
-//! `cargo bench -p quail-server --bench mail_store [-- ingest|storage|inbox|changes]`
+//! `cargo bench -p quail-server --bench mail_store [-- ingest|storage|inbox|changes|growth]`
 //! `QUAIL_BENCH_SCALE=0.1` for a quick run. Baselines are measured in the
 //! same run: a bare store commit + fsync for ingest, the raw bytes of the
 //! archive for storage, the 1k-mail account for the 100k-mail one.
@@ -166,15 +166,33 @@ async fn bench_storage(hash: &str) {
         raw += r.bytes;
     }
     let secs = start.elapsed().as_secs_f64();
-    let stored = blob::stored_bytes(&b.db).expect("bytes");
+    let blobs = blob::stored_bytes(&b.db).expect("bytes");
+    // The whole data dir (records, indexes, change log, journal, blobs)
+    // after a clean shutdown.
+    let Bench { _dir: dir, db, mail } = b;
+    drop((db, mail, accounts));
+    let stored = dir_bytes(dir.path());
     println!("storage, linux-mips list archive ({take} of {} yearly files):", files.len());
     println!("  {msgs} messages, {raw} raw bytes, imported in {secs:.1} s ({:.0} msg/s)", msgs as f64 / secs);
     println!(
-        "  blob storage {stored} bytes: {:.0} bytes per message against {:.0} raw ({:.2}x raw)",
+        "  whole data dir {stored} bytes after a clean shutdown: {:.0} bytes per message against {:.0} raw ({:.2}x raw; blobs alone {:.2}x)",
         stored as f64 / msgs as f64,
         raw as f64 / msgs as f64,
-        stored as f64 / raw as f64
+        stored as f64 / raw as f64,
+        blobs as f64 / raw as f64
     );
+}
+
+/// Bytes of every file under `p`.
+fn dir_bytes(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            let path = e.path();
+            n += if path.is_dir() { dir_bytes(&path) } else { e.metadata().map_or(0, |m| m.len()) };
+        }
+    }
+    n
 }
 
 /// An account with `n` small messages in its inbox, imported in batches.
@@ -242,7 +260,7 @@ async fn bench_inbox_wire(hash: &str) {
         quail_server::Server::start(quail_server::Config::ephemeral(dir.path())).await.expect("server");
     let services = server.services();
     let bench = Bench {
-        _dir: tempfile::tempdir().expect("dir"),
+        _dir: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir"),
         db: services.db.clone(),
         mail: services.mail.clone(),
     };
@@ -326,6 +344,134 @@ async fn bench_changes(hash: &str) {
     }
 }
 
+/// A message like real mail: threads of up to eight, replies citing their
+/// parents in In-Reply-To and References, bodies of a few KB.
+fn realistic(i: usize, salt: &str) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the", "patch", "kernel", "build", "fails", "with", "gcc", "on", "mips", "board", "please", "review",
+        "thanks", "regards", "merged", "into", "tree", "version", "driver", "memory", "cache", "flush",
+    ];
+    let thread = i / 8;
+    let pos = i % 8;
+    let mut m = format!(
+        "From: Person {} <p{}@example.net>\r\nTo: list@example.org\r\nDate: Mon, 3 Feb 2025 {:02}:{:02}:00 +0000\r\n\
+         Message-ID: <{salt}{i}@example.net>\r\nSubject: {}topic {thread} of the list\r\n",
+        i % 211,
+        i % 211,
+        (i / 60) % 24,
+        i % 60,
+        if pos == 0 { "" } else { "Re: " }
+    );
+    if pos > 0 {
+        let parents: Vec<String> = (thread * 8..i).map(|p| format!("<{salt}{p}@example.net>")).collect();
+        m.push_str(&format!(
+            "In-Reply-To: {}\r\nReferences: {}\r\n",
+            parents[parents.len() - 1],
+            parents.join(" ")
+        ));
+    }
+    m.push_str("\r\n");
+    let mut x = i as u64 * 2654435761 + 1;
+    let words = 300 + (i * 37) % 500;
+    for w in 0..words {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        m.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+        m.push_str(if w % 12 == 11 { "\r\n" } else { " " });
+    }
+    m.push_str("\r\n");
+    m.into_bytes()
+}
+
+/// No degradation as an account grows: import 100,000 realistic messages
+/// into one account (msg/s per 10k chunk), then deliver 2,000 through the
+/// gateway over QUIC with 4 senders into it, beside 2,000 into an empty
+/// account of the same store.
+async fn bench_growth(hash: &str) {
+    let n = scale(100_000);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let server =
+        quail_server::Server::start(quail_server::Config::ephemeral(dir.path())).await.expect("server");
+    let mail = server.services().mail.clone();
+    let big = mail.create_account("big", hash.to_owned(), 0, 0, 0).await.expect("account").id;
+    mail.create_account("empty", hash.to_owned(), 0, 0, 0).await.expect("account");
+    let inbox = mail.mailbox_by_role(big, Role::Inbox).expect("inbox");
+    println!("growth: import {n} realistic messages (threads of 8) into one account, 64 per transaction:");
+    let chunk = (n / 10).max(1);
+    let mut i = 0;
+    let all = Instant::now();
+    while i < n {
+        let end = (i + chunk).min(n);
+        let t = Instant::now();
+        let mut j = i;
+        while j < end {
+            let items: Vec<ImportItem> = (j..(j + 64).min(end))
+                .map(|k| ImportItem {
+                    prepared: ingest::prepare(&realistic(k, "imp")).expect("prepare"),
+                    placement: Placement {
+                        mailboxes: vec![inbox],
+                        keywords: Vec::new(),
+                        received_ms: 1_700_000_000_000 + k as i64 * 1000,
+                    },
+                })
+                .collect();
+            mail.import(big, &items).await.expect("import");
+            j += 64;
+        }
+        println!("  messages {i:>7}..{end:<7} {:8.0} msg/s", (end - i) as f64 / t.elapsed().as_secs_f64());
+        i = end;
+    }
+    println!("  all {n}: {:.0} msg/s", n as f64 / all.elapsed().as_secs_f64());
+
+    let deliveries = scale(2000);
+    let senders = 4;
+    let secret = server.secret(quail_server::account::Credential::Gateway).expect("secret");
+    let mut rates = Vec::new();
+    // ABBA order, so a drift over time (the LSM tree compacting what the
+    // import wrote) weighs on both accounts alike.
+    for (round, to) in ["empty", "big", "big", "empty"].iter().enumerate() {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..senders {
+            let addr = server.addr().to_string();
+            let pin = server.fingerprint().to_owned();
+            let secret = secret.clone();
+            let rcpt = format!("{to}@example.org");
+            tasks.push(tokio::spawn(async move {
+                let client = quail::Client::connect(&addr, quail::Trust::Pinned(pin.parse().expect("pin")))
+                    .await
+                    .expect("connect");
+                let gateway = client.gateway(&secret).await.expect("gateway");
+                let envelope = quail::Envelope { rcpt_to: vec![rcpt], ..Default::default() };
+                for k in 0..deliveries / senders {
+                    let m = realistic(s * 100_000 + k, &format!("d{round}-"));
+                    let r = gateway.deliver(&envelope, &m).await.expect("deliver");
+                    r[0].outcome.clone().expect("delivered");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("sender");
+        }
+        let rate = (deliveries / senders * senders) as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "  deliver {deliveries} over QUIC, {senders} senders, into the {to:>5} account: {rate:8.0} msg/s"
+        );
+        rates.push((*to, rate));
+    }
+    let mean = |w: &str| {
+        let v: Vec<f64> = rates.iter().filter(|(t, _)| *t == w).map(|(_, r)| *r).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    println!(
+        "  big/empty: {:.2} (goal >= 0.9; each the mean of two rounds, in ABBA order)",
+        mean("big") / mean("empty")
+    );
+    drop(mail);
+    server.shutdown().await;
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -345,5 +491,8 @@ async fn main() {
     }
     if run("storage") {
         bench_storage(&hash).await;
+    }
+    if run("growth") {
+        bench_growth(&hash).await;
     }
 }

@@ -1,7 +1,8 @@
 //! Bodies of the fuzz targets in `fuzz/`. Each takes arbitrary bytes and
-//! checks invariants; none may panic. `tests/fuzz_seeds.rs` runs every body
+//! checks invariants; none may panic. `fuzzing_seeds.rs` runs every body
 //! over its seed corpus on stable, so a regression shows up in `cargo test`
-//! without a fuzzer.
+//! without a fuzzer. Compiled only for tests and under `cfg(fuzzing)` (set
+//! by `cargo fuzz`): it is not part of the server's API.
 
 use quail_protocol::quail_capnp::query;
 
@@ -19,6 +20,13 @@ pub fn mime(data: &[u8]) {
     assert!(parsed.preview.chars().count() <= PREVIEW_CHARS);
     assert!(!parsed.preview.starts_with(char::is_whitespace));
     assert!(parsed.body.walk().len() <= parse::MAX_PARTS + 1);
+    let env = &parsed.envelope;
+    assert!(env.subject.len() <= parse::caps::SUBJECT_BYTES);
+    for list in [&env.from, &env.sender, &env.reply_to, &env.to, &env.cc, &env.bcc] {
+        assert!(list.len() <= parse::caps::ADDRESSES_PER_FIELD);
+    }
+    assert!(env.references.len() <= parse::caps::REFERENCES);
+    assert!(env.in_reply_to.len() <= parse::caps::IN_REPLY_TO);
 }
 
 /// Protocol decode: any bytes read as a framed Cap'n Proto `Query` (with the
@@ -55,3 +63,7 @@ pub fn mbox(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "fuzzing_seeds.rs"]
+mod seeds;

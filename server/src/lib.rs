@@ -15,7 +15,7 @@
 //! - [`store`] — the ordered key-value store and its group-commit durability.
 //!
 //! Beside them: [`config`] (TOML + flags), [`error`] (the domain error every
-//! layer returns), [`fuzzing`] (bodies of the fuzz targets), [`server`]
+//! layer returns), `fuzzing` (bodies of the fuzz targets; tests and `cfg(fuzzing)` only), [`server`]
 //! (wiring: open the store, bind, serve, shut down), [`tools`] (offline
 //! export, import, check, accounts), [`upgrade`] (store formats and their
 //! migrations).
@@ -24,6 +24,7 @@ pub mod account;
 pub mod blob;
 pub mod config;
 pub mod error;
+#[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod mail;
 pub mod net;

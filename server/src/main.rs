@@ -65,11 +65,55 @@ enum Command {
         /// File or directory.
         path: PathBuf,
     },
+    /// Add, list, change accounts on a stopped server's data dir. Offline.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// Verify counters, indexes and blob references; --repair fixes them. Offline.
     Check {
         /// Rewrite what disagrees.
         #[arg(long)]
         repair: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Create an account (asks for its password).
+    Add {
+        /// Login name (the local part of its address, or the whole address).
+        name: String,
+        /// Read the password from the first line of stdin instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Byte quota (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        quota_bytes: u64,
+        /// Message quota (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        quota_messages: u64,
+    },
+    /// List accounts with their usage and quotas.
+    List,
+    /// Set an account's password (its password sessions end).
+    Passwd {
+        /// Login name.
+        name: String,
+        /// Read the password from the first line of stdin instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set an account's quotas (0 = unlimited).
+    Quota {
+        /// Login name.
+        name: String,
+        /// Byte quota.
+        #[arg(long, default_value_t = 0)]
+        bytes: u64,
+        /// Message quota.
+        #[arg(long, default_value_t = 0)]
+        messages: u64,
     },
 }
 
@@ -99,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             return import(&config, &account, mailbox.as_deref(), &format, &path);
         }
         Some(Command::Check { repair }) => return check(&config, repair),
+        Some(Command::Account { command }) => return account_command(&config, command),
     };
     if !run.listen.is_empty() {
         config.listen = run.listen;
@@ -222,6 +267,63 @@ fn import(
     }
     if !report.failed.is_empty() {
         anyhow::bail!("{} messages were not imported", report.failed.len());
+    }
+    Ok(())
+}
+
+fn read_password(from_stdin: bool, name: &str) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first =
+        rpassword::prompt_password(format!("password for {name}: ")).context("reading the password")?;
+    let again = rpassword::prompt_password("again: ").context("reading the password")?;
+    anyhow::ensure!(first == again, "the passwords differ");
+    Ok(first)
+}
+
+fn account_command(config: &Config, command: AccountCommand) -> anyhow::Result<()> {
+    let store_dir = config.store_dir();
+    let creating = matches!(command, AccountCommand::Add { .. });
+    if creating && !store_dir.is_dir() {
+        // `account add` on a fresh data dir starts the store, as quaild would.
+        std::fs::create_dir_all(&store_dir).with_context(|| format!("creating {}", store_dir.display()))?;
+    }
+    let (db, mail) = tools::open(config)?;
+    let accounts = account::Accounts::new(db);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match command {
+        AccountCommand::Add { name, password_stdin, quota_bytes, quota_messages } => {
+            let password = read_password(password_stdin, &name)?;
+            let now = quail_server::rpc::now_ms();
+            let a = runtime.block_on(tools::accounts::add(
+                &mail,
+                &name,
+                &password,
+                quota_bytes,
+                quota_messages,
+                now,
+            ))?;
+            println!("created account {} (id {})", a.name, a.id.0);
+        }
+        AccountCommand::List => {
+            println!("{:<32} {:>10} {:>14} {:>14}", "NAME", "MESSAGES", "BYTES", "QUOTA BYTES");
+            for (a, usage) in tools::accounts::list(&accounts)? {
+                let quota = if a.quota_bytes == 0 { "-".to_owned() } else { a.quota_bytes.to_string() };
+                println!("{:<32} {:>10} {:>14} {:>14}", a.name, usage.messages, usage.bytes, quota);
+            }
+        }
+        AccountCommand::Passwd { name, password_stdin } => {
+            let password = read_password(password_stdin, &name)?;
+            runtime.block_on(tools::accounts::passwd(&accounts, &name, &password))?;
+            println!("password of {name} changed");
+        }
+        AccountCommand::Quota { name, bytes, messages } => {
+            runtime.block_on(tools::accounts::quota(&accounts, &name, bytes, messages))?;
+            println!("quota of {name}: {bytes} bytes, {messages} messages (0 = unlimited)");
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,34 +93,51 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
     }
     let gateway_secret = std::fs::read_to_string(data.join("gateway.secret")).expect("gateway secret");
 
+    // A writer's error is acceptable only as the connection dying after
+    // the kill; anything else fails the test.
+    let errors: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     for round in 0..KILLS {
+        let killed = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
         for _ in 0..WRITERS {
             let (addr, trust, secret) = (addr.clone(), pin(&data), gateway_secret.clone());
             let (acked, counter) = (Arc::clone(&acked), Arc::clone(&counter));
+            let (killed, errors) = (Arc::clone(&killed), Arc::clone(&errors));
             writers.push(tokio::spawn(async move {
-                let Ok(client) = Client::connect(&addr, trust).await else {
-                    return;
+                let fail = |what: &str, e: quail::Error| {
+                    let after_kill = killed.load(Ordering::SeqCst);
+                    if !(after_kill && matches!(e, quail::Error::Disconnected(_))) {
+                        errors
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{what}: {e} (after the kill: {after_kill})"));
+                    }
                 };
-                let Ok(gateway) = client.gateway(&secret).await else {
-                    return;
+                let client = match Client::connect(&addr, trust).await {
+                    Ok(c) => c,
+                    Err(e) => return fail("connect", e),
+                };
+                let gateway = match client.gateway(&secret).await {
+                    Ok(g) => g,
+                    Err(e) => return fail("gateway", e),
                 };
                 let envelope = Envelope { rcpt_to: vec!["alice".into()], ..Envelope::default() };
                 loop {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     match gateway.deliver(&envelope, &message(n)).await {
-                        Ok(r) => {
-                            let id = r[0].outcome.clone().expect("delivered");
-                            acked.lock().expect("lock").push((id, n));
-                        }
+                        Ok(r) => match r[0].outcome.clone() {
+                            Ok(id) => acked.lock().expect("lock").push((id, n)),
+                            Err(e) => return fail("deliver outcome", e),
+                        },
                         // The server died under us: this one was never acknowledged.
-                        Err(_) => return,
+                        Err(e) => return fail("deliver", e),
                     }
                 }
             }));
         }
         let wait = 30 + next(&mut seed) % 250;
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        killed.store(true, Ordering::SeqCst);
         child.kill().await.expect("SIGKILL");
         // Calls in flight when the server died would wait for the QUIC idle
         // timeout; they were never acknowledged, so stop waiting for them.
@@ -130,6 +147,8 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
         for w in writers {
             let _ = w.await;
         }
+        let errs = errors.lock().expect("lock").clone();
+        assert!(errs.is_empty(), "round {round}: writers failed: {errs:?}");
         println!(
             "round {round}: killed after {wait} ms; {} acknowledged so far",
             acked.lock().expect("lock").len()

@@ -220,7 +220,8 @@ async fn compacted_change_log_asks_for_a_resync() {
     let s = support::store_with(quail_server::mail::MailConfig { keep_changes: 50, ..Default::default() });
     let a = s.account("alice").await;
     let first = s.mail.state(a).expect("state");
-    for i in 0..100 {
+    // Past the horizon by more than one compaction batch.
+    for i in 0..200 {
         let raw = format!("Subject: m{i}\r\n\r\nbody\r\n");
         s.mail.deliver(&[a], raw.as_bytes(), support::now()).await.expect("deliver");
     }

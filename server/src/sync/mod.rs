@@ -141,6 +141,13 @@ fn log_value(id: u64, op: Op) -> Vec<u8> {
 /// write pays for a long backlog at once.
 pub const COMPACT_STEP: usize = 512;
 
+/// A kind's log is compacted once its floor is this many modseqs behind
+/// the horizon: one scan deletes a batch, instead of every commit paying a
+/// range scan to delete one or two entries. The log then holds at most
+/// `keep + COMPACT_BATCH` modseqs of a kind (plus a backlog being worked
+/// off), and the floor still says exactly where it begins.
+pub const COMPACT_BATCH: u64 = 256;
+
 /// Every kind, in log order.
 pub const KINDS: [Kind; 3] = [Kind::Email, Kind::Mailbox, Kind::Thread];
 
@@ -166,7 +173,7 @@ fn compact(txn: &mut Txn<'_>, account: AccountId, state: State, keep: u64) -> Re
     };
     for kind in KINDS {
         let floor = floor_in(txn, account, kind)?;
-        if horizon <= floor {
+        if horizon <= floor.saturating_add(COMPACT_BATCH) {
             continue;
         }
         let range = KeyRange::between(log_key(account, kind, floor + 1), log_key(account, kind, horizon + 1));

@@ -28,6 +28,30 @@ fn skipped(path: &Path) -> bool {
         )
 }
 
+/// Names of the files and folders mail software keeps beside a Maildir's
+/// cur/ and new/.
+fn metadata_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("dovecot")
+        || n.starts_with("courier")
+        || n.starts_with(".")
+        || matches!(n.as_str(), "maildirfolder" | "subscriptions" | "maildirsize" | ".uidvalidity")
+}
+
+/// Whether a file starts like a message: a header field (`Name:`) or an
+/// mbox `From ` line. Index files, uid lists and empty files do not.
+fn looks_like_message(path: &Path) -> bool {
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+    let head = &head[..n];
+    if head.starts_with(b"From ") {
+        return true;
+    }
+    // RFC 5322 field name: printable ASCII but the colon, then a colon.
+    let name_len = head.iter().take_while(|b| (33..=126).contains(*b) && **b != b':').count();
+    name_len > 0 && head.get(name_len) == Some(&b':')
+}
+
 /// One message found under an import path.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -77,6 +101,15 @@ fn walk(path: &Path, folder: &[String], flavor: Flavor, out: &mut Vec<Found>) ->
             if maildir && (matches!(name.as_str(), "cur" | "new" | "tmp") || name.starts_with('.')) {
                 continue; // read as the Maildir above
             }
+            // Beside cur/ and new/ a Maildir holds its software's metadata
+            // (dovecot-uidlist, dovecot-uidvalidity, dovecot.index*,
+            // courierimapuiddb, courierimapkeywords/, maildirfolder,
+            // subscriptions, ...). Mail trees (notmuch's, mutt's) also keep
+            // messages there, so a file beside cur/ counts only when it is
+            // not known metadata and reads as a message.
+            if maildir && (metadata_name(&name) || e.is_file() && !looks_like_message(&e)) {
+                continue;
+            }
             if e.is_dir() {
                 let mut sub = folder.to_vec();
                 sub.push(name);
@@ -88,6 +121,9 @@ fn walk(path: &Path, folder: &[String], flavor: Flavor, out: &mut Vec<Found>) ->
         return Ok(());
     }
     let data = read_file(path)?;
+    if data.is_empty() {
+        return Ok(()); // an empty file holds no message
+    }
     if data.starts_with(b"From ") {
         for (i, (sep, raw)) in mbox::split(&data, flavor).into_iter().enumerate() {
             out.push(Found {
@@ -134,6 +170,9 @@ fn collect_maildir_files(dir: &Path, folder: &[String], out: &mut Vec<Found>) ->
         files.sort();
         for f in files.into_iter().filter(|f| f.is_file()) {
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if name.starts_with('.') || f.metadata().map(|m| m.len() == 0).unwrap_or(true) {
+                continue; // hidden or empty: a delivery in progress or debris, never a message
+            }
             let flags = name.rsplit_once(":2,").map(|(_, fl)| fl.to_owned()).unwrap_or_default();
             let mut keywords = Vec::new();
             for (c, k) in [

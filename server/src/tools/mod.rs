@@ -4,7 +4,9 @@
 //! - [`export`] — an account's mail as mboxrd, raw messages byte for byte.
 //! - [`import`] — mbox files and Maildir trees into an account.
 //! - [`check`] — verify counters, indexes and blob references; repair.
+//! - [`accounts`] — add, list, change password and quota of accounts.
 
+pub mod accounts;
 pub mod check;
 pub mod export;
 pub mod import;

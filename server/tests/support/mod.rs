@@ -44,13 +44,17 @@ pub fn corpora() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora")
 }
 
-/// The corpora directory, or `None` (with a note) when it is absent.
+/// The corpora directory, or `None` (with a note) when it is absent. In CI
+/// (`CI` set) a missing corpus is a failure: a test that silently checks
+/// nothing must not pass there.
 pub fn corpora_or_skip(test: &str) -> Option<PathBuf> {
     let c = corpora();
     if c.is_dir() {
         Some(c)
+    } else if std::env::var_os("CI").is_some() {
+        panic!("{test}: {} is absent, and CI is set: the corpora are required here", c.display());
     } else {
-        eprintln!("{test}: skipped: {} is absent", c.display());
+        eprintln!("NOTE {test}: SKIPPED: {} is absent (outside CI this is allowed)", c.display());
         None
     }
 }
