@@ -206,7 +206,14 @@ impl Mailstore {
                     (before as i64).saturating_add(offset).max(0) as u64
                 }
             };
-            // Skip to the page without keeping what is skipped.
+            if start <= SHALLOW_POSITION {
+                let want = (start as usize).saturating_add(q.limit);
+                let rows = self.db().scan(Space::EmailIndex, &range, order, want)?;
+                let ids =
+                    rows.iter().skip(start as usize).map(|(k, _)| id_of(k)).collect::<Result<Vec<_>>>()?;
+                return Ok(QueryPage { ids, position: start, total, state });
+            }
+            // A deep page: skip to it without keeping what is skipped.
             let mut ids = Vec::with_capacity(q.limit.min(1024));
             let mut n = 0u64;
             let mut err = None;
