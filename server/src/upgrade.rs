@@ -124,7 +124,8 @@ const ACCOUNTS_PER_TXN: usize = 1000;
 /// Each kind's log is a suffix (compaction deletes from the bottom), so its
 /// first remaining entry `m` proves every change of that kind after `m - 1`
 /// is there: the kind's floor becomes `max(old floor, m - 1)`; a kind with
-/// no entries left after compaction began gets the account's state.
+/// no entries left after compaction began gets the account's state; an
+/// account never compacted (old floor 0) keeps 0 for every kind.
 fn kind_floors(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
     let mut accounts = Vec::new();
     db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
@@ -148,9 +149,10 @@ fn kind_floors(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
                     let prefix = Key::new().u64(account.0).u8(kind as u8).build();
                     let first = txn.scan(Space::Changes, &KeyRange::prefix(&prefix), Order::Ascending, 1)?;
                     let floor = match first.first().and_then(|(k, _)| key::read_u64(k, 9)) {
+                        // Never compacted: every change is still there.
+                        _ if old == 0 => 0,
                         Some(m) => old.max(m.saturating_sub(1)),
-                        None if old > 0 => state,
-                        None => 0,
+                        None => state,
                     };
                     sync::set_floor(txn, *account, kind, floor);
                 }

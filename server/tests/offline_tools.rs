@@ -43,12 +43,16 @@ fn write(path: &Path, content: &str) {
 }
 
 /// A Maildir as Dovecot and Courier leave it: four messages, and their
-/// metadata files beside them.
+/// metadata files beside them; plus, as mail trees (notmuch's) have them,
+/// a message beside cur/ and a plain folder with one more.
 fn maildir(root: &Path) {
     write(&root.join("cur/1700000001.M1P1.host:2,S"), &message(1));
     write(&root.join("cur/1700000002.M2P1.host:2,FS"), &message(2));
     write(&root.join("new/1700000003.M3P1.host"), &message(3));
     write(&root.join(".Work/cur/1700000004.M4P1.host:2,"), &message(4));
+    write(&root.join("loose-message"), &message(5));
+    write(&root.join("Courier/2019/a-message"), &message(7));
+    write(&root.join("Courier/2019/index.db"), "\u{0}\u{1}binary");
     // Not mail:
     write(&root.join("cur/1700000005.M5P1.host:2,"), ""); // 0 bytes
     write(&root.join("tmp/1700000006.M6P1.host"), &message(6)); // delivery in progress
@@ -93,12 +97,12 @@ fn account_add_then_import_on_a_fresh_data_dir() {
 
     let (ok, out) = quaild(&data, &["import", "--account", "alice", mail.to_str().expect("utf-8")], "");
     assert!(ok, "{out}");
-    assert!(out.contains("imported 4 of 4 messages"), "exactly the Maildir's messages: {out}");
+    assert!(out.contains("imported 6 of 6 messages"), "exactly the Maildir's messages: {out}");
 
     let (ok, out) = quaild(&data, &["account", "list"], "");
     assert!(ok, "{out}");
     let row = out.lines().find(|l| l.starts_with("alice")).unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(row.split_whitespace().nth(1), Some("4"), "{row}");
+    assert_eq!(row.split_whitespace().nth(1), Some("6"), "{row}");
     let (ok, out) = quaild(&data, &["account", "quota", "alice", "--bytes", "1000000"], "");
     assert!(ok, "{out}");
     let (ok, out) = quaild(&data, &["account", "passwd", "alice", "--password-stdin"], "a new password\n");
@@ -110,8 +114,8 @@ fn account_add_then_import_on_a_fresh_data_dir() {
     assert!(ok && out.contains("clean"), "{out}");
     let (ok, out) = quaild(&data, &["export", "--account", "alice"], "");
     assert!(ok, "{out}");
-    assert_eq!(out.matches("Subject: maildir message").count(), 4, "{out}");
-    for n in [1, 2, 3, 4] {
+    assert_eq!(out.matches("Subject: maildir message").count(), 6, "{out}");
+    for n in [1, 2, 3, 4, 5, 7] {
         assert!(out.contains(&format!("maildir message {n}")));
     }
 }

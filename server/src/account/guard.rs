@@ -65,12 +65,23 @@ impl Key {
     pub fn ip(ip: IpAddr) -> Key {
         match ip {
             IpAddr::V4(_) => Key::Ip(ip),
-            IpAddr::V6(v6) => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                Key::Ip(IpAddr::from(o))
-            }
+            // A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d.
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Key::Ip(IpAddr::V4(v4)),
+                None => {
+                    let mut o = v6.octets();
+                    o[8..].fill(0);
+                    Key::Ip(IpAddr::from(o))
+                }
+            },
         }
+    }
+
+    /// The key of a login name: as the account registry normalises it, so
+    /// spellings of one name share one record; `None` for a name no account
+    /// can have (it fails before any hash, and is not worth a record).
+    pub fn name(name: &str) -> Option<Key> {
+        crate::account::normalize_name(name).ok().map(Key::Name)
     }
 }
 
@@ -78,6 +89,8 @@ impl Key {
 struct Record {
     failures: u32,
     last: Instant,
+    /// Admitted attempts not yet resolved.
+    pending: u32,
 }
 
 impl Record {
@@ -97,11 +110,53 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// How long `key` must still wait at `now` (zero: it may try).
+    /// How long `key` must still wait at `now` (zero: it may try). A key
+    /// past its free failures gets one attempt in flight at a time, so
+    /// concurrent attempts cannot all slip through one expired delay.
     pub fn wait(&self, key: &Key, now: Instant) -> Duration {
+        self.wait_beside(key, now, 0)
+    }
+
+    /// [`Throttle::wait`] for an attempt already pending itself.
+    fn wait_beside(&self, key: &Key, now: Instant, own: u32) -> Duration {
         match self.records.get(key) {
-            Some(r) => (r.last + r.delay(key.free_failures())).saturating_duration_since(now),
+            Some(r) => {
+                let delay = r.delay(key.free_failures());
+                let wait = if delay.is_zero() {
+                    Duration::ZERO
+                } else {
+                    (r.last + delay).saturating_duration_since(now)
+                };
+                if r.pending > own && r.failures >= key.free_failures() { wait.max(BASE_DELAY) } else { wait }
+            }
             None => Duration::ZERO,
+        }
+    }
+
+    /// Counts an admitted attempt of `key` until [`Throttle::end`].
+    pub fn begin(&mut self, key: Key, now: Instant) {
+        if self.records.len() >= MAX_TRACKED && !self.records.contains_key(&key) {
+            self.forget_idle(now);
+        }
+        self.records.entry(key).or_insert(Record { failures: 0, last: now, pending: 0 }).pending += 1;
+    }
+
+    /// Resolves an attempt begun with [`Throttle::begin`].
+    pub fn end(&mut self, key: &Key, outcome: Outcome, now: Instant) {
+        if let Some(r) = self.records.get_mut(key) {
+            r.pending = r.pending.saturating_sub(1);
+        }
+        match outcome {
+            Outcome::Failed => self.failed(key.clone(), now),
+            Outcome::Succeeded if matches!(key, Key::Name(_)) => {
+                if let Some(r) = self.records.get_mut(key) {
+                    r.failures = 0;
+                }
+            }
+            Outcome::Succeeded | Outcome::Unchecked => {}
+        }
+        if self.records.get(key).is_some_and(|r| r.failures == 0 && r.pending == 0) {
+            self.records.remove(key);
         }
     }
 
@@ -110,7 +165,7 @@ impl Throttle {
         if self.records.len() >= MAX_TRACKED && !self.records.contains_key(&key) {
             self.forget_idle(now);
         }
-        let r = self.records.entry(key).or_insert(Record { failures: 0, last: now });
+        let r = self.records.entry(key).or_insert(Record { failures: 0, last: now, pending: 0 });
         if now.saturating_duration_since(r.last) >= FORGET_AFTER {
             r.failures = 0;
         }
@@ -134,13 +189,86 @@ impl Throttle {
     }
 
     fn forget_idle(&mut self, now: Instant) {
-        self.records.retain(|_, r| now.saturating_duration_since(r.last) < FORGET_AFTER);
+        self.records.retain(|_, r| r.pending > 0 || now.saturating_duration_since(r.last) < FORGET_AFTER);
         if self.records.len() >= MAX_TRACKED {
             // Still full of recent failures: keep those still delaying.
-            self.records.retain(|k, r| r.last + r.delay(k.free_failures()) > now);
+            self.records.retain(|k, r| r.pending > 0 || r.last + r.delay(k.free_failures()) > now);
         }
         if self.records.len() >= MAX_TRACKED {
             self.records.clear();
+        }
+    }
+}
+
+/// How an admitted attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A wrong credential.
+    Failed,
+    /// A right one.
+    Succeeded,
+    /// Never checked (busy, cancelled, an internal error).
+    Unchecked,
+}
+
+/// An admitted attempt, pending until resolved.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    guard: &'a LoginGuard,
+    keys: Vec<Key>,
+    done: bool,
+}
+
+impl Reservation<'_> {
+    fn end(&mut self, outcome: Outcome, now: Instant) {
+        self.done = true;
+        if outcome == Outcome::Failed {
+            self.guard.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut t = self.guard.throttle();
+        for k in &self.keys {
+            t.end(k, outcome, now);
+        }
+    }
+
+    /// Checks again after a wait (for a hashing permit): failures may have
+    /// come in meanwhile. `Err` drops the attempt unchecked.
+    pub fn recheck(self, now: Instant) -> Result<Self> {
+        let t = self.guard.throttle();
+        let wait = self.keys.iter().map(|k| t.wait_beside(k, now, 1)).max().unwrap_or_default();
+        drop(t);
+        if wait > Duration::ZERO {
+            self.guard.throttled.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Unavailable(format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Resolves the attempt at `now` (time is an input, for tests).
+    pub fn resolve(mut self, outcome: Outcome, now: Instant) {
+        self.end(outcome, now);
+    }
+
+    /// The credential was wrong.
+    pub fn failed(self) {
+        self.resolve(Outcome::Failed, Instant::now());
+    }
+
+    /// The credential was right: the name's failures are cleared. The
+    /// address keeps its own (one good account must not launder guesses
+    /// at others).
+    pub fn succeeded(self) {
+        self.resolve(Outcome::Succeeded, Instant::now());
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.end(Outcome::Unchecked, Instant::now());
         }
     }
 }
@@ -235,9 +363,7 @@ impl LoginGuard {
         match attempt {
             Attempt::User(name) => {
                 let mut k = vec![Key::ip(ip)];
-                if let Some(n) = name {
-                    k.push(Key::Name(n.to_ascii_lowercase()));
-                }
+                k.extend(name.and_then(Key::name));
                 k
             }
             Attempt::Service => match Key::ip(ip) {
@@ -247,19 +373,25 @@ impl LoginGuard {
         }
     }
 
-    /// Refuses an attempt from `ip` that must still wait.
-    pub fn admit(&self, ip: IpAddr, attempt: Attempt<'_>, now: Instant) -> Result<()> {
-        let t = self.throttle();
-        let wait = Self::keys(ip, attempt).iter().map(|k| t.wait(k, now)).max().unwrap_or_default();
-        drop(t);
+    /// Admits an attempt from `ip`, or refuses one that must still wait.
+    /// The attempt stays pending until its [`Reservation`] is resolved;
+    /// dropping it unresolved (busy, cancelled) counts nothing.
+    pub fn admit(&self, ip: IpAddr, attempt: Attempt<'_>, now: Instant) -> Result<Reservation<'_>> {
+        let keys = Self::keys(ip, attempt);
+        let mut t = self.throttle();
+        let wait = keys.iter().map(|k| t.wait(k, now)).max().unwrap_or_default();
         if wait > Duration::ZERO {
+            drop(t);
             self.throttled.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Unavailable(format!(
                 "too many failed logins; try again in {} s",
                 wait.as_secs().max(1)
             )));
         }
-        Ok(())
+        for k in &keys {
+            t.begin(k.clone(), now);
+        }
+        Ok(Reservation { guard: self, keys, done: false })
     }
 
     /// A permit to run one password hash: at once, or after a short wait
@@ -269,13 +401,21 @@ impl LoginGuard {
             return Ok(p);
         }
         let busy = || Error::Unavailable("the server is busy checking passwords; try again shortly".into());
+        /// Counts one waiter until dropped, even if the waiting future is.
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            drop(waiting);
             self.busy.fetch_add(1, Ordering::Relaxed);
             return Err(busy());
         }
         let waited = tokio::time::timeout(MAX_WAIT, Arc::clone(&self.hashing).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         match waited {
             Ok(Ok(p)) => Ok(p),
             _ => {
@@ -303,21 +443,6 @@ impl LoginGuard {
             .send(job)
             .map_err(|_| Error::Unavailable("password checks are shut down".into()))?;
         rx.await.map_err(|_| Error::Internal("a password check was lost".into()))?
-    }
-
-    /// Records the outcome of an attempt.
-    pub fn record(&self, ip: IpAddr, attempt: Attempt<'_>, ok: bool, now: Instant) {
-        let mut t = self.throttle();
-        if !ok {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        for k in Self::keys(ip, attempt) {
-            if ok {
-                t.succeeded(&k);
-            } else {
-                t.failed(k, now);
-            }
-        }
     }
 
     /// The counts so far.
@@ -383,12 +508,58 @@ mod tests {
     fn users_failing_from_an_address_never_lock_out_its_services() {
         let g = LoginGuard::new(1);
         let (a, t0) = (ip("192.0.2.9"), Instant::now());
-        for i in 0..50 {
-            g.record(a, Attempt::User(Some(&format!("n{i}"))), false, t0);
+        for i in 0..FREE_FAILURES_PER_IP {
+            g.admit(a, Attempt::User(Some(&format!("n{i}"))), t0).expect("free").resolve(Outcome::Failed, t0);
         }
         assert!(g.admit(a, Attempt::User(Some("someone")), t0).is_err(), "the address waits");
-        g.admit(a, Attempt::Service, t0).expect("the gateway on that host still gets in");
-        g.admit(ip("192.0.2.10"), Attempt::User(Some("n1")), t0).expect("one failure of n1 is free");
+        g.admit(a, Attempt::Service, t0)
+            .expect("the gateway on that host still gets in")
+            .resolve(Outcome::Succeeded, t0);
+        g.admit(ip("192.0.2.10"), Attempt::User(Some("n1")), t0)
+            .expect("one failure of n1 is free")
+            .resolve(Outcome::Failed, t0);
+    }
+
+    #[test]
+    fn throttled_keys_get_one_attempt_at_a_time_and_successes_do_not_launder() {
+        let g = LoginGuard::new(1);
+        let (a, t0) = (ip("192.0.2.20"), Instant::now());
+        // A user's concurrent logins all get in while nothing failed.
+        let held: Vec<_> =
+            (0..8).map(|_| g.admit(a, Attempt::User(Some("carol")), t0).expect("no failures yet")).collect();
+        drop(held); // unchecked: counts nothing
+        for _ in 0..FREE_FAILURES {
+            g.admit(a, Attempt::User(Some("Carol ")), t0).expect("free").resolve(Outcome::Failed, t0);
+        }
+        assert!(g.admit(a, Attempt::User(Some("carol")), t0).is_err(), "spellings share one record");
+        let later = t0 + MAX_DELAY;
+        let one = g.admit(a, Attempt::User(Some("carol")), later).expect("the delay passed");
+        assert!(g.admit(a, Attempt::User(Some("carol")), later).is_err(), "one attempt in flight at a time");
+        // A success clears the name but keeps the address's failures.
+        one.resolve(Outcome::Succeeded, later);
+        g.admit(a, Attempt::User(Some("carol")), later).expect("cleared").resolve(Outcome::Succeeded, later);
+        // The address has carol's failures; four more, a success, one more.
+        for i in 0..FREE_FAILURES_PER_IP - FREE_FAILURES - 1 {
+            g.admit(a, Attempt::User(Some(&format!("dave{i}"))), later)
+                .expect("free")
+                .resolve(Outcome::Failed, later);
+        }
+        g.admit(a, Attempt::User(Some("erin")), later)
+            .expect("one more is free")
+            .resolve(Outcome::Succeeded, later);
+        g.admit(a, Attempt::User(Some("frank")), later)
+            .expect("the last free one")
+            .resolve(Outcome::Failed, later);
+        assert!(
+            g.admit(a, Attempt::User(Some("grace")), later).is_err(),
+            "the success did not reset the address"
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_are_their_ipv4_address() {
+        assert_eq!(Key::ip(ip("::ffff:192.0.2.1")), Key::ip(ip("192.0.2.1")));
+        assert_ne!(Key::ip(ip("::ffff:192.0.2.1")), Key::ip(ip("::ffff:192.0.2.2")));
     }
 
     #[test]

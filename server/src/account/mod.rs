@@ -19,7 +19,7 @@ use crate::store::key::Key;
 use crate::store::{Db, KeyRange, Order, Space, StoreError, Txn};
 
 pub use credentials::{Credential, Credentials, new_secret, write_private};
-pub use guard::{Attempt, LoginGuard, LoginStats};
+pub use guard::{Attempt, LoginGuard, LoginStats, Outcome, Reservation};
 pub use password::{hash_password, verify_password};
 
 /// An account's id. Stable for the account's life, never reused.

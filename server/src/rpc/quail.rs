@@ -29,13 +29,13 @@ impl QuailImpl {
     /// Checks a service credential (cheap), throttled like a login.
     fn service_secret(&self, which: Credential, secret: &str) -> Result<(), capnp::Error> {
         let logins = &self.services.logins;
-        logins.admit(self.peer.ip, Attempt::Service, Instant::now()).map_err(to_capnp)?;
-        let ok = self.services.credentials.check(which, secret).is_ok();
-        logins.record(self.peer.ip, Attempt::Service, ok, Instant::now());
-        if !ok {
+        let attempt = logins.admit(self.peer.ip, Attempt::Service, Instant::now()).map_err(to_capnp)?;
+        if self.services.credentials.check(which, secret).is_err() {
+            attempt.failed();
             tracing::info!(ip = %self.peer.ip, credential = ?which, "failed service login");
             return Err(to_capnp(Error::BadCredentials));
         }
+        attempt.succeeded();
         Ok(())
     }
 }
@@ -68,22 +68,26 @@ impl quail::Server for QuailImpl {
         let secret = text(p.get_secret(), "secret", MAX_SECRET_BYTES)?.to_owned();
         let ip = self.peer.ip;
         let logins = &self.services.logins;
-        logins.admit(ip, Attempt::User(Some(&name)), Instant::now()).map_err(to_capnp)?;
-        // Hashing is the expensive part: only with a permit, never queued.
+        let attempt = logins.admit(ip, Attempt::User(Some(&name)), Instant::now()).map_err(to_capnp)?;
+        // Hashing is the expensive part: only with a permit (a short,
+        // bounded wait at most). Busy is not a failure: the attempt drops.
         let permit = logins.permit().await.map_err(to_capnp)?;
-        // Failures may have come in while this one waited.
-        logins.admit(ip, Attempt::User(Some(&name)), Instant::now()).map_err(to_capnp)?;
+        let attempt = attempt.recheck(Instant::now()).map_err(to_capnp)?;
         let services = Arc::clone(&self.services);
         let who = name.clone();
         let outcome = logins.hash(permit, move || services.accounts.authenticate(&who, &secret)).await;
-        let ok = outcome.is_ok();
-        logins.record(ip, Attempt::User(Some(&name)), ok, Instant::now());
-        let account = outcome.map_err(|e| {
-            if matches!(e, Error::BadCredentials) {
-                tracing::info!(name = %name, %ip, "failed login");
+        let account = match outcome {
+            Ok(a) => {
+                attempt.succeeded();
+                a
             }
-            to_capnp(e)
-        })?;
+            Err(Error::BadCredentials) => {
+                attempt.failed();
+                tracing::info!(name = %name, %ip, "failed login");
+                return Err(to_capnp(Error::BadCredentials));
+            }
+            Err(e) => return Err(to_capnp(e)),
+        };
         tracing::debug!(account = account.id.0, "login");
         let auth = Auth::Password(account.password_hash.clone());
         let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
@@ -105,15 +109,19 @@ impl quail::Server for QuailImpl {
         let token = text(params.get()?.get_token(), "token", MAX_SECRET_BYTES)?;
         let ip = self.peer.ip;
         let logins = &self.services.logins;
-        logins.admit(ip, Attempt::User(None), Instant::now()).map_err(to_capnp)?;
-        let outcome = self.services.accounts.authenticate_token(token);
-        logins.record(ip, Attempt::User(None), outcome.is_ok(), Instant::now());
-        let account = outcome.map_err(|e| {
-            if matches!(e, Error::BadCredentials) {
-                tracing::info!(%ip, "failed token login");
+        let attempt = logins.admit(ip, Attempt::User(None), Instant::now()).map_err(to_capnp)?;
+        let account = match self.services.accounts.authenticate_token(token) {
+            Ok(a) => {
+                attempt.succeeded();
+                a
             }
-            to_capnp(e)
-        })?;
+            Err(Error::BadCredentials) => {
+                attempt.failed();
+                tracing::info!(%ip, "failed token login");
+                return Err(to_capnp(Error::BadCredentials));
+            }
+            Err(e) => return Err(to_capnp(e)),
+        };
         let auth = Auth::Token(*blake3::hash(token.as_bytes()).as_bytes());
         let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
             Arc::clone(&self.services),

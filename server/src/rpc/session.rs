@@ -232,7 +232,7 @@ impl session::Server for SessionImpl {
             .limits
             .max_rpc_message_bytes
             .min(quail_protocol::limits::MAX_RPC_MESSAGE_BYTES);
-        let budget = (limit as usize).saturating_sub(GET_MARGIN) * 3 / 4;
+        let budget = ((limit as usize).saturating_sub(GET_MARGIN) * 3 / 4).max(limit as usize / 4);
         let mut used = 0usize;
         let mut found = Vec::with_capacity(ids.len() as usize);
         let mut missing = Vec::new();
@@ -242,7 +242,7 @@ impl session::Server for SessionImpl {
             if !seen.insert(id) {
                 continue;
             }
-            if used >= budget {
+            if used >= budget && !found.is_empty() {
                 unfetched.push(id);
                 continue;
             }

@@ -84,7 +84,9 @@ impl FjallStore {
             spaces.push(ks);
         }
         let spaces: Arc<[Keyspace]> = spaces.into();
-        // Everything recovered is on disk already.
+        // What recovery replayed may be only in the page cache (after a
+        // kill -9): make it durable before readers may see it.
+        db.persist(PersistMode::SyncAll).map_err(backend)?;
         let published = Arc::new(RwLock::new(db.snapshot()));
         let sync_db = db.clone();
         let publish = Arc::clone(&published);

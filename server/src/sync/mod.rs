@@ -177,7 +177,9 @@ fn compact(txn: &mut Txn<'_>, account: AccountId, state: State, keep: u64) -> Re
             continue;
         }
         let range = KeyRange::between(log_key(account, kind, floor + 1), log_key(account, kind, horizon + 1));
-        let old = txn.scan_committed(Space::Changes, &range, Order::Ascending, COMPACT_STEP)?;
+        // Including this transaction's own entries: one that logs more
+        // than `keep` changes must not leave some below the new floor.
+        let old = txn.scan(Space::Changes, &range, Order::Ascending, COMPACT_STEP)?;
         let new_floor = if old.len() == COMPACT_STEP {
             // Not done this time: the floor only rises to what is gone.
             old.last().and_then(|(k, _)| key::read_u64(k, 9)).unwrap_or(floor)

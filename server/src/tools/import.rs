@@ -28,19 +28,38 @@ fn skipped(path: &Path) -> bool {
         )
 }
 
-/// Names of the files and folders mail software keeps beside a Maildir's
-/// cur/ and new/.
-fn metadata_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n.starts_with("dovecot")
-        || n.starts_with("courier")
-        || n.starts_with(".")
-        || matches!(n.as_str(), "maildirfolder" | "subscriptions" | "maildirsize" | ".uidvalidity")
+/// Files Dovecot and Courier keep beside a Maildir's cur/ and new/.
+fn metadata_file(name: &str) -> bool {
+    name.starts_with('.')
+        || name.starts_with("dovecot-uidvalidity")
+        || name.starts_with("dovecot.index")
+        || name.starts_with("dovecot.list.index")
+        || matches!(
+            name,
+            "dovecot-uidlist"
+                | "dovecot-keywords"
+                | "dovecot.mailbox.log"
+                | "courierimapuiddb"
+                | "courierimapacl"
+                | "courierpop3dsizelist"
+                | "maildirfolder"
+                | "maildirsize"
+                | "subscriptions"
+        )
+}
+
+/// Folders Courier keeps beside a Maildir's cur/ and new/.
+fn metadata_dir(name: &str) -> bool {
+    matches!(name, "courierimapkeywords" | "courierimaphieracl")
 }
 
 /// Whether a file starts like a message: a header field (`Name:`) or an
-/// mbox `From ` line. Index files, uid lists and empty files do not.
+/// mbox `From ` line (an `.xz` file is judged by its name: it is read as
+/// a compressed mbox). Index files, uid lists and empty files do not.
 fn looks_like_message(path: &Path) -> bool {
+    if path.extension().and_then(|e| e.to_str()) == Some("xz") {
+        return true;
+    }
     let mut head = [0u8; 256];
     let n = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
     let head = &head[..n];
@@ -84,11 +103,13 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// nested folders (so a mail tree keeps its shape).
 pub fn collect(path: &Path, flavor: Flavor) -> Result<Vec<Found>> {
     let mut out = Vec::new();
-    walk(path, &[], flavor, &mut out)?;
+    walk(path, &[], flavor, false, &mut out)?;
     Ok(out)
 }
 
-fn walk(path: &Path, folder: &[String], flavor: Flavor, out: &mut Vec<Found>) -> Result<()> {
+/// `sniff`: inside a Maildir's tree, where files beside the folders may be
+/// metadata; only files that read as messages count there.
+fn walk(path: &Path, folder: &[String], flavor: Flavor, sniff: bool, out: &mut Vec<Found>) -> Result<()> {
     if path.is_dir() {
         let maildir = path.join("cur").is_dir() || path.join("new").is_dir();
         if maildir {
@@ -107,15 +128,18 @@ fn walk(path: &Path, folder: &[String], flavor: Flavor, out: &mut Vec<Found>) ->
             // subscriptions, ...). Mail trees (notmuch's, mutt's) also keep
             // messages there, so a file beside cur/ counts only when it is
             // not known metadata and reads as a message.
-            if maildir && (metadata_name(&name) || e.is_file() && !looks_like_message(&e)) {
+            if e.is_file() && (maildir || sniff) && (metadata_file(&name) || !looks_like_message(&e)) {
+                continue;
+            }
+            if e.is_dir() && maildir && metadata_dir(&name) {
                 continue;
             }
             if e.is_dir() {
                 let mut sub = folder.to_vec();
                 sub.push(name);
-                walk(&e, &sub, flavor, out)?;
+                walk(&e, &sub, flavor, sniff || maildir, out)?;
             } else if !skipped(&e) {
-                walk(&e, folder, flavor, out)?;
+                walk(&e, folder, flavor, sniff, out)?;
             }
         }
         return Ok(());
