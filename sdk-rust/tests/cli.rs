@@ -58,6 +58,23 @@ async fn walk_through() {
     assert_eq!(out.status.code(), Some(3));
     assert!(!config.exists());
     ok(q(&["login", "alice", "--password", "alice-password"], None));
+
+    // A reader that stops reading (`quail ls | head -0`): a quiet exit, no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quail"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--server")
+        .arg(&addr)
+        .args(["mailboxes"])
+        .env("QUAIL_CLI_CONFIG", &config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run quail");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{:?}: {err}", out.status);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

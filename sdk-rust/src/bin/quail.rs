@@ -16,6 +16,19 @@ use clap::{Parser, Subcommand};
 use quail::{Client, EmailId, Envelope, Query, Role, Session, Trust};
 use serde::{Deserialize, Serialize};
 
+/// `println!` for output a reader may stop reading (`quail ls | head`): a
+/// closed pipe ends the program quietly, as it does for any Unix tool,
+/// instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// Quail command-line client.
 #[derive(Debug, Parser)]
 #[command(name = "quail", version)]
@@ -234,8 +247,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout => {
             let path = profile_path()?;
             match std::fs::remove_file(&path) {
-                Ok(()) => println!("logged out"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("not logged in"),
+                Ok(()) => out!("logged out"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => out!("not logged in"),
                 Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
             }
             Ok(())
@@ -264,12 +277,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         None => None,
                     };
                     let (m, _) = session.create_mailbox(name, parent).await?;
-                    println!("created mailbox {} (id {})", m.name, m.id.0);
+                    out!("created mailbox {} (id {})", m.name, m.id.0);
                 }
                 MailboxCommand::Rm { name } => {
                     let id = find_mailbox(&session, name).await?;
                     session.delete_mailbox(id).await?;
-                    println!("deleted mailbox {name}");
+                    out!("deleted mailbox {name}");
                 }
             }
             Ok(())
@@ -443,9 +456,9 @@ async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> a
             let pw = password(pw.as_deref(), &format!("password for {name}: "))?;
             let a = admin.create_account(name, &pw, *quota_bytes, *quota_messages).await?;
             if cli.json {
-                println!("{}", serde_json::to_string(&a)?);
+                out!("{}", serde_json::to_string(&a)?);
             } else {
-                println!("created account {} (id {})", a.name, a.id);
+                out!("created account {} (id {})", a.name, a.id);
             }
         }
         UserCommand::List => {
@@ -462,7 +475,7 @@ async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> a
                 }
             }
             if cli.json {
-                println!("{}", serde_json::to_string(&all)?);
+                out!("{}", serde_json::to_string(&all)?);
             } else {
                 let rows: Vec<Vec<String>> = all
                     .iter()
@@ -481,7 +494,7 @@ async fn admin(cli: &Cli, profile: Option<&Profile>, command: &UserCommand) -> a
         UserCommand::Passwd { name, password: pw } => {
             let pw = password(pw.as_deref(), &format!("new password for {name}: "))?;
             admin.set_password(name, &pw).await?;
-            println!("password of {name} changed");
+            out!("password of {name} changed");
         }
     }
     Ok(())
@@ -497,7 +510,7 @@ async fn login(cli: &Cli, name: &str, pw: Option<&str>) -> anyhow::Result<()> {
     let (token, _) = session.create_app_token(&format!("quail CLI on {host}")).await?;
     let (account, _) = session.account().await?;
     let path = save_profile(&Profile { server: addr.clone(), pin, name: account.name.clone(), token })?;
-    println!("logged in to {addr} as {} (token saved in {})", account.name, path.display());
+    out!("logged in to {addr} as {} (token saved in {})", account.name, path.display());
     Ok(())
 }
 
@@ -518,7 +531,7 @@ fn report_update(r: &quail::UpdateResult) -> anyhow::Result<()> {
     for (id, e) in &r.not_updated {
         eprintln!("{}: {e}", id.0);
     }
-    println!("{} updated", r.updated.len());
+    out!("{} updated", r.updated.len());
     if !r.not_updated.is_empty() {
         bail!("{} not updated", r.not_updated.len());
     }
@@ -529,10 +542,7 @@ async fn ls(cli: &Cli, session: &Session, q: &Query) -> anyhow::Result<()> {
     let page = session.query(q).await?;
     let (emails, _) = session.get(&page.ids, &[]).await?;
     if cli.json {
-        println!(
-            "{}",
-            serde_json::json!({ "total": page.total, "position": page.position, "emails": emails })
-        );
+        out!("{}", serde_json::json!({ "total": page.total, "position": page.position, "emails": emails }));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = emails
@@ -567,7 +577,7 @@ async fn ls(cli: &Cli, session: &Session, q: &Query) -> anyhow::Result<()> {
     };
     let first = if emails.is_empty() { 0 } else { page.position + 1 };
     let unit = if q.collapse_threads { " threads" } else { "" };
-    println!("{first}-{end} of {}{what}{unit}", page.total);
+    out!("{first}-{end} of {}{what}{unit}", page.total);
     Ok(())
 }
 
@@ -579,32 +589,32 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
     }
     let e = session.email(id).await?;
     if cli.json {
-        println!("{}", serde_json::to_string(&e)?);
+        out!("{}", serde_json::to_string(&e)?);
         return Ok(());
     }
     let list = |a: &[quail::Address]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    println!("From:     {}", list(&e.from));
-    println!("To:       {}", list(&e.to));
+    out!("From:     {}", list(&e.from));
+    out!("To:       {}", list(&e.to));
     if !e.cc.is_empty() {
-        println!("Cc:       {}", list(&e.cc));
+        out!("Cc:       {}", list(&e.cc));
     }
-    println!("Subject:  {}", e.subject);
+    out!("Subject:  {}", e.subject);
     if e.sent_at != 0 {
-        println!("Date:     {}", date(e.sent_at));
+        out!("Date:     {}", date(e.sent_at));
     }
-    println!("Received: {}", date(e.received_at));
-    println!("Size:     {}{}", human_bytes(e.size), if e.has_attachment { ", with attachments" } else { "" });
-    println!();
-    println!("{}", e.preview);
-    println!();
-    println!("(preview; `quail show {} --raw` prints the whole message)", e.id);
+    out!("Received: {}", date(e.received_at));
+    out!("Size:     {}{}", human_bytes(e.size), if e.has_attachment { ", with attachments" } else { "" });
+    out!();
+    out!("{}", e.preview);
+    out!();
+    out!("(preview; `quail show {} --raw` prints the whole message)", e.id);
     Ok(())
 }
 
 async fn mailboxes(cli: &Cli, session: &Session) -> anyhow::Result<()> {
     let (boxes, _) = session.mailboxes().await?;
     if cli.json {
-        println!("{}", serde_json::to_string(&boxes)?);
+        out!("{}", serde_json::to_string(&boxes)?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = boxes
@@ -654,7 +664,7 @@ async fn deliver(
             match &r.outcome {
                 Ok(id) => {
                     if !cli.json {
-                        println!("{} -> {}: delivered as {}", file.display(), r.recipient, id.0);
+                        out!("{} -> {}: delivered as {}", file.display(), r.recipient, id.0);
                     }
                     report.push(serde_json::json!({"file": file, "recipient": r.recipient, "id": id.0}));
                 }
@@ -669,7 +679,7 @@ async fn deliver(
         }
     }
     if cli.json {
-        println!("{}", serde_json::Value::Array(report));
+        out!("{}", serde_json::Value::Array(report));
     }
     if failures > 0 {
         bail!("{failures} deliveries failed");
@@ -696,7 +706,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        out!("{}", out.trim_end());
     };
     line(headers.to_vec());
     for row in rows {
