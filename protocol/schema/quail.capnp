@@ -473,8 +473,15 @@ struct RecipientOutcome {
 }
 
 interface Gateway {
-  deliver @0 (envelope :SmtpEnvelope, raw :Data) -> (results :List(DeliveryResult));
-  # Returns only after every accepted copy is durable.
+  deliver @0 (envelope :SmtpEnvelope, raw :Data, uploadToken :Data) -> (results :List(DeliveryResult));
+  # Returns only after every accepted copy is durable. The message is `raw`,
+  # or, for one too large to travel inline, the bytes of a finished upload
+  # (`uploadToken` from `upload`, single use).
+
+  upload @3 (size :UInt64) -> (token :Data);
+  # Reserves an upload of `size` bytes (at most maxMessageBytes): send them
+  # on a bulk stream with `token`, then pass the token to `deliver`. Tokens
+  # expire after a few minutes unused.
 
   leaseOutbound @1 (max :UInt32, leaseSeconds :UInt32) -> (items :List(OutboundItem));
   completeOutbound @2 (id :UInt64, outcomes :List(RecipientOutcome)) -> ();

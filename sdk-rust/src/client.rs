@@ -52,11 +52,48 @@ pub(crate) enum Cap {
 /// State on the connection thread.
 pub(crate) struct Conn {
     bootstrap: quail::Client,
+    quic: quinn::Connection,
     caps: RefCell<HashMap<u64, Cap>>,
     next_cap: Cell<u64>,
 }
 
 impl Conn {
+    /// Sends `bytes` on a new bulk stream as the upload `token` names, and
+    /// waits for the server to confirm it has them all.
+    pub(crate) async fn upload(&self, token: &[u8], bytes: &[u8]) -> Result<()> {
+        use futures::AsyncWriteExt;
+        use quail_protocol::quail_capnp::{bulk_request, bulk_response};
+        let (send, recv) = self.quic.open_bi().await.map_err(connection_error)?;
+        let mut writer = send.compat_write();
+        let broke = |e: std::io::Error| Error::Disconnected(format!("upload: {e}"));
+        writer.write_all(&[StreamKind::Bulk.tag()]).await.map_err(broke)?;
+        let mut request = capnp::message::Builder::new_default();
+        request.init_root::<bulk_request::Builder<'_>>().set_token(token);
+        capnp_futures::serialize::write_message(&mut writer, &request)
+            .await
+            .map_err(|e| Error::Disconnected(format!("upload: {e}")))?;
+        writer.write_all(bytes).await.map_err(broke)?;
+        writer.close().await.map_err(broke)?;
+        let mut reader = BufReader::new(recv.compat());
+        let response =
+            capnp_futures::serialize::read_message(&mut reader, capnp::message::ReaderOptions::new())
+                .await
+                .map_err(|e| Error::Disconnected(format!("upload: no answer: {e}")))?;
+        let r = response.get_root::<bulk_response::Reader<'_>>()?;
+        if r.has_error() {
+            let e = r.get_error()?;
+            return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
+        }
+        if r.get_length() != bytes.len() as u64 {
+            return Err(Error::Protocol(format!(
+                "the server stored {} of {} uploaded bytes",
+                r.get_length(),
+                bytes.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn insert(&self, cap: Cap) -> u64 {
         let id = self.next_cap.get() + 1;
         self.next_cap.set(id);
@@ -353,7 +390,12 @@ async fn open(
     tokio::task::spawn_local(async move {
         let _ = rpc.await;
     });
-    let conn = Rc::new(Conn { bootstrap, caps: RefCell::new(HashMap::new()), next_cap: Cell::new(0) });
+    let conn = Rc::new(Conn {
+        bootstrap,
+        quic: quic.clone(),
+        caps: RefCell::new(HashMap::new()),
+        next_cap: Cell::new(0),
+    });
     Ok((endpoint, quic, conn))
 }
 

@@ -164,9 +164,21 @@ impl Gateway {
         let cap = self.cap;
         let envelope = envelope.clone();
         let raw = raw.to_vec();
+        // Larger than one inline run: the bytes go on a bulk stream first.
+        let bulk = raw.len() as u64 > self.client.server_info().limits.max_inline_bytes;
         self.client
             .call(move |conn| async move {
                 let gateway = conn.gateway(cap)?;
+                let token = if bulk {
+                    let mut up = gateway.upload_request();
+                    up.get().set_size(raw.len() as u64);
+                    let resp = up.send().promise.await?;
+                    let token = resp.get()?.get_token()?.to_vec();
+                    conn.upload(&token, &raw).await?;
+                    Some(token)
+                } else {
+                    None
+                };
                 let mut req = gateway.deliver_request();
                 {
                     let mut e = req.get().init_envelope();
@@ -179,7 +191,10 @@ impl Gateway {
                         l.set(i as u32, r.as_str());
                     }
                 }
-                req.get().set_raw(&raw[..]);
+                match &token {
+                    Some(t) => req.get().set_upload_token(&t[..]),
+                    None => req.get().set_raw(&raw[..]),
+                }
                 let resp = req.send().promise.await?;
                 use quail_protocol::quail_capnp::delivery_result::Which;
                 resp.get()?

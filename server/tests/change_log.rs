@@ -98,12 +98,15 @@ fn apply(db: &Db, model: &mut Model, t: &Tx, keep: u64, pick: &mut u64) -> State
 }
 
 /// Replays every page of `changes(kind, since)`; `None` when the log can
-/// no longer answer from `since`.
+/// no longer answer from `since`. With writers active (`concurrent`), the
+/// log may be compacted past the replay between two pages: then the client
+/// resyncs, which is correct.
 fn replay(
     db: &Db,
     kind: Kind,
     since: State,
     start: &BTreeSet<u64>,
+    concurrent: bool,
 ) -> Option<(State, BTreeSet<u64>, BTreeSet<u64>)> {
     let mut live = start.clone();
     let mut touched = BTreeSet::new();
@@ -129,7 +132,7 @@ fn replay(
                 }
             }
             Err(Error::CannotCalculateChanges(_)) => {
-                assert_eq!(at, since, "the log failed in the middle of a replay");
+                assert!(concurrent || at == since, "the log failed in the middle of a replay");
                 return None;
             }
             Err(e) => panic!("changes failed: {e}"),
@@ -142,7 +145,7 @@ fn check_all(db: &Db, history: &[(State, Model)], last: &Model, current: State, 
         for kind in KINDS {
             let k = kind as u8;
             let start = m.live.get(&k).cloned().unwrap_or_default();
-            match replay(db, kind, *s, &start) {
+            match replay(db, kind, *s, &start, false) {
                 Some((end, live, touched)) => {
                     assert_eq!(end, current, "{kind:?} from {}", s.0);
                     let want = last.live.get(&k).cloned().unwrap_or_default();
@@ -237,7 +240,7 @@ fn replays_stay_exact_while_a_writer_commits() {
             for kind in KINDS {
                 let k = kind as u8;
                 let start = m.live.get(&k).cloned().unwrap_or_default();
-                if let Some((end, live, _)) = replay(&db, kind, State(s), &start) {
+                if let Some((end, live, _)) = replay(&db, kind, State(s), &start, true) {
                     // The writer records a state right after its commit
                     // returns; the fsync that publishes it may come first.
                     let mut at_end = None;

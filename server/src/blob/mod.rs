@@ -13,6 +13,8 @@
 //! writer lock as the deletion, so an ingest either sees the blob (and keeps
 //! it alive) or sees it gone (and writes it again).
 
+pub mod upload;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -183,7 +183,7 @@ async fn stream(
     }
     match StreamKind::from_tag(tag[0]) {
         Some(StreamKind::Rpc) => rpc_stream(conn, send, recv, services, peer).await,
-        Some(StreamKind::Bulk) => bulk_stream(send, recv).await,
+        Some(StreamKind::Bulk) => bulk_stream(send, recv, services).await,
         None => {
             tracing::debug!(tag = tag[0], "unknown stream kind; resetting the stream");
             refuse(&mut send, &mut recv, close_code::PROTOCOL);
@@ -232,32 +232,77 @@ async fn rpc_stream(
     }
 }
 
-/// A bulk stream: one `BulkRequest` naming a token from `fetchPart`,
-/// `upload` or `raw`. This server issues no bulk tokens yet (every byte run
-/// fits inline), so any token is unknown.
-async fn bulk_stream(send: SendStream, recv: RecvStream) {
+/// How long one bulk transfer may take, whole.
+const BULK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// A bulk stream: one `BulkRequest` naming a token from `upload`, then, for
+/// an upload, exactly the reserved number of bytes and the end of the
+/// stream; the server answers with one `BulkResponse`. A transfer that
+/// breaks off leaves the upload to be sent again with the same token.
+async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>) {
+    use futures::{AsyncReadExt, AsyncWriteExt};
     let mut reader = BufReader::new(recv.compat());
     let mut writer = send.compat_write();
     let mut options = capnp::message::ReaderOptions::new();
     options.traversal_limit_in_words(Some(BULK_REQUEST_WORDS));
-    let request = capnp_futures::serialize::read_message(&mut reader, options).await;
+    let outcome: Result<u64, (quail_capnp::ErrorCode, String)> = async {
+        let request = capnp_futures::serialize::read_message(&mut reader, options)
+            .await
+            .map_err(|e| (quail_capnp::ErrorCode::Protocol, format!("bad bulk request: {e}")))?;
+        let token: crate::blob::upload::Token = request
+            .get_root::<quail_capnp::bulk_request::Reader<'_>>()
+            .and_then(|r| r.get_token())
+            .ok()
+            .and_then(|t| t.try_into().ok())
+            .ok_or((quail_capnp::ErrorCode::NotFound, "unknown or expired bulk token".to_owned()))?;
+        let size = services
+            .uploads
+            .begin(&token, std::time::Instant::now())
+            .map_err(|_| (quail_capnp::ErrorCode::NotFound, "unknown or expired bulk token".to_owned()))?;
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(size as usize).map_err(|_| {
+            services.uploads.abort(&token);
+            (quail_capnp::ErrorCode::Unavailable, "no memory for the upload now".to_owned())
+        })?;
+        // Exactly the reserved size, then the end of the stream.
+        let read = tokio::time::timeout(BULK_TIMEOUT, async {
+            (&mut reader).take(size + 1).read_to_end(&mut bytes).await
+        })
+        .await;
+        match read {
+            Ok(Ok(_)) if bytes.len() as u64 == size => {}
+            Ok(Ok(_)) => {
+                services.uploads.abort(&token);
+                return Err((
+                    quail_capnp::ErrorCode::Protocol,
+                    format!("the upload holds {} bytes or more, not the {size} reserved", bytes.len()),
+                ));
+            }
+            _ => {
+                services.uploads.abort(&token);
+                return Err((quail_capnp::ErrorCode::Protocol, "the upload broke off".to_owned()));
+            }
+        }
+        services
+            .uploads
+            .finish(&token, bytes, std::time::Instant::now())
+            .map_err(|e| (quail_capnp::ErrorCode::NotFound, e.to_string()))?;
+        Ok(size)
+    }
+    .await;
     let mut response = capnp::message::Builder::new_default();
     {
         let mut r = response.init_root::<quail_capnp::bulk_response::Builder<'_>>();
-        let mut e = r.reborrow().init_error();
-        match request {
-            Ok(_) => {
-                e.set_code(quail_capnp::ErrorCode::NotFound);
-                e.set_message("unknown or expired bulk token");
-            }
-            Err(err) => {
-                e.set_code(quail_capnp::ErrorCode::Protocol);
-                e.set_message(format!("bad bulk request: {err}").as_str());
+        match &outcome {
+            Ok(n) => r.set_length(*n),
+            Err((code, message)) => {
+                let mut e = r.init_error();
+                e.set_code(*code);
+                e.set_message(message.as_str());
             }
         }
     }
     if capnp_futures::serialize::write_message(&mut writer, &response).await.is_ok() {
-        use futures::AsyncWriteExt;
         let _ = writer.close().await;
     }
 }

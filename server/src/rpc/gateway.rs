@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use quail_protocol::quail_capnp::gateway;
 use quail_protocol::{ErrorCode, error_code_name};
 
 use super::{Services, code_of, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
+use crate::blob::upload::{Owner, Token};
 use crate::error::Error;
 
 /// Longest envelope address accepted (RFC 5321 path limit).
@@ -35,7 +37,20 @@ impl gateway::Server for GatewayImpl {
         let s = &self.services;
         let limits = &s.config.limits;
         let p = params.get()?;
-        let raw = p.get_raw()?;
+        let uploaded;
+        let raw: &[u8] = if p.has_upload_token() && !p.get_upload_token()?.is_empty() {
+            if !p.get_raw()?.is_empty() {
+                return Err(to_capnp(Error::invalid("give raw or uploadToken, not both")));
+            }
+            let token: Token = p
+                .get_upload_token()?
+                .try_into()
+                .map_err(|_| to_capnp(Error::not_found("unknown, used or expired upload token")))?;
+            uploaded = s.uploads.take(&token, Owner::GATEWAY, Instant::now()).map_err(to_capnp)?;
+            &uploaded
+        } else {
+            p.get_raw()?
+        };
         if raw.len() as u64 > limits.max_message_bytes {
             return Err(to_capnp(Error::LimitExceeded(format!(
                 "message of {} bytes; the limit is {}",
@@ -105,6 +120,24 @@ impl gateway::Server for GatewayImpl {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn upload(
+        self: Rc<Self>,
+        params: gateway::UploadParams,
+        mut results: gateway::UploadResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
+        let size = params.get()?.get_size();
+        let max = self.services.config.limits.max_message_bytes;
+        if size == 0 || size > max {
+            return Err(to_capnp(Error::LimitExceeded(format!(
+                "an upload of {size} bytes; messages are 1 to {max} bytes"
+            ))));
+        }
+        let token = self.services.uploads.reserve(Owner::GATEWAY, size, Instant::now()).map_err(to_capnp)?;
+        results.get().set_token(&token[..]);
         Ok(())
     }
 

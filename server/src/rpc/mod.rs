@@ -55,6 +55,8 @@ pub struct Services {
     /// collapsed queries, deep pages): they run on the blocking pool, this
     /// many at once, never on a connection's worker.
     pub heavy_reads: Arc<Semaphore>,
+    /// Uploads in flight on bulk streams.
+    pub uploads: crate::blob::upload::Uploads,
 }
 
 impl Services {
@@ -68,6 +70,8 @@ impl Services {
             credentials,
             logins: LoginGuard::new(config.limits.max_concurrent_logins as usize),
             heavy_reads: Arc::new(Semaphore::new(cores)),
+            // Room for a few maximal messages in flight at once.
+            uploads: crate::blob::upload::Uploads::new(config.limits.max_message_bytes.saturating_mul(4)),
             config,
         })
     }
@@ -147,6 +151,7 @@ pub const FEATURES: &[&str] = &[
     "Session.listAppTokens",
     "Session.revokeAppToken",
     "Gateway.deliver",
+    "Gateway.upload",
 ];
 
 /// The wire code of a domain error: the one place they are mapped.

@@ -1,0 +1,174 @@
+//! Uploads in flight: bytes too large for one RPC message travel on a bulk
+//! stream, announced by a token.
+//!
+//! `reserve` hands out a random single-use token for a declared size; the
+//! bulk stream `begin`s it, delivers exactly that many bytes and `finish`es
+//! it; the RPC that consumes the upload `take`s the bytes, which ends the
+//! token. A token is bound to its owner (an account id, or 0 for the
+//! gateway credential): another owner's token is simply not found. Tokens
+//! expire; pending uploads and their reserved bytes are bounded, so a
+//! client cannot park memory here.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// How long a reserved or finished upload waits to be used.
+pub const TTL: Duration = Duration::from_secs(10 * 60);
+/// Uploads pending at once, server-wide.
+pub const MAX_PENDING: usize = 64;
+
+/// Who may use an upload: an account id, or [`Owner::GATEWAY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner(pub u64);
+
+impl Owner {
+    /// The gateway credential.
+    pub const GATEWAY: Owner = Owner(0);
+}
+
+/// A token naming one upload.
+pub type Token = [u8; 32];
+
+#[derive(Debug)]
+enum State {
+    Waiting,
+    Receiving,
+    Done(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    owner: Owner,
+    size: u64,
+    expires: Instant,
+    state: State,
+}
+
+/// The uploads of one server.
+#[derive(Debug)]
+pub struct Uploads {
+    entries: Mutex<HashMap<Token, Entry>>,
+    max_reserved: u64,
+}
+
+fn unknown() -> Error {
+    Error::not_found("unknown, used or expired upload token")
+}
+
+impl Uploads {
+    /// A registry holding at most `max_reserved` bytes of uploads at once.
+    pub fn new(max_reserved: u64) -> Self {
+        Uploads { entries: Mutex::new(HashMap::new()), max_reserved }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Token, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reserves an upload of `size` bytes for `owner`.
+    pub fn reserve(&self, owner: Owner, size: u64, now: Instant) -> Result<Token> {
+        let mut e = self.lock();
+        e.retain(|_, x| x.expires > now || matches!(x.state, State::Receiving));
+        let reserved: u64 = e.values().map(|x| x.size).sum();
+        if e.len() >= MAX_PENDING || reserved.saturating_add(size) > self.max_reserved {
+            return Err(Error::Unavailable(
+                "too many uploads in flight; finish or let some expire, then retry".into(),
+            ));
+        }
+        let token: Token = rand::random();
+        e.insert(token, Entry { owner, size, expires: now + TTL, state: State::Waiting });
+        Ok(token)
+    }
+
+    /// Starts receiving the bytes of `token`; returns how many to expect.
+    pub fn begin(&self, token: &Token, now: Instant) -> Result<u64> {
+        let mut e = self.lock();
+        match e.get_mut(token) {
+            Some(x) if x.expires > now && matches!(x.state, State::Waiting) => {
+                x.state = State::Receiving;
+                Ok(x.size)
+            }
+            _ => Err(unknown()),
+        }
+    }
+
+    /// The bytes of `token` arrived whole.
+    pub fn finish(&self, token: &Token, bytes: Vec<u8>, now: Instant) -> Result<()> {
+        let mut e = self.lock();
+        match e.get_mut(token) {
+            Some(x) if matches!(x.state, State::Receiving) && bytes.len() as u64 == x.size => {
+                x.state = State::Done(bytes);
+                x.expires = now + TTL;
+                Ok(())
+            }
+            _ => Err(unknown()),
+        }
+    }
+
+    /// The transfer of `token` broke off: it may be sent again.
+    pub fn abort(&self, token: &Token) {
+        if let Some(x) = self.lock().get_mut(token)
+            && matches!(x.state, State::Receiving)
+        {
+            x.state = State::Waiting;
+        }
+    }
+
+    /// Takes the finished bytes of `owner`'s `token`; the token ends.
+    pub fn take(&self, token: &Token, owner: Owner, now: Instant) -> Result<Vec<u8>> {
+        let mut e = self.lock();
+        match e.get(token) {
+            Some(x) if x.owner == owner && x.expires > now && matches!(x.state, State::Done(_)) => {}
+            Some(x) if x.owner == owner && matches!(x.state, State::Waiting | State::Receiving) => {
+                return Err(Error::invalid("the upload has not finished"));
+            }
+            _ => return Err(unknown()),
+        }
+        match e.remove(token).map(|x| x.state) {
+            Some(State::Done(bytes)) => Ok(bytes),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_is_single_use_bound_to_its_owner_and_expires() {
+        let u = Uploads::new(1 << 20);
+        let t0 = Instant::now();
+        let t = u.reserve(Owner::GATEWAY, 3, t0).expect("reserve");
+        assert!(matches!(u.take(&t, Owner::GATEWAY, t0), Err(Error::InvalidArgument(_))), "not finished");
+        assert_eq!(u.begin(&t, t0).expect("begin"), 3);
+        assert!(u.begin(&t, t0).is_err(), "one transfer at a time");
+        assert!(u.finish(&t, b"toolong".to_vec(), t0).is_err(), "exactly the declared size");
+        u.abort(&t);
+        u.begin(&t, t0).expect("resent after a broken transfer");
+        u.finish(&t, b"abc".to_vec(), t0).expect("finish");
+        assert!(matches!(u.take(&t, Owner(7), t0), Err(Error::NotFound(_))), "another owner's token");
+        assert_eq!(u.take(&t, Owner::GATEWAY, t0).expect("take"), b"abc");
+        assert!(matches!(u.take(&t, Owner::GATEWAY, t0), Err(Error::NotFound(_))), "single use");
+        let late = u.reserve(Owner::GATEWAY, 1, t0).expect("reserve");
+        assert!(u.begin(&late, t0 + TTL).is_err(), "expired");
+        assert!(matches!(u.take(&[9; 32], Owner::GATEWAY, t0), Err(Error::NotFound(_))), "forged");
+    }
+
+    #[test]
+    fn reservations_are_bounded() {
+        let u = Uploads::new(100);
+        let t0 = Instant::now();
+        u.reserve(Owner::GATEWAY, 60, t0).expect("fits");
+        assert!(matches!(u.reserve(Owner::GATEWAY, 60, t0), Err(Error::Unavailable(_))));
+        // Expired reservations free their room.
+        u.reserve(Owner::GATEWAY, 60, t0 + TTL).expect("the first expired");
+        for _ in 0..MAX_PENDING {
+            let _ = u.reserve(Owner::GATEWAY, 0, t0 + TTL);
+        }
+        assert!(u.reserve(Owner::GATEWAY, 0, t0 + TTL).is_err());
+    }
+}
