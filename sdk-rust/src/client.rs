@@ -94,6 +94,47 @@ impl Conn {
         Ok(())
     }
 
+    /// Fetches the object a bulk `token` names on a new bulk stream.
+    pub(crate) async fn download(&self, token: &[u8], max: u64) -> Result<Vec<u8>> {
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        use quail_protocol::quail_capnp::{bulk_request, bulk_response};
+        let (send, recv) = self.quic.open_bi().await.map_err(connection_error)?;
+        let mut writer = send.compat_write();
+        let broke = |e: std::io::Error| Error::Disconnected(format!("download: {e}"));
+        writer.write_all(&[StreamKind::Bulk.tag()]).await.map_err(broke)?;
+        let mut request = capnp::message::Builder::new_default();
+        request.init_root::<bulk_request::Builder<'_>>().set_token(token);
+        capnp_futures::serialize::write_message(&mut writer, &request)
+            .await
+            .map_err(|e| Error::Disconnected(format!("download: {e}")))?;
+        writer.close().await.map_err(broke)?;
+        let mut reader = BufReader::new(recv.compat());
+        let response =
+            capnp_futures::serialize::read_message(&mut reader, capnp::message::ReaderOptions::new())
+                .await
+                .map_err(|e| Error::Disconnected(format!("download: no answer: {e}")))?;
+        let r = response.get_root::<bulk_response::Reader<'_>>()?;
+        if r.has_error() {
+            let e = r.get_error()?;
+            return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
+        }
+        let length = r.get_length();
+        if length > max {
+            return Err(Error::Protocol(format!(
+                "a download of {length} bytes, more than the {max} expected"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(length as usize);
+        (&mut reader).take(length).read_to_end(&mut bytes).await.map_err(broke)?;
+        if bytes.len() as u64 != length {
+            return Err(Error::Disconnected(format!(
+                "download broke off at {} of {length} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
     fn insert(&self, cap: Cap) -> u64 {
         let id = self.next_cap.get() + 1;
         self.next_cap.set(id);

@@ -201,8 +201,10 @@ impl Session {
                 use quail_protocol::quail_capnp::byte_run::Which;
                 let data = match b.which()? {
                     Which::Inline(d) => d?.to_vec(),
-                    Which::BulkToken(_) => {
-                        return Err(Error::Unimplemented("bulk transfer in this SDK version".into()));
+                    // Too large to travel inline: fetched on a bulk stream.
+                    Which::BulkToken(t) => {
+                        let token = t?.to_vec();
+                        conn.download(&token, b.get_total_size().saturating_sub(b.get_offset())).await?
                     }
                 };
                 Ok(ByteRun { total_size: b.get_total_size(), offset: b.get_offset(), data })

@@ -66,9 +66,10 @@ async fn delivered_mail_comes_back_newest_first_and_byte_identical() {
     server.shutdown().await;
 }
 
-/// Raw messages larger than the inline limit come back whole, in runs.
+/// Raw messages larger than the inline limit go in and come back whole on
+/// bulk streams; small ranges stay inline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_larger_than_the_inline_limit_is_fetched_in_runs() {
+async fn raw_larger_than_the_inline_limit_travels_on_bulk_streams() {
     let dir = tempfile::tempdir().expect("dir");
     let mut config = quail_server::Config::ephemeral(dir.path());
     config.limits.max_inline_bytes = 64 * 1024;
@@ -84,9 +85,11 @@ async fn raw_larger_than_the_inline_limit_is_fetched_in_runs() {
         .clone()
         .expect("delivered");
     let session = client.login("alice", PASSWORD).await.expect("login");
-    let first = session.raw_range(id, 0, 0).await.expect("first run");
-    assert_eq!(first.data.len(), 64 * 1024);
-    assert_eq!(first.total_size, raw.len() as u64);
+    let whole = session.raw_range(id, 0, 0).await.expect("whole, on a bulk stream");
+    assert_eq!(whole.total_size, raw.len() as u64);
+    assert!(whole.data == raw);
+    let tail = session.raw_range(id, 1000, 0).await.expect("a long range");
+    assert!(tail.data == raw[1000..] && tail.offset == 1000);
     let middle = session.raw_range(id, 100_000, 10).await.expect("range");
     assert_eq!(middle.data, raw[100_000..100_010]);
     assert_eq!(session.raw(id).await.expect("whole"), raw);

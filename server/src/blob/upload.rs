@@ -1,5 +1,6 @@
-//! Uploads in flight: bytes too large for one RPC message travel on a bulk
-//! stream, announced by a token.
+//! Transfers in flight: bytes too large for one RPC message travel on a
+//! bulk stream, announced by a token. Uploads are below; [`Downloads`] holds
+//! the objects an RPC has prepared for a client to fetch.
 //!
 //! `reserve` hands out a random single-use token for a declared size; the
 //! bulk stream `begin`s it, delivers exactly that many bytes and `finish`es
@@ -134,6 +135,46 @@ impl Uploads {
     }
 }
 
+type Offered = (std::sync::Arc<Vec<u8>>, Instant);
+
+/// Objects prepared for download: a random single-use token per object,
+/// expiring, with bounded count and bytes. The token is the authority: 256
+/// random bits handed only to the session that asked, gone once redeemed.
+#[derive(Debug)]
+pub struct Downloads {
+    entries: Mutex<HashMap<Token, Offered>>,
+    max_bytes: u64,
+}
+
+impl Downloads {
+    /// A registry holding at most `max_bytes` of prepared downloads.
+    pub fn new(max_bytes: u64) -> Self {
+        Downloads { entries: Mutex::new(HashMap::new()), max_bytes }
+    }
+
+    /// Offers `bytes` for one download.
+    pub fn offer(&self, bytes: std::sync::Arc<Vec<u8>>, now: Instant) -> Result<Token> {
+        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        e.retain(|_, (_, expires)| *expires > now);
+        let held: u64 = e.values().map(|(b, _)| b.len() as u64).sum();
+        if e.len() >= MAX_PENDING || held.saturating_add(bytes.len() as u64) > self.max_bytes {
+            return Err(Error::Unavailable("too many downloads in flight; fetch or retry shortly".into()));
+        }
+        let token: Token = rand::random();
+        e.insert(token, (bytes, now + TTL));
+        Ok(token)
+    }
+
+    /// Redeems a token: its bytes, once.
+    pub fn take(&self, token: &Token, now: Instant) -> Result<std::sync::Arc<Vec<u8>>> {
+        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        match e.remove(token) {
+            Some((bytes, expires)) if expires > now => Ok(bytes),
+            _ => Err(unknown()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +197,18 @@ mod tests {
         let late = u.reserve(Owner::GATEWAY, 1, t0).expect("reserve");
         assert!(u.begin(&late, t0 + TTL).is_err(), "expired");
         assert!(matches!(u.take(&[9; 32], Owner::GATEWAY, t0), Err(Error::NotFound(_))), "forged");
+    }
+
+    #[test]
+    fn a_download_is_single_use_and_expires() {
+        let d = Downloads::new(10);
+        let t0 = Instant::now();
+        let t = d.offer(std::sync::Arc::new(b"abc".to_vec()), t0).expect("offer");
+        assert!(d.offer(std::sync::Arc::new(vec![0; 8]), t0).is_err(), "bounded bytes");
+        assert_eq!(d.take(&t, t0).expect("take").as_slice(), b"abc");
+        assert!(d.take(&t, t0).is_err(), "single use");
+        let t = d.offer(std::sync::Arc::new(b"x".to_vec()), t0).expect("offer");
+        assert!(d.take(&t, t0 + TTL).is_err(), "expired");
     }
 
     #[test]

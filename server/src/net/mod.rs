@@ -235,17 +235,23 @@ async fn rpc_stream(
 /// How long one bulk transfer may take, whole.
 const BULK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// A bulk stream: one `BulkRequest` naming a token from `upload`, then, for
-/// an upload, exactly the reserved number of bytes and the end of the
-/// stream; the server answers with one `BulkResponse`. A transfer that
-/// breaks off leaves the upload to be sent again with the same token.
+/// A bulk stream: one `BulkRequest` naming a token. For an upload (from
+/// `upload`) exactly the reserved number of bytes and the end of the stream
+/// follow, and the server answers with one `BulkResponse`; a transfer that
+/// breaks off leaves the upload to be sent again with the same token. For a
+/// download (a `ByteRun.bulkToken` from `raw`) the server answers with a
+/// `BulkResponse` giving the length, then the bytes.
 async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>) {
     use futures::{AsyncReadExt, AsyncWriteExt};
     let mut reader = BufReader::new(recv.compat());
     let mut writer = send.compat_write();
     let mut options = capnp::message::ReaderOptions::new();
     options.traversal_limit_in_words(Some(BULK_REQUEST_WORDS));
-    let outcome: Result<u64, (quail_capnp::ErrorCode, String)> = async {
+    enum Transfer {
+        Uploaded(u64),
+        Download(Arc<Vec<u8>>),
+    }
+    let outcome: Result<Transfer, (quail_capnp::ErrorCode, String)> = async {
         let request = capnp_futures::serialize::read_message(&mut reader, options)
             .await
             .map_err(|e| (quail_capnp::ErrorCode::Protocol, format!("bad bulk request: {e}")))?;
@@ -255,6 +261,9 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
             .ok()
             .and_then(|t| t.try_into().ok())
             .ok_or((quail_capnp::ErrorCode::NotFound, "unknown or expired bulk token".to_owned()))?;
+        if let Ok(bytes) = services.downloads.take(&token, std::time::Instant::now()) {
+            return Ok(Transfer::Download(bytes));
+        }
         let size = services
             .uploads
             .begin(&token, std::time::Instant::now())
@@ -287,14 +296,15 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
             .uploads
             .finish(&token, bytes, std::time::Instant::now())
             .map_err(|e| (quail_capnp::ErrorCode::NotFound, e.to_string()))?;
-        Ok(size)
+        Ok(Transfer::Uploaded(size))
     }
     .await;
     let mut response = capnp::message::Builder::new_default();
     {
         let mut r = response.init_root::<quail_capnp::bulk_response::Builder<'_>>();
         match &outcome {
-            Ok(n) => r.set_length(*n),
+            Ok(Transfer::Uploaded(n)) => r.set_length(*n),
+            Ok(Transfer::Download(bytes)) => r.set_length(bytes.len() as u64),
             Err((code, message)) => {
                 let mut e = r.init_error();
                 e.set_code(*code);
@@ -302,7 +312,14 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
             }
         }
     }
-    if capnp_futures::serialize::write_message(&mut writer, &response).await.is_ok() {
-        let _ = writer.close().await;
+    if capnp_futures::serialize::write_message(&mut writer, &response).await.is_err() {
+        return;
     }
+    if let Ok(Transfer::Download(bytes)) = &outcome {
+        let sent = tokio::time::timeout(BULK_TIMEOUT, writer.write_all(bytes)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
+    let _ = writer.close().await;
 }

@@ -57,6 +57,8 @@ pub struct Services {
     pub heavy_reads: Arc<Semaphore>,
     /// Uploads in flight on bulk streams.
     pub uploads: crate::blob::upload::Uploads,
+    /// Downloads prepared for bulk streams.
+    pub downloads: crate::blob::upload::Downloads,
 }
 
 impl Services {
@@ -72,6 +74,7 @@ impl Services {
             heavy_reads: Arc::new(Semaphore::new(cores)),
             // Room for a few maximal messages in flight at once.
             uploads: crate::blob::upload::Uploads::new(config.limits.max_message_bytes.saturating_mul(4)),
+            downloads: crate::blob::upload::Downloads::new(config.limits.max_message_bytes.saturating_mul(4)),
             config,
         })
     }

@@ -299,11 +299,20 @@ impl session::Server for SessionImpl {
         }
         let max = self.services.config.limits.max_inline_bytes;
         let want = if length == 0 { total - offset } else { length.min(total - offset) };
-        let n = want.min(max);
         let mut b = results.get().init_bytes();
         b.set_total_size(total);
         b.set_offset(offset);
-        b.set_inline(&raw[offset as usize..(offset + n) as usize]);
+        if want > max {
+            // One rebuild, then the bytes on a bulk stream.
+            let mut raw = raw;
+            raw.truncate((offset + want) as usize);
+            raw.drain(..offset as usize);
+            let token =
+                self.services.downloads.offer(Arc::new(raw), std::time::Instant::now()).map_err(to_capnp)?;
+            b.set_bulk_token(&token[..]);
+        } else {
+            b.set_inline(&raw[offset as usize..(offset + want) as usize]);
+        }
         Ok(())
     }
 
