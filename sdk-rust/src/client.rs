@@ -125,7 +125,15 @@ impl Conn {
             )));
         }
         let mut bytes = Vec::with_capacity(length as usize);
-        (&mut reader).take(length).read_to_end(&mut bytes).await.map_err(broke)?;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while (bytes.len() as u64) < length {
+            let want = chunk.len().min((length - bytes.len() as u64) as usize);
+            let n = reader.read(&mut chunk[..want]).await.map_err(broke)?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+        }
         if bytes.len() as u64 != length {
             return Err(Error::Disconnected(format!(
                 "download broke off at {} of {length} bytes",
