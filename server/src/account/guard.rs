@@ -200,6 +200,11 @@ impl Throttle {
     }
 }
 
+/// The refusal of an attempt that must wait `wait` more.
+fn must_wait(wait: Duration) -> Error {
+    Error::Unavailable(format!("too many failed logins; try again in {} s", wait.as_secs().max(1)))
+}
+
 /// How an admitted attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -239,10 +244,7 @@ impl Reservation<'_> {
         drop(t);
         if wait > Duration::ZERO {
             self.guard.throttled.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::Unavailable(format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs().max(1)
-            )));
+            return Err(must_wait(wait));
         }
         Ok(self)
     }
@@ -383,10 +385,7 @@ impl LoginGuard {
         if wait > Duration::ZERO {
             drop(t);
             self.throttled.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::Unavailable(format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs().max(1)
-            )));
+            return Err(must_wait(wait));
         }
         for k in &keys {
             t.begin(k.clone(), now);

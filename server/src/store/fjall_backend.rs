@@ -214,14 +214,17 @@ impl Reader for Frozen {
 }
 
 impl FjallStore {
-    fn current(&self) -> fjall::Snapshot {
-        self.published.read().unwrap_or_else(PoisonError::into_inner).clone()
+    fn published(&self) -> std::sync::RwLockReadGuard<'_, fjall::Snapshot> {
+        self.published.read().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
+// Point reads and scans read the published snapshot under its read lock
+// (held for one read; the committer takes the write lock once per fsync)
+// rather than cloning it: a clone registers with fjall's snapshot tracker.
 impl Reader for FjallStore {
     fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        get_from(Some(&self.current()), self.ks(space), key)
+        get_from(Some(&self.published()), self.ks(space), key)
     }
 
     fn scan(
@@ -231,7 +234,7 @@ impl Reader for FjallStore {
         order: Order,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        scan_from(Some(&self.current()), self.ks(space), range, order, limit)
+        scan_from(Some(&self.published()), self.ks(space), range, order, limit)
     }
 }
 
@@ -267,7 +270,10 @@ impl Store for FjallStore {
     }
 
     fn snapshot(&self) -> Snapshot {
-        Snapshot::new(Box::new(Frozen { snapshot: self.current(), spaces: Arc::clone(&self.spaces) }))
+        Snapshot::new(Box::new(Frozen {
+            snapshot: self.published().clone(),
+            spaces: Arc::clone(&self.spaces),
+        }))
     }
 
     fn metrics(&self) -> StoreMetrics {

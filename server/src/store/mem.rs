@@ -115,27 +115,11 @@ fn scan(map: &Map, space: Space, range: &KeyRange, order: Order, limit: usize) -
     }
 }
 
-struct MapReader<'a>(&'a Map);
+/// Reads of one map: the live one under its lock (transactions), or a
+/// durable image (readers and snapshots).
+struct View<M>(M);
 
-impl Reader for MapReader<'_> {
-    fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(get(self.0, space, key))
-    }
-
-    fn scan(
-        &self,
-        space: Space,
-        range: &KeyRange,
-        order: Order,
-        limit: usize,
-    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(scan(self.0, space, range, order, limit))
-    }
-}
-
-struct Frozen(Arc<Map>);
-
-impl Reader for Frozen {
+impl<M: std::ops::Deref<Target = Map>> Reader for View<M> {
     fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
         Ok(get(&self.0, space, key))
     }
@@ -153,7 +137,7 @@ impl Reader for Frozen {
 
 impl Reader for MemStore {
     fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(get(&self.durable(), space, key))
+        View(self.durable()).get(space, key)
     }
 
     fn scan(
@@ -163,7 +147,7 @@ impl Reader for MemStore {
         order: Order,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(scan(&self.durable(), space, range, order, limit))
+        View(self.durable()).scan(space, range, order, limit)
     }
 }
 
@@ -171,7 +155,7 @@ impl Store for MemStore {
     fn commit(&self, f: &mut dyn FnMut(&mut Txn<'_>) -> StoreResult<()>) -> StoreResult<Ticket> {
         let mut live = lock(&self.images.live);
         let writes = {
-            let reader = MapReader(&live);
+            let reader = View(&*live);
             let mut txn = Txn::new(&reader);
             f(&mut txn)?;
             txn.into_writes()?
@@ -208,6 +192,6 @@ impl Store for MemStore {
     }
 
     fn snapshot(&self) -> Snapshot {
-        Snapshot::new(Box::new(Frozen(self.durable())))
+        Snapshot::new(Box::new(View(self.durable())))
     }
 }
