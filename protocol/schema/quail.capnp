@@ -64,6 +64,7 @@ struct Limits {
   maxRecipients @6 :UInt32;       # recipients of one deliver or submit
   maxNameBytes @7 :UInt32;        # account names, mailbox names, keywords
   maxSearchQueryBytes @8 :UInt32;
+  maxWatches @9 :UInt32;          # watches one connection may hold at once
 }
 
 struct ServerInfo {
@@ -382,8 +383,12 @@ struct Submission {
 # Push
 
 interface Listener {
-  changed @0 (state :UInt64) -> ();
-  # The account's state moved to `state` (coalesced). Call `changes` to see what.
+  changed @0 (state :UInt64, kinds :List(ObjectKind)) -> ();
+  # The account's state moved to `state`, durably; `kinds` says which kinds
+  # of object changed since the previous call. Call `changes` to see what.
+  # Coalesced: the server makes one call at a time per listener and merges
+  # what happens meanwhile into the next, so answer promptly; a listener
+  # that does not answer within 30 s (or fails) ends its watch.
 }
 
 interface WatchHandle {
@@ -434,7 +439,10 @@ interface Session {
 
   reportSpam @19 (ids :List(UInt64), isSpam :Bool) -> (result :UpdateResult);
 
-  watch @20 (listener :Listener) -> (handle :WatchHandle);
+  watch @20 (listener :Listener) -> (handle :WatchHandle, state :UInt64);
+  # Calls `listener` after every durable change of the account after
+  # `state` (the account's state when the watch began). At most maxWatches
+  # per connection (`limitExceeded` beyond).
 
   createAppToken @21 (label :Text) -> (token :Text, info :AppToken);
   listAppTokens @22 () -> (tokens :List(AppToken));

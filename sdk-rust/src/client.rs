@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty::VatNetwork};
 use futures::io::{BufReader, BufWriter};
-use quail_protocol::quail_capnp::{admin, gateway, quail, session};
+use quail_protocol::quail_capnp::{admin, gateway, quail, session, watch_handle};
 use quail_protocol::{PROTOCOL_VERSION, StreamKind, close_code, limits};
 use rustls::pki_types::ServerName;
 use tokio::sync::{mpsc, oneshot};
@@ -31,10 +31,13 @@ use crate::trust::{self, Trust};
 use crate::types::ServerInfo;
 use crate::wire;
 
-/// Keep-alive interval: well under the server's idle timeout.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Idle timeout of the client side.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default keep-alive interval: a ping every few seconds keeps NAT
+/// bindings and lets a dead server be noticed quickly (see `IDLE_TIMEOUT`).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
+/// Default idle timeout: a server silent this long (no answer to three
+/// keep-alives) is taken for dead and every call in flight fails with
+/// `Disconnected`.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(12);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -47,11 +50,14 @@ pub(crate) enum Cap {
     Session(session::Client),
     Admin(admin::Client),
     Gateway(gateway::Client),
+    /// Held, never called: holding it keeps the watch.
+    Watch(#[allow(dead_code)] watch_handle::Client),
 }
 
 /// State on the connection thread.
 pub(crate) struct Conn {
     bootstrap: quail::Client,
+    endpoint: quinn::Endpoint,
     quic: quinn::Connection,
     caps: RefCell<HashMap<u64, Cap>>,
     next_cap: Cell<u64>,
@@ -143,7 +149,7 @@ impl Conn {
         Ok(bytes)
     }
 
-    fn insert(&self, cap: Cap) -> u64 {
+    pub(crate) fn insert(&self, cap: Cap) -> u64 {
         let id = self.next_cap.get() + 1;
         self.next_cap.set(id);
         self.caps.borrow_mut().insert(id, cap);
@@ -199,12 +205,25 @@ pub struct Client {
 pub struct ConnectOptions {
     /// The local UDP address to bind (default: any address, any port).
     pub local_addr: Option<SocketAddr>,
+    /// Keep-alive interval (default [`KEEP_ALIVE`]).
+    pub keep_alive: Option<Duration>,
+    /// Idle timeout (default [`IDLE_TIMEOUT`]); the connection's is the
+    /// smaller of the client's and the server's.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
     /// Binds the client's UDP socket to `addr`.
     pub fn local_addr(mut self, addr: SocketAddr) -> Self {
         self.local_addr = Some(addr);
+        self
+    }
+
+    /// Sets the keep-alive interval and the idle timeout (a mobile app on
+    /// a metered link may prefer fewer pings and a slower verdict).
+    pub fn liveness(mut self, keep_alive: Duration, idle_timeout: Duration) -> Self {
+        self.keep_alive = Some(keep_alive);
+        self.idle_timeout = Some(idle_timeout);
         self
     }
 }
@@ -322,6 +341,40 @@ impl Client {
         rx.await.map_err(|_| Error::Disconnected("connection closed".into()))?
     }
 
+    /// Moves the connection to a new local UDP socket bound to `addr`, as a
+    /// phone does when it leaves Wi-Fi for the cellular network. QUIC
+    /// migrates the connection: sessions and watches carry on, with no new
+    /// login. Returns the new local address.
+    pub async fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr> {
+        self.call(move |conn| async move {
+            let socket = std::net::UdpSocket::bind(addr)
+                .map_err(|e| Error::Disconnected(format!("binding {addr}: {e}")))?;
+            let local = socket.local_addr().map_err(|e| Error::Disconnected(e.to_string()))?;
+            conn.endpoint.rebind(socket).map_err(|e| Error::Disconnected(format!("rebinding: {e}")))?;
+            Ok(local)
+        })
+        .await
+    }
+
+    /// Bytes sent and received on the connection so far (QUIC's own
+    /// counts, packet overhead included).
+    pub async fn traffic(&self) -> Result<Traffic> {
+        self.call(move |conn| async move {
+            let s = conn.quic.stats();
+            Ok(Traffic { sent: s.udp_tx.bytes, received: s.udp_rx.bytes })
+        })
+        .await
+    }
+
+    /// Waits until the connection is gone (closed by either side, or the
+    /// server silent past the idle timeout) and says why.
+    pub async fn closed(&self) -> Error {
+        match self.call(move |conn| async move { Ok(conn.quic.closed().await) }).await {
+            Ok(e) => connection_error(e),
+            Err(e) => e,
+        }
+    }
+
     /// Drops a capability on the connection thread (best effort).
     pub(crate) fn release(&self, cap: u64) {
         let job: Job = Box::new(move |conn| {
@@ -330,6 +383,15 @@ impl Client {
         });
         let _ = self.inner.jobs.send(job);
     }
+}
+
+/// Bytes a connection moved, from QUIC's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// UDP payload bytes sent.
+    pub sent: u64,
+    /// UDP payload bytes received.
+    pub received: u64,
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6 literals).
@@ -402,9 +464,14 @@ async fn open(
         .map_err(|e| Error::Tls(format!("QUIC TLS configuration: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
-    transport
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(|_| Error::Protocol("idle timeout".into()))?));
+    transport.keep_alive_interval(Some(options.keep_alive.unwrap_or(KEEP_ALIVE)));
+    transport.max_idle_timeout(Some(
+        options
+            .idle_timeout
+            .unwrap_or(IDLE_TIMEOUT)
+            .try_into()
+            .map_err(|_| Error::InvalidInput("idle timeout too long".into()))?,
+    ));
     config.transport_config(Arc::new(transport));
     let bind: SocketAddr = match options.local_addr {
         Some(a) => a,
@@ -441,6 +508,7 @@ async fn open(
     });
     let conn = Rc::new(Conn {
         bootstrap,
+        endpoint: endpoint.clone(),
         quic: quic.clone(),
         caps: RefCell::new(HashMap::new()),
         next_cap: Cell::new(0),

@@ -5,6 +5,7 @@
 //!   operator's [`Admin`] and the SMTP gateway's [`Gateway`] capabilities.
 //!   The RPC system runs on a thread of its own; every handle is `Send + Sync`.
 //! - [`Session`] (`session`) — one account's mail: mailboxes, query, get, raw.
+//! - [`Watch`] (`watch`) — push: a `Stream` of the account's durable changes.
 //! - [`Trust`] (`trust`) — how the server is authenticated: a pinned
 //!   certificate fingerprint or the system roots.
 //! - [`Error`] and [`Reaction`] (`error`) — what failed and what to do.
@@ -30,14 +31,16 @@ mod service;
 mod session;
 mod trust;
 mod types;
+mod watch;
 mod wire;
 
-pub use client::{Client, ConnectOptions};
+pub use client::{Client, ConnectOptions, IDLE_TIMEOUT, KEEP_ALIVE, Traffic};
 pub use error::{Error, Reaction, Result};
 pub use service::{Admin, Gateway};
 pub use session::{ByteRun, Session};
 pub use trust::{Fingerprint, Trust};
 pub use types::*;
+pub use watch::{Changed, Watch};
 
 #[cfg(test)]
 mod tests {

@@ -44,6 +44,13 @@ impl Session {
         &self.client
     }
 
+    /// Watches the account: every durable change after the returned
+    /// watch's [`Watch::start_state`] arrives as an event (coalesced while
+    /// the previous one is unread). Drop the watch to unsubscribe.
+    pub async fn watch(&self) -> Result<crate::watch::Watch> {
+        crate::watch::Watch::start(self.client.clone(), self.cap).await
+    }
+
     /// The account's facts and current state.
     pub async fn account(&self) -> Result<(AccountInfo, State)> {
         let cap = self.cap;

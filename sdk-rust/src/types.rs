@@ -35,6 +35,8 @@ pub struct Limits {
     pub max_name_bytes: u32,
     /// Search query text, in bytes.
     pub max_search_query_bytes: u32,
+    /// Watches one connection may hold at once.
+    pub max_watches: u32,
 }
 
 /// What the server said in `hello`.

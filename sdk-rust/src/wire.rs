@@ -33,6 +33,7 @@ pub(crate) fn server_info(r: server_info::Reader<'_>) -> Result<ServerInfo> {
             max_recipients: l.get_max_recipients(),
             max_name_bytes: l.get_max_name_bytes(),
             max_search_query_bytes: l.get_max_search_query_bytes(),
+            max_watches: l.get_max_watches(),
         },
         features: texts(r.get_features())?,
     })

@@ -111,6 +111,11 @@ pub struct Limits {
     pub max_calls_per_connection: u32,
     /// Connections from one IP address (IPv6: one /64) at once.
     pub max_connections_per_ip: u32,
+    /// Watches (push listeners) one connection may hold at once.
+    pub max_watches_per_connection: u32,
+    /// Seconds a listener may take to answer one push before its watch
+    /// ends (its slot is then free again).
+    pub listener_timeout_secs: u32,
 }
 
 impl Default for Limits {
@@ -129,6 +134,8 @@ impl Default for Limits {
             max_concurrent_logins: 4,
             max_calls_per_connection: 128,
             max_connections_per_ip: 64,
+            max_watches_per_connection: 16,
+            listener_timeout_secs: 30,
         }
     }
 }
@@ -196,6 +203,7 @@ impl Config {
             l.max_concurrent_logins > 0 && l.max_calls_per_connection > 0 && l.max_connections_per_ip > 0,
             "limits: max_concurrent_logins, max_calls_per_connection and max_connections_per_ip must be positive"
         );
+        anyhow::ensure!(l.listener_timeout_secs > 0, "limits.listener_timeout_secs must be positive");
         Ok(())
     }
 

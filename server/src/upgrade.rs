@@ -73,7 +73,7 @@ pub fn open(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<Opened> {
                 stamp(txn, STORE_FORMAT);
                 Ok::<_, Error>(())
             })?;
-            db.store().sync_blocking(t)?;
+            db.sync_blocking(t)?;
             return Ok(Opened::Created);
         }
     };
@@ -163,7 +163,7 @@ fn kind_floors(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
             }
             Ok::<_, Error>(())
         })?;
-        db.store().sync_blocking(t)?;
+        db.sync_blocking(t)?;
         if total > ACCOUNTS_PER_TXN {
             progress(&format!("  {} of {total} accounts", ((n + 1) * ACCOUNTS_PER_TXN).min(total)));
         }
@@ -173,7 +173,7 @@ fn kind_floors(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
             stamp(txn, 3);
             Ok::<_, Error>(())
         })?;
-        db.store().sync_blocking(t)?;
+        db.sync_blocking(t)?;
     }
     Ok(())
 }

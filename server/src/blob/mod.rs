@@ -254,7 +254,7 @@ mod tests {
     /// A durable write: reads see only what is durable.
     fn commit(db: &Db, f: impl FnMut(&mut Txn<'_>) -> Result<()>) -> Result<()> {
         let (_, t) = db.write(f)?;
-        db.store().sync_blocking(t)?;
+        db.sync_blocking(t)?;
         Ok(())
     }
 

@@ -142,7 +142,12 @@ async fn connection(incoming: Incoming, services: Arc<Services>, slot: Slot) {
         return;
     }
     tracing::debug!(%remote, "connected");
-    let peer = Peer::new(remote.ip().to_canonical(), services.config.limits.max_calls_per_connection);
+    let limits = &services.config.limits;
+    let peer = Peer::new(
+        remote.ip().to_canonical(),
+        limits.max_calls_per_connection,
+        limits.max_watches_per_connection,
+    );
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {

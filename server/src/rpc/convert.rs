@@ -19,6 +19,7 @@ pub fn limits(mut b: limits::Builder<'_>, l: &Limits) {
     b.set_max_recipients(l.max_recipients);
     b.set_max_name_bytes(l.max_name_bytes);
     b.set_max_search_query_bytes(l.max_search_query_bytes);
+    b.set_max_watches(l.max_watches_per_connection);
 }
 
 /// Fills `AccountInfo`.

@@ -59,13 +59,19 @@ pub struct Services {
     pub uploads: crate::blob::upload::Uploads,
     /// Downloads prepared for bulk streams.
     pub downloads: crate::blob::upload::Downloads,
+    /// Where durable commits reach watching clients.
+    pub hub: Arc<crate::sync::push::Hub>,
 }
 
 impl Services {
     /// Services over `db`.
     pub fn new(db: Db, credentials: Credentials, config: Config) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hub = crate::sync::push::Hub::new();
+        let feed = Arc::clone(&hub);
+        db.observe(Arc::new(move |notices| feed.publish(notices)));
         Arc::new(Services {
+            hub,
             accounts: Accounts::new(db.clone()),
             mail: Mailstore::new(db.clone(), config.mail_config()),
             db,
@@ -88,12 +94,33 @@ pub struct Peer {
     pub ip: IpAddr,
     in_flight: Cell<u32>,
     max_in_flight: u32,
+    watches: Cell<u32>,
+    max_watches: u32,
 }
 
 impl Peer {
-    /// A connection from `ip` allowed `max_in_flight` calls at once.
-    pub fn new(ip: IpAddr, max_in_flight: u32) -> Rc<Self> {
-        Rc::new(Peer { ip, in_flight: Cell::new(0), max_in_flight: max_in_flight.max(1) })
+    /// A connection from `ip` allowed `max_in_flight` calls and
+    /// `max_watches` watches at once.
+    pub fn new(ip: IpAddr, max_in_flight: u32, max_watches: u32) -> Rc<Self> {
+        Rc::new(Peer {
+            ip,
+            in_flight: Cell::new(0),
+            max_in_flight: max_in_flight.max(1),
+            watches: Cell::new(0),
+            max_watches,
+        })
+    }
+
+    /// Counts one watch until the slot drops; refuses one over the budget.
+    pub fn take_watch(self: &Rc<Self>) -> Result<WatchSlot, capnp::Error> {
+        let n = self.watches.get();
+        if n >= self.max_watches {
+            return Err(to_capnp(Error::LimitExceeded(format!(
+                "{n} watches on this connection, the most it may hold; drop one first"
+            ))));
+        }
+        self.watches.set(n + 1);
+        Ok(WatchSlot { peer: Rc::clone(self) })
     }
 
     /// Counts one call in flight until the guard drops; refuses one over
@@ -115,6 +142,18 @@ impl Peer {
 #[derive(Debug)]
 pub struct CallGuard {
     peer: Rc<Peer>,
+}
+
+/// One watch held (see [`Peer::take_watch`]).
+#[derive(Debug)]
+pub struct WatchSlot {
+    peer: Rc<Peer>,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.peer.watches.set(self.peer.watches.get().saturating_sub(1));
+    }
 }
 
 impl Drop for CallGuard {
@@ -153,6 +192,7 @@ pub const FEATURES: &[&str] = &[
     "Session.createAppToken",
     "Session.listAppTokens",
     "Session.revokeAppToken",
+    "Session.watch",
     "Gateway.deliver",
     "Gateway.upload",
 ];

@@ -4,13 +4,14 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use quail_protocol::quail_capnp::{ObjectKind, Sort, Tristate, query, session};
+use quail_protocol::quail_capnp::{ObjectKind, Sort, Tristate, listener, query, session, watch_handle};
 
 use super::convert::{self, Props};
 use super::{CallGuard, Peer, Services, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
 use crate::error::Error;
 use crate::mail::{EmailId, Filter, MailboxId, Query, Start, ThreadId, Tri};
+use crate::sync::push::{Coalescer, Step, Subscription};
 use crate::sync::{Kind, State};
 
 /// How a session was opened: what must still hold for it to go on.
@@ -39,7 +40,15 @@ impl SessionImpl {
     /// password or a revoked token ends it with `badCredentials`).
     fn enter(&self) -> Result<CallGuard, capnp::Error> {
         let guard = self.peer.enter()?;
-        let still = match &self.auth {
+        if !self.credential_holds()? {
+            return Err(to_capnp(Error::BadCredentials));
+        }
+        Ok(guard)
+    }
+
+    /// Whether the credential the session was opened with still holds.
+    fn credential_holds(&self) -> Result<bool, capnp::Error> {
+        Ok(match &self.auth {
             Auth::Password(hash) => self
                 .services
                 .accounts
@@ -47,11 +56,7 @@ impl SessionImpl {
                 .map_err(to_capnp)?
                 .is_some_and(|a| a.password_hash == *hash),
             Auth::Token(hash) => self.services.accounts.token_valid(hash, self.account).map_err(to_capnp)?,
-        };
-        if !still {
-            return Err(to_capnp(Error::BadCredentials));
-        }
-        Ok(guard)
+        })
     }
 
     fn check_ids(&self, n: u32) -> Result<(), capnp::Error> {
@@ -560,6 +565,100 @@ impl session::Server for SessionImpl {
         submit(session::SubmitParams, session::SubmitResults) => "Session.submit";
         submissions(session::SubmissionsParams, session::SubmissionsResults) => "Session.submissions";
         report_spam(session::ReportSpamParams, session::ReportSpamResults) => "Session.reportSpam";
-        watch(session::WatchParams, session::WatchResults) => "Session.watch";
+    }
+
+    async fn watch(
+        self: Rc<Self>,
+        params: session::WatchParams,
+        mut results: session::WatchResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        let listener = params.get()?.get_listener()?;
+        let slot = self.peer.take_watch()?;
+        // Subscribe first, then read where to start: nothing falls between.
+        let subscription = self.services.hub.subscribe(self.account);
+        let start = self.services.mail.state(self.account).map_err(to_capnp)?;
+        let session = Rc::clone(&self);
+        let task = tokio::task::spawn_local(async move {
+            let _slot = slot;
+            run_watch(session, listener, subscription, start).await;
+        });
+        let mut r = results.get();
+        r.set_handle(capnp_rpc::new_client(WatchHandleImpl { task: task.abort_handle() }));
+        r.set_state(start.0);
+        Ok(())
     }
 }
+
+/// A watch's task: drives its [`Coalescer`] with the hub's pulses and the
+/// listener's answers, on the connection's worker.
+async fn run_watch(
+    session: Rc<SessionImpl>,
+    listener: listener::Client,
+    mut sub: Subscription,
+    start: State,
+) {
+    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>;
+    let timeout = std::time::Duration::from_secs(session.services.config.limits.listener_timeout_secs.into());
+    let mut co = Coalescer::new(start, timeout);
+    let mut call: Option<Call> = None;
+    loop {
+        let deadline = match co.step(std::time::Instant::now()) {
+            Step::GiveUp => break,
+            Step::Call(push) => {
+                // A revoked credential ends the watch with the session.
+                if !session.credential_holds().unwrap_or(false) {
+                    break;
+                }
+                let mut req = listener.changed_request();
+                req.get().set_state(push.state.0);
+                let mut kinds = req.get().init_kinds(push.kinds.len() as u32);
+                for (i, k) in push.kinds.iter().enumerate() {
+                    kinds.set(
+                        i as u32,
+                        match k {
+                            Kind::Email => ObjectKind::Email,
+                            Kind::Mailbox => ObjectKind::Mailbox,
+                            Kind::Thread => ObjectKind::Thread,
+                        },
+                    );
+                }
+                call = Some(Box::pin(async move { req.send().promise.await.is_ok() }));
+                continue;
+            }
+            Step::Wait(deadline) => deadline,
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let answered = tokio::select! {
+            pulse = sub.next() => match pulse {
+                Some(p) => { co.pulse(&p); None }
+                None => break,
+            },
+            ok = async { match call.as_mut() { Some(c) => c.await, None => std::future::pending().await } } => Some(ok),
+            () = sleep => None,
+        };
+        if let Some(ok) = answered {
+            call = None;
+            co.answered(ok);
+        }
+    }
+}
+
+/// Holding it keeps a watch; the watch's task ends when it is dropped
+/// (released by the client, or with the connection).
+struct WatchHandleImpl {
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for WatchHandleImpl {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl watch_handle::Server for WatchHandleImpl {}

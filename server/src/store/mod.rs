@@ -59,7 +59,7 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Bound;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use fjall_backend::FjallStore;
 pub use group_commit::{COMMIT_DELAY, Intent, SyncGate};
@@ -420,6 +420,7 @@ pub type Writes = BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>;
 pub struct Txn<'a> {
     reader: &'a dyn Reader,
     writes: Writes,
+    notices: Vec<Notice>,
 }
 
 impl fmt::Debug for Txn<'_> {
@@ -431,7 +432,7 @@ impl fmt::Debug for Txn<'_> {
 impl<'a> Txn<'a> {
     /// A transaction reading through `reader`. Backends create these.
     pub fn new(reader: &'a dyn Reader) -> Self {
-        Txn { reader, writes: BTreeMap::new() }
+        Txn { reader, writes: BTreeMap::new(), notices: Vec::new() }
     }
 
     /// The value under `key`, including this transaction's writes.
@@ -548,6 +549,12 @@ impl<'a> Txn<'a> {
         decode_counter(space, self.get(space, key)?)
     }
 
+    /// Says who must hear of this transaction once it is durable (see
+    /// [`Db::observe`]).
+    pub fn notify(&mut self, notice: Notice) {
+        self.notices.push(notice);
+    }
+
     /// The pending writes, for the backend to apply; refuses keys no
     /// backend can hold.
     pub fn into_writes(self) -> StoreResult<Writes> {
@@ -573,17 +580,82 @@ pub fn decode_counter(space: Space, value: Option<Vec<u8>>) -> StoreResult<i64> 
     }
 }
 
+/// What a committed transaction tells observers once it is durable: an
+/// account's new state and which kinds of object changed (a bit per kind,
+/// as the sync layer numbers them). Opaque to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notice {
+    /// The account.
+    pub account: u64,
+    /// Its state after the transaction.
+    pub state: u64,
+    /// Bit `k` set when kind `k` changed.
+    pub kinds: u8,
+}
+
+/// Who hears of durable commits.
+pub type Observer = Arc<dyn Fn(&[Notice]) + Send + Sync>;
+
+/// Notices of commits not yet known durable, and who hears of them.
+#[derive(Default)]
+struct Feed {
+    staged: Mutex<Vec<(Ticket, Notice)>>,
+    observer: std::sync::OnceLock<Observer>,
+}
+
+impl fmt::Debug for Feed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feed").finish_non_exhaustive()
+    }
+}
+
 /// The handle the rest of the server holds: a shared [`Store`] with typed
 /// helpers on top.
 #[derive(Debug, Clone)]
 pub struct Db {
     store: Arc<dyn Store>,
+    feed: Arc<Feed>,
 }
 
 impl Db {
     /// Wraps a backend.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Db { store }
+        Db { store, feed: Arc::default() }
+    }
+
+    /// Sets who hears of durable commits: after a [`Db::sync`] returns,
+    /// `observer` gets the notices of every transaction that sync covers,
+    /// never before. Set once (a later call is ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.feed.observer.set(observer);
+    }
+
+    fn stage(&self, ticket: Ticket, notices: Vec<Notice>) {
+        if notices.is_empty() || self.feed.observer.get().is_none() {
+            return;
+        }
+        let mut staged = self.feed.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        staged.extend(notices.into_iter().map(|n| (ticket, n)));
+    }
+
+    /// Hands the notices of every commit up to `ticket` (now durable) to
+    /// the observer.
+    fn release(&self, ticket: Ticket) {
+        let Some(observer) = self.feed.observer.get() else {
+            return;
+        };
+        let ready: Vec<Notice> = {
+            let mut staged = self.feed.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if staged.is_empty() {
+                return;
+            }
+            let (ready, later): (Vec<_>, Vec<_>) = staged.drain(..).partition(|(t, _)| *t <= ticket);
+            *staged = later;
+            ready.into_iter().map(|(_, n)| n).collect()
+        };
+        if !ready.is_empty() {
+            observer(&ready);
+        }
     }
 
     /// The backend.
@@ -640,9 +712,11 @@ impl Db {
         E: From<StoreError>,
     {
         let mut out: Option<Result<T, E>> = None;
+        let mut notices = Vec::new();
         let committed = self.store.commit(&mut |txn| match f(txn) {
             Ok(v) => {
                 out = Some(Ok(v));
+                notices = std::mem::take(&mut txn.notices);
                 Ok(())
             }
             Err(e) => {
@@ -651,7 +725,10 @@ impl Db {
             }
         });
         match (committed, out) {
-            (Ok(ticket), Some(Ok(v))) => Ok((v, ticket)),
+            (Ok(ticket), Some(Ok(v))) => {
+                self.stage(ticket, notices);
+                Ok((v, ticket))
+            }
             (Err(StoreError::Aborted), Some(Err(e))) => Err(e),
             (Err(e), _) => Err(e.into()),
             // A backend never reports success without running the closure.
@@ -665,13 +742,22 @@ impl Db {
         E: From<StoreError>,
     {
         let (value, ticket) = self.write(f)?;
-        self.store.sync(ticket).await?;
+        self.sync(ticket).await?;
         Ok(value)
     }
 
-    /// Waits until `ticket` is durable.
+    /// Waits until `ticket` is durable, then tells the observer.
     pub async fn sync(&self, ticket: Ticket) -> StoreResult<()> {
-        self.store.sync(ticket).await
+        self.store.sync(ticket).await?;
+        self.release(ticket);
+        Ok(())
+    }
+
+    /// [`Db::sync`] for threads that may block.
+    pub fn sync_blocking(&self, ticket: Ticket) -> StoreResult<()> {
+        self.store.sync_blocking(ticket)?;
+        self.release(ticket);
+        Ok(())
     }
 
     /// Declares a commit in preparation (hold it until `write` returns).

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::account::{AccountId, Counter};
 use crate::error::{Error, Result};
 use crate::store::key::{self, Key};
-use crate::store::{Db, KeyRange, Order, Reader, Space, StoreError, Txn};
+use crate::store::{Db, KeyRange, Notice, Order, Reader, Space, StoreError, Txn};
+
+pub mod push;
 
 /// An account's state: its modification sequence. 0 before any change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -114,15 +116,20 @@ impl ChangeSet {
     pub fn commit(self, txn: &mut Txn<'_>, account: AccountId, keep: u64) -> Result<State> {
         let state_key = Counter::State.key(account, 0);
         let mut state = txn.counter(Space::Counters, &state_key)?.max(0) as u64;
+        let mut kinds = 0u8;
         for k in &self.order {
             let Some(Some(op)) = self.ops.get(k) else {
                 continue;
             };
             state += 1;
+            kinds |= 1 << k.0 as u8;
             txn.put(Space::Changes, log_key(account, k.0, state), log_value(k.1, *op));
         }
         txn.put(Space::Counters, state_key, (state as i64).to_be_bytes());
         compact(txn, account, State(state), keep)?;
+        if kinds != 0 {
+            txn.notify(Notice { account: account.0, state, kinds });
+        }
         Ok(State(state))
     }
 }

@@ -157,7 +157,7 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
                 Ok::<_, Error>(())
             })?
             .1;
-        db.store().sync_blocking(ticket)?;
+        db.sync_blocking(ticket)?;
         report.repaired = true;
     }
     Ok(report)
