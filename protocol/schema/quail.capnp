@@ -334,6 +334,9 @@ struct ByteRun {
     inline @2 :Data;          # at most maxInlineBytes
     bulkToken @3 :Data;       # redeem on a bulk stream (see BulkRequest)
   }
+  blake3 @4 :Data;            # with a bulkToken: BLAKE3 of the bytes it carries
+                              # (all of them, from `offset`), to verify after
+                              # the transfer, resumed or not
 }
 
 struct BulkRequest {
@@ -342,6 +345,11 @@ struct BulkRequest {
   # for a download, the bytes; for an upload the client sends the bytes after
   # its request and finishes the stream.
   token @0 :Data;
+  offset @1 :UInt64;          # download: skip this many bytes of the transfer
+                              # (resume after a broken one). The token stays
+                              # good for a couple of minutes until one
+                              # transfer completes, on any connection that
+                              # holds a capability of the same account.
 }
 
 struct BulkResponse {

@@ -100,16 +100,25 @@ impl Conn {
         Ok(())
     }
 
-    /// Fetches the object a bulk `token` names on a new bulk stream.
-    pub(crate) async fn download(&self, token: &[u8], max: u64) -> Result<Vec<u8>> {
-        use futures::{AsyncReadExt, AsyncWriteExt};
+    /// Opens a bulk stream for the download `token` names, starting
+    /// `offset` bytes in; returns how many bytes follow and the reader.
+    pub(crate) async fn open_download(
+        &self,
+        token: &[u8],
+        offset: u64,
+    ) -> Result<(u64, BufReader<tokio_util::compat::Compat<quinn::RecvStream>>)> {
+        use futures::AsyncWriteExt;
         use quail_protocol::quail_capnp::{bulk_request, bulk_response};
         let (send, recv) = self.quic.open_bi().await.map_err(connection_error)?;
         let mut writer = send.compat_write();
         let broke = |e: std::io::Error| Error::Disconnected(format!("download: {e}"));
         writer.write_all(&[StreamKind::Bulk.tag()]).await.map_err(broke)?;
         let mut request = capnp::message::Builder::new_default();
-        request.init_root::<bulk_request::Builder<'_>>().set_token(token);
+        {
+            let mut r = request.init_root::<bulk_request::Builder<'_>>();
+            r.set_token(token);
+            r.set_offset(offset);
+        }
         capnp_futures::serialize::write_message(&mut writer, &request)
             .await
             .map_err(|e| Error::Disconnected(format!("download: {e}")))?;
@@ -124,27 +133,56 @@ impl Conn {
             let e = r.get_error()?;
             return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
         }
-        let length = r.get_length();
-        if length > max {
-            return Err(Error::Protocol(format!(
-                "a download of {length} bytes, more than the {max} expected"
-            )));
-        }
-        let mut bytes = Vec::with_capacity(length as usize);
+        Ok((r.get_length(), reader))
+    }
+
+    /// Fetches the object a bulk `token` names, of `length` bytes with
+    /// BLAKE3 `hash`, into memory; a stream that breaks off is resumed
+    /// from where it stopped (a few times) while the connection lives.
+    pub(crate) async fn download(
+        &self,
+        token: &[u8],
+        length: u64,
+        hash: Option<[u8; 32]>,
+    ) -> Result<Vec<u8>> {
+        use futures::AsyncReadExt;
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(length as usize).map_err(|_| Error::InvalidInput("no memory".into()))?;
+        let mut attempts = 0;
         let mut chunk = vec![0u8; 64 * 1024];
-        while (bytes.len() as u64) < length {
-            let want = chunk.len().min((length - bytes.len() as u64) as usize);
-            let n = reader.read(&mut chunk[..want]).await.map_err(broke)?;
-            if n == 0 {
-                break;
+        while (bytes.len() as u64) < length || attempts == 0 {
+            attempts += 1;
+            let (follows, mut reader) = self.open_download(token, bytes.len() as u64).await?;
+            if bytes.len() as u64 + follows != length {
+                return Err(Error::Protocol(format!(
+                    "a download of {} bytes, not the {length} announced",
+                    bytes.len() as u64 + follows
+                )));
             }
-            bytes.extend_from_slice(&chunk[..n]);
+            let broke = loop {
+                if bytes.len() as u64 >= length {
+                    break None;
+                }
+                let want = chunk.len().min((length - bytes.len() as u64) as usize);
+                match reader.read(&mut chunk[..want]).await {
+                    Ok(0) => break Some("the stream ended early".to_owned()),
+                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            if let Some(why) = broke
+                && (attempts >= 4 || self.quic.close_reason().is_some())
+            {
+                return Err(Error::Disconnected(format!(
+                    "download broke off at {} of {length} bytes: {why}",
+                    bytes.len()
+                )));
+            }
         }
-        if bytes.len() as u64 != length {
-            return Err(Error::Disconnected(format!(
-                "download broke off at {} of {length} bytes",
-                bytes.len()
-            )));
+        if let Some(h) = hash
+            && *blake3::hash(&bytes).as_bytes() != h
+        {
+            return Err(Error::Protocol("the downloaded bytes do not match their BLAKE3".into()));
         }
         Ok(bytes)
     }
@@ -364,6 +402,18 @@ impl Client {
             Ok(Traffic { sent: s.udp_tx.bytes, received: s.udp_rx.bytes })
         })
         .await
+    }
+
+    /// Closes the connection at once, as losing the network would: calls
+    /// and transfers in flight fail with `Disconnected`. Downloads keep
+    /// their place for a resume on a new connection.
+    pub async fn disconnect(&self) {
+        let _ = self
+            .call(move |conn| async move {
+                conn.quic.close(quinn::VarInt::from_u32(close_code::NORMAL), b"client disconnected");
+                Ok(())
+            })
+            .await;
     }
 
     /// Waits until the connection is gone (closed by either side, or the

@@ -34,6 +34,63 @@ pub struct ByteRun {
     pub data: Vec<u8>,
 }
 
+/// A byte run, with the bulk token and BLAKE3 when its bytes travel apart.
+type Run = (ByteRun, Option<Vec<u8>>, Option<[u8; 32]>);
+
+/// What a byte run is of.
+#[derive(Debug, Clone)]
+enum Target {
+    Raw(EmailId),
+    Part(EmailId, String),
+}
+
+/// Asks for a byte run on the connection thread: the run (data filled when
+/// inline), and the bulk token and BLAKE3 when the bytes travel apart.
+async fn byte_run_on(
+    conn: &crate::client::Conn,
+    cap: u64,
+    target: Target,
+    offset: u64,
+    length: u64,
+) -> Result<Run> {
+    let session = conn.session(cap)?;
+    let resp = match target {
+        Target::Raw(id) => {
+            let mut req = session.raw_request();
+            req.get().set_id(id.0);
+            let mut r = req.get().init_range();
+            r.set_offset(offset);
+            r.set_length(length);
+            let resp = req.send().promise.await?;
+            read_run(resp.get()?.get_bytes()?)?
+        }
+        Target::Part(id, part) => {
+            let mut req = session.fetch_part_request();
+            req.get().set_id(id.0);
+            req.get().set_part_id(part.as_str());
+            let mut r = req.get().init_range();
+            r.set_offset(offset);
+            r.set_length(length);
+            let resp = req.send().promise.await?;
+            read_run(resp.get()?.get_bytes()?)?
+        }
+    };
+    Ok(resp)
+}
+
+fn read_run(b: quail_protocol::quail_capnp::byte_run::Reader<'_>) -> Result<Run> {
+    use quail_protocol::quail_capnp::byte_run::Which;
+    let mut run = ByteRun { total_size: b.get_total_size(), offset: b.get_offset(), data: Vec::new() };
+    let hash = if b.has_blake3() { <[u8; 32]>::try_from(b.get_blake3()?).ok() } else { None };
+    match b.which()? {
+        Which::Inline(d) => {
+            run.data = d?.to_vec();
+            Ok((run, None, None))
+        }
+        Which::BulkToken(t) => Ok((run, Some(t?.to_vec()), hash)),
+    }
+}
+
 impl Session {
     pub(crate) fn new(client: Client, cap: u64) -> Self {
         Session { client, cap }
@@ -192,30 +249,79 @@ impl Session {
     /// A byte range of an email's raw message (`length` 0: to the end). The
     /// server may return fewer bytes than asked (its inline limit).
     pub async fn raw_range(&self, id: EmailId, offset: u64, length: u64) -> Result<ByteRun> {
+        self.run_in_memory(Target::Raw(id), offset, length).await
+    }
+
+    /// The decoded content of one MIME part (`part_id` as in
+    /// [`crate::Part::part_id`]): text as UTF-8, anything else as its bytes
+    /// after the transfer encoding. Large parts travel on a bulk stream,
+    /// verified by their BLAKE3.
+    pub async fn fetch_part(&self, id: EmailId, part_id: &str) -> Result<Vec<u8>> {
+        Ok(self.fetch_part_range(id, part_id, 0, 0).await?.data)
+    }
+
+    /// A byte range of one MIME part's decoded content (`length` 0: to the
+    /// end): only about those bytes cross the network.
+    pub async fn fetch_part_range(
+        &self,
+        id: EmailId,
+        part_id: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteRun> {
+        self.run_in_memory(Target::Part(id, part_id.to_owned()), offset, length).await
+    }
+
+    /// Starts fetching a range of a part for [`Session::download_to`]:
+    /// for large parts written to a file with progress, and resumable on a
+    /// new connection if this one is lost.
+    pub async fn start_fetch_part(
+        &self,
+        id: EmailId,
+        part_id: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<crate::transfer::Download> {
+        let (run, token, hash) = self.byte_run(Target::Part(id, part_id.to_owned()), offset, length).await?;
+        Ok(crate::transfer::Download::new(run, token, hash))
+    }
+
+    /// Writes a download's bytes to `out` from where it stands, calling
+    /// `progress(done, total)` as they arrive, and checks their BLAKE3 at
+    /// the end. When the connection breaks, the download keeps its place:
+    /// call this again, on any session of the same account (a new
+    /// connection too), within a couple of minutes, and it resumes.
+    pub async fn download_to(
+        &self,
+        download: &mut crate::transfer::Download,
+        out: &mut (dyn std::io::Write + Send),
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<()> {
+        download.run(&self.client, out, progress).await
+    }
+
+    async fn run_in_memory(&self, target: Target, offset: u64, length: u64) -> Result<ByteRun> {
         let cap = self.cap;
         self.client
             .call(move |conn| async move {
-                let session = conn.session(cap)?;
-                let mut req = session.raw_request();
-                req.get().set_id(id.0);
-                {
-                    let mut r = req.get().init_range();
-                    r.set_offset(offset);
-                    r.set_length(length);
+                let (mut run, token, hash) = byte_run_on(&conn, cap, target, offset, length).await?;
+                if let Some(token) = token {
+                    let len = run.total_size.saturating_sub(run.offset).min(if length == 0 {
+                        u64::MAX
+                    } else {
+                        length
+                    });
+                    run.data = conn.download(&token, len, hash).await?;
                 }
-                let resp = req.send().promise.await?;
-                let b = resp.get()?.get_bytes()?;
-                use quail_protocol::quail_capnp::byte_run::Which;
-                let data = match b.which()? {
-                    Which::Inline(d) => d?.to_vec(),
-                    // Too large to travel inline: fetched on a bulk stream.
-                    Which::BulkToken(t) => {
-                        let token = t?.to_vec();
-                        conn.download(&token, b.get_total_size().saturating_sub(b.get_offset())).await?
-                    }
-                };
-                Ok(ByteRun { total_size: b.get_total_size(), offset: b.get_offset(), data })
+                Ok(run)
             })
+            .await
+    }
+
+    async fn byte_run(&self, target: Target, offset: u64, length: u64) -> Result<Run> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move { byte_run_on(&conn, cap, target, offset, length).await })
             .await
     }
 

@@ -4,37 +4,9 @@
 
 mod support;
 
-use base64::Engine;
 use quail::{EmailId, Error};
 
-/// A message of about `total` bytes: text and one base64 attachment.
-fn big_message(total: usize, seed: u8) -> Vec<u8> {
-    // 57 bytes become one base64 line of 76 characters and a CRLF.
-    let raw_len = (total - 700) / 78 * 57;
-    let mut attachment = vec![0u8; raw_len];
-    let mut x = 0x9e37_79b9u32 ^ u32::from(seed);
-    for b in &mut attachment {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&attachment);
-    let mut m = format!(
-        "From: Bob <bob@example.net>\r\nTo: alice@example.org\r\nSubject: big {seed}\r\n\
-         Message-ID: <big{seed}@example.net>\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
-         The file is attached.\r\n--b\r\nContent-Type: application/octet-stream; name=\"data.bin\"\r\n\
-         Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\n\r\n"
-    )
-    .into_bytes();
-    for line in encoded.as_bytes().chunks(76) {
-        m.extend_from_slice(line);
-        m.extend_from_slice(b"\r\n");
-    }
-    m.extend_from_slice(b"--b--\r\n");
-    m
-}
+use support::big_message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_21_mb_and_a_49_mib_message_are_delivered_and_come_back_byte_exact() {

@@ -135,11 +135,20 @@ impl Uploads {
     }
 }
 
-type Offered = (std::sync::Arc<Vec<u8>>, Instant);
+/// How long a prepared download waits for its (first or resumed) transfer.
+pub const DOWNLOAD_TTL: Duration = Duration::from_secs(2 * 60);
 
-/// Objects prepared for download: a random single-use token per object,
-/// expiring, with bounded count and bytes. The token is the authority: 256
-/// random bits handed only to the session that asked, gone once redeemed.
+#[derive(Debug)]
+struct Offered {
+    owner: Owner,
+    bytes: std::sync::Arc<Vec<u8>>,
+    expires: Instant,
+}
+
+/// Objects prepared for download: a random token per object, bound to the
+/// owner that asked, with bounded count and bytes. A transfer that breaks
+/// off may be resumed from an offset with the same token until it expires;
+/// one that completes ends the token.
 #[derive(Debug)]
 pub struct Downloads {
     entries: Mutex<HashMap<Token, Offered>>,
@@ -152,26 +161,40 @@ impl Downloads {
         Downloads { entries: Mutex::new(HashMap::new()), max_bytes }
     }
 
-    /// Offers `bytes` for one download.
-    pub fn offer(&self, bytes: std::sync::Arc<Vec<u8>>, now: Instant) -> Result<Token> {
-        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        e.retain(|_, (_, expires)| *expires > now);
-        let held: u64 = e.values().map(|(b, _)| b.len() as u64).sum();
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Token, Offered>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Offers `bytes` to `owner`.
+    pub fn offer(&self, owner: Owner, bytes: std::sync::Arc<Vec<u8>>, now: Instant) -> Result<Token> {
+        let mut e = self.lock();
+        e.retain(|_, x| x.expires > now);
+        let held: u64 = e.values().map(|x| x.bytes.len() as u64).sum();
         if e.len() >= MAX_PENDING || held.saturating_add(bytes.len() as u64) > self.max_bytes {
             return Err(Error::Unavailable("too many downloads in flight; fetch or retry shortly".into()));
         }
         let token: Token = rand::random();
-        e.insert(token, (bytes, now + TTL));
+        e.insert(token, Offered { owner, bytes, expires: now + DOWNLOAD_TTL });
         Ok(token)
     }
 
-    /// Redeems a token: its bytes, once.
-    pub fn take(&self, token: &Token, now: Instant) -> Result<std::sync::Arc<Vec<u8>>> {
-        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        match e.remove(token) {
-            Some((bytes, expires)) if expires > now => Ok(bytes),
+    /// The bytes of a token whose owner `holds` (the connection holds a
+    /// capability of that owner). Another owner's token is not found.
+    pub fn get(
+        &self,
+        token: &Token,
+        holds: impl Fn(Owner) -> bool,
+        now: Instant,
+    ) -> Result<std::sync::Arc<Vec<u8>>> {
+        match self.lock().get(token) {
+            Some(x) if x.expires > now && holds(x.owner) => Ok(std::sync::Arc::clone(&x.bytes)),
             _ => Err(unknown()),
         }
+    }
+
+    /// The whole object reached the client: the token ends.
+    pub fn complete(&self, token: &Token) {
+        self.lock().remove(token);
     }
 }
 
@@ -200,15 +223,20 @@ mod tests {
     }
 
     #[test]
-    fn a_download_is_single_use_and_expires() {
+    fn a_download_is_bound_to_its_owner_resumable_until_done_and_expires() {
         let d = Downloads::new(10);
         let t0 = Instant::now();
-        let t = d.offer(std::sync::Arc::new(b"abc".to_vec()), t0).expect("offer");
-        assert!(d.offer(std::sync::Arc::new(vec![0; 8]), t0).is_err(), "bounded bytes");
-        assert_eq!(d.take(&t, t0).expect("take").as_slice(), b"abc");
-        assert!(d.take(&t, t0).is_err(), "single use");
-        let t = d.offer(std::sync::Arc::new(b"x".to_vec()), t0).expect("offer");
-        assert!(d.take(&t, t0 + TTL).is_err(), "expired");
+        let alice = Owner(1);
+        let t = d.offer(alice, std::sync::Arc::new(b"abc".to_vec()), t0).expect("offer");
+        assert!(d.offer(alice, std::sync::Arc::new(vec![0; 8]), t0).is_err(), "bounded bytes");
+        assert!(d.get(&t, |o| o == Owner(2), t0).is_err(), "another account's token");
+        assert_eq!(d.get(&t, |o| o == alice, t0).expect("get").as_slice(), b"abc");
+        assert!(d.get(&t, |o| o == alice, t0).is_ok(), "a broken transfer may resume");
+        d.complete(&t);
+        assert!(d.get(&t, |o| o == alice, t0).is_err(), "done: gone");
+        let t = d.offer(alice, std::sync::Arc::new(b"x".to_vec()), t0).expect("offer");
+        assert!(d.get(&t, |o| o == alice, t0 + DOWNLOAD_TTL).is_err(), "expired");
+        assert!(d.get(&[7; 32], |_| true, t0).is_err(), "forged");
     }
 
     #[test]

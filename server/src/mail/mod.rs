@@ -385,6 +385,36 @@ impl Mailstore {
         raw_from(&view, &email)
     }
 
+    /// The decoded content of one part of an email (see
+    /// [`parse::part_content`]): an attachment stored apart is read from
+    /// its blob; any other part is decoded from the raw message.
+    pub fn part(&self, account: AccountId, id: EmailId, part_id: &str) -> Result<Vec<u8>> {
+        let view = self.db.snapshot();
+        let email = view
+            .get(Space::Emails, &email_key(account, id))?
+            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
+            .transpose()?
+            .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        let node = email.body.walk().into_iter().find(|p| p.part_id == part_id).cloned();
+        let Some(node) = node else {
+            return Err(Error::not_found(format!("email {} has no part {part_id:?}", id.0)));
+        };
+        if node.mime_type.starts_with("multipart/") {
+            return Err(Error::invalid(format!(
+                "part {part_id:?} is a {}: fetch its sub-parts",
+                node.mime_type
+            )));
+        }
+        if let Some(b) = node.blob
+            && let Some(bytes) = blob::get_in(&view, b)?
+        {
+            return Ok(bytes);
+        }
+        let raw = raw_from(&view, &email)?;
+        parse::part_content(&raw, part_id)
+            .ok_or_else(|| Error::not_found(format!("email {} has no part {part_id:?}", id.0)))
+    }
+
     /// The raw bytes of a stored email (read from the newest snapshot).
     pub fn raw_of(&self, email: &EmailRecord) -> Result<Vec<u8>> {
         raw_from(&self.db.snapshot(), email)

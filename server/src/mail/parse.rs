@@ -146,6 +146,47 @@ fn guarded(raw: &[u8]) -> Option<Parsed> {
     .ok()
 }
 
+/// The decoded content of the part numbered `part_id` (as in the body
+/// structure), or `None` when the message has no such part. Text parts
+/// come as UTF-8 (decoded from their charset), other parts as their bytes
+/// after the transfer encoding, an embedded message as its raw bytes, a
+/// multipart as nothing. Never panics.
+pub fn part_content(raw: &[u8], part_id: &str) -> Option<Vec<u8>> {
+    fn find(m: &Message<'_>, idx: usize, id: &str, want: &str, depth: usize) -> Option<Vec<u8>> {
+        let part = m.parts.get(idx)?;
+        let is_multipart = matches!(part.body, PartType::Multipart(_));
+        let own = if id.is_empty() && !is_multipart { "1" } else { id };
+        if own == want {
+            return Some(part.contents().to_vec());
+        }
+        if depth >= MAX_DEPTH || !(want.starts_with(own) || own.is_empty()) {
+            return None;
+        }
+        match &part.body {
+            PartType::Multipart(children) => children
+                .iter()
+                .enumerate()
+                .find_map(|(i, c)| find(m, *c as usize, &child_id(id, i + 1), want, depth + 1)),
+            PartType::Message(inner) => {
+                let inner_root_multipart =
+                    matches!(inner.parts.first().map(|p| &p.body), Some(PartType::Multipart(_)));
+                if inner_root_multipart {
+                    find(inner, 0, own, want, depth + 1).filter(|_| want != own)
+                } else {
+                    find(inner, 0, &child_id(own, 1), want, depth + 1)
+                }
+            }
+            _ => None,
+        }
+    }
+    if part_id.is_empty() {
+        return None;
+    }
+    std::panic::catch_unwind(|| MessageParser::default().parse(raw).and_then(|m| find(&m, 0, "", part_id, 0)))
+        .ok()
+        .flatten()
+}
+
 /// The header block of a message (up to the first empty line).
 fn header_block(raw: &[u8]) -> &[u8] {
     let end = raw

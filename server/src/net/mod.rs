@@ -188,7 +188,7 @@ async fn stream(
     }
     match StreamKind::from_tag(tag[0]) {
         Some(StreamKind::Rpc) => rpc_stream(conn, send, recv, services, peer).await,
-        Some(StreamKind::Bulk) => bulk_stream(send, recv, services).await,
+        Some(StreamKind::Bulk) => bulk_stream(send, recv, services, peer).await,
         None => {
             tracing::debug!(tag = tag[0], "unknown stream kind; resetting the stream");
             refuse(&mut send, &mut recv, close_code::PROTOCOL);
@@ -246,7 +246,7 @@ const BULK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// breaks off leaves the upload to be sent again with the same token. For a
 /// download (a `ByteRun.bulkToken` from `raw`) the server answers with a
 /// `BulkResponse` giving the length, then the bytes.
-async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>) {
+async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>, peer: Rc<Peer>) {
     use futures::{AsyncReadExt, AsyncWriteExt};
     let mut reader = BufReader::new(recv.compat());
     let mut writer = send.compat_write();
@@ -254,20 +254,33 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
     options.traversal_limit_in_words(Some(BULK_REQUEST_WORDS));
     enum Transfer {
         Uploaded(u64),
-        Download(Arc<Vec<u8>>),
+        /// The bytes, where this transfer starts, and the token.
+        Download(Arc<Vec<u8>>, usize, crate::blob::upload::Token),
     }
     let outcome: Result<Transfer, (quail_capnp::ErrorCode, String)> = async {
         let request = capnp_futures::serialize::read_message(&mut reader, options)
             .await
             .map_err(|e| (quail_capnp::ErrorCode::Protocol, format!("bad bulk request: {e}")))?;
-        let token: crate::blob::upload::Token = request
+        let root = request
             .get_root::<quail_capnp::bulk_request::Reader<'_>>()
-            .and_then(|r| r.get_token())
+            .map_err(|e| (quail_capnp::ErrorCode::Protocol, format!("bad bulk request: {e}")))?;
+        let offset = root.get_offset();
+        let token: crate::blob::upload::Token = root
+            .get_token()
             .ok()
             .and_then(|t| t.try_into().ok())
             .ok_or((quail_capnp::ErrorCode::NotFound, "unknown or expired bulk token".to_owned()))?;
-        if let Ok(bytes) = services.downloads.take(&token, std::time::Instant::now()) {
-            return Ok(Transfer::Download(bytes));
+        if let Ok(bytes) = services.downloads.get(&token, |o| peer.holds(o), std::time::Instant::now()) {
+            let Some(start) = usize::try_from(offset).ok().filter(|o| *o <= bytes.len()) else {
+                return Err((
+                    quail_capnp::ErrorCode::InvalidArgument,
+                    format!("offset {offset} is past the end of the {}-byte transfer", bytes.len()),
+                ));
+            };
+            return Ok(Transfer::Download(bytes, start, token));
+        }
+        if offset != 0 {
+            return Err((quail_capnp::ErrorCode::InvalidArgument, "an upload starts at offset 0".to_owned()));
         }
         let size = services
             .uploads
@@ -318,7 +331,7 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
         let mut r = response.init_root::<quail_capnp::bulk_response::Builder<'_>>();
         match &outcome {
             Ok(Transfer::Uploaded(n)) => r.set_length(*n),
-            Ok(Transfer::Download(bytes)) => r.set_length(bytes.len() as u64),
+            Ok(Transfer::Download(bytes, start, _)) => r.set_length((bytes.len() - start) as u64),
             Err((code, message)) => {
                 let mut e = r.init_error();
                 e.set_code(*code);
@@ -329,11 +342,16 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
     if capnp_futures::serialize::write_message(&mut writer, &response).await.is_err() {
         return;
     }
-    if let Ok(Transfer::Download(bytes)) = &outcome {
-        let sent = tokio::time::timeout(BULK_TIMEOUT, writer.write_all(bytes)).await;
+    if let Ok(Transfer::Download(bytes, start, token)) = &outcome {
+        let sent = tokio::time::timeout(BULK_TIMEOUT, writer.write_all(&bytes[*start..])).await;
         if !matches!(sent, Ok(Ok(()))) {
+            // Broken off: the token stays good for a resumed transfer.
             return;
         }
+        if writer.close().await.is_ok() {
+            services.downloads.complete(token);
+        }
+        return;
     }
     let _ = writer.close().await;
 }

@@ -23,6 +23,7 @@ pub(crate) struct GatewayImpl {
 
 impl GatewayImpl {
     pub(crate) fn new(services: Arc<Services>, peer: std::rc::Rc<super::Peer>) -> Self {
+        peer.hold(crate::blob::upload::Owner::GATEWAY);
         GatewayImpl { services, peer }
     }
 }

@@ -96,6 +96,7 @@ pub struct Peer {
     max_in_flight: u32,
     watches: Cell<u32>,
     max_watches: u32,
+    owners: std::cell::RefCell<Vec<crate::blob::upload::Owner>>,
 }
 
 impl Peer {
@@ -108,7 +109,22 @@ impl Peer {
             max_in_flight: max_in_flight.max(1),
             watches: Cell::new(0),
             max_watches,
+            owners: std::cell::RefCell::new(Vec::new()),
         })
+    }
+
+    /// Notes that the connection holds a capability of `owner` (an account
+    /// or the gateway): its bulk tokens may be redeemed here.
+    pub fn hold(&self, owner: crate::blob::upload::Owner) {
+        let mut o = self.owners.borrow_mut();
+        if !o.contains(&owner) {
+            o.push(owner);
+        }
+    }
+
+    /// Whether the connection holds a capability of `owner`.
+    pub fn holds(&self, owner: crate::blob::upload::Owner) -> bool {
+        self.owners.borrow().contains(&owner)
     }
 
     /// Counts one watch until the slot drops; refuses one over the budget.
@@ -184,6 +200,7 @@ pub const FEATURES: &[&str] = &[
     "Session.query",
     "Session.get",
     "Session.raw",
+    "Session.fetchPart",
     "Session.threads",
     "Session.changes",
     "Session.setKeywords",

@@ -9,6 +9,7 @@ use quail_protocol::quail_capnp::{ObjectKind, Sort, Tristate, listener, query, s
 use super::convert::{self, Props};
 use super::{CallGuard, Peer, Services, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
+use crate::blob::upload::Owner;
 use crate::error::Error;
 use crate::mail::{EmailId, Filter, MailboxId, Query, Start, ThreadId, Tri};
 use crate::sync::push::{Coalescer, Step, Subscription};
@@ -32,6 +33,7 @@ pub(crate) struct SessionImpl {
 
 impl SessionImpl {
     pub(crate) fn new(services: Arc<Services>, peer: Rc<Peer>, account: AccountId, auth: Auth) -> Self {
+        peer.hold(Owner(account.0));
         SessionImpl { services, peer, account, auth }
     }
 
@@ -63,6 +65,49 @@ impl SessionImpl {
         let max = self.services.config.limits.max_ids_per_call;
         if n > max {
             return Err(to_capnp(Error::LimitExceeded(format!("{n} ids in one call; the limit is {max}"))));
+        }
+        Ok(())
+    }
+}
+
+/// Offset and length of a `Range` parameter (absent: all of it).
+fn range_of(r: &Option<quail_protocol::quail_capnp::range::Reader<'_>>) -> Result<(u64, u64), capnp::Error> {
+    Ok(r.as_ref().map_or((0, 0), |r| (r.get_offset(), r.get_length())))
+}
+
+impl SessionImpl {
+    /// Answers with bytes `range` of `whole`: inline up to maxInlineBytes,
+    /// else a bulk token for this account with the BLAKE3 of what it
+    /// carries.
+    fn byte_run(
+        &self,
+        mut b: quail_protocol::quail_capnp::byte_run::Builder<'_>,
+        mut whole: Vec<u8>,
+        (offset, length): (u64, u64),
+        what: &str,
+    ) -> Result<(), capnp::Error> {
+        let total = whole.len() as u64;
+        if offset > total {
+            return Err(to_capnp(Error::invalid(format!(
+                "offset {offset} is past the end of the {total}-byte {what}"
+            ))));
+        }
+        let max = self.services.config.limits.max_inline_bytes;
+        let want = if length == 0 { total - offset } else { length.min(total - offset) };
+        b.set_total_size(total);
+        b.set_offset(offset);
+        if want > max {
+            whole.truncate((offset + want) as usize);
+            whole.drain(..offset as usize);
+            b.set_blake3(blake3::hash(&whole).as_bytes());
+            let token = self
+                .services
+                .downloads
+                .offer(Owner(self.account.0), Arc::new(whole), std::time::Instant::now())
+                .map_err(to_capnp)?;
+            b.set_bulk_token(&token[..]);
+        } else {
+            b.set_inline(&whole[offset as usize..(offset + want) as usize]);
         }
         Ok(())
     }
@@ -289,36 +334,27 @@ impl session::Server for SessionImpl {
         let _call = self.enter()?;
         let p = params.get()?;
         let id = EmailId(p.get_id());
-        let (offset, length) = if p.has_range() {
-            let r = p.get_range()?;
-            (r.get_offset(), r.get_length())
-        } else {
-            (0, 0)
-        };
+        let range = range_of(&p.get_range().ok())?;
         let raw = self.services.mail.raw(self.account, id).map_err(to_capnp)?;
-        let total = raw.len() as u64;
-        if offset > total {
-            return Err(to_capnp(Error::invalid(format!(
-                "offset {offset} is past the end of the {total}-byte message"
-            ))));
-        }
-        let max = self.services.config.limits.max_inline_bytes;
-        let want = if length == 0 { total - offset } else { length.min(total - offset) };
-        let mut b = results.get().init_bytes();
-        b.set_total_size(total);
-        b.set_offset(offset);
-        if want > max {
-            // One rebuild, then the bytes on a bulk stream.
-            let mut raw = raw;
-            raw.truncate((offset + want) as usize);
-            raw.drain(..offset as usize);
-            let token =
-                self.services.downloads.offer(Arc::new(raw), std::time::Instant::now()).map_err(to_capnp)?;
-            b.set_bulk_token(&token[..]);
-        } else {
-            b.set_inline(&raw[offset as usize..(offset + want) as usize]);
-        }
-        Ok(())
+        self.byte_run(results.get().init_bytes(), raw, range, "message")
+    }
+
+    async fn fetch_part(
+        self: Rc<Self>,
+        params: session::FetchPartParams,
+        mut results: session::FetchPartResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        let p = params.get()?;
+        let id = EmailId(p.get_id());
+        let part_id = text(p.get_part_id(), "partId", 256)?.to_owned();
+        let range = range_of(&p.get_range().ok())?;
+        let account = self.account;
+        // Decoding may walk a large message: off the connection's worker.
+        let bytes = super::heavy(&self.services, move |s| s.mail.part(account, id, &part_id))
+            .await
+            .map_err(to_capnp)?;
+        self.byte_run(results.get().init_bytes(), bytes, range, "part")
     }
 
     async fn create_app_token(
@@ -559,7 +595,6 @@ impl session::Server for SessionImpl {
 
     not_served! {
         query_changes(session::QueryChangesParams, session::QueryChangesResults) => "Session.queryChanges";
-        fetch_part(session::FetchPartParams, session::FetchPartResults) => "Session.fetchPart";
         search(session::SearchParams, session::SearchResults) => "Session.search";
         upload(session::UploadParams, session::UploadResults) => "Session.upload";
         submit(session::SubmitParams, session::SubmitResults) => "Session.submit";
