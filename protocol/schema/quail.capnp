@@ -455,6 +455,15 @@ interface Session {
   createAppToken @21 (label :Text) -> (token :Text, info :AppToken);
   listAppTokens @22 () -> (tokens :List(AppToken));
   revokeAppToken @23 (id :UInt64) -> ();
+
+  restrict @24 (mailboxes :List(UInt64), readOnly :Bool, expiresAt :Int64) -> (session :Session);
+  # An attenuated session to hand on (a widget, a delegate): it sees only
+  # `mailboxes` (empty: the same as this session) and the emails in them,
+  # writes nothing when `readOnly`, and ends at `expiresAt` (0: never).
+  # Outside its scope, reads answer `notFound` and everything else
+  # `forbidden`; it cannot create app tokens, change mailboxes or restrict
+  # itself into anything wider. It ends with this session: when this one
+  # is released or its credential is revoked.
 }
 
 # --------------------------------------------------------------------------

@@ -108,6 +108,35 @@ impl Session {
         crate::watch::Watch::start(self.client.clone(), self.cap).await
     }
 
+    /// An attenuated session to hand on (a widget, a delegate): it sees
+    /// only `mailboxes` (empty: the same as this one) and the emails in
+    /// them, writes nothing when `read_only`, and ends at `expires_at`
+    /// (ms since the epoch; `None`: never). It can never reach more than
+    /// this session, and it ends when this one is dropped or its
+    /// credential is revoked. Outside its scope, reads answer `NotFound`
+    /// and everything else `Forbidden`.
+    pub async fn restrict(
+        &self,
+        mailboxes: &[MailboxId],
+        read_only: bool,
+        expires_at: Option<i64>,
+    ) -> Result<Session> {
+        let cap = self.cap;
+        let boxes: Vec<u64> = mailboxes.iter().map(|m| m.0).collect();
+        let child = self
+            .client
+            .call(move |conn| async move {
+                let mut req = conn.session(cap)?.restrict_request();
+                req.get().set_mailboxes(&boxes[..])?;
+                req.get().set_read_only(read_only);
+                req.get().set_expires_at(expires_at.unwrap_or(0));
+                let resp = req.send().promise.await?;
+                Ok(conn.insert(crate::client::Cap::Session(resp.get()?.get_session()?)))
+            })
+            .await?;
+        Ok(Session::new(self.client.clone(), child))
+    }
+
     /// The account's facts and current state.
     pub async fn account(&self) -> Result<(AccountInfo, State)> {
         let cap = self.cap;

@@ -36,6 +36,9 @@ pub enum Error {
     /// A name that must be unique is taken.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The capability does not allow this (a restricted session).
+    #[error("{0}")]
+    Forbidden(String),
     /// Content refused by policy (virus, spam).
     #[error("{0}")]
     Rejected(String),

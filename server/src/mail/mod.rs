@@ -13,6 +13,7 @@
 //! - [`mailbox`] — create, rename, nest, delete.
 //! - [`update`] — set keywords, move, destroy (to Trash; expunge from Trash).
 //! - [`query`] — filters, sort, paging, collapse by thread.
+//! - [`scope`] — what an attenuated session may see and do.
 //!
 //! Every mutation happens in one store transaction that also writes the
 //! change log ([`crate::sync`]), so records, indexes, counters, blob
@@ -25,6 +26,7 @@ pub mod mailbox;
 pub mod parse;
 pub mod query;
 pub mod raw;
+pub mod scope;
 pub mod thread;
 pub mod update;
 

@@ -210,6 +210,7 @@ pub const FEATURES: &[&str] = &[
     "Session.listAppTokens",
     "Session.revokeAppToken",
     "Session.watch",
+    "Session.restrict",
     "Gateway.deliver",
     "Gateway.upload",
 ];
@@ -226,6 +227,7 @@ pub fn code_of(e: &Error) -> ErrorCode {
         Error::OverQuota(_) => ErrorCode::OverQuota,
         Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
         Error::Rejected(_) => ErrorCode::Rejected,
+        Error::Forbidden(_) => ErrorCode::Forbidden,
         Error::Unimplemented(_) => ErrorCode::Unimplemented,
         Error::Unavailable(_) => ErrorCode::Unavailable,
         Error::Store(_) | Error::Internal(_) => ErrorCode::Internal,

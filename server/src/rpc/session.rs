@@ -1,7 +1,7 @@
 //! `Session`: one account's mail. The account id lives in the capability,
 //! never in a parameter, so no call can reach another account's data.
 
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use quail_protocol::quail_capnp::{ObjectKind, Sort, Tristate, listener, query, session, watch_handle};
@@ -11,6 +11,7 @@ use super::{CallGuard, Peer, Services, not_served, now_ms, text, to_capnp};
 use crate::account::AccountId;
 use crate::blob::upload::Owner;
 use crate::error::Error;
+use crate::mail::scope::Scope;
 use crate::mail::{EmailId, Filter, MailboxId, Query, Start, ThreadId, Tri};
 use crate::sync::push::{Coalescer, Step, Subscription};
 use crate::sync::{Kind, State};
@@ -24,17 +25,55 @@ pub(crate) enum Auth {
     Token([u8; 32]),
 }
 
+/// Ids refused, each with why.
+type Refused = Vec<(EmailId, Error)>;
+
 pub(crate) struct SessionImpl {
     services: Arc<Services>,
     peer: Rc<Peer>,
     account: AccountId,
     auth: Auth,
+    /// What this session may reach (everything, unless restricted).
+    scope: Scope,
+    /// The session this one was restricted from: it ends with it.
+    parent: Option<Weak<SessionImpl>>,
 }
 
 impl SessionImpl {
     pub(crate) fn new(services: Arc<Services>, peer: Rc<Peer>, account: AccountId, auth: Auth) -> Self {
         peer.hold(Owner(account.0));
-        SessionImpl { services, peer, account, auth }
+        SessionImpl { services, peer, account, auth, scope: Scope::FULL, parent: None }
+    }
+
+    /// Whether every session this one was restricted from is still held.
+    fn parent_alive(&self) -> bool {
+        match &self.parent {
+            None => true,
+            Some(p) => p.upgrade().is_some_and(|p| p.parent_alive()),
+        }
+    }
+
+    /// Whether the email `id` exists and this session may see it.
+    fn visible(&self, id: EmailId) -> Result<bool, capnp::Error> {
+        if self.scope.mailboxes.is_none() {
+            return Ok(true);
+        }
+        Ok(self.services.mail.email(self.account, id).map_err(to_capnp)?.is_some_and(|e| self.scope.sees(&e)))
+    }
+
+    /// Splits `ids` into those this session may change and refusals.
+    fn writable_ids(&self, ids: Vec<EmailId>) -> Result<(Vec<EmailId>, Refused), capnp::Error> {
+        self.scope.check_write().map_err(to_capnp)?;
+        let mut ok = Vec::with_capacity(ids.len());
+        let mut refused = Vec::new();
+        for id in ids {
+            if self.visible(id)? {
+                ok.push(id);
+            } else {
+                refused.push((id, Error::not_found(format!("no email {}", id.0))));
+            }
+        }
+        Ok((ok, refused))
     }
 
     /// Starts a call: within the connection's budget, and only while the
@@ -44,6 +83,14 @@ impl SessionImpl {
         let guard = self.peer.enter()?;
         if !self.credential_holds()? {
             return Err(to_capnp(Error::BadCredentials));
+        }
+        if !self.parent_alive() {
+            return Err(to_capnp(Error::Forbidden(
+                "the session this one was restricted from has ended".into(),
+            )));
+        }
+        if self.scope.expired(now_ms()) {
+            return Err(to_capnp(Error::Forbidden("this restricted session has expired".into())));
         }
         Ok(guard)
     }
@@ -65,6 +112,53 @@ impl SessionImpl {
         let max = self.services.config.limits.max_ids_per_call;
         if n > max {
             return Err(to_capnp(Error::LimitExceeded(format!("{n} ids in one call; the limit is {max}"))));
+        }
+        Ok(())
+    }
+}
+
+impl SessionImpl {
+    /// Narrows a change list to what a mailbox-restricted session sees:
+    /// emails and threads that left its scope (or were never in it) read
+    /// as destroyed or not at all, mailboxes outside it not at all.
+    fn scope_changes(&self, kind: Kind, c: &mut crate::sync::Changes) -> Result<(), capnp::Error> {
+        match kind {
+            Kind::Mailbox => {
+                let keep = |v: &mut Vec<u64>| v.retain(|m| self.scope.reaches(MailboxId(*m)));
+                keep(&mut c.created);
+                keep(&mut c.updated);
+                keep(&mut c.destroyed);
+            }
+            Kind::Email | Kind::Thread => {
+                let seen = |id: u64| -> Result<bool, capnp::Error> {
+                    if kind == Kind::Email {
+                        return self.visible(EmailId(id));
+                    }
+                    let members = self.services.mail.thread(self.account, ThreadId(id)).map_err(to_capnp)?;
+                    for m in members {
+                        if self.visible(m)? {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
+                };
+                let mut created = Vec::new();
+                for id in std::mem::take(&mut c.created) {
+                    if seen(id)? {
+                        created.push(id);
+                    }
+                }
+                let mut updated = Vec::new();
+                for id in std::mem::take(&mut c.updated) {
+                    if seen(id)? {
+                        updated.push(id);
+                    } else {
+                        c.destroyed.push(id);
+                    }
+                }
+                c.created = created;
+                c.updated = updated;
+            }
         }
         Ok(())
     }
@@ -219,7 +313,8 @@ impl session::Server for SessionImpl {
         let _call = self.enter()?;
         let s = &self.services;
         let state = s.mail.state(self.account).map_err(to_capnp)?;
-        let boxes = s.mail.mailboxes(self.account).map_err(to_capnp)?;
+        let mut boxes = s.mail.mailboxes(self.account).map_err(to_capnp)?;
+        boxes.retain(|m| self.scope.reaches(m.mailbox.id));
         let mut r = results.get();
         r.set_state(state.0);
         let mut list = r.init_mailboxes(boxes.len() as u32);
@@ -236,7 +331,8 @@ impl session::Server for SessionImpl {
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
         let q = params.get()?.get_query()?;
-        let query = decode_query(q, self.services.config.limits.max_query_limit)?;
+        let mut query = decode_query(q, self.services.config.limits.max_query_limit)?;
+        query.filter.mailbox = self.scope.query_mailbox(query.filter.mailbox).map_err(to_capnp)?;
         let account = self.account;
         let page = if query.is_heavy() {
             super::heavy(&self.services, move |s| s.mail.query(account, &query)).await
@@ -297,7 +393,7 @@ impl session::Server for SessionImpl {
                 continue;
             }
             match self.services.mail.email(self.account, EmailId(id)).map_err(to_capnp)? {
-                Some(e) => {
+                Some(e) if self.scope.sees(&e) => {
                     let size = convert::email_size(&e, props);
                     if used + size > budget && !found.is_empty() {
                         used = budget;
@@ -307,7 +403,7 @@ impl session::Server for SessionImpl {
                     used += size;
                     found.push(e);
                 }
-                None => missing.push(id),
+                _ => missing.push(id),
             }
         }
         let mut r = results.get();
@@ -335,6 +431,9 @@ impl session::Server for SessionImpl {
         let p = params.get()?;
         let id = EmailId(p.get_id());
         let range = range_of(&p.get_range().ok())?;
+        if !self.visible(id)? {
+            return Err(to_capnp(Error::not_found(format!("no email {}", id.0))));
+        }
         let raw = self.services.mail.raw(self.account, id).map_err(to_capnp)?;
         self.byte_run(results.get().init_bytes(), raw, range, "message")
     }
@@ -349,6 +448,9 @@ impl session::Server for SessionImpl {
         let id = EmailId(p.get_id());
         let part_id = text(p.get_part_id(), "partId", 256)?.to_owned();
         let range = range_of(&p.get_range().ok())?;
+        if !self.visible(id)? {
+            return Err(to_capnp(Error::not_found(format!("no email {}", id.0))));
+        }
         let account = self.account;
         // Decoding may walk a large message: off the connection's worker.
         let bytes = super::heavy(&self.services, move |s| s.mail.part(account, id, &part_id))
@@ -363,6 +465,7 @@ impl session::Server for SessionImpl {
         mut results: session::CreateAppTokenResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
+        self.scope.check_full("creating app tokens").map_err(to_capnp)?;
         let label = text(params.get()?.get_label(), "label", crate::account::MAX_LABEL_BYTES)?;
         let (secret, token) =
             self.services.accounts.create_token(self.account, label, now_ms()).await.map_err(to_capnp)?;
@@ -381,6 +484,7 @@ impl session::Server for SessionImpl {
         mut results: session::ListAppTokensResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
+        self.scope.check_full("listing app tokens").map_err(to_capnp)?;
         let tokens = self.services.accounts.tokens(self.account).map_err(to_capnp)?;
         let mut list = results.get().init_tokens(tokens.len() as u32);
         for (i, t) in tokens.iter().enumerate() {
@@ -398,6 +502,7 @@ impl session::Server for SessionImpl {
         _: session::RevokeAppTokenResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
+        self.scope.check_full("revoking app tokens").map_err(to_capnp)?;
         let id = params.get()?.get_id();
         self.services.accounts.revoke_tokens(self.account, Some(id)).await.map_err(to_capnp)?;
         Ok(())
@@ -409,6 +514,7 @@ impl session::Server for SessionImpl {
         mut results: session::CreateMailboxResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
+        self.scope.check_full("creating mailboxes").map_err(to_capnp)?;
         let p = params.get()?;
         let name = text(p.get_name(), "name", self.services.config.limits.max_name_bytes as usize)?;
         let parent = Some(MailboxId(p.get_parent_id())).filter(|m| m.0 != 0);
@@ -426,6 +532,7 @@ impl session::Server for SessionImpl {
         mut results: session::RenameMailboxResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
+        self.scope.check_full("renaming mailboxes").map_err(to_capnp)?;
         let p = params.get()?;
         let name = text(p.get_name(), "name", self.services.config.limits.max_name_bytes as usize)?;
         let parent = Some(MailboxId(p.get_parent_id())).filter(|m| m.0 != 0);
@@ -457,6 +564,7 @@ impl session::Server for SessionImpl {
         mut results: session::DeleteMailboxResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
+        self.scope.check_full("deleting mailboxes").map_err(to_capnp)?;
         let id = MailboxId(params.get()?.get_id());
         let state = self.services.mail.delete_mailbox(self.account, id).await.map_err(to_capnp)?;
         results.get().set_state(state.0);
@@ -475,7 +583,16 @@ impl session::Server for SessionImpl {
         let mut missing = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for t in ids.iter().filter(|t| seen.insert(*t)) {
-            let members = self.services.mail.thread(self.account, ThreadId(t)).map_err(to_capnp)?;
+            let mut members = self.services.mail.thread(self.account, ThreadId(t)).map_err(to_capnp)?;
+            if self.scope.mailboxes.is_some() {
+                let mut kept = Vec::with_capacity(members.len());
+                for m in members {
+                    if self.visible(m)? {
+                        kept.push(m);
+                    }
+                }
+                members = kept;
+            }
             if members.is_empty() {
                 missing.push(t);
             } else {
@@ -516,11 +633,14 @@ impl session::Server for SessionImpl {
             0 => max,
             n => n.min(max),
         };
-        let c = self
+        let mut c = self
             .services
             .mail
             .changes(self.account, kind, State(p.get_since_state()), want as usize)
             .map_err(to_capnp)?;
+        if self.scope.mailboxes.is_some() {
+            self.scope_changes(kind, &mut c)?;
+        }
         convert::changes(results.get().init_changes(), &c);
         Ok(())
     }
@@ -536,12 +656,14 @@ impl session::Server for SessionImpl {
         self.check_ids(ids.len())?;
         let add = texts(p.get_add()?, "keyword", crate::mail::keyword::MAX_KEYWORDS_PER_EMAIL)?;
         let remove = texts(p.get_remove()?, "keyword", crate::mail::keyword::MAX_KEYWORDS_PER_EMAIL)?;
-        let r = self
+        let (ids, refused) = self.writable_ids(ids_of(ids))?;
+        let mut r = self
             .services
             .mail
-            .set_keywords(self.account, &ids_of(ids), &add, &remove, state_param(p.get_if_in_state()))
+            .set_keywords(self.account, &ids, &add, &remove, state_param(p.get_if_in_state()))
             .await
             .map_err(to_capnp)?;
+        r.not_updated.extend(refused);
         convert::update_result(results.get().init_result(), &r);
         Ok(())
     }
@@ -558,18 +680,21 @@ impl session::Server for SessionImpl {
         let add = p.get_add_mailboxes()?;
         let remove = p.get_remove_mailboxes()?;
         self.check_ids(add.len() + remove.len())?;
-        let r = self
+        let (add, remove) = (mailbox_ids(add), mailbox_ids(remove));
+        if let Some(m) = add.iter().chain(&remove).find(|m| !self.scope.reaches(**m)) {
+            return Err(to_capnp(Error::Forbidden(format!(
+                "mailbox {} is outside this session's scope",
+                m.0
+            ))));
+        }
+        let (ids, refused) = self.writable_ids(ids_of(ids))?;
+        let mut r = self
             .services
             .mail
-            .move_emails(
-                self.account,
-                &ids_of(ids),
-                &mailbox_ids(add),
-                &mailbox_ids(remove),
-                state_param(p.get_if_in_state()),
-            )
+            .move_emails(self.account, &ids, &add, &remove, state_param(p.get_if_in_state()))
             .await
             .map_err(to_capnp)?;
+        r.not_updated.extend(refused);
         convert::update_result(results.get().init_result(), &r);
         Ok(())
     }
@@ -583,6 +708,7 @@ impl session::Server for SessionImpl {
         let p = params.get()?;
         let ids = p.get_ids()?;
         self.check_ids(ids.len())?;
+        self.scope.check_full("destroying emails (a move to Trash)").map_err(to_capnp)?;
         let r = self
             .services
             .mail
@@ -590,6 +716,34 @@ impl session::Server for SessionImpl {
             .await
             .map_err(to_capnp)?;
         convert::update_result(results.get().init_result(), &r);
+        Ok(())
+    }
+
+    async fn restrict(
+        self: Rc<Self>,
+        params: session::RestrictParams,
+        mut results: session::RestrictResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        let p = params.get()?;
+        let boxes = p.get_mailboxes()?;
+        self.check_ids(boxes.len())?;
+        let boxes = mailbox_ids(boxes);
+        let known = self.services.mail.mailbox_records(self.account).map_err(to_capnp)?;
+        if let Some(m) = boxes.iter().find(|m| !known.iter().any(|k| k.id == **m)) {
+            return Err(to_capnp(Error::not_found(format!("no mailbox {}", m.0))));
+        }
+        let expires = Some(p.get_expires_at()).filter(|t| *t != 0);
+        let scope = self.scope.narrow(&boxes, p.get_read_only(), expires).map_err(to_capnp)?;
+        let child = SessionImpl {
+            services: Arc::clone(&self.services),
+            peer: Rc::clone(&self.peer),
+            account: self.account,
+            auth: self.auth.clone(),
+            scope,
+            parent: Some(Rc::downgrade(&self)),
+        };
+        results.get().set_session(capnp_rpc::new_client(child));
         Ok(())
     }
 
