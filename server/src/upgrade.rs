@@ -15,6 +15,9 @@
 //!   indexes, the change log with one floor per account.
 //! - 3: one change-log floor per kind (`Counter::KindFloor`), so compaction
 //!   that lags for one kind never drops another kind's changes.
+//! - 4: blobs over 1 MiB may be stored in chunks (`blob::CHUNK`). Nothing to
+//!   rewrite: format-3 blobs stay readable as they are; the stamp keeps an
+//!   older build, which cannot read chunked blobs, from opening the store.
 //!
 //! Every later format change (search index, filter verdicts, outbox) adds a
 //! step here and extends `server/tests/upgrade.rs`.
@@ -26,7 +29,7 @@ use crate::store::{Db, KeyRange, Order, Space, StoreError};
 use crate::sync::{self, KINDS};
 
 /// The store layout this build writes and reads.
-pub const STORE_FORMAT: u32 = 3;
+pub const STORE_FORMAT: u32 = 4;
 /// The oldest format this build migrates.
 pub const OLDEST_MIGRATABLE: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
@@ -105,6 +108,7 @@ pub fn open(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<Opened> {
 fn describe(from: u32) -> &'static str {
     match from {
         2 => "one change-log floor per kind",
+        3 => "large blobs in chunks (nothing to rewrite)",
         _ => "no such step",
     }
 }
@@ -112,6 +116,14 @@ fn describe(from: u32) -> &'static str {
 fn run_step(db: &Db, from: u32, progress: &mut dyn FnMut(&str)) -> Result<()> {
     match from {
         2 => kind_floors(db, progress),
+        3 => {
+            let (_, t) = db.write(|txn| {
+                stamp(txn, 4);
+                Ok::<_, Error>(())
+            })?;
+            db.sync_blocking(t)?;
+            Ok(())
+        }
         other => Err(Error::Internal(format!("no migration from store format {other}"))),
     }
 }

@@ -136,7 +136,7 @@ fn with_attachment(to: &str, i: usize, attachment: &[u8]) -> Vec<u8> {
 async fn one_attachment_sent_to_100_accounts_is_stored_once() {
     let s = support::store();
     let attachment = random(5 << 20, b"5 MB attachment");
-    let stored_size = blob::prepare(&attachment, false).stored.len() as u64;
+    let stored_size = blob::prepare(&attachment, false).stored_len();
     let mut accounts = Vec::new();
     for i in 0..100 {
         accounts.push(s.account(&format!("user{i}")).await);

@@ -138,10 +138,44 @@ impl Uploads {
 /// How long a prepared download waits for its (first or resumed) transfer.
 pub const DOWNLOAD_TTL: Duration = Duration::from_secs(2 * 60);
 
+/// What a download streams: bytes in memory, or produced piece by piece
+/// from the store (a large message rebuilt around its attachment chunks).
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Bytes it carries.
+    fn len(&self) -> u64;
+    /// Whether it carries nothing.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Memory it holds while offered (what the registry budgets).
+    fn held(&self) -> u64;
+    /// Hands its bytes from `offset` on to `sink`, piece by piece.
+    fn stream(&self, offset: u64, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+}
+
+impl Source for Vec<u8> {
+    fn len(&self) -> u64 {
+        Vec::len(self) as u64
+    }
+    fn held(&self) -> u64 {
+        Vec::len(self) as u64
+    }
+    fn stream(&self, offset: u64, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let start = (offset as usize).min(Vec::len(self));
+        for piece in self[start..].chunks(256 * 1024) {
+            sink(piece)?;
+        }
+        Ok(())
+    }
+}
+
+/// A shared source.
+pub type Shared = std::sync::Arc<dyn Source>;
+
 #[derive(Debug)]
 struct Offered {
     owner: Owner,
-    bytes: std::sync::Arc<Vec<u8>>,
+    bytes: Shared,
     expires: Instant,
 }
 
@@ -166,11 +200,11 @@ impl Downloads {
     }
 
     /// Offers `bytes` to `owner`.
-    pub fn offer(&self, owner: Owner, bytes: std::sync::Arc<Vec<u8>>, now: Instant) -> Result<Token> {
+    pub fn offer(&self, owner: Owner, bytes: Shared, now: Instant) -> Result<Token> {
         let mut e = self.lock();
         e.retain(|_, x| x.expires > now);
-        let held: u64 = e.values().map(|x| x.bytes.len() as u64).sum();
-        if e.len() >= MAX_PENDING || held.saturating_add(bytes.len() as u64) > self.max_bytes {
+        let held: u64 = e.values().map(|x| x.bytes.held()).sum();
+        if e.len() >= MAX_PENDING || held.saturating_add(bytes.held()) > self.max_bytes {
             return Err(Error::Unavailable("too many downloads in flight; fetch or retry shortly".into()));
         }
         let token: Token = rand::random();
@@ -180,12 +214,7 @@ impl Downloads {
 
     /// The bytes of a token whose owner `holds` (the connection holds a
     /// capability of that owner). Another owner's token is not found.
-    pub fn get(
-        &self,
-        token: &Token,
-        holds: impl Fn(Owner) -> bool,
-        now: Instant,
-    ) -> Result<std::sync::Arc<Vec<u8>>> {
+    pub fn get(&self, token: &Token, holds: impl Fn(Owner) -> bool, now: Instant) -> Result<Shared> {
         match self.lock().get(token) {
             Some(x) if x.expires > now && holds(x.owner) => Ok(std::sync::Arc::clone(&x.bytes)),
             _ => Err(unknown()),
@@ -227,14 +256,22 @@ mod tests {
         let d = Downloads::new(10);
         let t0 = Instant::now();
         let alice = Owner(1);
-        let t = d.offer(alice, std::sync::Arc::new(b"abc".to_vec()), t0).expect("offer");
-        assert!(d.offer(alice, std::sync::Arc::new(vec![0; 8]), t0).is_err(), "bounded bytes");
+        let t = d.offer(alice, std::sync::Arc::new(b"abc".to_vec()) as Shared, t0).expect("offer");
+        assert!(d.offer(alice, std::sync::Arc::new(vec![0u8; 8]) as Shared, t0).is_err(), "bounded bytes");
         assert!(d.get(&t, |o| o == Owner(2), t0).is_err(), "another account's token");
-        assert_eq!(d.get(&t, |o| o == alice, t0).expect("get").as_slice(), b"abc");
+        let mut got = Vec::new();
+        d.get(&t, |o| o == alice, t0)
+            .expect("get")
+            .stream(1, &mut |b| {
+                got.extend_from_slice(b);
+                Ok(())
+            })
+            .expect("stream");
+        assert_eq!(got, b"bc");
         assert!(d.get(&t, |o| o == alice, t0).is_ok(), "a broken transfer may resume");
         d.complete(&t);
         assert!(d.get(&t, |o| o == alice, t0).is_err(), "done: gone");
-        let t = d.offer(alice, std::sync::Arc::new(b"x".to_vec()), t0).expect("offer");
+        let t = d.offer(alice, std::sync::Arc::new(b"x".to_vec()) as Shared, t0).expect("offer");
         assert!(d.get(&t, |o| o == alice, t0 + DOWNLOAD_TTL).is_err(), "expired");
         assert!(d.get(&[7; 32], |_| true, t0).is_err(), "forged");
     }

@@ -35,35 +35,40 @@ pub struct Prepared {
 
 /// Parses and prepares `raw` for storage.
 pub fn prepare(raw_bytes: &[u8]) -> Result<Prepared> {
-    let mut parsed = parse::parse(raw_bytes);
-    let mut blobs: Vec<blob::Prepared> = Vec::new();
-    let mut ids = Vec::with_capacity(parsed.attachments.len());
-    for a in &parsed.attachments {
-        let p = blob::prepare(&a.content, blob::compressible(&a.mime_type));
-        ids.push(p.id);
-        if !blobs.iter().any(|b| b.id == p.id) {
-            blobs.push(p);
-        }
-    }
+    prepare_owned(raw_bytes.to_vec())
+}
+
+/// [`prepare`], taking the message: it is dropped as soon as the skeleton
+/// is built, and attachment contents move into their blobs, so a large
+/// message is held about once, not once per step.
+pub fn prepare_owned(raw_bytes: Vec<u8>) -> Result<Prepared> {
+    let size = raw_bytes.len() as u64;
+    let mut parsed = parse::parse(&raw_bytes);
+    let ids: Vec<BlobId> = parsed.attachments.iter().map(|a| BlobId::of(&a.content)).collect();
     for (a, id) in parsed.attachments.iter().zip(&ids) {
         set_part_blob(&mut parsed.body, &a.part_id, *id);
     }
-    let skeleton = raw::build(raw_bytes, &parsed.attachments, &ids);
+    let skeleton = raw::build(&raw_bytes, &parsed.attachments, &ids);
     let (raw_blob, is_skeleton) = match &skeleton {
-        Some(s) => (blob::prepare(&s.encode()?, true), true),
-        None => (blob::prepare(raw_bytes, true), false),
+        Some(s) => {
+            drop(raw_bytes);
+            (blob::prepare(&s.encode()?, true), true)
+        }
+        None => {
+            let id = BlobId::of(&raw_bytes);
+            (blob::prepare_owned(raw_bytes, true, id), false)
+        }
     };
-    // The contents live in the blobs now.
-    for a in &mut parsed.attachments {
-        a.content = Vec::new();
+    drop(skeleton);
+    // The contents move into the blobs.
+    let mut blobs: Vec<blob::Prepared> = Vec::new();
+    for (a, id) in parsed.attachments.iter_mut().zip(&ids) {
+        let content = std::mem::take(&mut a.content);
+        if !blobs.iter().any(|b| b.id == *id) {
+            blobs.push(blob::prepare_owned(content, blob::compressible(&a.mime_type), *id));
+        }
     }
-    Ok(Prepared {
-        parsed,
-        size: raw_bytes.len() as u64,
-        raw: raw_blob,
-        skeleton: is_skeleton,
-        attachments: blobs,
-    })
+    Ok(Prepared { parsed, size, raw: raw_blob, skeleton: is_skeleton, attachments: blobs })
 }
 
 fn set_part_blob(part: &mut parse::BodyPart, part_id: &str, id: BlobId) {
@@ -188,6 +193,16 @@ impl Mailstore {
         raw_bytes: &[u8],
         received_ms: i64,
     ) -> Result<Vec<RecipientOutcome>> {
+        self.deliver_owned(accounts, raw_bytes.to_vec(), received_ms).await
+    }
+
+    /// [`Mailstore::deliver`], taking the message (no copy of a large one).
+    pub async fn deliver_owned(
+        &self,
+        accounts: &[AccountId],
+        raw_bytes: Vec<u8>,
+        received_ms: i64,
+    ) -> Result<Vec<RecipientOutcome>> {
         if raw_bytes.is_empty() {
             return Err(Error::invalid("empty message"));
         }
@@ -195,8 +210,7 @@ impl Mailstore {
         // keeps serving, and declare the coming commit so concurrent
         // deliveries share one fsync.
         let intent = self.db().intent();
-        let owned = raw_bytes.to_vec();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&owned))
+        let prepared = tokio::task::spawn_blocking(move || prepare_owned(raw_bytes))
             .await
             .map_err(|e| Error::Internal(format!("parsing task failed: {e}")))??;
         let config = *self.config();

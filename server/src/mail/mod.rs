@@ -33,7 +33,7 @@ pub mod update;
 use serde::{Deserialize, Serialize};
 
 use crate::account::{AccountId, Counter};
-use crate::blob::{self, BlobId};
+use crate::blob::{self, BlobId, upload};
 use crate::error::{Error, Result};
 use crate::store::key::Key;
 use crate::store::{Db, KeyRange, Order, Reader, Space, StoreError, Txn};
@@ -213,6 +213,124 @@ pub(crate) fn mailbox_key(account: AccountId, id: MailboxId) -> Vec<u8> {
 
 pub(crate) fn account_prefix(account: AccountId) -> Vec<u8> {
     Key::new().u64(account.0).build()
+}
+
+/// The length a range asks for (`length` 0: to the end), refusing an
+/// offset past the end.
+fn range_length(offset: u64, length: u64, total: u64, what: &str) -> Result<u64> {
+    if offset > total {
+        return Err(Error::invalid(format!("offset {offset} is past the end of the {total}-byte {what}")));
+    }
+    Ok(if length == 0 { total - offset } else { length.min(total - offset) })
+}
+
+/// What a streaming source may hold at once while it runs: a chunk and its
+/// encoding.
+const STREAM_HELD: u64 = 3 * blob::CHUNK as u64;
+
+/// A range of an email's raw message, streamed from one snapshot.
+#[derive(Debug)]
+struct RawSource {
+    view: crate::store::Snapshot,
+    email: EmailRecord,
+    offset: u64,
+    length: u64,
+}
+
+impl upload::Source for RawSource {
+    fn len(&self) -> u64 {
+        self.length
+    }
+    fn held(&self) -> u64 {
+        STREAM_HELD
+    }
+    fn stream(&self, from: u64, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if from >= self.length {
+            return Ok(());
+        }
+        stream_raw(&self.view, &self.email, self.offset + from, self.length - from, sink)
+    }
+}
+
+/// A range of a blob, streamed chunk by chunk from one snapshot.
+#[derive(Debug)]
+struct BlobSource {
+    view: crate::store::Snapshot,
+    id: BlobId,
+    offset: u64,
+    length: u64,
+}
+
+impl upload::Source for BlobSource {
+    fn len(&self) -> u64 {
+        self.length
+    }
+    fn held(&self) -> u64 {
+        STREAM_HELD
+    }
+    fn stream(&self, from: u64, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if from >= self.length {
+            return Ok(());
+        }
+        blob::read_range(&self.view, self.id, self.offset + from, self.length - from, sink)
+    }
+}
+
+/// Streams bytes `offset .. offset + length` of `email`'s raw message.
+fn stream_raw(
+    reader: &dyn Reader,
+    email: &EmailRecord,
+    offset: u64,
+    length: u64,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let missing = |id: BlobId| {
+        Error::Store(StoreError::Corrupt {
+            space: Space::Blobs,
+            detail: format!("email {} refers to missing blob {id}", email.id.0),
+        })
+    };
+    match email.raw {
+        RawRef::Plain(id) => blob::read_range(reader, id, offset, length, sink),
+        RawRef::Skeleton(id) => {
+            let skeleton = raw::Skeleton::decode(&blob::get_in(reader, id)?.ok_or_else(|| missing(id))?)?;
+            let end = offset.saturating_add(length);
+            let done = std::cell::Cell::new(false);
+            let mut pos = 0u64;
+            // Skips what lies before the range and stops at its end.
+            let mut window = |b: &[u8]| -> Result<()> {
+                let start = pos;
+                pos += b.len() as u64;
+                if pos <= offset {
+                    return Ok(());
+                }
+                let from = offset.saturating_sub(start) as usize;
+                let to = (end.saturating_sub(start) as usize).min(b.len());
+                if from < to {
+                    sink(&b[from..to])?;
+                }
+                if pos >= end {
+                    done.set(true);
+                    return Err(Error::Unavailable("range complete".into()));
+                }
+                Ok(())
+            };
+            let r = raw::reconstruct_to(
+                &skeleton,
+                &mut |bid, feed| {
+                    if blob::size_in(reader, bid)?.is_none() {
+                        return Err(missing(bid));
+                    }
+                    blob::read_range(reader, bid, 0, u64::MAX, feed)
+                },
+                &mut window,
+            );
+            match r {
+                Err(_) if done.get() => Ok(()),
+                r => r,
+            }
+        }
+    }
 }
 
 /// The raw bytes of `email`, its blobs read through `reader`.
@@ -415,6 +533,64 @@ impl Mailstore {
         let raw = raw_from(&view, &email)?;
         parse::part_content(&raw, part_id)
             .ok_or_else(|| Error::not_found(format!("email {} has no part {part_id:?}", id.0)))
+    }
+
+    /// Bytes `offset .. offset + length` (`length` 0: to the end) of an
+    /// email's raw message as a stream from one snapshot, and the whole
+    /// message's size. Nothing is built in memory: the message is rebuilt
+    /// piece by piece around its attachments' chunks as it is read.
+    pub fn raw_source(
+        &self,
+        account: AccountId,
+        id: EmailId,
+        offset: u64,
+        length: u64,
+    ) -> Result<(upload::Shared, u64)> {
+        let view = self.db.snapshot();
+        let email = view
+            .get(Space::Emails, &email_key(account, id))?
+            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
+            .transpose()?
+            .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        let total = email.size;
+        let length = range_length(offset, length, total, "message")?;
+        Ok((std::sync::Arc::new(RawSource { view, email, offset, length }), total))
+    }
+
+    /// Like [`Mailstore::part`], as a stream of bytes `offset .. offset +
+    /// length` (`length` 0: to the end), the part's size, and the BLAKE3 of
+    /// the whole part when it is known without reading it (an attachment's
+    /// blob id is its hash). An attachment stored apart is read chunk by
+    /// chunk, only the chunks the range covers.
+    pub fn part_source(
+        &self,
+        account: AccountId,
+        id: EmailId,
+        part_id: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<(upload::Shared, u64, Option<[u8; 32]>)> {
+        let view = self.db.snapshot();
+        let email = view
+            .get(Space::Emails, &email_key(account, id))?
+            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
+            .transpose()?
+            .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        if let Some(node) = email.body.walk().into_iter().find(|p| p.part_id == part_id)
+            && let Some(b) = node.blob
+            && let Some(total) = blob::size_in(&view, b)?
+        {
+            let length = range_length(offset, length, total, "part")?;
+            let whole = (offset == 0 && length == total).then_some(b.0);
+            return Ok((std::sync::Arc::new(BlobSource { view, id: b, offset, length }), total, whole));
+        }
+        drop(view);
+        let mut bytes = self.part(account, id, part_id)?;
+        let total = bytes.len() as u64;
+        let length = range_length(offset, length, total, "part")?;
+        bytes.truncate((offset + length) as usize);
+        bytes.drain(..offset as usize);
+        Ok((std::sync::Arc::new(bytes), total, None))
     }
 
     /// The raw bytes of a stored email (read from the newest snapshot).

@@ -140,7 +140,7 @@ pub fn parse(raw: &[u8]) -> Parsed {
 /// Runs the parser, turning a panic inside it into `None`.
 fn guarded(raw: &[u8]) -> Option<Parsed> {
     std::panic::catch_unwind(|| match MessageParser::default().parse(raw) {
-        Some(message) => from_message(&message),
+        Some(message) => from_message(message),
         None => Parsed::default(),
     })
     .ok()
@@ -256,7 +256,7 @@ fn capped_ids(mut v: Vec<String>, keep: usize, keep_first: bool) -> Vec<String> 
     v.into_iter().map(|id| truncate(id, caps::MESSAGE_ID_BYTES)).collect()
 }
 
-fn from_message(m: &Message<'_>) -> Parsed {
+fn from_message(mut m: Message<'_>) -> Parsed {
     let envelope = Envelope {
         subject: truncate(m.subject().unwrap_or_default().to_owned(), caps::SUBJECT_BYTES),
         from: capped_addrs(m.from()),
@@ -275,9 +275,10 @@ fn from_message(m: &Message<'_>) -> Parsed {
         references: capped_ids(ids(m.references()), caps::REFERENCES, true),
     };
     let preview = m.body_preview(PREVIEW_CHARS * 2).map(|p| collapse(&p)).unwrap_or_default();
-    let body = structure(m, 0, "", 0, &mut MAX_PARTS.clone());
-    let attachments = attachments(m, &body);
-    Parsed { envelope, preview, has_attachment: m.attachment_count() > 0, body, attachments }
+    let body = structure(&m, 0, "", 0, &mut MAX_PARTS.clone());
+    let has_attachment = m.attachment_count() > 0;
+    let attachments = attachments(&mut m, &body);
+    Parsed { envelope, preview, has_attachment, body, attachments }
 }
 
 /// Deepest nesting the body structure records (mail can nest arbitrarily;
@@ -386,12 +387,15 @@ fn part_ids(m: &Message<'_>, body: &BodyPart) -> Vec<Option<String>> {
 }
 
 /// The top-level attachments, decoded, with where their bodies lie.
-fn attachments(m: &Message<'_>, body: &BodyPart) -> Vec<Attachment> {
+///
+/// The decoded bytes mail-parser made of a binary part are moved out of the
+/// message, not copied: a large attachment is in memory once.
+fn attachments(m: &mut Message<'_>, body: &BodyPart) -> Vec<Attachment> {
     let ids = part_ids(m, body);
-    let raw = m.raw_message();
     let mut out = Vec::new();
-    for &idx in &m.attachments {
-        let idx = idx as usize;
+    let indexes: Vec<usize> = m.attachments.iter().map(|i| *i as usize).collect();
+    for idx in indexes {
+        let raw = m.raw_message();
         let (Some(part), Some(Some(part_id))) = (m.parts.get(idx), ids.get(idx)) else {
             continue;
         };
@@ -404,7 +408,7 @@ fn attachments(m: &Message<'_>, body: &BodyPart) -> Vec<Attachment> {
         let binary = matches!(part.body, PartType::Binary(_) | PartType::InlineBinary(_));
         let (content, encoding) = match part.encoding {
             // mail-parser decoded binary parts byte for byte already.
-            Encoding::Base64 if binary => (part.contents().to_vec(), BodyEncoding::Base64),
+            Encoding::Base64 if binary => (Vec::new(), BodyEncoding::Base64),
             // Text parts it converts to UTF-8; the stored blob keeps the
             // original bytes.
             Encoding::Base64 => match decode_base64(encoded) {
@@ -415,6 +419,14 @@ fn attachments(m: &Message<'_>, body: &BodyPart) -> Vec<Attachment> {
                 (part.contents().to_vec(), BodyEncoding::Identity)
             }
             _ => (part.contents().to_vec(), BodyEncoding::Other),
+        };
+        let content = if binary && encoding == BodyEncoding::Base64 {
+            match &mut m.parts[idx].body {
+                PartType::Binary(c) | PartType::InlineBinary(c) => std::mem::take(c).into_owned(),
+                _ => Vec::new(),
+            }
+        } else {
+            content
         };
         let mime_type = body
             .walk()

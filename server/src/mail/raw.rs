@@ -89,25 +89,137 @@ fn base64_layout(encoded: &[u8]) -> Option<Reencode> {
     Some(Reencode::Base64 { line: u32::try_from(line).ok()?, crlf, trailing })
 }
 
-/// Encodes `content` as `how` says.
-pub fn reencode(content: &[u8], how: Reencode) -> Vec<u8> {
-    match how {
-        Reencode::Identity => content.to_vec(),
-        Reencode::Base64 { line, crlf, trailing } => {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(content);
-            let eol: &[u8] = if crlf { b"\r\n" } else { b"\n" };
-            let line = line.max(1) as usize;
-            let mut out = Vec::with_capacity(b64.len() + b64.len() / line * eol.len() + 2);
-            let chunks: Vec<&[u8]> = b64.as_bytes().chunks(line).collect();
-            for (i, chunk) in chunks.iter().enumerate() {
-                out.extend_from_slice(chunk);
-                if i + 1 < chunks.len() || trailing {
-                    out.extend_from_slice(eol);
-                }
+/// Where encoded bytes go, piece by piece.
+pub type Sink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
+
+/// Output gathered before it is handed to the sink.
+const ENCODER_BUFFER: usize = 64 * 1024;
+
+/// Encodes content fed piece by piece as a [`Reencode`] says, with the same
+/// output as encoding it whole: base64 groups and line breaks carry across
+/// pieces. So a large attachment is re-encoded in bounded memory.
+pub struct Encoder<'s, 'a> {
+    how: Reencode,
+    carry: Vec<u8>,
+    col: usize,
+    any: bool,
+    out: Vec<u8>,
+    sink: &'s mut Sink<'a>,
+}
+
+impl std::fmt::Debug for Encoder<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").field("how", &self.how).field("col", &self.col).finish_non_exhaustive()
+    }
+}
+
+impl<'s, 'a> Encoder<'s, 'a> {
+    /// An encoder writing to `sink`.
+    pub fn new(how: Reencode, sink: &'s mut Sink<'a>) -> Self {
+        Encoder { how, carry: Vec::new(), col: 0, any: false, out: Vec::with_capacity(ENCODER_BUFFER), sink }
+    }
+
+    fn emit(&mut self, chars: &[u8]) -> Result<()> {
+        let Reencode::Base64 { line, crlf, .. } = self.how else {
+            return Ok(());
+        };
+        let line = line.max(1) as usize;
+        let eol: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+        let mut s = chars;
+        while !s.is_empty() {
+            if self.col == line {
+                self.out.extend_from_slice(eol);
+                self.col = 0;
             }
-            out
+            let n = (line - self.col).min(s.len());
+            self.out.extend_from_slice(&s[..n]);
+            self.col += n;
+            self.any = true;
+            s = &s[n..];
+        }
+        if self.out.len() >= ENCODER_BUFFER {
+            (self.sink)(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Feeds the next piece of content.
+    pub fn feed(&mut self, mut piece: &[u8]) -> Result<()> {
+        let engine = &base64::engine::general_purpose::STANDARD;
+        match self.how {
+            Reencode::Identity => (self.sink)(piece),
+            Reencode::Base64 { .. } => {
+                if !self.carry.is_empty() {
+                    let take = (3 - self.carry.len()).min(piece.len());
+                    self.carry.extend_from_slice(&piece[..take]);
+                    piece = &piece[take..];
+                    if self.carry.len() < 3 {
+                        return Ok(());
+                    }
+                    let group = engine.encode(&self.carry);
+                    self.carry.clear();
+                    self.emit(group.as_bytes())?;
+                }
+                let whole = piece.len() / 3 * 3;
+                // In slices, so the base64 text of a huge piece is never
+                // held at once.
+                for part in piece[..whole].chunks(48 * 1024) {
+                    let text = engine.encode(part);
+                    self.emit(text.as_bytes())?;
+                }
+                self.carry.extend_from_slice(&piece[whole..]);
+                Ok(())
+            }
         }
     }
+
+    /// Ends the content: the last group, its padding, the last line end.
+    pub fn finish(mut self) -> Result<()> {
+        if let Reencode::Base64 { crlf, trailing, .. } = self.how {
+            if !self.carry.is_empty() {
+                let group = base64::engine::general_purpose::STANDARD.encode(&self.carry);
+                self.carry.clear();
+                self.emit(group.as_bytes())?;
+            }
+            if trailing && self.any {
+                self.out.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+            }
+            if !self.out.is_empty() {
+                (self.sink)(&self.out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes `content` as `how` says.
+pub fn reencode(content: &[u8], how: Reencode) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut sink = |b: &[u8]| {
+        out.extend_from_slice(b);
+        Ok(())
+    };
+    let mut e = Encoder::new(how, &mut sink);
+    let done = e.feed(content).and_then(|()| e.finish());
+    debug_assert!(done.is_ok(), "a Vec sink does not fail");
+    out
+}
+
+/// Whether `content` encoded as `how` is exactly `encoded`, compared as it
+/// is encoded (no copy of the encoding is made).
+pub fn reencodes_to(content: &[u8], how: Reencode, encoded: &[u8]) -> bool {
+    let mut at = 0usize;
+    let mut sink = |b: &[u8]| {
+        if encoded.get(at..at + b.len()) == Some(b) {
+            at += b.len();
+            Ok(())
+        } else {
+            Err(Error::invalid("differs"))
+        }
+    };
+    let mut e = Encoder::new(how, &mut sink);
+    e.feed(content).and_then(|()| e.finish()).is_ok() && at == encoded.len()
 }
 
 /// Builds the skeleton of `raw`, referring to `blobs[i]` for attachment
@@ -128,7 +240,7 @@ pub fn build(raw: &[u8], attachments: &[Attachment], blobs: &[BlobId]) -> Option
             },
             BodyEncoding::Other => continue,
         };
-        if reencode(&a.content, how) == encoded {
+        if reencodes_to(&a.content, how, encoded) {
             refs.push((a.span.clone(), *id, how));
         }
     }
@@ -164,6 +276,26 @@ pub fn reconstruct(skeleton: &Skeleton, mut blob: impl FnMut(BlobId) -> Result<V
         }
     }
     Ok(out)
+}
+
+/// Streams the raw message a skeleton stands for into `sink`, in bounded
+/// memory: `blob(id, feed)` hands a blob's content to `feed` piece by piece.
+pub fn reconstruct_to(
+    skeleton: &Skeleton,
+    blob: &mut dyn FnMut(BlobId, &mut Sink<'_>) -> Result<()>,
+    sink: &mut Sink<'_>,
+) -> Result<()> {
+    for s in &skeleton.segments {
+        match s {
+            Segment::Bytes(b) => sink(b)?,
+            Segment::Blob(id, how) => {
+                let mut e = Encoder::new(*how, sink);
+                blob(*id, &mut |piece| e.feed(piece))?;
+                e.finish()?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -203,6 +335,35 @@ mod tests {
             assert!(kept < 600, "skeleton keeps {kept} bytes");
             let back = reconstruct(&skeleton, |_| Ok(content.clone())).expect("rebuild");
             assert_eq!(back, raw);
+        }
+    }
+
+    #[test]
+    fn encoding_in_pieces_equals_encoding_whole() {
+        let content: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 257) as u8).collect();
+        for how in [
+            Reencode::Identity,
+            Reencode::Base64 { line: 76, crlf: true, trailing: true },
+            Reencode::Base64 { line: 64, crlf: false, trailing: false },
+            Reencode::Base64 { line: 1, crlf: true, trailing: false },
+        ] {
+            let whole = reencode(&content, how);
+            for piece in [1usize, 2, 3, 4, 57, 1000, 65_536] {
+                let mut out = Vec::new();
+                let mut sink = |b: &[u8]| {
+                    out.extend_from_slice(b);
+                    Ok(())
+                };
+                let mut e = Encoder::new(how, &mut sink);
+                for p in content.chunks(piece) {
+                    e.feed(p).expect("feed");
+                }
+                e.finish().expect("finish");
+                assert!(out == whole, "{how:?} in pieces of {piece}");
+            }
+            assert!(reencodes_to(&content, how, &whole));
+            assert!(!reencodes_to(&content, how, &whole[..whole.len() - 1]));
+            assert!(reencode(&[], how).is_empty());
         }
     }
 

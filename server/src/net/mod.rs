@@ -255,7 +255,7 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
     enum Transfer {
         Uploaded(u64),
         /// The bytes, where this transfer starts, and the token.
-        Download(Arc<Vec<u8>>, usize, crate::blob::upload::Token),
+        Download(crate::blob::upload::Shared, u64, crate::blob::upload::Token),
     }
     let outcome: Result<Transfer, (quail_capnp::ErrorCode, String)> = async {
         let request = capnp_futures::serialize::read_message(&mut reader, options)
@@ -271,7 +271,7 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
             .and_then(|t| t.try_into().ok())
             .ok_or((quail_capnp::ErrorCode::NotFound, "unknown or expired bulk token".to_owned()))?;
         if let Ok(bytes) = services.downloads.get(&token, |o| peer.holds(o), std::time::Instant::now()) {
-            let Some(start) = usize::try_from(offset).ok().filter(|o| *o <= bytes.len()) else {
+            let Some(start) = Some(offset).filter(|o| *o <= bytes.len()) else {
                 return Err((
                     quail_capnp::ErrorCode::InvalidArgument,
                     format!("offset {offset} is past the end of the {}-byte transfer", bytes.len()),
@@ -331,7 +331,7 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
         let mut r = response.init_root::<quail_capnp::bulk_response::Builder<'_>>();
         match &outcome {
             Ok(Transfer::Uploaded(n)) => r.set_length(*n),
-            Ok(Transfer::Download(bytes, start, _)) => r.set_length((bytes.len() - start) as u64),
+            Ok(Transfer::Download(bytes, start, _)) => r.set_length(bytes.len() - start),
             Err((code, message)) => {
                 let mut e = r.init_error();
                 e.set_code(*code);
@@ -342,10 +342,38 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
     if capnp_futures::serialize::write_message(&mut writer, &response).await.is_err() {
         return;
     }
-    if let Ok(Transfer::Download(bytes, start, token)) = &outcome {
-        let sent = tokio::time::timeout(BULK_TIMEOUT, writer.write_all(&bytes[*start..])).await;
-        if !matches!(sent, Ok(Ok(()))) {
+    if let Ok(Transfer::Download(source, start, token)) = &outcome {
+        // Produced on the blocking pool (a large message is rebuilt as it
+        // goes), a few pieces ahead of the network.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let (source, from) = (Arc::clone(source), *start);
+        let producer = tokio::task::spawn_blocking(move || {
+            source.stream(from, &mut |piece| {
+                tx.blocking_send(piece.to_vec()).map_err(|_| crate::Error::Unavailable("reader gone".into()))
+            })
+        });
+        let expected = outcome.as_ref().map(|t| match t {
+            Transfer::Download(b, s, _) => b.len() - s,
+            Transfer::Uploaded(_) => 0,
+        });
+        let sent = tokio::time::timeout(BULK_TIMEOUT, async {
+            let mut n = 0u64;
+            while let Some(piece) = rx.recv().await {
+                writer.write_all(&piece).await?;
+                n += piece.len() as u64;
+            }
+            Ok::<u64, std::io::Error>(n)
+        })
+        .await;
+        drop(rx);
+        let produced = producer.await;
+        let complete = matches!(sent, Ok(Ok(n)) if Ok(n) == expected) && matches!(produced, Ok(Ok(())));
+        if !complete {
+            if let Ok(Err(e)) = produced {
+                tracing::warn!(error = %e, "a download's source failed");
+            }
             // Broken off: the token stays good for a resumed transfer.
+            let _ = writer.close().await;
             return;
         }
         if writer.close().await.is_ok() {

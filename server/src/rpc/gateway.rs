@@ -38,8 +38,7 @@ impl gateway::Server for GatewayImpl {
         let s = &self.services;
         let limits = &s.config.limits;
         let p = params.get()?;
-        let uploaded;
-        let raw: &[u8] = if p.has_upload_token() && !p.get_upload_token()?.is_empty() {
+        let raw: Vec<u8> = if p.has_upload_token() && !p.get_upload_token()?.is_empty() {
             if !p.get_raw()?.is_empty() {
                 return Err(to_capnp(Error::invalid("give raw or uploadToken, not both")));
             }
@@ -47,10 +46,17 @@ impl gateway::Server for GatewayImpl {
                 .get_upload_token()?
                 .try_into()
                 .map_err(|_| to_capnp(Error::not_found("unknown, used or expired upload token")))?;
-            uploaded = s.uploads.take(&token, Owner::GATEWAY, Instant::now()).map_err(to_capnp)?;
-            &uploaded
+            s.uploads.take(&token, Owner::GATEWAY, Instant::now()).map_err(to_capnp)?
         } else {
-            p.get_raw()?
+            let raw = p.get_raw()?;
+            if raw.len() as u64 > limits.max_message_bytes {
+                return Err(to_capnp(Error::LimitExceeded(format!(
+                    "message of {} bytes; the limit is {}",
+                    raw.len(),
+                    limits.max_message_bytes
+                ))));
+            }
+            raw.to_vec()
         };
         if raw.len() as u64 > limits.max_message_bytes {
             return Err(to_capnp(Error::LimitExceeded(format!(
@@ -93,7 +99,7 @@ impl gateway::Server for GatewayImpl {
         let outcomes = if targets.is_empty() {
             Vec::new()
         } else {
-            s.mail.deliver(&targets, raw, now_ms()).await.map_err(to_capnp)?
+            s.mail.deliver_owned(&targets, raw, now_ms()).await.map_err(to_capnp)?
         };
         let by_account: HashMap<AccountId, &Result<_, Error>> =
             targets.iter().copied().zip(outcomes.iter()).collect();

@@ -169,39 +169,68 @@ fn range_of(r: &Option<quail_protocol::quail_capnp::range::Reader<'_>>) -> Resul
     Ok(r.as_ref().map_or((0, 0), |r| (r.get_offset(), r.get_length())))
 }
 
+/// A byte run ready to answer: inline bytes, or a source to offer on a
+/// bulk stream with the BLAKE3 of what it carries.
+enum Run {
+    Inline { total: u64, offset: u64, bytes: Vec<u8> },
+    Bulk { total: u64, offset: u64, source: crate::blob::upload::Shared, hash: [u8; 32] },
+}
+
+/// Reads a small run into memory, or hashes a large one as it streams
+/// (never holding it whole). Blocking work.
+fn prepare_run(
+    source: crate::blob::upload::Shared,
+    total: u64,
+    offset: u64,
+    known_hash: Option<[u8; 32]>,
+    max_inline: u64,
+) -> crate::Result<Run> {
+    if source.len() <= max_inline {
+        let mut bytes = Vec::with_capacity(source.len() as usize);
+        source.stream(0, &mut |b| {
+            bytes.extend_from_slice(b);
+            Ok(())
+        })?;
+        return Ok(Run::Inline { total, offset, bytes });
+    }
+    let hash = match known_hash {
+        Some(h) => h,
+        None => {
+            let mut hasher = blake3::Hasher::new();
+            source.stream(0, &mut |b| {
+                hasher.update(b);
+                Ok(())
+            })?;
+            *hasher.finalize().as_bytes()
+        }
+    };
+    Ok(Run::Bulk { total, offset, source, hash })
+}
+
 impl SessionImpl {
-    /// Answers with bytes `range` of `whole`: inline up to maxInlineBytes,
-    /// else a bulk token for this account with the BLAKE3 of what it
-    /// carries.
+    /// Answers with a run: inline, or a bulk token for this account.
     fn byte_run(
         &self,
         mut b: quail_protocol::quail_capnp::byte_run::Builder<'_>,
-        mut whole: Vec<u8>,
-        (offset, length): (u64, u64),
-        what: &str,
+        run: Run,
     ) -> Result<(), capnp::Error> {
-        let total = whole.len() as u64;
-        if offset > total {
-            return Err(to_capnp(Error::invalid(format!(
-                "offset {offset} is past the end of the {total}-byte {what}"
-            ))));
-        }
-        let max = self.services.config.limits.max_inline_bytes;
-        let want = if length == 0 { total - offset } else { length.min(total - offset) };
-        b.set_total_size(total);
-        b.set_offset(offset);
-        if want > max {
-            whole.truncate((offset + want) as usize);
-            whole.drain(..offset as usize);
-            b.set_blake3(blake3::hash(&whole).as_bytes());
-            let token = self
-                .services
-                .downloads
-                .offer(Owner(self.account.0), Arc::new(whole), std::time::Instant::now())
-                .map_err(to_capnp)?;
-            b.set_bulk_token(&token[..]);
-        } else {
-            b.set_inline(&whole[offset as usize..(offset + want) as usize]);
+        match run {
+            Run::Inline { total, offset, bytes } => {
+                b.set_total_size(total);
+                b.set_offset(offset);
+                b.set_inline(&bytes);
+            }
+            Run::Bulk { total, offset, source, hash } => {
+                b.set_total_size(total);
+                b.set_offset(offset);
+                b.set_blake3(&hash);
+                let token = self
+                    .services
+                    .downloads
+                    .offer(Owner(self.account.0), source, std::time::Instant::now())
+                    .map_err(to_capnp)?;
+                b.set_bulk_token(&token[..]);
+            }
         }
         Ok(())
     }
@@ -434,8 +463,15 @@ impl session::Server for SessionImpl {
         if !self.visible(id)? {
             return Err(to_capnp(Error::not_found(format!("no email {}", id.0))));
         }
-        let raw = self.services.mail.raw(self.account, id).map_err(to_capnp)?;
-        self.byte_run(results.get().init_bytes(), raw, range, "message")
+        let (account, (offset, length)) = (self.account, range);
+        let max = self.services.config.limits.max_inline_bytes;
+        let run = super::heavy(&self.services, move |s| {
+            let (source, total) = s.mail.raw_source(account, id, offset, length)?;
+            prepare_run(source, total, offset, None, max)
+        })
+        .await
+        .map_err(to_capnp)?;
+        self.byte_run(results.get().init_bytes(), run)
     }
 
     async fn fetch_part(
@@ -451,12 +487,16 @@ impl session::Server for SessionImpl {
         if !self.visible(id)? {
             return Err(to_capnp(Error::not_found(format!("no email {}", id.0))));
         }
-        let account = self.account;
+        let (account, (offset, length)) = (self.account, range);
+        let max = self.services.config.limits.max_inline_bytes;
         // Decoding may walk a large message: off the connection's worker.
-        let bytes = super::heavy(&self.services, move |s| s.mail.part(account, id, &part_id))
-            .await
-            .map_err(to_capnp)?;
-        self.byte_run(results.get().init_bytes(), bytes, range, "part")
+        let run = super::heavy(&self.services, move |s| {
+            let (source, total, whole) = s.mail.part_source(account, id, &part_id, offset, length)?;
+            prepare_run(source, total, offset, whole, max)
+        })
+        .await
+        .map_err(to_capnp)?;
+        self.byte_run(results.get().init_bytes(), run)
     }
 
     async fn create_app_token(

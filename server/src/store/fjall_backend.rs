@@ -248,7 +248,7 @@ impl Store for FjallStore {
         let mut batch = self.db.batch();
         for ((space, key), value) in writes {
             match value {
-                Some(v) => batch.insert(self.ks(space), key, v),
+                Some(v) => batch.insert(self.ks(space), key, &v[..]),
                 None => batch.remove(self.ks(space), key),
             }
         }

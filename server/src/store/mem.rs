@@ -162,7 +162,7 @@ impl Store for MemStore {
         };
         for ((space, key), value) in writes {
             match value {
-                Some(v) => live.insert((space, key), v),
+                Some(v) => live.insert((space, key), v.to_vec()),
                 None => live.remove(&(space, key)),
             };
         }

@@ -412,7 +412,7 @@ where
 }
 
 /// A transaction's pending writes: `None` deletes.
-pub type Writes = BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>;
+pub type Writes = BTreeMap<(Space, Vec<u8>), Option<bytes::Bytes>>;
 
 /// One transaction: reads see the store plus this transaction's own writes
 /// (point reads only; scans see the store as it was when the transaction
@@ -438,7 +438,7 @@ impl<'a> Txn<'a> {
     /// The value under `key`, including this transaction's writes.
     pub fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
         match self.writes.get(&(space, key.to_vec())) {
-            Some(v) => Ok(v.clone()),
+            Some(v) => Ok(v.as_ref().map(|b| b.to_vec())),
             None => self.reader.get(space, key),
         }
     }
@@ -457,7 +457,7 @@ impl<'a> Txn<'a> {
         order: Order,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+        let overlay: Vec<(&Vec<u8>, &Option<bytes::Bytes>)> = self
             .writes
             .range((space, Vec::new())..)
             .take_while(|((s, _), _)| *s == space)
@@ -485,7 +485,7 @@ impl<'a> Txn<'a> {
             }
             match v {
                 Some(v) => {
-                    merged.insert(k.clone(), v.clone());
+                    merged.insert(k.clone(), v.to_vec());
                 }
                 None => {
                     merged.remove(k);
@@ -512,7 +512,13 @@ impl<'a> Txn<'a> {
 
     /// Sets `key` to `value`.
     pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.writes.insert((space, key.into()), Some(value.into()));
+        self.writes.insert((space, key.into()), Some(bytes::Bytes::from(value.into())));
+    }
+
+    /// [`Txn::put`] of a value shared with the caller (large blobs): the
+    /// transaction holds it without a copy.
+    pub fn put_shared(&mut self, space: Space, key: impl Into<Vec<u8>>, value: bytes::Bytes) {
+        self.writes.insert((space, key.into()), Some(value));
     }
 
     /// Removes `key`.

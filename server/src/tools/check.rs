@@ -91,7 +91,8 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
             continue;
         };
         let want = expected_refs.get(&id).copied().unwrap_or(0);
-        let present = db.get(Space::Blobs, &id.0)?;
+        let keys = blob::stored_keys(db.store(), id)?;
+        let present = (!keys.is_empty()).then(|| keys.iter().map(|(_, n)| *n).sum::<u64>());
         match (&present, want) {
             (None, 0) => {
                 report.problems.push(format!("blob {id}: reference record without blob or emails"));
@@ -106,16 +107,18 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
                     refs.count
                 ));
                 fixes.deletes.push((Space::BlobRefs, id.0.to_vec()));
-                fixes.deletes.push((Space::Blobs, id.0.to_vec()));
+                for (k, _) in &keys {
+                    fixes.deletes.push((Space::Blobs, k.clone()));
+                }
             }
-            (Some(bytes), n) => {
-                stored_total += bytes.len() as u64;
-                if refs.count != n || refs.stored != bytes.len() as u64 {
+            (Some(stored), n) => {
+                stored_total += stored;
+                if refs.count != n || refs.stored != *stored {
                     report
                         .problems
                         .push(format!("blob {id}: {} references recorded, {n} emails use it", refs.count));
                     let mut v = n.to_be_bytes().to_vec();
-                    v.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+                    v.extend_from_slice(&stored.to_be_bytes());
                     fixes.puts.push((Space::BlobRefs, id.0.to_vec(), v));
                 }
             }
@@ -125,12 +128,13 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
         if seen.contains(id) {
             continue;
         }
-        match db.get(Space::Blobs, &id.0)? {
-            Some(bytes) => {
+        let keys = blob::stored_keys(db.store(), *id)?;
+        match (!keys.is_empty()).then(|| keys.iter().map(|(_, n)| *n).sum::<u64>()) {
+            Some(stored) => {
                 report.problems.push(format!("blob {id}: no reference record, {n} emails use it"));
-                stored_total += bytes.len() as u64;
+                stored_total += stored;
                 let mut v = n.to_be_bytes().to_vec();
-                v.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+                v.extend_from_slice(&stored.to_be_bytes());
                 fixes.puts.push((Space::BlobRefs, id.0.to_vec(), v));
             }
             None => report.problems.push(format!("blob {id}: missing, {n} emails need it (not repairable)")),
