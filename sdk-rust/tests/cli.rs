@@ -146,3 +146,68 @@ async fn walk_through() {
     assert!(!config.exists());
     server.shutdown().await;
 }
+
+/// `quail show` lists the parts, `quail fetch --part` writes one, and
+/// `quail watch` prints mail as it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_fetch_and_watch() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let server = support::start(&data).await;
+    let config = dir.path().join("cli.toml");
+    let addr = server.addr().to_string();
+    let q = |args: &[&str], stdin: Option<&str>| quail(&data, &config, &addr, args, stdin);
+    ok(q(&["admin", "user", "add", "alice"], Some("alice-password\n")));
+    ok(q(&["login", "alice", "--password", "alice-password"], None));
+    let client = support::connect(&server).await;
+    let gateway = support::gateway(&client, &server).await;
+    // Larger than the inline limit: the part travels on a bulk stream.
+    let size = 7_000_000;
+    let r = gateway
+        .deliver(&support::to("alice@example.org"), &support::big_message(size, 3))
+        .await
+        .expect("deliver");
+    let id = r[0].outcome.clone().expect("delivered").0.to_string();
+
+    let out = ok(q(&["show", &id], None));
+    assert!(out.contains("Parts:"), "{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("2 ") && l.contains("data.bin")), "{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("1 ") && l.contains("text/plain")), "{out}");
+
+    let file = dir.path().join("data.bin");
+    let out = q(&["fetch", &id, "--part", "2", "-o", file.to_str().expect("path")], None);
+    ok(out);
+    assert!(std::fs::read(&file).expect("written") == support::attachment_of(size, 3));
+    let missing = q(&["fetch", &id, "--part", "9"], None);
+    assert_eq!(missing.status.code(), Some(4), "no such part: exit code 4");
+
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_quail"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--server")
+        .arg(&addr)
+        .arg("watch")
+        .env("QUAIL_CLI_CONFIG", &config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run quail watch");
+    let mut err = std::io::BufReader::new(watcher.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("watch says it started");
+    assert!(line.contains("watching"), "{line}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watcher.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    gateway.deliver(&support::to("alice@example.org"), &support::generated(77)).await.expect("deliver");
+    let printed =
+        rx.recv_timeout(std::time::Duration::from_secs(20)).expect("quail watch printed the new mail");
+    assert!(printed.starts_with("new") && printed.contains("generated message 77"), "{printed}");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

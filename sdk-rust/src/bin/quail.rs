@@ -5,7 +5,9 @@
 //! quail login alice                   # save a token for later commands
 //! quail deliver --to alice mail.eml   # gateway helper: deliver files
 //! quail ls --unread                   # list mail, newest first
-//! quail show 42                       # one email (--raw for the bytes)
+//! quail show 42                       # one email and its parts (--raw for the bytes)
+//! quail fetch 42 --part 2 -o file.pdf # one part (an attachment), with progress
+//! quail watch                         # print mail as it arrives
 //! ```
 
 use std::io::{IsTerminal, Read, Write};
@@ -99,6 +101,19 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Write one MIME part of an email (decoded) to a file or stdout.
+    Fetch {
+        /// Email id.
+        id: u64,
+        /// Part id, as `quail show` lists them ("1", "2", "2.1", ...).
+        #[arg(long)]
+        part: String,
+        /// Where to write it ("-" or absent: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Print mail as it arrives (and other changes), until interrupted.
+    Watch,
     /// List mailboxes with their counts.
     Mailboxes,
     /// Create or delete mailboxes.
@@ -318,6 +333,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mailboxes => {
             let session = session(&cli, profile.as_ref()).await?;
             mailboxes(&cli, &session).await
+        }
+        Command::Fetch { id, part, output } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            fetch(&session, EmailId(*id), part, output.as_deref()).await
+        }
+        Command::Watch => {
+            let session = session(&cli, profile.as_ref()).await?;
+            watch(&cli, &session).await
         }
         Command::Deliver { to, from, files } => deliver(&cli, profile.as_ref(), to, from, files).await,
     }
@@ -587,7 +610,14 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
         std::io::stdout().write_all(&bytes)?;
         return Ok(());
     }
-    let e = session.email(id).await?;
+    use quail::Property as P;
+    let props = [P::Envelope, P::Keywords, P::Mailboxes, P::Preview, P::BodyStructure];
+    let e = session
+        .get(&[id], &props)
+        .await?
+        .0
+        .pop()
+        .ok_or_else(|| quail::Error::NotFound(format!("no email {}", id.0)))?;
     if cli.json {
         out!("{}", serde_json::to_string(&e)?);
         return Ok(());
@@ -607,8 +637,126 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
     out!();
     out!("{}", e.preview);
     out!();
-    out!("(preview; `quail show {} --raw` prints the whole message)", e.id);
+    if let Some(body) = &e.body {
+        out!("Parts:");
+        print_part(body, 0);
+        out!();
+    }
+    out!(
+        "(preview; `quail show {} --raw` prints the whole message, `quail fetch {} --part N` one part)",
+        e.id,
+        e.id
+    );
     Ok(())
+}
+
+fn print_part(p: &quail::Part, depth: usize) {
+    let id = if p.part_id.is_empty() { "-".to_owned() } else { p.part_id.clone() };
+    let mut line = format!("  {:indent$}{id:<6} {}", "", p.mime_type, indent = depth * 2);
+    if !p.mime_type.starts_with("multipart/") {
+        line.push_str(&format!("  {}", human_bytes(p.size)));
+    }
+    if !p.file_name.is_empty() {
+        line.push_str(&format!("  {:?}", p.file_name));
+    }
+    if p.disposition == "attachment" {
+        line.push_str("  (attachment)");
+    }
+    out!("{line}");
+    for c in &p.sub_parts {
+        print_part(c, depth + 1);
+    }
+}
+
+async fn fetch(session: &Session, id: EmailId, part: &str, output: Option<&Path>) -> anyhow::Result<()> {
+    let mut download = session.start_fetch_part(id, part, 0, 0).await?;
+    let to_stdout = output.is_none_or(|o| o == Path::new("-"));
+    let mut out: Box<dyn Write + Send> = if to_stdout {
+        Box::new(std::io::stdout())
+    } else {
+        let path = output.unwrap_or(Path::new("-"));
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ))
+    };
+    let bar = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        if bar && (last.elapsed().as_millis() >= 100 || done == total) {
+            last = std::time::Instant::now();
+            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let filled = (pct / 5) as usize;
+            eprint!(
+                "\r[{}{}] {pct:>3}%  {} of {}   ",
+                "#".repeat(filled),
+                " ".repeat(20 - filled),
+                human_bytes(done),
+                human_bytes(total)
+            );
+        }
+    };
+    session.download_to(&mut download, out.as_mut(), &mut progress).await?;
+    out.flush()?;
+    if bar {
+        eprintln!();
+    }
+    if !to_stdout {
+        eprintln!(
+            "wrote {} to {} in {:.1} s",
+            human_bytes(download.length),
+            output.unwrap_or(Path::new("-")).display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn watch(cli: &Cli, session: &Session) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut watch = session.watch().await?;
+    let mut since = watch.start_state();
+    if !cli.json {
+        eprintln!("watching (state {}); Ctrl-C to stop", since.0);
+    }
+    while let Some(event) = watch.next().await {
+        if !event.kinds.contains(&quail::ObjectKind::Email) {
+            since = event.state;
+            continue;
+        }
+        loop {
+            let c = session.changes(quail::ObjectKind::Email, since, 256).await?;
+            let created: Vec<EmailId> = c.created.iter().map(|i| EmailId(*i)).collect();
+            let (emails, _) = session.get(&created, &[]).await?;
+            for e in &emails {
+                if cli.json {
+                    out!("{}", serde_json::json!({"event": "new", "email": e}));
+                } else {
+                    let from = e.from.first().map(ToString::to_string).unwrap_or_default();
+                    out!("new      {:>8}  {from}  {}", e.id, e.subject);
+                }
+            }
+            for id in &c.updated {
+                if cli.json {
+                    out!("{}", serde_json::json!({"event": "changed", "id": id}));
+                } else {
+                    out!("changed  {id:>8}");
+                }
+            }
+            for id in &c.destroyed {
+                if cli.json {
+                    out!("{}", serde_json::json!({"event": "gone", "id": id}));
+                } else {
+                    out!("gone     {id:>8}");
+                }
+            }
+            since = c.new_state;
+            if !c.has_more {
+                break;
+            }
+        }
+    }
+    bail!("the server ended the watch")
 }
 
 async fn mailboxes(cli: &Cli, session: &Session) -> anyhow::Result<()> {
