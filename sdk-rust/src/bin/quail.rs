@@ -685,7 +685,7 @@ async fn fetch(session: &Session, id: EmailId, part: &str, output: Option<&Path>
     let mut progress = |done: u64, total: u64| {
         if bar && (last.elapsed().as_millis() >= 100 || done == total) {
             last = std::time::Instant::now();
-            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
             let filled = (pct / 5) as usize;
             eprint!(
                 "\r[{}{}] {pct:>3}%  {} of {}   ",
