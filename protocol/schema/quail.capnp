@@ -346,6 +346,9 @@ struct BulkRequest {
   # its request and finishes the stream.
   token @0 :Data;
   offset @1 :UInt64;          # download: skip this many bytes of the transfer
+                              # upload: the bytes sent start here (resume at
+                              # what the server holds); 2^64-1 asks how many
+                              # bytes it holds (BulkResponse.length), no data
                               # (resume after a broken one). The token stays
                               # good for a couple of minutes until one
                               # transfer completes, on any connection that
@@ -439,8 +442,14 @@ interface Session {
   search @15 (query :Text, filter :Filter, position :UInt32, limit :UInt32)
       -> (hits :List(SearchHit), total :UInt64, queryState :UInt64);
 
-  upload @16 (size :UInt64, mimeType :Text) -> (token :Data, blobId :Data);
-  # Large uploads: send the bytes on a bulk stream with `token`.
+  upload @16 (size :UInt64, mimeType :Text, blake3 :Data) -> (token :Data, blobId :Data, have :Bool);
+  # Offers a blob of `size` bytes with BLAKE3 `blake3` (its blobId). When
+  # this account already holds it (one of its emails or uploads has these
+  # bytes), `have` is true and nothing needs to be sent. Otherwise send the
+  # bytes on a bulk stream with `token`; the server checks them against
+  # `blake3` and answers once they are durable. Whether another account
+  # holds the same bytes is never told: they are sent in full and stored
+  # once. An upload is held by the account for 24 hours.
   submit @17 (raw :Data, blobId :Data, envelope :SmtpEnvelope) -> (submission :Submission);
   # The message is `raw` when non-empty, else the uploaded blob `blobId`.
   submissions @18 (ids :List(UInt64)) -> (submissions :List(Submission));

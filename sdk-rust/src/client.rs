@@ -100,6 +100,56 @@ impl Conn {
         Ok(())
     }
 
+    /// Sends `bytes[offset..]` of the upload `token` names on a new bulk
+    /// stream, counting what is written into `written`; waits for the
+    /// server's answer (for a blob: once it is durable).
+    pub(crate) async fn upload_from(
+        &self,
+        token: &[u8],
+        offset: u64,
+        bytes: &[u8],
+        written: &std::sync::atomic::AtomicU64,
+    ) -> Result<()> {
+        use futures::AsyncWriteExt;
+        use quail_protocol::quail_capnp::{bulk_request, bulk_response};
+        let (send, recv) = self.quic.open_bi().await.map_err(connection_error)?;
+        let mut writer = send.compat_write();
+        let broke = |e: std::io::Error| Error::Disconnected(format!("upload: {e}"));
+        writer.write_all(&[StreamKind::Bulk.tag()]).await.map_err(broke)?;
+        let mut request = capnp::message::Builder::new_default();
+        {
+            let mut r = request.init_root::<bulk_request::Builder<'_>>();
+            r.set_token(token);
+            r.set_offset(offset);
+        }
+        capnp_futures::serialize::write_message(&mut writer, &request)
+            .await
+            .map_err(|e| Error::Disconnected(format!("upload: {e}")))?;
+        let start = (offset as usize).min(bytes.len());
+        for piece in bytes[start..].chunks(256 * 1024) {
+            writer.write_all(piece).await.map_err(broke)?;
+            written.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        writer.close().await.map_err(broke)?;
+        let mut reader = BufReader::new(recv.compat());
+        let response =
+            capnp_futures::serialize::read_message(&mut reader, capnp::message::ReaderOptions::new())
+                .await
+                .map_err(|e| Error::Disconnected(format!("upload: no answer: {e}")))?;
+        let r = response.get_root::<bulk_response::Reader<'_>>()?;
+        if r.has_error() {
+            let e = r.get_error()?;
+            return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// How many bytes of the upload `token` names the server holds.
+    pub(crate) async fn upload_held(&self, token: &[u8]) -> Result<u64> {
+        let (length, _) = self.open_download(token, u64::MAX).await?;
+        Ok(length)
+    }
+
     /// Opens a bulk stream for the download `token` names, starting
     /// `offset` bytes in; returns how many bytes follow and the reader.
     pub(crate) async fn open_download(

@@ -39,7 +39,7 @@ pub use client::{Client, ConnectOptions, IDLE_TIMEOUT, KEEP_ALIVE, Traffic};
 pub use error::{Error, Reaction, Result};
 pub use service::{Admin, Gateway};
 pub use session::{ByteRun, Session};
-pub use transfer::Download;
+pub use transfer::{Download, Upload};
 pub use trust::{Fingerprint, Trust};
 pub use types::*;
 pub use watch::{Changed, Watch};

@@ -315,6 +315,73 @@ impl Session {
         Ok(crate::transfer::Download::new(run, token, hash))
     }
 
+    /// Offers a blob to the account: its size and BLAKE3 first. When the
+    /// account already holds those bytes, nothing is sent
+    /// ([`crate::Upload::have`]); otherwise [`Session::send_upload`] sends
+    /// them.
+    pub async fn start_upload(&self, bytes: &[u8], mime_type: &str) -> Result<crate::Upload> {
+        let hash = *blake3::hash(bytes).as_bytes();
+        let size = bytes.len() as u64;
+        let (cap, mime_type) = (self.cap, mime_type.to_owned());
+        let (token, have) = self
+            .client
+            .call(move |conn| async move {
+                let mut req = conn.session(cap)?.upload_request();
+                req.get().set_size(size);
+                req.get().set_mime_type(mime_type.as_str());
+                req.get().set_blake3(&hash);
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                let token = if r.has_token() { Some(r.get_token()?.to_vec()) } else { None };
+                Ok((token.filter(|t| !t.is_empty()), r.get_have()))
+            })
+            .await?;
+        Ok(crate::Upload { blob_id: hash, size, have, token, written: Default::default(), done: false })
+    }
+
+    /// Sends an upload's bytes (`bytes` as offered), resuming after what
+    /// the server already holds: after a lost connection, call it again on
+    /// any session of the same account, within ten minutes. Returns once
+    /// the blob is durable.
+    pub async fn send_upload(&self, upload: &mut crate::Upload, bytes: &[u8]) -> Result<()> {
+        if upload.is_done() {
+            return Ok(());
+        }
+        if bytes.len() as u64 != upload.size || *blake3::hash(bytes).as_bytes() != upload.blob_id {
+            return Err(Error::InvalidInput("these are not the bytes that were offered".into()));
+        }
+        let token =
+            upload.token.clone().ok_or_else(|| Error::Protocol("an upload without a token".into()))?;
+        let data: std::sync::Arc<[u8]> = bytes.into();
+        let written = std::sync::Arc::clone(&upload.written);
+        self.client
+            .call(move |conn| async move {
+                // Right after a connection died, the server may not have
+                // seen the old transfer end yet: wait for it a little.
+                let mut tries = 0;
+                let held = loop {
+                    match conn.upload_held(&token).await {
+                        Err(Error::Unavailable(_)) if tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        other => break other?,
+                    }
+                };
+                conn.upload_from(&token, held, &data, &written).await
+            })
+            .await?;
+        upload.done = true;
+        Ok(())
+    }
+
+    /// [`Session::start_upload`] and [`Session::send_upload`] at once.
+    pub async fn upload(&self, bytes: &[u8], mime_type: &str) -> Result<crate::Upload> {
+        let mut up = self.start_upload(bytes, mime_type).await?;
+        self.send_upload(&mut up, bytes).await?;
+        Ok(up)
+    }
+
     /// Writes a download's bytes to `out` from where it stands, calling
     /// `progress(done, total)` as they arrive, and checks their BLAKE3 at
     /// the end. When the connection breaks, the download keeps its place:

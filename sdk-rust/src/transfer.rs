@@ -1,5 +1,6 @@
 //! [`Download`]: a large object fetched on a bulk stream, to a writer, with
-//! progress, resumable after a lost connection.
+//! progress, resumable after a lost connection; [`Upload`]: a blob sent to
+//! the account, not at all when it already holds it, resumable too.
 
 use tokio::sync::mpsc;
 
@@ -128,5 +129,36 @@ impl Download {
             return Err(Error::Protocol("the downloaded bytes do not match their BLAKE3".into()));
         }
         Ok(())
+    }
+}
+
+/// A blob offered to the account (see `Session::start_upload`).
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The blob's id: the BLAKE3 of its bytes.
+    pub blob_id: [u8; 32],
+    /// Its size.
+    pub size: u64,
+    /// The account already held it: nothing was (or will be) sent.
+    pub have: bool,
+    pub(crate) token: Option<Vec<u8>>,
+    pub(crate) written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) done: bool,
+}
+
+impl Upload {
+    /// Bytes written to the network for this upload so far (all attempts).
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A counter of the bytes written, to watch from elsewhere.
+    pub fn progress(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        std::sync::Arc::clone(&self.written)
+    }
+
+    /// Whether the server has the blob (held already, or sent and durable).
+    pub fn is_done(&self) -> bool {
+        self.have || self.done
     }
 }

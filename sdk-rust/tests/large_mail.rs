@@ -62,7 +62,10 @@ async fn hostile_uploads_get_typed_errors() {
         .uploads
         .reserve(quail_server::blob::upload::Owner::GATEWAY, 5, std::time::Instant::now())
         .expect("reserve");
-    assert_eq!(services.uploads.begin(&token, std::time::Instant::now()).expect("begin"), 5);
+    assert_eq!(
+        services.uploads.begin(&token, 0, |_| true, std::time::Instant::now()).expect("begin").size,
+        5
+    );
     services.uploads.finish(&token, b"hello".to_vec(), std::time::Instant::now()).expect("finish");
     let other = quail_server::blob::upload::Owner(1);
     assert!(matches!(

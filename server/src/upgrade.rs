@@ -18,6 +18,9 @@
 //! - 4: blobs over 1 MiB may be stored in chunks (`blob::CHUNK`). Nothing to
 //!   rewrite: format-3 blobs stay readable as they are; the stamp keeps an
 //!   older build, which cannot read chunked blobs, from opening the store.
+//! - 5: what each account holds (`Space::AccountBlobs`, for upload dedup)
+//!   and its uploads (`Space::Uploads`); the migration counts every
+//!   email's blobs.
 //!
 //! Every later format change (search index, filter verdicts, outbox) adds a
 //! step here and extends `server/tests/upgrade.rs`.
@@ -29,7 +32,7 @@ use crate::store::{Db, KeyRange, Order, Space, StoreError};
 use crate::sync::{self, KINDS};
 
 /// The store layout this build writes and reads.
-pub const STORE_FORMAT: u32 = 4;
+pub const STORE_FORMAT: u32 = 5;
 /// The oldest format this build migrates.
 pub const OLDEST_MIGRATABLE: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
@@ -109,6 +112,7 @@ fn describe(from: u32) -> &'static str {
     match from {
         2 => "one change-log floor per kind",
         3 => "large blobs in chunks (nothing to rewrite)",
+        4 => "count the blobs each account holds",
         _ => "no such step",
     }
 }
@@ -124,6 +128,7 @@ fn run_step(db: &Db, from: u32, progress: &mut dyn FnMut(&str)) -> Result<()> {
             db.sync_blocking(t)?;
             Ok(())
         }
+        4 => account_blobs(db, progress),
         other => Err(Error::Internal(format!("no migration from store format {other}"))),
     }
 }
@@ -183,6 +188,66 @@ fn kind_floors(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
     if total == 0 {
         let (_, t) = db.write(|txn| {
             stamp(txn, 3);
+            Ok::<_, Error>(())
+        })?;
+        db.sync_blocking(t)?;
+    }
+    Ok(())
+}
+
+/// 4 → 5: `Space::AccountBlobs` from every email's blob list. Per account,
+/// one transaction that first clears what an interrupted run left, so the
+/// step can run again.
+fn account_blobs(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut accounts = Vec::new();
+    db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
+        if let Some(id) = key::read_u64(k, 0) {
+            accounts.push(AccountId(id));
+        }
+        Ok::<_, Error>(true)
+    })?;
+    let total = accounts.len();
+    for (n, account) in accounts.iter().enumerate() {
+        let prefix = Key::new().u64(account.0).build();
+        let mut counts: std::collections::BTreeMap<crate::blob::BlobId, i64> = Default::default();
+        db.snapshot().scan_all(Space::Emails, &KeyRange::prefix(&prefix), Order::Ascending, |_, v| {
+            let e: crate::mail::EmailRecord = crate::mail::decode(Space::Emails, v)?;
+            for b in e.blobs {
+                *counts.entry(b).or_default() += 1;
+            }
+            Ok::<_, Error>(true)
+        })?;
+        let mut stale = Vec::new();
+        db.snapshot().scan_all(
+            Space::AccountBlobs,
+            &KeyRange::prefix(&prefix),
+            Order::Ascending,
+            |k, _| {
+                stale.push(k.to_vec());
+                Ok::<_, Error>(true)
+            },
+        )?;
+        let last = n + 1 == total;
+        let (_, t) = db.write(|txn| {
+            for k in &stale {
+                txn.delete(Space::AccountBlobs, k.clone());
+            }
+            for (b, c) in &counts {
+                crate::blob::hold(txn, account.0, *b, *c)?;
+            }
+            if last {
+                stamp(txn, 5);
+            }
+            Ok::<_, Error>(())
+        })?;
+        db.sync_blocking(t)?;
+        if (n + 1) % 1000 == 0 {
+            progress(&format!("  {} of {total} accounts", n + 1));
+        }
+    }
+    if total == 0 {
+        let (_, t) = db.write(|txn| {
+            stamp(txn, 5);
             Ok::<_, Error>(())
         })?;
         db.sync_blocking(t)?;

@@ -46,6 +46,7 @@ fn the_format_2_fixture_migrates_and_checks_clean() {
         assert_eq!(upgrade::format(&db).expect("format"), Some(STORE_FORMAT));
         assert!(lines.iter().any(|l| l.contains("migrating store format 2 -> 3")), "{lines:?}");
         assert!(lines.iter().any(|l| l.contains("migrating store format 3 -> 4")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("migrating store format 4 -> 5")), "{lines:?}");
         assert!(lines.iter().any(|l| l.contains("copy the data dir")), "a backup hint: {lines:?}");
         // The old single floor is gone, every kind has its own.
         let demo = AccountId(1);

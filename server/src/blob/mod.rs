@@ -282,6 +282,29 @@ pub fn put(txn: &mut Txn<'_>, blob: &Prepared) -> Result<()> {
     Ok(())
 }
 
+fn hold_key(account: u64, id: BlobId) -> Vec<u8> {
+    let mut k = account.to_be_bytes().to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// Counts `delta` references of `account` to blob `id` (an email's or an
+/// upload's), next to the blob's own count: what the account holds.
+pub fn hold(txn: &mut Txn<'_>, account: u64, id: BlobId, delta: i64) -> Result<()> {
+    let n = txn.add(Space::AccountBlobs, &hold_key(account, id), delta)?;
+    if n <= 0 {
+        txn.delete(Space::AccountBlobs, hold_key(account, id));
+    }
+    Ok(())
+}
+
+/// Whether `account` holds blob `id` (one of its emails or uploads has it).
+/// Only ever asked about the caller's own account: a hash alone tells
+/// nothing about anyone else.
+pub fn holds(reader: &dyn Reader, account: u64, id: BlobId) -> Result<bool> {
+    Ok(reader.get(Space::AccountBlobs, &hold_key(account, id))?.is_some())
+}
+
 /// Drops one reference; the blob goes with its last reference.
 pub fn release(txn: &mut Txn<'_>, id: BlobId) -> Result<()> {
     let mut refs = read_refs(txn, id)?;

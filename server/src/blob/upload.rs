@@ -33,9 +33,25 @@ impl Owner {
 /// A token naming one upload.
 pub type Token = [u8; 32];
 
+/// What an upload is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// A message the gateway delivers next (`Gateway.deliver`).
+    Message,
+    /// A blob an account keeps (`Session.upload`): its declared BLAKE3 is
+    /// checked against the bytes before anything is stored.
+    Blob {
+        /// The declared BLAKE3.
+        hash: [u8; 32],
+        /// Its declared MIME type (decides whether to compress).
+        mime_type: String,
+    },
+}
+
 #[derive(Debug)]
 enum State {
-    Waiting,
+    /// Waiting for (more) bytes: what arrived before a transfer broke off.
+    Waiting(Vec<u8>),
     Receiving,
     Done(Vec<u8>),
 }
@@ -46,6 +62,20 @@ struct Entry {
     size: u64,
     expires: Instant,
     state: State,
+    purpose: Purpose,
+}
+
+/// A transfer allowed to go on (see [`Uploads::begin`]).
+#[derive(Debug)]
+pub struct Begun {
+    /// Bytes the upload holds in all.
+    pub size: u64,
+    /// What arrived so far (the transfer appends to it).
+    pub bytes: Vec<u8>,
+    /// Who it is for.
+    pub owner: Owner,
+    /// What it is for.
+    pub purpose: Purpose,
 }
 
 /// The uploads of one server.
@@ -71,6 +101,11 @@ impl Uploads {
 
     /// Reserves an upload of `size` bytes for `owner`.
     pub fn reserve(&self, owner: Owner, size: u64, now: Instant) -> Result<Token> {
+        self.reserve_for(owner, size, Purpose::Message, now)
+    }
+
+    /// Reserves an upload of `size` bytes for `owner`, for `purpose`.
+    pub fn reserve_for(&self, owner: Owner, size: u64, purpose: Purpose, now: Instant) -> Result<Token> {
         let mut e = self.lock();
         e.retain(|_, x| x.expires > now || matches!(x.state, State::Receiving));
         let reserved: u64 = e.values().map(|x| x.size).sum();
@@ -80,17 +115,53 @@ impl Uploads {
             ));
         }
         let token: Token = rand::random();
-        e.insert(token, Entry { owner, size, expires: now + TTL, state: State::Waiting });
+        e.insert(
+            token,
+            Entry { owner, size, expires: now + TTL, state: State::Waiting(Vec::new()), purpose },
+        );
         Ok(token)
     }
 
-    /// Starts receiving the bytes of `token`; returns how many to expect.
-    pub fn begin(&self, token: &Token, now: Instant) -> Result<u64> {
+    /// How many bytes of `token` the server holds (to resume from), when
+    /// the connection `holds` its owner.
+    pub fn held(&self, token: &Token, holds: impl Fn(Owner) -> bool, now: Instant) -> Result<u64> {
+        match self.lock().get(token) {
+            Some(x) if x.expires > now && holds(x.owner) => match &x.state {
+                State::Waiting(b) | State::Done(b) => Ok(b.len() as u64),
+                State::Receiving => Err(Error::Unavailable("a transfer of this upload is running".into())),
+            },
+            _ => Err(unknown()),
+        }
+    }
+
+    /// Starts (or resumes, at `offset`) receiving the bytes of `token` on a
+    /// connection that `holds` its owner. Resuming past what the server
+    /// holds is refused, naming what it holds.
+    pub fn begin(
+        &self,
+        token: &Token,
+        offset: u64,
+        holds: impl Fn(Owner) -> bool,
+        now: Instant,
+    ) -> Result<Begun> {
         let mut e = self.lock();
         match e.get_mut(token) {
-            Some(x) if x.expires > now && matches!(x.state, State::Waiting) => {
-                x.state = State::Receiving;
-                Ok(x.size)
+            Some(x) if x.expires > now && holds(x.owner) && matches!(x.state, State::Waiting(_)) => {
+                let State::Waiting(mut bytes) = std::mem::replace(&mut x.state, State::Receiving) else {
+                    return Err(unknown());
+                };
+                if offset > bytes.len() as u64 {
+                    let held = bytes.len();
+                    x.state = State::Waiting(bytes);
+                    return Err(Error::invalid(format!(
+                        "the server holds {held} bytes of this upload: resume there"
+                    )));
+                }
+                bytes.truncate(offset as usize);
+                Ok(Begun { size: x.size, bytes, owner: x.owner, purpose: x.purpose.clone() })
+            }
+            Some(x) if x.expires > now && holds(x.owner) && matches!(x.state, State::Receiving) => {
+                Err(Error::Unavailable("a transfer of this upload is running".into()))
             }
             _ => Err(unknown()),
         }
@@ -109,13 +180,24 @@ impl Uploads {
         }
     }
 
-    /// The transfer of `token` broke off: it may be sent again.
-    pub fn abort(&self, token: &Token) {
+    /// The transfer of `token` broke off after `partial`: a later one may
+    /// resume from there.
+    pub fn pause(&self, token: &Token, partial: Vec<u8>) {
         if let Some(x) = self.lock().get_mut(token)
             && matches!(x.state, State::Receiving)
         {
-            x.state = State::Waiting;
+            x.state = State::Waiting(partial);
         }
+    }
+
+    /// The transfer of `token` broke off: it starts again from nothing.
+    pub fn abort(&self, token: &Token) {
+        self.pause(token, Vec::new());
+    }
+
+    /// Ends `token` (its bytes were used).
+    pub fn remove(&self, token: &Token) {
+        self.lock().remove(token);
     }
 
     /// Takes the finished bytes of `owner`'s `token`; the token ends.
@@ -123,7 +205,7 @@ impl Uploads {
         let mut e = self.lock();
         match e.get(token) {
             Some(x) if x.owner == owner && x.expires > now && matches!(x.state, State::Done(_)) => {}
-            Some(x) if x.owner == owner && matches!(x.state, State::Waiting | State::Receiving) => {
+            Some(x) if x.owner == owner && matches!(x.state, State::Waiting(_) | State::Receiving) => {
                 return Err(Error::invalid("the upload has not finished"));
             }
             _ => return Err(unknown()),
@@ -237,17 +319,22 @@ mod tests {
         let t0 = Instant::now();
         let t = u.reserve(Owner::GATEWAY, 3, t0).expect("reserve");
         assert!(matches!(u.take(&t, Owner::GATEWAY, t0), Err(Error::InvalidArgument(_))), "not finished");
-        assert_eq!(u.begin(&t, t0).expect("begin"), 3);
-        assert!(u.begin(&t, t0).is_err(), "one transfer at a time");
+        let all = |_: Owner| true;
+        assert_eq!(u.begin(&t, 0, all, t0).expect("begin").size, 3);
+        assert!(u.begin(&t, 0, all, t0).is_err(), "one transfer at a time");
         assert!(u.finish(&t, b"toolong".to_vec(), t0).is_err(), "exactly the declared size");
-        u.abort(&t);
-        u.begin(&t, t0).expect("resent after a broken transfer");
+        u.pause(&t, b"ab".to_vec());
+        assert_eq!(u.held(&t, all, t0).expect("held"), 2);
+        assert!(u.held(&t, |o| o == Owner(7), t0).is_err(), "another owner's token");
+        assert!(matches!(u.begin(&t, 3, all, t0), Err(Error::InvalidArgument(_))), "past what is held");
+        let resumed = u.begin(&t, 2, all, t0).expect("resumed after a broken transfer");
+        assert_eq!(resumed.bytes, b"ab");
         u.finish(&t, b"abc".to_vec(), t0).expect("finish");
         assert!(matches!(u.take(&t, Owner(7), t0), Err(Error::NotFound(_))), "another owner's token");
         assert_eq!(u.take(&t, Owner::GATEWAY, t0).expect("take"), b"abc");
         assert!(matches!(u.take(&t, Owner::GATEWAY, t0), Err(Error::NotFound(_))), "single use");
         let late = u.reserve(Owner::GATEWAY, 1, t0).expect("reserve");
-        assert!(u.begin(&late, t0 + TTL).is_err(), "expired");
+        assert!(u.begin(&late, 0, |_| true, t0 + TTL).is_err(), "expired");
         assert!(matches!(u.take(&[9; 32], Owner::GATEWAY, t0), Err(Error::NotFound(_))), "forged");
     }
 

@@ -148,6 +148,9 @@ pub fn insert(
             blobs.push(a.id);
         }
     }
+    for b in &blobs {
+        blob::hold(txn, account.0, *b, 1)?;
+    }
     let record = EmailRecord {
         id,
         received_ms: place.received_ms,

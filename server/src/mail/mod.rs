@@ -215,6 +215,16 @@ pub(crate) fn account_prefix(account: AccountId) -> Vec<u8> {
     Key::new().u64(account.0).build()
 }
 
+/// How long an account holds a blob it uploaded (for a submit or a draft
+/// to use): 24 hours.
+pub const UPLOAD_HOLD_MS: i64 = 24 * 3600 * 1000;
+
+fn upload_key(account: AccountId, id: BlobId) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(&id.0);
+    k
+}
+
 /// The length a range asks for (`length` 0: to the end), refusing an
 /// offset past the end.
 fn range_length(offset: u64, length: u64, total: u64, what: &str) -> Result<u64> {
@@ -591,6 +601,85 @@ impl Mailstore {
         bytes.truncate((offset + length) as usize);
         bytes.drain(..offset as usize);
         Ok((std::sync::Arc::new(bytes), total, None))
+    }
+
+    /// Whether the account holds blob `id` (one of its emails or uploads
+    /// has these bytes).
+    pub fn holds_blob(&self, account: AccountId, id: BlobId) -> Result<bool> {
+        blob::holds(self.db.store(), account.0, id)
+    }
+
+    /// Keeps an uploaded blob for `account` for [`UPLOAD_HOLD_MS`], once its
+    /// bytes match the BLAKE3 the client declared; durable on return. The
+    /// same bytes held by anyone are stored once (silently).
+    pub async fn store_upload(
+        &self,
+        account: AccountId,
+        bytes: Vec<u8>,
+        declared: [u8; 32],
+        mime_type: &str,
+        now_ms: i64,
+    ) -> Result<BlobId> {
+        let compress = blob::compressible(mime_type);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let id = BlobId::of(&bytes);
+            if id.0 != declared {
+                return Err(Error::invalid("the uploaded bytes do not match their declared BLAKE3"));
+            }
+            Ok(blob::prepare_owned(bytes, compress, id))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("upload task failed: {e}")))??;
+        let id = prepared.id;
+        let key = upload_key(account, id);
+        let expires = (now_ms + UPLOAD_HOLD_MS).to_be_bytes().to_vec();
+        self.db
+            .write_durable(|txn| {
+                if !txn.exists(Space::Uploads, &key)? {
+                    blob::put(txn, &prepared)?;
+                    blob::hold(txn, account.0, id, 1)?;
+                }
+                txn.put(Space::Uploads, key.clone(), expires.clone());
+                Ok::<_, Error>(())
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// Lets go of the account's uploads held past their time (at most a
+    /// batch per call): their blobs go with their last reference.
+    pub async fn sweep_uploads(&self, account: AccountId, now_ms: i64) -> Result<usize> {
+        let rows = self.db.scan(
+            Space::Uploads,
+            &KeyRange::prefix(&account_prefix(account)),
+            Order::Ascending,
+            256,
+        )?;
+        let expired: Vec<Vec<u8>> = rows
+            .into_iter()
+            .filter(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).is_ok_and(|b| i64::from_be_bytes(b) <= now_ms))
+            .map(|(k, _)| k)
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        self.db
+            .write_durable(|txn| {
+                let mut n = 0;
+                for k in &expired {
+                    let Some(id) = k.get(8..40).and_then(|b| <[u8; 32]>::try_from(b).ok()).map(BlobId) else {
+                        continue;
+                    };
+                    if txn.exists(Space::Uploads, k)? {
+                        txn.delete(Space::Uploads, k.clone());
+                        blob::release(txn, id)?;
+                        blob::hold(txn, account.0, id, -1)?;
+                        n += 1;
+                    }
+                }
+                Ok::<_, Error>(n)
+            })
+            .await
     }
 
     /// The raw bytes of a stored email (read from the newest snapshot).

@@ -76,6 +76,7 @@ pub(crate) fn expunge(
     thread::remove_member(txn, account, e, changes)?;
     for b in &e.blobs {
         blob::release(txn, *b)?;
+        blob::hold(txn, account.0, *b, -1)?;
     }
     txn.add(Space::Counters, &Counter::UsedBytes.key(account, 0), -(e.size as i64))?;
     txn.add(Space::Counters, &Counter::UsedMessages.key(account, 0), -1)?;

@@ -237,6 +237,23 @@ async fn rpc_stream(
     }
 }
 
+/// The offset that asks how much of an upload the server holds.
+const PROBE: u64 = u64::MAX;
+
+/// A domain error as a bulk response's code and message.
+fn code_of_error(e: crate::Error) -> (quail_capnp::ErrorCode, String) {
+    let code = rpc::code_of(&e);
+    let message = if code == quail_capnp::ErrorCode::Internal {
+        "internal server error".to_owned()
+    } else {
+        e.to_string()
+    };
+    if code == quail_capnp::ErrorCode::Internal {
+        tracing::error!(error = %e, "bulk transfer failed");
+    }
+    (code, message)
+}
+
 /// How long one bulk transfer may take, whole.
 const BULK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
@@ -279,18 +296,18 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
             };
             return Ok(Transfer::Download(bytes, start, token));
         }
-        if offset != 0 {
-            return Err((quail_capnp::ErrorCode::InvalidArgument, "an upload starts at offset 0".to_owned()));
+        let now = std::time::Instant::now();
+        if offset == PROBE {
+            // How much of this upload the server holds: where to resume.
+            let held = services.uploads.held(&token, |o| peer.holds(o), now).map_err(code_of_error)?;
+            return Ok(Transfer::Uploaded(held));
         }
-        let size = services
-            .uploads
-            .begin(&token, std::time::Instant::now())
-            .map_err(|_| (quail_capnp::ErrorCode::NotFound, "unknown or expired bulk token".to_owned()))?;
-        let mut bytes = Vec::new();
-        bytes.try_reserve_exact(size as usize).map_err(|_| {
-            services.uploads.abort(&token);
-            (quail_capnp::ErrorCode::Unavailable, "no memory for the upload now".to_owned())
-        })?;
+        let begun = services.uploads.begin(&token, offset, |o| peer.holds(o), now).map_err(code_of_error)?;
+        let (size, mut bytes) = (begun.size, begun.bytes);
+        if bytes.try_reserve_exact((size as usize).saturating_sub(bytes.len())).is_err() {
+            services.uploads.pause(&token, bytes);
+            return Err((quail_capnp::ErrorCode::Unavailable, "no memory for the upload now".to_owned()));
+        }
         // Exactly the reserved size, then the end of the stream.
         // In chunks: read_to_end's generic zero-filling is slow where it
         // is instantiated unoptimised (tests), and a chunk loop bounds it.
@@ -307,6 +324,14 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
         .await;
         match read {
             Ok(Ok(_)) if bytes.len() as u64 == size => {}
+            Ok(Ok(_)) if (bytes.len() as u64) < size => {
+                // The client finished early: keep what came for a resume.
+                services.uploads.pause(&token, bytes);
+                return Err((
+                    quail_capnp::ErrorCode::Protocol,
+                    "the upload ended before its size".to_owned(),
+                ));
+            }
             Ok(Ok(_)) => {
                 services.uploads.abort(&token);
                 return Err((
@@ -315,14 +340,24 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
                 ));
             }
             _ => {
-                services.uploads.abort(&token);
+                // Broken off: what arrived is kept, to resume from.
+                services.uploads.pause(&token, bytes);
                 return Err((quail_capnp::ErrorCode::Protocol, "the upload broke off".to_owned()));
             }
         }
-        services
-            .uploads
-            .finish(&token, bytes, std::time::Instant::now())
-            .map_err(|e| (quail_capnp::ErrorCode::NotFound, e.to_string()))?;
+        match begun.purpose {
+            crate::blob::upload::Purpose::Message => {
+                services.uploads.finish(&token, bytes, now).map_err(code_of_error)?;
+            }
+            crate::blob::upload::Purpose::Blob { hash, mime_type } => {
+                // Durable before the answer, and only bytes that match the
+                // hash the client declared.
+                services.uploads.remove(&token);
+                rpc::session::store_upload(&services, begun.owner, bytes, hash, &mime_type)
+                    .await
+                    .map_err(code_of_error)?;
+            }
+        }
         Ok(Transfer::Uploaded(size))
     }
     .await;

@@ -211,6 +211,7 @@ pub const FEATURES: &[&str] = &[
     "Session.revokeAppToken",
     "Session.watch",
     "Session.restrict",
+    "Session.upload",
     "Gateway.deliver",
     "Gateway.upload",
 ];

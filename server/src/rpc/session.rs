@@ -164,6 +164,21 @@ impl SessionImpl {
     }
 }
 
+/// Stores a finished `Session.upload` (called by the bulk stream once its
+/// bytes are in): checked against the declared hash, durable on return.
+pub async fn store_upload(
+    services: &Arc<Services>,
+    owner: Owner,
+    bytes: Vec<u8>,
+    hash: [u8; 32],
+    mime_type: &str,
+) -> crate::Result<()> {
+    if owner == Owner::GATEWAY {
+        return Err(Error::invalid("the gateway uploads messages, not blobs"));
+    }
+    services.mail.store_upload(AccountId(owner.0), bytes, hash, mime_type, now_ms()).await.map(|_| ())
+}
+
 /// Offset and length of a `Range` parameter (absent: all of it).
 fn range_of(r: &Option<quail_protocol::quail_capnp::range::Reader<'_>>) -> Result<(u64, u64), capnp::Error> {
     Ok(r.as_ref().map_or((0, 0), |r| (r.get_offset(), r.get_length())))
@@ -759,6 +774,44 @@ impl session::Server for SessionImpl {
         Ok(())
     }
 
+    async fn upload(
+        self: Rc<Self>,
+        params: session::UploadParams,
+        mut results: session::UploadResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        self.scope.check_write().map_err(to_capnp)?;
+        let p = params.get()?;
+        let size = p.get_size();
+        let max = self.services.config.limits.max_message_bytes;
+        if size > max {
+            return Err(to_capnp(Error::LimitExceeded(format!(
+                "an upload of {size} bytes; the limit is {max}"
+            ))));
+        }
+        let mime_type = text(p.get_mime_type(), "mimeType", 255)?.to_ascii_lowercase();
+        let hash: [u8; 32] = p
+            .get_blake3()?
+            .try_into()
+            .map_err(|_| to_capnp(Error::invalid("blake3: 32 bytes, the BLAKE3 of the bytes to upload")))?;
+        let mail = &self.services.mail;
+        mail.sweep_uploads(self.account, now_ms()).await.map_err(to_capnp)?;
+        let mut r = results.get();
+        r.set_blob_id(&hash);
+        if mail.holds_blob(self.account, crate::blob::BlobId(hash)).map_err(to_capnp)? {
+            r.set_have(true);
+            return Ok(());
+        }
+        let purpose = crate::blob::upload::Purpose::Blob { hash, mime_type };
+        let token = self
+            .services
+            .uploads
+            .reserve_for(Owner(self.account.0), size, purpose, std::time::Instant::now())
+            .map_err(to_capnp)?;
+        r.set_token(&token[..]);
+        Ok(())
+    }
+
     async fn restrict(
         self: Rc<Self>,
         params: session::RestrictParams,
@@ -790,7 +843,6 @@ impl session::Server for SessionImpl {
     not_served! {
         query_changes(session::QueryChangesParams, session::QueryChangesResults) => "Session.queryChanges";
         search(session::SearchParams, session::SearchResults) => "Session.search";
-        upload(session::UploadParams, session::UploadResults) => "Session.upload";
         submit(session::SubmitParams, session::SubmitResults) => "Session.submit";
         submissions(session::SubmissionsParams, session::SubmissionsResults) => "Session.submissions";
         report_spam(session::ReportSpamParams, session::ReportSpamResults) => "Session.reportSpam";

@@ -102,11 +102,17 @@ pub enum Space {
     BlobRefs,
     /// `account, counter, ...` → i64 counters.
     Counters,
+    /// `account, blob id` → how many of the account's emails and uploads
+    /// refer to the blob: what the account *holds* (upload dedup asks it).
+    AccountBlobs,
+    /// `account, blob id` → expiry (ms): blobs the account uploaded and
+    /// holds until then.
+    Uploads,
 }
 
 impl Space {
     /// Every keyspace, in a fixed order.
-    pub const ALL: [Space; 15] = [
+    pub const ALL: [Space; 17] = [
         Space::Meta,
         Space::Accounts,
         Space::AccountNames,
@@ -122,6 +128,8 @@ impl Space {
         Space::Blobs,
         Space::BlobRefs,
         Space::Counters,
+        Space::AccountBlobs,
+        Space::Uploads,
     ];
 
     /// The keyspace's name on disk. Never change one: it is the stored layout.
@@ -142,6 +150,8 @@ impl Space {
             Space::Blobs => "blobs",
             Space::BlobRefs => "blob_refs",
             Space::Counters => "counters",
+            Space::AccountBlobs => "account_blobs",
+            Space::Uploads => "uploads",
         }
     }
 

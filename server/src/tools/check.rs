@@ -230,6 +230,44 @@ fn check_account(
     want_counts.insert(Counter::UsedBytes.key(account, 0), bytes);
     want_counts.insert(Counter::UsedMessages.key(account, 0), messages);
 
+    // What the account holds: its emails' blobs and its uploads.
+    let mut want_holds: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    for e in &emails {
+        let distinct: BTreeSet<BlobId> = e.blobs.iter().copied().collect();
+        for b in distinct {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&b.0);
+            *want_holds.entry(k).or_default() += 1;
+        }
+    }
+    db.scan_all(Space::Uploads, &KeyRange::prefix(&prefix), Order::Ascending, |k, _| {
+        if let Some(b) = k.get(8..40).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            *expected_refs.entry(BlobId(b)).or_default() += 1;
+            *want_holds.entry(k.to_vec()).or_default() += 1;
+        }
+        Ok::<_, Error>(true)
+    })?;
+    let mut have_holds: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    db.scan_all(Space::AccountBlobs, &KeyRange::prefix(&prefix), Order::Ascending, |k, v| {
+        have_holds.insert(k.to_vec(), crate::store::decode_counter(Space::AccountBlobs, Some(v.to_vec()))?);
+        Ok::<_, Error>(true)
+    })?;
+    for (k, want) in &want_holds {
+        if have_holds.get(k) != Some(want) {
+            report.problems.push(format!(
+                "account {}: holds a blob {} times by its record, {} by its emails and uploads",
+                account.0,
+                have_holds.get(k).copied().unwrap_or(0),
+                want
+            ));
+            fixes.puts.push((Space::AccountBlobs, k.clone(), want.to_be_bytes().to_vec()));
+        }
+    }
+    for k in have_holds.keys().filter(|k| !want_holds.contains_key(*k)) {
+        report.problems.push(format!("account {}: holds a blob no email or upload has", account.0));
+        fixes.deletes.push((Space::AccountBlobs, k.clone()));
+    }
+
     let have_index = keys_with_prefix(db, Space::EmailIndex, &prefix)?;
     diff_keys(report, fixes, account, Space::EmailIndex, "index entry", &want_index, &have_index);
     let have_members = keys_with_prefix(db, Space::ThreadMembers, &prefix)?;

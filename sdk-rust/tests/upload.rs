@@ -1,0 +1,131 @@
+//! Uploads: a blob the account holds is not sent again; one only another
+//! account holds is sent in full and stored once, and nothing tells the
+//! uploader that anyone else has it; a broken upload resumes.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use quail::Error;
+use quail_server::blob::{self, BlobId};
+
+fn noise(n: usize, seed: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    blake3::Hasher::new().update(seed).finalize_xof().fill(&mut v);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_never_resends_what_it_holds_and_learns_nothing_of_others() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(dir.path()).await;
+    let admin_conn = support::connect(&server).await;
+    let admin = support::admin(&admin_conn, &server).await;
+    admin.create_account("alice", "alice-password", 0, 0).await.expect("create");
+    admin.create_account("bob", "bob-password", 0, 0).await.expect("create");
+    let db = &server.services().db;
+    let alice_conn = support::connect(&server).await;
+    let alice = alice_conn.login("alice", "alice-password").await.expect("login");
+    let bob_conn = support::connect(&server).await;
+    let bob = bob_conn.login("bob", "bob-password").await.expect("login");
+    let x = noise(3_000_000, b"file x");
+    let id = BlobId(*blake3::hash(&x).as_bytes());
+
+    // Alice's first upload sends the bytes.
+    let before = blob::stored_bytes(db).expect("bytes");
+    let up = alice.upload(&x, "application/octet-stream").await.expect("upload");
+    assert!(!up.have);
+    assert!(up.bytes_written() >= x.len() as u64);
+    let stored = blob::stored_bytes(db).expect("bytes") - before;
+    assert!(stored >= x.len() as u64, "stored {stored}");
+    assert_eq!(blob::refs(db, id).expect("refs").count, 1);
+
+    // Again: she holds it, nothing is sent.
+    let t0 = alice_conn.traffic().await.expect("traffic");
+    let again = alice.upload(&x, "application/octet-stream").await.expect("upload");
+    let t1 = alice_conn.traffic().await.expect("traffic");
+    assert!(again.have && again.bytes_written() == 0);
+    assert!(t1.sent - t0.sent < 16_384, "{} bytes sent to re-offer a held blob", t1.sent - t0.sent);
+
+    // Bob offers the same hash: he is not told anyone has it, sends it all,
+    // and it is stored once.
+    let t0 = bob_conn.traffic().await.expect("traffic");
+    let theirs = bob.upload(&x, "application/octet-stream").await.expect("upload");
+    let t1 = bob_conn.traffic().await.expect("traffic");
+    assert!(!theirs.have, "the server told bob that someone holds these bytes");
+    assert!(t1.sent - t0.sent >= x.len() as u64, "bob sent only {} bytes", t1.sent - t0.sent);
+    assert_eq!(blob::stored_bytes(db).expect("bytes") - before, stored, "stored once");
+    assert_eq!(blob::refs(db, id).expect("refs").count, 2);
+    // Now he holds it too.
+    assert!(bob.start_upload(&x, "application/octet-stream").await.expect("offer").have);
+
+    // A hash alone is worth nothing: bytes that do not match it are refused
+    // and grant no hold.
+    let mallory = noise(1000, b"not x");
+    let services = server.services();
+    let err = services
+        .mail
+        .store_upload(quail_server::account::AccountId(99), mallory, id.0, "application/octet-stream", 0)
+        .await
+        .expect_err("mismatched bytes");
+    assert!(matches!(err, quail_server::Error::InvalidArgument(_)));
+
+    // An attachment delivered to alice: she holds it, bob does not.
+    let gateway = support::gateway(&admin_conn, &server).await;
+    gateway
+        .deliver(&support::to("alice@example.org"), &support::big_message(400_000, 7))
+        .await
+        .expect("deliver");
+    let attachment = support::attachment_of(400_000, 7);
+    assert!(alice.start_upload(&attachment, "application/octet-stream").await.expect("offer").have);
+    assert!(!bob.start_upload(&attachment, "application/octet-stream").await.expect("offer").have);
+
+    // A read-only view uploads nothing.
+    let view = alice.restrict(&[], true, None).await.expect("restrict");
+    assert!(matches!(view.start_upload(b"hi", "text/plain").await, Err(Error::Forbidden(_))));
+
+    // check agrees with what is held and uploaded.
+    drop((alice, bob, view));
+    let report = quail_server::tools::check::check(db, false).expect("check");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_resumes_on_a_new_connection_after_the_old_one_dies() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(dir.path()).await;
+    let admin_conn = support::connect(&server).await;
+    support::admin(&admin_conn, &server)
+        .await
+        .create_account("alice", "alice-password", 0, 0)
+        .await
+        .expect("create");
+    let x = noise(20_000_000, b"big upload");
+    let client = support::connect(&server).await;
+    let session = client.login("alice", "alice-password").await.expect("login");
+    let mut up = session.start_upload(&x, "application/octet-stream").await.expect("offer");
+    let progress = up.progress();
+    let doomed = client.clone();
+    let killer = tokio::spawn(async move {
+        while progress.load(Ordering::Relaxed) < 6_000_000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        doomed.disconnect().await;
+    });
+    let first = session.send_upload(&mut up, &x).await;
+    killer.await.expect("killer");
+    assert!(matches!(first, Err(Error::Disconnected(_))), "{first:?}");
+    let written_before = up.bytes_written();
+
+    let client2 = support::connect(&server).await;
+    let session2 = client2.login("alice", "alice-password").await.expect("login");
+    session2.send_upload(&mut up, &x).await.expect("resumed");
+    let resumed = up.bytes_written() - written_before;
+    assert!(resumed < x.len() as u64 - 1_000_000, "the resumed upload sent {resumed} of {} bytes", x.len());
+    assert!(up.is_done());
+    // It is stored whole and verified: the account now holds it.
+    assert!(session2.start_upload(&x, "application/octet-stream").await.expect("offer").have);
+    let id = BlobId(*blake3::hash(&x).as_bytes());
+    assert!(blob::get(&server.services().db, id).expect("get").expect("stored") == x);
+}
