@@ -402,6 +402,13 @@ interface Listener {
   # that does not answer within 30 s (or fails) ends its watch.
 }
 
+interface QueryListener {
+  changed @0 (changes :QueryChanges) -> ();
+  # The watched window changed, durably: remove `removed`, then insert
+  # `added` at their indexes (ascending), then keep the window's length.
+  # Coalesced and timed out like Listener.changed.
+}
+
 interface WatchHandle {
   # Holding it keeps the watch alive; dropping it unsubscribes.
 }
@@ -419,6 +426,12 @@ interface Session {
 
   query @5 (query :Query) -> (result :QueryResult);
   queryChanges @6 (query :Query, sinceQueryState :UInt64, maxChanges :UInt32) -> (changes :QueryChanges);
+  # What changed in the whole result of `query` (its position and limit are
+  # ignored) since `sinceQueryState`: every email changed since may be in
+  # `removed`; those in the result now are in `added` with their index (an
+  # id in both moved or changed in place). `cannotCalculateChanges` when
+  # the change log no longer reaches back, more than maxChanges emails
+  # changed, or the query collapses threads: query again.
   get @7 (ids :List(UInt64), properties :List(Property))
       -> (emails :List(Email), notFound :List(UInt64), notFetched :List(UInt64));
   # Duplicate ids are answered once. `notFetched` holds ids left out because
@@ -464,6 +477,12 @@ interface Session {
   createAppToken @21 (label :Text) -> (token :Text, info :AppToken);
   listAppTokens @22 () -> (tokens :List(AppToken));
   revokeAppToken @23 (id :UInt64) -> ();
+
+  watchQuery @25 (query :Query, listener :QueryListener) -> (handle :WatchHandle, result :QueryResult);
+  # A live query: `result` is the window now (the query's position and
+  # limit, at most maxQueryLimit); after every durable change that alters
+  # the window, `listener` hears how (QueryChanges against the previous
+  # window). Counts as a watch (maxWatches).
 
   restrict @24 (mailboxes :List(UInt64), readOnly :Bool, expiresAt :Int64) -> (session :Session);
   # An attenuated session to hand on (a widget, a delegate): it sees only

@@ -42,7 +42,7 @@ pub use session::{ByteRun, Session};
 pub use transfer::{Download, Upload};
 pub use trust::{Fingerprint, Trust};
 pub use types::*;
-pub use watch::{Changed, Watch};
+pub use watch::{Changed, QueryWatch, Watch};
 
 #[cfg(test)]
 mod tests {

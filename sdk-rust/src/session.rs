@@ -6,7 +6,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::{
     AccountInfo, AppToken, Changes, Email, EmailId, Mailbox, MailboxId, ObjectKind, Property, Query,
-    QueryPage, State, Thread, UpdateResult,
+    QueryChanges, QueryPage, State, Thread, UpdateResult,
 };
 use crate::wire;
 
@@ -32,6 +32,57 @@ pub struct ByteRun {
     pub offset: u64,
     /// The bytes.
     pub data: Vec<u8>,
+}
+
+/// Writes a query's parameters.
+pub(crate) fn write_query(mut b: quail_protocol::quail_capnp::query::Builder<'_>, q: &Query) {
+    let tri = |v: Option<bool>| match v {
+        None => Tristate::Any,
+        Some(true) => Tristate::Yes,
+        Some(false) => Tristate::No,
+    };
+    {
+        let mut f = b.reborrow().init_filter();
+        f.set_in_mailbox(q.mailbox.map_or(0, |m| m.0));
+        f.set_unread(tri(q.unread));
+        f.set_flagged(tri(q.flagged));
+        f.set_has_attachment(tri(q.has_attachment));
+        f.set_after(q.after.unwrap_or(0));
+        f.set_before(q.before.unwrap_or(0));
+        f.set_from(q.from.as_deref().unwrap_or_default());
+        f.set_to(q.to.as_deref().unwrap_or_default());
+    }
+    b.set_collapse_threads(q.collapse_threads);
+    b.set_sort(if q.newest_first { Sort::ReceivedDesc } else { Sort::ReceivedAsc });
+    b.set_position(q.position);
+    if let Some((anchor, offset)) = q.anchor {
+        b.set_anchor(anchor.0);
+        b.set_anchor_offset(offset);
+    }
+    b.set_limit(q.limit);
+}
+
+/// Reads a query page.
+pub(crate) fn read_page(r: quail_protocol::quail_capnp::query_result::Reader<'_>) -> Result<QueryPage> {
+    Ok(QueryPage {
+        ids: r.get_ids()?.iter().map(EmailId).collect(),
+        position: r.get_position(),
+        total: r.get_total(),
+        state: State(r.get_query_state()),
+    })
+}
+
+/// Reads query changes.
+pub(crate) fn read_query_changes(
+    r: quail_protocol::quail_capnp::query_changes::Reader<'_>,
+) -> Result<QueryChanges> {
+    Ok(QueryChanges {
+        old_state: State(r.get_old_query_state()),
+        new_state: State(r.get_new_query_state()),
+        removed: r.get_removed()?.iter().map(EmailId).collect(),
+        added: r.get_added()?.iter().map(|a| (EmailId(a.get_id()), a.get_index())).collect(),
+        total: r.get_total(),
+    })
 }
 
 /// A byte run, with the bulk token and BLAKE3 when its bytes travel apart.
@@ -170,43 +221,38 @@ impl Session {
             .call(move |conn| async move {
                 let session = conn.session(cap)?;
                 let mut req = session.query_request();
-                {
-                    let mut b = req.get().init_query();
-                    {
-                        let tri = |v: Option<bool>| match v {
-                            None => Tristate::Any,
-                            Some(true) => Tristate::Yes,
-                            Some(false) => Tristate::No,
-                        };
-                        let mut f = b.reborrow().init_filter();
-                        f.set_in_mailbox(q.mailbox.map_or(0, |m| m.0));
-                        f.set_unread(tri(q.unread));
-                        f.set_flagged(tri(q.flagged));
-                        f.set_has_attachment(tri(q.has_attachment));
-                        f.set_after(q.after.unwrap_or(0));
-                        f.set_before(q.before.unwrap_or(0));
-                        f.set_from(q.from.as_deref().unwrap_or_default());
-                        f.set_to(q.to.as_deref().unwrap_or_default());
-                    }
-                    b.set_collapse_threads(q.collapse_threads);
-                    b.set_sort(if q.newest_first { Sort::ReceivedDesc } else { Sort::ReceivedAsc });
-                    b.set_position(q.position);
-                    if let Some((anchor, offset)) = q.anchor {
-                        b.set_anchor(anchor.0);
-                        b.set_anchor_offset(offset);
-                    }
-                    b.set_limit(q.limit);
-                }
+                write_query(req.get().init_query(), &q);
                 let resp = req.send().promise.await?;
-                let r = resp.get()?.get_result()?;
-                Ok(QueryPage {
-                    ids: r.get_ids()?.iter().map(EmailId).collect(),
-                    position: r.get_position(),
-                    total: r.get_total(),
-                    state: State(r.get_query_state()),
-                })
+                read_page(resp.get()?.get_result()?)
             })
             .await
+    }
+
+    /// What changed in a query's results since `since` (a `QueryPage`'s
+    /// state): ids that may have left (`removed`) and ids now in the results
+    /// with their index (`added`); an id in both moved. Applied to the
+    /// result as it was, in that order, it gives the result as it is.
+    /// `CannotCalculateChanges` when the server cannot say: query again.
+    pub async fn query_changes(&self, q: &Query, since: State, max: u32) -> Result<QueryChanges> {
+        let cap = self.cap;
+        let q = q.clone();
+        self.client
+            .call(move |conn| async move {
+                let mut req = conn.session(cap)?.query_changes_request();
+                write_query(req.get().init_query(), &q);
+                req.get().set_since_query_state(since.0);
+                req.get().set_max_changes(max);
+                let resp = req.send().promise.await?;
+                read_query_changes(resp.get()?.get_changes()?)
+            })
+            .await
+    }
+
+    /// Watches a window of a query ("unread in Inbox, newest 50"): the
+    /// first page now, then every change of that window as it happens
+    /// (durably), as a `Stream` of [`QueryChanges`]. Drop it to stop.
+    pub async fn watch_query(&self, q: &Query) -> Result<crate::watch::QueryWatch> {
+        crate::watch::QueryWatch::start(self.client.clone(), self.cap, q.clone()).await
     }
 
     /// Emails by id. Ids this account does not have come back in the

@@ -395,6 +395,38 @@ pub struct QueryPage {
     pub state: State,
 }
 
+/// What changed in a query's results (see `Session::query_changes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueryChanges {
+    /// The state the changes start from.
+    pub old_state: State,
+    /// The state they bring the results to.
+    pub new_state: State,
+    /// Ids that may have left the results (remove them first).
+    pub removed: Vec<EmailId>,
+    /// Ids in the results now, with their index, in index order (insert
+    /// them after removing).
+    pub added: Vec<(EmailId, u32)>,
+    /// Size of the whole result now.
+    pub total: u64,
+}
+
+impl QueryChanges {
+    /// Applies the changes to a window of the results (the first `limit`
+    /// of them; 0 = all).
+    pub fn apply(&self, ids: &mut Vec<EmailId>, limit: usize) {
+        ids.retain(|i| !self.removed.contains(i));
+        for (id, index) in &self.added {
+            let at = (*index as usize).min(ids.len());
+            ids.retain(|i| i != id);
+            ids.insert(at.min(ids.len()), *id);
+        }
+        if limit > 0 {
+            ids.truncate(limit);
+        }
+    }
+}
+
 /// An SMTP envelope for `Gateway::deliver`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Envelope {

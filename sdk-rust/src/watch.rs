@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use quail_protocol::quail_capnp::{ObjectKind as WireKind, listener};
+use quail_protocol::quail_capnp::{ObjectKind as WireKind, listener, query_listener};
 use tokio::sync::mpsc;
 
 use crate::client::{Cap, Client};
@@ -106,5 +106,70 @@ impl listener::Server for ListenerImpl {
             .send(Changed { state: State(p.get_state()), kinds })
             .await
             .map_err(|_| capnp::Error::disconnected("the watch was dropped".into()))
+    }
+}
+
+/// A live query (see `Session::watch_query`): the window when it began,
+/// then its changes as a `Stream`. Dropping it stops the watch.
+#[derive(Debug)]
+pub struct QueryWatch {
+    client: Client,
+    cap: u64,
+    /// The window when the watch began.
+    pub initial: crate::types::QueryPage,
+    events: mpsc::Receiver<crate::types::QueryChanges>,
+}
+
+impl QueryWatch {
+    pub(crate) async fn start(client: Client, session: u64, q: crate::types::Query) -> Result<QueryWatch> {
+        let (tx, events) = mpsc::channel(BUFFER);
+        let (cap, initial) = client
+            .call(move |conn| async move {
+                let l: query_listener::Client = capnp_rpc::new_client(QueryListenerImpl { tx });
+                let mut req = conn.session(session)?.watch_query_request();
+                crate::session::write_query(req.get().init_query(), &q);
+                req.get().set_listener(l);
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                let page = crate::session::read_page(r.get_result()?)?;
+                Ok((conn.insert(Cap::Watch(r.get_handle()?)), page))
+            })
+            .await?;
+        Ok(QueryWatch { client, cap, initial, events })
+    }
+
+    /// The next change; `None` once the watch has ended.
+    pub async fn next_change(&mut self) -> Option<crate::types::QueryChanges> {
+        self.events.recv().await
+    }
+}
+
+impl futures::Stream for QueryWatch {
+    type Item = crate::types::QueryChanges;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for QueryWatch {
+    fn drop(&mut self) {
+        self.client.release(self.cap);
+    }
+}
+
+struct QueryListenerImpl {
+    tx: mpsc::Sender<crate::types::QueryChanges>,
+}
+
+impl query_listener::Server for QueryListenerImpl {
+    async fn changed(
+        self: std::rc::Rc<Self>,
+        params: query_listener::ChangedParams,
+        _: query_listener::ChangedResults,
+    ) -> std::result::Result<(), capnp::Error> {
+        let c = crate::session::read_query_changes(params.get()?.get_changes()?)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        self.tx.send(c).await.map_err(|_| capnp::Error::disconnected("the watch was dropped".into()))
     }
 }

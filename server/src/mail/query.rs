@@ -305,3 +305,85 @@ fn reverse(o: Order) -> Order {
         Order::Descending => Order::Ascending,
     }
 }
+
+/// What changed in a query's results between two states.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryChanges {
+    /// The state the changes start from.
+    pub old_state: State,
+    /// The state they bring the results to.
+    pub new_state: State,
+    /// Ids that may have left the results.
+    pub removed: Vec<EmailId>,
+    /// Ids in the results now, with their index, in index order.
+    pub added: Vec<(EmailId, u64)>,
+    /// Size of the whole result now.
+    pub total: u64,
+}
+
+impl QueryChanges {
+    /// Whether nothing changed for the holder of the results.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
+    }
+}
+
+/// How a window of results moved from `old` to `new`: applied to `old`
+/// (remove, then insert at the indexes, then keep the window's length) it
+/// gives `new`. Indexes are within the window (`new.position` is its start).
+pub fn window_changes(old: &QueryPage, new: &QueryPage) -> QueryChanges {
+    let before: HashSet<EmailId> = old.ids.iter().copied().collect();
+    let after: HashSet<EmailId> = new.ids.iter().copied().collect();
+    let removed = old.ids.iter().copied().filter(|i| !after.contains(i)).collect();
+    // Survivors keep their relative order (the sort is by arrival), so
+    // inserting the newcomers at their places rebuilds the window.
+    let added = new
+        .ids
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| !before.contains(i))
+        .map(|(at, i)| (*i, at as u64))
+        .collect();
+    QueryChanges { old_state: old.state, new_state: new.state, removed, added, total: new.total }
+}
+
+impl Mailstore {
+    /// What changed in the whole result of `q` (its start and limit are
+    /// ignored) since `since`, from the change log: every email changed
+    /// since is a candidate for `removed`; those in the result now are
+    /// `added` with their index. At most `max` changed emails; beyond, or
+    /// for thread-collapsed queries, `CannotCalculateChanges`.
+    pub fn query_changes(
+        &self,
+        account: AccountId,
+        q: &Query,
+        since: State,
+        max: usize,
+    ) -> Result<QueryChanges> {
+        if q.collapse_threads {
+            return Err(Error::CannotCalculateChanges(
+                "changes of a thread-collapsed query are not calculated; query again".into(),
+            ));
+        }
+        let c = self.changes(account, crate::sync::Kind::Email, since, max)?;
+        if c.has_more {
+            return Err(Error::CannotCalculateChanges(format!(
+                "more than {max} emails changed since state {}; query again",
+                since.0
+            )));
+        }
+        let removed: Vec<EmailId> = c.updated.iter().chain(&c.destroyed).map(|i| EmailId(*i)).collect();
+        let mut added = Vec::new();
+        for id in c.created.iter().chain(&c.updated).map(|i| EmailId(*i)) {
+            let probe = Query { start: Start::Anchor(id, 0), limit: 1, ..q.clone() };
+            match self.query(account, &probe) {
+                Ok(page) if page.ids.first() == Some(&id) => added.push((id, page.position)),
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        added.sort_by_key(|(_, at)| *at);
+        let total = self.query(account, &Query { start: Start::Position(0), limit: 0, ..q.clone() })?.total;
+        Ok(QueryChanges { old_state: since, new_state: c.new_state, removed, added, total })
+    }
+}

@@ -243,3 +243,37 @@ pub fn changes(mut b: changes::Builder<'_>, c: &crate::sync::Changes) {
         }
     }
 }
+
+/// Query changes.
+pub fn query_changes(
+    mut b: quail_protocol::quail_capnp::query_changes::Builder<'_>,
+    c: &crate::mail::query::QueryChanges,
+) {
+    b.set_old_query_state(c.old_state.0);
+    b.set_new_query_state(c.new_state.0);
+    b.set_total(c.total);
+    let mut removed = b.reborrow().init_removed(c.removed.len() as u32);
+    for (i, id) in c.removed.iter().enumerate() {
+        removed.set(i as u32, id.0);
+    }
+    let mut added = b.init_added(c.added.len() as u32);
+    for (i, (id, at)) in c.added.iter().enumerate() {
+        let mut a = added.reborrow().get(i as u32);
+        a.set_id(id.0);
+        a.set_index(u32::try_from(*at).unwrap_or(u32::MAX));
+    }
+}
+
+/// A query page.
+pub fn query_page(
+    mut r: quail_protocol::quail_capnp::query_result::Builder<'_>,
+    page: &crate::mail::QueryPage,
+) {
+    r.set_position(u32::try_from(page.position).unwrap_or(u32::MAX));
+    r.set_total(page.total);
+    r.set_query_state(page.state.0);
+    let mut ids = r.init_ids(page.ids.len() as u32);
+    for (i, id) in page.ids.iter().enumerate() {
+        ids.set(i as u32, id.0);
+    }
+}

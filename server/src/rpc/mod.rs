@@ -210,6 +210,8 @@ pub const FEATURES: &[&str] = &[
     "Session.listAppTokens",
     "Session.revokeAppToken",
     "Session.watch",
+    "Session.watchQuery",
+    "Session.queryChanges",
     "Session.restrict",
     "Session.upload",
     "Gateway.deliver",

@@ -4,7 +4,9 @@
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use quail_protocol::quail_capnp::{ObjectKind, Sort, Tristate, listener, query, session, watch_handle};
+use quail_protocol::quail_capnp::{
+    ObjectKind, Sort, Tristate, listener, query, query_listener, session, watch_handle,
+};
 
 use super::convert::{self, Props};
 use super::{CallGuard, Peer, Services, not_served, now_ms, text, to_capnp};
@@ -118,6 +120,16 @@ impl SessionImpl {
 }
 
 impl SessionImpl {
+    /// Runs a query, on the blocking pool when it may walk a mailbox.
+    async fn run_query(&self, query: Query) -> crate::Result<crate::mail::QueryPage> {
+        let account = self.account;
+        if query.is_heavy() {
+            super::heavy(&self.services, move |s| s.mail.query(account, &query)).await
+        } else {
+            self.services.mail.query(account, &query)
+        }
+    }
+
     /// Narrows a change list to what a mailbox-restricted session sees:
     /// emails and threads that left its scope (or were never in it) read
     /// as destroyed or not at all, mailboxes outside it not at all.
@@ -384,14 +396,54 @@ impl session::Server for SessionImpl {
             self.services.mail.query(account, &query)
         }
         .map_err(to_capnp)?;
-        let mut r = results.get().init_result();
-        r.set_position(u32::try_from(page.position).unwrap_or(u32::MAX));
-        r.set_total(page.total);
-        r.set_query_state(page.state.0);
-        let mut ids = r.init_ids(page.ids.len() as u32);
-        for (i, id) in page.ids.iter().enumerate() {
-            ids.set(i as u32, id.0);
-        }
+        convert::query_page(results.get().init_result(), &page);
+        Ok(())
+    }
+
+    async fn query_changes(
+        self: Rc<Self>,
+        params: session::QueryChangesParams,
+        mut results: session::QueryChangesResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        let p = params.get()?;
+        let mut query = decode_query(p.get_query()?, self.services.config.limits.max_query_limit)?;
+        query.filter.mailbox = self.scope.query_mailbox(query.filter.mailbox).map_err(to_capnp)?;
+        let since = State(p.get_since_query_state());
+        let max = self.services.config.limits.max_changes;
+        let want = match p.get_max_changes() {
+            0 => max,
+            n => n.min(max),
+        } as usize;
+        let account = self.account;
+        // A probe per changed email: off the connection's worker.
+        let c = super::heavy(&self.services, move |s| s.mail.query_changes(account, &query, since, want))
+            .await
+            .map_err(to_capnp)?;
+        convert::query_changes(results.get().init_changes(), &c);
+        Ok(())
+    }
+
+    async fn watch_query(
+        self: Rc<Self>,
+        params: session::WatchQueryParams,
+        mut results: session::WatchQueryResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        let p = params.get()?;
+        let listener = p.get_listener()?;
+        let mut query = decode_query(p.get_query()?, self.services.config.limits.max_query_limit)?;
+        query.filter.mailbox = self.scope.query_mailbox(query.filter.mailbox).map_err(to_capnp)?;
+        let slot = self.peer.take_watch()?;
+        let subscription = self.services.hub.subscribe(self.account);
+        let page = self.run_query(query.clone()).await.map_err(to_capnp)?;
+        convert::query_page(results.get().init_result(), &page);
+        let session = Rc::clone(&self);
+        let task = tokio::task::spawn_local(async move {
+            let _slot = slot;
+            run_query_watch(session, listener, subscription, query, page).await;
+        });
+        results.get().set_handle(capnp_rpc::new_client(WatchHandleImpl { task: task.abort_handle() }));
         Ok(())
     }
 
@@ -841,7 +893,6 @@ impl session::Server for SessionImpl {
     }
 
     not_served! {
-        query_changes(session::QueryChangesParams, session::QueryChangesResults) => "Session.queryChanges";
         search(session::SearchParams, session::SearchResults) => "Session.search";
         submit(session::SubmitParams, session::SubmitResults) => "Session.submit";
         submissions(session::SubmissionsParams, session::SubmissionsResults) => "Session.submissions";
@@ -904,6 +955,66 @@ async fn run_watch(
                         },
                     );
                 }
+                call = Some(Box::pin(async move { req.send().promise.await.is_ok() }));
+                continue;
+            }
+            Step::Wait(deadline) => deadline,
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let answered = tokio::select! {
+            pulse = sub.next() => match pulse {
+                Some(p) => { co.pulse(&p); None }
+                None => break,
+            },
+            ok = async { match call.as_mut() { Some(c) => c.await, None => std::future::pending().await } } => Some(ok),
+            () = sleep => None,
+        };
+        if let Some(ok) = answered {
+            call = None;
+            co.answered(ok);
+        }
+    }
+}
+
+/// A live query's task: after each pulse, the window is queried again and
+/// its difference with the previous one pushed; one call in flight, like
+/// [`run_watch`].
+async fn run_query_watch(
+    session: Rc<SessionImpl>,
+    listener: query_listener::Client,
+    mut sub: Subscription,
+    query: Query,
+    mut window: crate::mail::QueryPage,
+) {
+    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>;
+    let timeout = std::time::Duration::from_secs(session.services.config.limits.listener_timeout_secs.into());
+    let mut co = Coalescer::new(window.state, timeout);
+    let mut call: Option<Call> = None;
+    loop {
+        let deadline = match co.step(std::time::Instant::now()) {
+            Step::GiveUp => break,
+            Step::Call(_) => {
+                if !session.credential_holds().unwrap_or(false) || !session.parent_alive() {
+                    break;
+                }
+                let Ok(page) = session.run_query(query.clone()).await else {
+                    break;
+                };
+                let changes = crate::mail::query::window_changes(&window, &page);
+                let old_total = window.total;
+                window = page;
+                if changes.is_empty() && changes.total == old_total {
+                    // Nothing this window shows changed: no call.
+                    co.answered(true);
+                    continue;
+                }
+                let mut req = listener.changed_request();
+                convert::query_changes(req.get().init_changes(), &changes);
                 call = Some(Box::pin(async move { req.send().promise.await.is_ok() }));
                 continue;
             }
