@@ -51,6 +51,7 @@ cases!(
     unknown_stream_tag_resets_only_that_stream,
     garbage_on_an_rpc_stream_closes_only_that_connection,
     oversized_message_closes_the_connection_with_limit,
+    hostile_bulk_requests_get_typed_errors,
 );
 
 /// How long any single expectation may take.
@@ -485,4 +486,79 @@ async fn oversized_message_closes_the_connection_with_limit(target: Target) -> O
         other => return Err(format!("expected an application close, got {other}")),
     }
     bystander_is_served(&target, &good).await
+}
+
+/// Sends one bulk request (and `payload` after it) and reads the answer:
+/// the error code, or the length.
+async fn bulk(
+    conn: &wire::Conn,
+    token: &[u8],
+    offset: u64,
+    payload: &[u8],
+) -> Result<Result<u64, ErrorCode>, String> {
+    use quail_protocol::quail_capnp::{bulk_request, bulk_response};
+    let mut msg = capnp::message::Builder::new_default();
+    {
+        let mut r = msg.init_root::<bulk_request::Builder<'_>>();
+        r.set_token(token);
+        r.set_offset(offset);
+    }
+    let mut bytes = vec![StreamKind::Bulk.tag()];
+    capnp::serialize::write_message(&mut bytes, &msg).map_err(|e| e.to_string())?;
+    bytes.extend_from_slice(payload);
+    let (mut send, mut recv) = conn.raw_stream(&bytes).await?;
+    let _ = send.finish();
+    let answer = tokio::time::timeout(STEP, recv.read_to_end(1 << 20))
+        .await
+        .map_err(fail("no answer to a bulk request"))?
+        .map_err(|e| format!("bulk stream: {e}"))?;
+    let reader = capnp::serialize::read_message(&mut &answer[..], capnp::message::ReaderOptions::new())
+        .map_err(|e| format!("bulk response: {e}"))?;
+    let r = reader.get_root::<bulk_response::Reader<'_>>().map_err(|e| e.to_string())?;
+    if r.has_error() {
+        let e = r.get_error().map_err(|e| e.to_string())?;
+        return Ok(Err(e.get_code().map_err(|e| e.to_string())?));
+    }
+    Ok(Ok(r.get_length()))
+}
+
+async fn hostile_bulk_requests_get_typed_errors(target: Target) -> Outcome {
+    let (conn, boot) = bootstrap(&target).await?;
+    let features = hello(&boot).await?;
+    if !features.iter().any(|f| f == "Gateway.upload") {
+        return Ok(());
+    }
+    // A forged token, and one a connection without the owner's capability
+    // names: not found, and nothing else is said.
+    let mut forged = [0u8; 32];
+    rand::rng().fill_bytes(&mut forged);
+    let got = bulk(&conn, &forged, 0, b"").await?;
+    ensure(got == Err(ErrorCode::NotFound), || format!("a forged token: {got:?}"))?;
+    let mut req = boot.gateway_request();
+    req.get().set_secret(target.gateway_secret.as_str());
+    let gateway = req.send().pipeline.get_gateway();
+    let mut up = gateway.upload_request();
+    up.get().set_size(10);
+    let resp = up.send().promise.await.map_err(fail("upload"))?;
+    let token = resp.get().map_err(fail("r"))?.get_token().map_err(fail("token"))?.to_vec();
+    let stranger = wire::connect(&target).await?;
+    let got = bulk(&stranger, &token, 0, b"0123456789").await?;
+    ensure(got == Err(ErrorCode::NotFound), || {
+        format!("a token on a connection without its owner: {got:?}")
+    })?;
+    // More bytes than reserved: refused, and the token may be sent again.
+    let got = bulk(&conn, &token, 0, b"0123456789 and more").await?;
+    ensure(got == Err(ErrorCode::Protocol), || format!("too many bytes: {got:?}"))?;
+    // Resuming past what the server holds: refused.
+    let got = bulk(&conn, &token, 5, b"56789").await?;
+    ensure(got == Err(ErrorCode::InvalidArgument), || format!("a resume past what is held: {got:?}"))?;
+    let got = bulk(&conn, &token, 0, b"0123456789").await?;
+    ensure(got == Ok(10), || format!("the exact bytes: {got:?}"))?;
+    // Not a bulk request at all: a protocol error, the connection lives.
+    let (mut send, mut recv) =
+        conn.raw_stream(&[StreamKind::Bulk.tag(), 0xff, 0xff, 0xff, 0xff, 1, 2]).await?;
+    let _ = send.finish();
+    let _ =
+        tokio::time::timeout(STEP, recv.read_to_end(1 << 16)).await.map_err(fail("no answer to garbage"))?;
+    hello(&boot).await.map(|_| ())
 }

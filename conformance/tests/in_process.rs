@@ -61,6 +61,7 @@ case_tests!(
     unknown_stream_tag_resets_only_that_stream,
     garbage_on_an_rpc_stream_closes_only_that_connection,
     oversized_message_closes_the_connection_with_limit,
+    hostile_bulk_requests_get_typed_errors,
 );
 
 /// The binary, pointed at a server by the environment, prints its tally.

@@ -204,6 +204,19 @@ impl Config {
             "limits: max_concurrent_logins, max_calls_per_connection and max_connections_per_ip must be positive"
         );
         anyhow::ensure!(l.listener_timeout_secs > 0, "limits.listener_timeout_secs must be positive");
+        // Together: what hello announces must be what holds. A message up
+        // to max_message_bytes travels on a bulk stream, held in memory
+        // once while it is parsed; past 1 GiB that is no longer a sane
+        // promise on any machine this runs on.
+        anyhow::ensure!(
+            l.max_message_bytes <= 1 << 30,
+            "limits.max_message_bytes must be at most 1 GiB (messages are held whole while parsed)"
+        );
+        anyhow::ensure!(
+            l.max_watches_per_connection > 0 && l.max_watches_per_connection < l.max_calls_per_connection,
+            "limits.max_watches_per_connection must be positive and below max_calls_per_connection \
+             (each watch keeps one call to its listener in flight)"
+        );
         Ok(())
     }
 
@@ -248,6 +261,20 @@ mod tests {
         assert_eq!(c.limits.max_query_limit, limits::MAX_QUERY_LIMIT);
         c.validate().expect("valid");
         assert!(toml::from_str::<Config>("listn = []").is_err());
+    }
+
+    #[test]
+    fn limits_that_cannot_hold_together_are_refused() {
+        let mut c = Config::default();
+        c.validate().expect("the defaults hold");
+        c.limits.max_message_bytes = 2 << 30;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.limits.max_watches_per_connection = c.limits.max_calls_per_connection;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.limits.max_inline_bytes = c.limits.max_rpc_message_bytes;
+        assert!(c.validate().is_err(), "inline bytes must fit in an RPC message with room to spare");
     }
 
     #[test]
