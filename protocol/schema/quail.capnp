@@ -526,10 +526,19 @@ struct RecipientOutcome {
 }
 
 interface Gateway {
-  deliver @0 (envelope :SmtpEnvelope, raw :Data, uploadToken :Data) -> (results :List(DeliveryResult));
+  deliver @0 (envelope :SmtpEnvelope, raw :Data, uploadToken :Data, idempotencyKey :Data)
+      -> (results :List(DeliveryResult));
   # Returns only after every accepted copy is durable. The message is `raw`,
   # or, for one too large to travel inline, the bytes of a finished upload
-  # (`uploadToken` from `upload`, single use).
+  # (`uploadToken` from `upload`, single use). With an `idempotencyKey`
+  # (1 to 128 bytes, e.g. the gateway's spool id), a deliver retried with
+  # the same key (its answer was lost) stores nothing again and answers
+  # what the first one did; keys are remembered for seven days.
+
+  checkRecipient @4 (address :Text) -> (error :Error);
+  # Whether mail to `address` would be accepted now, for the SMTP session
+  # to answer RCPT TO at once (no bounce later): no error = accepted;
+  # `notFound` = no such user; `overQuota` = the account is full.
 
   upload @3 (size :UInt64) -> (token :Data);
   # Reserves an upload of `size` bytes (at most maxMessageBytes): send them

@@ -154,6 +154,39 @@ impl Gateway {
     /// Delivers one raw message to the envelope's recipients; returns once
     /// every accepted copy is durable, with one outcome per recipient.
     pub async fn deliver(&self, envelope: &Envelope, raw: &[u8]) -> Result<Vec<DeliveryResult>> {
+        self.deliver_once(envelope, raw, None).await
+    }
+
+    /// Whether mail to `address` would be accepted now: `Ok` to accept,
+    /// `NotFound` for no such user, `OverQuota` for a full mailbox (an SMTP
+    /// session answers RCPT TO with it, so nothing bounces later).
+    pub async fn check_recipient(&self, address: &str) -> Result<()> {
+        let (cap, address) = (self.cap, address.to_owned());
+        self.client
+            .call(move |conn| async move {
+                let mut req = conn.gateway(cap)?.check_recipient_request();
+                req.get().set_address(address.as_str());
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                if r.has_error() {
+                    let e = r.get_error()?;
+                    return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// [`Gateway::deliver`] at most once per idempotency `key` (the
+    /// gateway's spool id, 1 to 128 bytes): a retry after a lost answer
+    /// stores nothing again and gets the first answer.
+    pub async fn deliver_once(
+        &self,
+        envelope: &Envelope,
+        raw: &[u8],
+        key: Option<&[u8]>,
+    ) -> Result<Vec<DeliveryResult>> {
+        let key = key.map(<[u8]>::to_vec);
         let limit = self.client.server_info().limits.max_message_bytes;
         if limit > 0 && raw.len() as u64 > limit {
             return Err(Error::LimitExceeded(format!(
@@ -194,6 +227,9 @@ impl Gateway {
                 match &token {
                     Some(t) => req.get().set_upload_token(&t[..]),
                     None => req.get().set_raw(&raw[..]),
+                }
+                if let Some(k) = &key {
+                    req.get().set_idempotency_key(&k[..]);
                 }
                 let resp = req.send().promise.await?;
                 use quail_protocol::quail_capnp::delivery_result::Which;

@@ -174,6 +174,94 @@ pub fn insert(
     Ok(id)
 }
 
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// How long a delivery's idempotency key is remembered: longer than any
+/// sender retries one message (RFC 5321 suggests giving up after 4-5 days).
+pub const IDEMPOTENCY_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Expired keys forgotten per delivery, so the table stays bounded.
+const FORGET_PER_DELIVERY: usize = 8;
+
+/// `k ‖ key` → the outcomes; `t ‖ time ‖ key` → () to expire them in order.
+fn delivery_key(key: &[u8]) -> Vec<u8> {
+    let mut k = b"k".to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+fn delivery_time_key(ms: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = b"t".to_vec();
+    k.extend_from_slice(&ms.max(0).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Remembered {
+    Delivered(u64),
+    OverQuota(String),
+    NotFound(String),
+}
+
+fn remember_delivery(
+    txn: &mut Txn<'_>,
+    key: &[u8],
+    accounts: &[AccountId],
+    outcomes: &[RecipientOutcome],
+    now_ms: i64,
+) -> Result<()> {
+    let rows: Vec<(u64, Remembered)> = accounts
+        .iter()
+        .zip(outcomes)
+        .map(|(a, o)| {
+            (
+                a.0,
+                match o {
+                    Ok(id) => Remembered::Delivered(id.0),
+                    Err(Error::OverQuota(m)) => Remembered::OverQuota(m.clone()),
+                    Err(e) => Remembered::NotFound(e.to_string()),
+                },
+            )
+        })
+        .collect();
+    let value =
+        postcard::to_stdvec(&(now_ms, rows)).map_err(|e| Error::Internal(format!("encoding: {e}")))?;
+    txn.put(Space::Deliveries, delivery_key(key), value);
+    txn.put(Space::Deliveries, delivery_time_key(now_ms, key), Vec::new());
+    // Forget the oldest keys past their time.
+    let horizon = now_ms - IDEMPOTENCY_RETENTION_MS;
+    let old = txn.scan_committed(
+        Space::Deliveries,
+        &crate::store::KeyRange::between(b"t".to_vec(), delivery_time_key(horizon, &[])),
+        crate::store::Order::Ascending,
+        FORGET_PER_DELIVERY,
+    )?;
+    for (k, _) in old {
+        if let Some(original) = k.get(9..) {
+            txn.delete(Space::Deliveries, delivery_key(original));
+        }
+        txn.delete(Space::Deliveries, k);
+    }
+    Ok(())
+}
+
+fn decode_outcomes(accounts: &[AccountId], value: &[u8]) -> Result<Vec<RecipientOutcome>> {
+    let (_, rows): (i64, Vec<(u64, Remembered)>) = postcard::from_bytes(value).map_err(|_| {
+        crate::store::StoreError::Corrupt { space: Space::Deliveries, detail: "delivery".into() }
+    })?;
+    Ok(accounts
+        .iter()
+        .map(|a| match rows.iter().find(|(r, _)| *r == a.0).map(|(_, o)| o) {
+            Some(Remembered::Delivered(id)) => Ok(EmailId(*id)),
+            Some(Remembered::OverQuota(m)) => Err(Error::OverQuota(m.clone())),
+            Some(Remembered::NotFound(m)) => Err(Error::not_found(m.clone())),
+            // A recipient the first attempt did not have: not delivered
+            // by this key (the sender retries it under a new one).
+            None => Err(Error::invalid("this delivery was made before without this recipient")),
+        })
+        .collect())
+}
+
 /// Outcome of delivering to one recipient.
 pub type RecipientOutcome = std::result::Result<EmailId, Error>;
 
@@ -206,6 +294,25 @@ impl Mailstore {
         raw_bytes: Vec<u8>,
         received_ms: i64,
     ) -> Result<Vec<RecipientOutcome>> {
+        self.deliver_once(accounts, raw_bytes, received_ms, None).await
+    }
+
+    /// [`Mailstore::deliver_owned`] at most once per idempotency `key` (the
+    /// gateway's spool id): a delivery retried with the same key (its
+    /// acknowledgement was lost) stores nothing again and answers what the
+    /// first one did. Keys are kept [`IDEMPOTENCY_RETENTION_MS`].
+    pub async fn deliver_once(
+        &self,
+        accounts: &[AccountId],
+        raw_bytes: Vec<u8>,
+        received_ms: i64,
+        key: Option<&[u8]>,
+    ) -> Result<Vec<RecipientOutcome>> {
+        if let Some(k) = key
+            && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(Error::invalid(format!("an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} bytes")));
+        }
         if raw_bytes.is_empty() {
             return Err(Error::invalid("empty message"));
         }
@@ -218,6 +325,11 @@ impl Mailstore {
             .map_err(|e| Error::Internal(format!("parsing task failed: {e}")))??;
         let config = *self.config();
         let (outcomes, ticket) = self.db().write(|txn| {
+            if let Some(k) = key
+                && let Some(done) = txn.get(Space::Deliveries, &delivery_key(k))?
+            {
+                return decode_outcomes(accounts, &done);
+            }
             let mut outcomes = Vec::with_capacity(accounts.len());
             for account in accounts {
                 let inbox = role_in(txn, *account, Role::Inbox)?;
@@ -233,6 +345,9 @@ impl Mailstore {
                     Err(e @ (Error::OverQuota(_) | Error::NotFound(_))) => outcomes.push(Err(e)),
                     Err(e) => return Err(e),
                 }
+            }
+            if let Some(k) = key {
+                remember_delivery(txn, k, accounts, &outcomes, received_ms)?;
             }
             Ok::<_, Error>(outcomes)
         })?;

@@ -99,7 +99,9 @@ impl gateway::Server for GatewayImpl {
         let outcomes = if targets.is_empty() {
             Vec::new()
         } else {
-            s.mail.deliver_owned(&targets, raw, now_ms()).await.map_err(to_capnp)?
+            let key = if p.has_idempotency_key() { Some(p.get_idempotency_key()?.to_vec()) } else { None };
+            let key = key.filter(|k| !k.is_empty());
+            s.mail.deliver_once(&targets, raw, now_ms(), key.as_deref()).await.map_err(to_capnp)?
         };
         let by_account: HashMap<AccountId, &Result<_, Error>> =
             targets.iter().copied().zip(outcomes.iter()).collect();
@@ -145,6 +147,31 @@ impl gateway::Server for GatewayImpl {
         }
         let token = self.services.uploads.reserve(Owner::GATEWAY, size, Instant::now()).map_err(to_capnp)?;
         results.get().set_token(&token[..]);
+        Ok(())
+    }
+
+    async fn check_recipient(
+        self: Rc<Self>,
+        params: gateway::CheckRecipientParams,
+        mut results: gateway::CheckRecipientResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
+        let s = &self.services;
+        let addr = text(params.get()?.get_address(), "address", MAX_PATH_BYTES)?;
+        let refusal = match s.accounts.resolve_recipient(addr, &s.config.domains).map_err(to_capnp)? {
+            None => Some(Error::not_found(format!("no mailbox for {addr}"))),
+            Some(a) => {
+                let usage = s.accounts.usage(a.id).map_err(to_capnp)?;
+                let full_bytes = a.quota_bytes > 0 && usage.bytes >= a.quota_bytes;
+                let full_count = a.quota_messages > 0 && usage.messages >= a.quota_messages;
+                (full_bytes || full_count).then(|| Error::OverQuota(format!("the mailbox of {addr} is full")))
+            }
+        };
+        if let Some(e) = refusal {
+            let mut b = results.get().init_error();
+            b.set_code(code_of(&e));
+            b.set_message(e.to_string().as_str());
+        }
         Ok(())
     }
 

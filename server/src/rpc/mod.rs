@@ -216,6 +216,7 @@ pub const FEATURES: &[&str] = &[
     "Session.upload",
     "Gateway.deliver",
     "Gateway.upload",
+    "Gateway.checkRecipient",
 ];
 
 /// The wire code of a domain error: the one place they are mapped.

@@ -108,11 +108,14 @@ pub enum Space {
     /// `account, blob id` → expiry (ms): blobs the account uploaded and
     /// holds until then.
     Uploads,
+    /// Gateway idempotency keys: `k ‖ key` → the delivery's outcomes,
+    /// `t ‖ time ‖ key` → () to forget them in order.
+    Deliveries,
 }
 
 impl Space {
     /// Every keyspace, in a fixed order.
-    pub const ALL: [Space; 17] = [
+    pub const ALL: [Space; 18] = [
         Space::Meta,
         Space::Accounts,
         Space::AccountNames,
@@ -130,6 +133,7 @@ impl Space {
         Space::Counters,
         Space::AccountBlobs,
         Space::Uploads,
+        Space::Deliveries,
     ];
 
     /// The keyspace's name on disk. Never change one: it is the stored layout.
@@ -152,6 +156,7 @@ impl Space {
             Space::Counters => "counters",
             Space::AccountBlobs => "account_blobs",
             Space::Uploads => "uploads",
+            Space::Deliveries => "deliveries",
         }
     }
 

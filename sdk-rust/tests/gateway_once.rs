@@ -1,0 +1,46 @@
+//! The gateway's guarantees for an SMTP session: recipients are checked
+//! while the session runs, and a delivery retried with its idempotency key
+//! (its answer was lost) is stored once.
+
+mod support;
+
+use quail::{EmailId, Error, Query};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_are_checked_and_a_retried_delivery_is_stored_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(dir.path()).await;
+    let client = support::connect(&server).await;
+    let admin = support::admin(&client, &server).await;
+    admin.create_account("alice", "alice-password", 0, 0).await.expect("create");
+    admin.create_account("full", "full-password", 0, 1).await.expect("create");
+    let gateway = support::gateway(&client, &server).await;
+
+    gateway.check_recipient("alice@example.org").await.expect("alice exists");
+    gateway.check_recipient("Alice+tag@example.org").await.expect("subaddress");
+    assert!(matches!(gateway.check_recipient("nobody@example.org").await, Err(Error::NotFound(_))));
+    gateway.check_recipient("full@example.org").await.expect("room for one");
+    gateway.deliver(&support::to("full@example.org"), &support::generated(0)).await.expect("deliver");
+    assert!(matches!(gateway.check_recipient("full@example.org").await, Err(Error::OverQuota(_))));
+
+    // The same spool id twice (the first answer was lost): one email.
+    let env = quail::Envelope {
+        mail_from: "bob@example.net".into(),
+        rcpt_to: vec!["alice@example.org".into(), "full@example.org".into()],
+        ..Default::default()
+    };
+    let raw = support::generated(1);
+    let first = gateway.deliver_once(&env, &raw, Some(b"spool-0001")).await.expect("deliver");
+    let again = gateway.deliver_once(&env, &raw, Some(b"spool-0001")).await.expect("retry");
+    let id: EmailId = first[0].outcome.clone().expect("delivered to alice");
+    assert_eq!(again[0].outcome.clone().expect("same answer"), id);
+    assert!(matches!(first[1].outcome, Err(Error::OverQuota(_))));
+    assert!(matches!(again[1].outcome, Err(Error::OverQuota(_))), "the refusal is remembered too");
+    let session = client.login("alice", "alice-password").await.expect("login");
+    assert_eq!(session.query(&Query::all()).await.expect("query").total, 1, "stored once");
+    // Another key is another message.
+    gateway.deliver_once(&env, &raw, Some(b"spool-0002")).await.expect("deliver");
+    assert_eq!(session.query(&Query::all()).await.expect("query").total, 2);
+    // Keys are bounded.
+    assert!(matches!(gateway.deliver_once(&env, &raw, Some(&[7u8; 200])).await, Err(Error::InvalidInput(_))));
+}
