@@ -1,9 +1,17 @@
 //! Quail's SMTP gateway: a client of the Quail server (with the gateway
-//! credential) that bridges to the internet — inbound MX, submission and the
-//! outbound delivery queue. The SMTP session will be a sans-IO state machine
-//! driven by a thin I/O shell; it arrives with its own issue.
+//! credential) that bridges to the internet. It keeps no mail state: a
+//! message is acknowledged with 250 only after the server stored it
+//! durably.
 //!
-//! For now: [`path`], the RFC 5321 reverse/forward path parser every SMTP
-//! command needs, strict as the protocol side of Quail should be.
+//! - [`session`] — the inbound SMTP session, a sans-IO state machine.
+//! - [`server`] — the tokio shell: listeners, TLS, limits per address, and
+//!   the actions carried out against the mail server.
+//! - [`path`] — RFC 5321 paths.
+//! - `fuzzing` — the body of the `smtp_session` fuzz target (tests and
+//!   `cfg(fuzzing)` only).
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod path;
+pub mod server;
+pub mod session;

@@ -1,0 +1,117 @@
+//! `quail-smtpd`: the SMTP gateway (inbound MX).
+//!
+//! `quail-smtpd --dev` next to `quaild --dev`: listens on 127.0.0.1:2525,
+//! reaches the server at 127.0.0.1:4433, and reads the development
+//! certificate (for STARTTLS and to pin the server) and the gateway
+//! credential from the server's data dir (`./quail-data`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use quail_smtp::server::{self, Options, Upstream};
+
+/// Quail's SMTP gateway.
+#[derive(Debug, Parser)]
+#[command(name = "quail-smtpd", version)]
+struct Cli {
+    /// Development defaults: 127.0.0.1:2525, the server on 127.0.0.1:4433,
+    /// its certificate and gateway credential from the data dir.
+    #[arg(long)]
+    dev: bool,
+    /// The Quail server's data dir (development certificate, gateway credential).
+    #[arg(long, env = "QUAIL_DATA_DIR", default_value = "./quail-data")]
+    data_dir: PathBuf,
+    /// The Quail server (host:port).
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    server: String,
+    /// Where to listen for SMTP.
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    listen: std::net::SocketAddr,
+    /// This host's name in the greeting and in Received headers.
+    #[arg(long, default_value = "localhost")]
+    hostname: String,
+    /// Certificate chain (PEM) for STARTTLS; default with --dev: the
+    /// server's development certificate.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Connections from one address at once.
+    #[arg(long, default_value_t = 20)]
+    max_connections_per_ip: u32,
+    /// Messages one address may send per minute.
+    #[arg(long, default_value_t = 600)]
+    max_messages_per_minute_per_ip: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data = &cli.data_dir;
+    let read = |name: &str| {
+        std::fs::read_to_string(data.join(name))
+            .with_context(|| format!("reading {}", data.join(name).display()))
+    };
+    let secret = read("gateway.secret")?.trim().to_owned();
+    let pin = read("tls/dev-cert.sha256")
+        .ok()
+        .and_then(|f| f.trim().parse().ok())
+        .map_or(quail::Trust::SystemRoots, quail::Trust::Pinned);
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            use rustls_pki_types::pem::PemObject;
+            let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("reading {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .context("certificate PEM")?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            Some(server::tls_config(chain, key)?)
+        }
+        _ => {
+            let cert = std::fs::read(data.join("tls/dev-cert.der"));
+            let key = std::fs::read(data.join("tls/dev-key.der"));
+            match (cert, key) {
+                (Ok(c), Ok(k)) => Some(server::tls_config(
+                    vec![rustls_pki_types::CertificateDer::from(c)],
+                    rustls_pki_types::PrivateKeyDer::Pkcs8(k.into()),
+                )?),
+                _ if cli.dev => anyhow::bail!(
+                    "no development certificate in {}; start quaild --dev first",
+                    data.display()
+                ),
+                _ => None,
+            }
+        }
+    };
+    let options = Options {
+        listen: cli.listen,
+        hostname: cli.hostname.clone(),
+        tls,
+        max_connections_per_ip: cli.max_connections_per_ip,
+        max_messages_per_minute_per_ip: cli.max_messages_per_minute_per_ip,
+    };
+    let starttls = options.tls.is_some();
+    let running = server::start(options, Upstream { addr: cli.server.clone(), trust: pin, secret }).await?;
+    println!(
+        "quail-smtpd listening on {} (SMTP{}), delivering to {}",
+        running.addr(),
+        if starttls { ", STARTTLS" } else { "" },
+        cli.server
+    );
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    running.stop();
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The tokio shell around [`crate::session`]: accepts TCP connections,
+//! bounds them per address, upgrades to TLS on STARTTLS, and carries out
+//! the session's actions against the Quail server through the gateway
+//! capability (recipient checks, durable deliveries keyed by spool id).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::session::{Action, DeliverVerdict, Envelope, RcptVerdict, Session, Settings};
+
+/// How the gateway reaches the Quail server.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `host:port` of the server.
+    pub addr: String,
+    /// How to authenticate it.
+    pub trust: quail::Trust,
+    /// The gateway credential.
+    pub secret: String,
+}
+
+/// What one listener serves.
+#[derive(Clone)]
+pub struct Options {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// This host's name.
+    pub hostname: String,
+    /// STARTTLS, when a certificate is configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections from one address at once.
+    pub max_connections_per_ip: u32,
+    /// Messages one address may send per minute.
+    pub max_messages_per_minute_per_ip: u32,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("listen", &self.listen)
+            .field("hostname", &self.hostname)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection to the Quail server, re-established when it drops.
+struct Backend {
+    upstream: Upstream,
+    current: tokio::sync::Mutex<Option<(quail::Client, Arc<quail::Gateway>)>>,
+}
+
+impl Backend {
+    async fn gateway(&self) -> Result<(quail::Client, Arc<quail::Gateway>), quail::Error> {
+        let mut current = self.current.lock().await;
+        if let Some((c, g)) = current.as_ref() {
+            return Ok((c.clone(), Arc::clone(g)));
+        }
+        let client = quail::Client::connect(&self.upstream.addr, self.upstream.trust.clone()).await?;
+        let gateway = Arc::new(client.gateway(&self.upstream.secret).await?);
+        *current = Some((client.clone(), Arc::clone(&gateway)));
+        Ok((client, gateway))
+    }
+
+    async fn forget(&self) {
+        *self.current.lock().await = None;
+    }
+
+    /// Runs `f` on the gateway, reconnecting once if the connection was lost
+    /// (safe: checks read, deliveries carry their idempotency key).
+    async fn with<T, F, Fut>(&self, f: F) -> Result<T, quail::Error>
+    where
+        F: Fn(Arc<quail::Gateway>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, quail::Error>>,
+    {
+        for attempt in 0..2 {
+            let (_, g) = self.gateway().await?;
+            match f(g).await {
+                Err(quail::Error::Disconnected(e)) if attempt == 0 => {
+                    tracing::warn!(error = %e, "lost the Quail server; reconnecting");
+                    self.forget().await;
+                }
+                other => return other,
+            }
+        }
+        Err(quail::Error::Disconnected("the Quail server is unreachable".into()))
+    }
+}
+
+/// Connections and recent messages per address.
+#[derive(Default)]
+struct PerIp {
+    open: HashMap<IpAddr, u32>,
+    sent: HashMap<IpAddr, VecDeque<Instant>>,
+}
+
+/// A running listener.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting (sessions in progress end with their connections).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Connects to the Quail server and starts listening.
+pub async fn start(options: Options, upstream: Upstream) -> anyhow::Result<Running> {
+    let backend = Arc::new(Backend { upstream, current: tokio::sync::Mutex::new(None) });
+    let (client, _) =
+        backend.gateway().await.context("connecting to the Quail server with the gateway credential")?;
+    let limits = client.server_info().limits.clone();
+    let settings = Settings {
+        hostname: options.hostname.clone(),
+        max_message_bytes: limits.max_message_bytes,
+        max_recipients: limits.max_recipients.max(1) as usize,
+        tls_available: options.tls.is_some(),
+    };
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let addr = listener.local_addr()?;
+    let per_ip = Arc::new(Mutex::new(PerIp::default()));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let ip = peer.ip().to_canonical();
+            {
+                let mut p = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = p.open.entry(ip).or_insert(0);
+                if *n >= options.max_connections_per_ip {
+                    drop(p);
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let _ =
+                            stream.write_all(b"421 4.7.0 too many connections from your address\r\n").await;
+                    });
+                    continue;
+                }
+                *n += 1;
+            }
+            let (backend, settings, options, per_ip) =
+                (Arc::clone(&backend), settings.clone(), options.clone(), Arc::clone(&per_ip));
+            tokio::spawn(async move {
+                if let Err(e) = connection(stream, ip, &backend, settings, &options, &per_ip).await {
+                    tracing::debug!(%ip, error = %e, "session ended");
+                }
+                let mut p = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(n) = p.open.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        p.open.remove(&ip);
+                    }
+                }
+            });
+        }
+    });
+    Ok(Running { addr, task })
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+            Stream::Gone => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.write_all(buf).await,
+            Stream::Gone => Ok(()),
+        }
+    }
+}
+
+/// One session's loop: read, feed, act.
+async fn connection(
+    stream: TcpStream,
+    ip: IpAddr,
+    backend: &Backend,
+    settings: Settings,
+    options: &Options,
+    per_ip: &Mutex<PerIp>,
+) -> anyhow::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let session_id = hex::encode(rand::random::<[u8; 8]>());
+    let (mut session, first) = Session::new(settings, ip, session_id, Instant::now());
+    let mut stream = Stream::Plain(stream);
+    let mut queue: VecDeque<Action> = first.into();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Carry out what the session asked for, in order.
+        let mut out = String::new();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Reply(text) => out.push_str(&text),
+                Action::Close => {
+                    stream.write_all(out.as_bytes()).await?;
+                    return Ok(());
+                }
+                Action::StartTls => {
+                    stream.write_all(out.as_bytes()).await?;
+                    out.clear();
+                    let Some(tls) = options.tls.clone() else {
+                        return Ok(());
+                    };
+                    let Stream::Plain(tcp) = std::mem::replace(&mut stream, Stream::Gone) else {
+                        return Ok(());
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    stream = Stream::Tls(Box::new(
+                        tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp))
+                            .await
+                            .context("TLS handshake timed out")??,
+                    ));
+                    queue.extend(session.tls_started());
+                }
+                Action::CheckRecipient(addr) => {
+                    // Replies so far go out first: the check may take a moment.
+                    let verdict = match backend
+                        .with(|g| {
+                            let a = addr.clone();
+                            async move { g.check_recipient(&a).await }
+                        })
+                        .await
+                    {
+                        Ok(()) => RcptVerdict::Accept,
+                        Err(quail::Error::NotFound(_)) => RcptVerdict::Unknown,
+                        Err(quail::Error::OverQuota(_)) => RcptVerdict::Full,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "recipient check failed");
+                            RcptVerdict::TempFail
+                        }
+                    };
+                    queue.extend(session.recipient_checked(verdict));
+                }
+                Action::Deliver(envelope, raw) => {
+                    let verdict = if !rate_ok(per_ip, ip, options.max_messages_per_minute_per_ip) {
+                        DeliverVerdict::TempFail("too many messages from your address".into())
+                    } else {
+                        deliver(backend, ip, &envelope, raw, session.last_spool_id()).await
+                    };
+                    queue.extend(session.delivered(verdict));
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(out.as_bytes()).await?;
+        }
+        let deadline = tokio::time::Instant::from_std(session.deadline());
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                queue.extend(session.timed_out());
+                continue;
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        queue.extend(session.receive(&buf[..n], Instant::now()));
+    }
+}
+
+fn rate_ok(per_ip: &Mutex<PerIp>, ip: IpAddr, per_minute: u32) -> bool {
+    let mut p = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    let q = p.sent.entry(ip).or_default();
+    while q.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+        q.pop_front();
+    }
+    if q.len() as u32 >= per_minute {
+        return false;
+    }
+    q.push_back(now);
+    true
+}
+
+async fn deliver(
+    backend: &Backend,
+    ip: IpAddr,
+    envelope: &Envelope,
+    raw: Vec<u8>,
+    spool_id: String,
+) -> DeliverVerdict {
+    let env = quail::Envelope {
+        mail_from: envelope.mail_from.clone(),
+        rcpt_to: envelope.rcpt_to.clone(),
+        remote_ip: ip.to_string(),
+        helo: envelope.helo.clone(),
+        tls: envelope.tls,
+    };
+    let raw = Arc::new(raw);
+    let result = backend
+        .with(|g| {
+            let (env, raw, key) = (env.clone(), Arc::clone(&raw), spool_id.clone());
+            async move { g.deliver_once(&env, &raw, Some(key.as_bytes())).await }
+        })
+        .await;
+    match result {
+        Ok(results) => {
+            let ids: Vec<String> =
+                results.iter().filter_map(|r| r.outcome.as_ref().ok()).map(|id| id.0.to_string()).collect();
+            if !ids.is_empty() {
+                DeliverVerdict::Stored(spool_id)
+            } else if results
+                .iter()
+                .all(|r| matches!(r.outcome, Err(quail::Error::NotFound(_) | quail::Error::Rejected(_))))
+            {
+                DeliverVerdict::Rejected("no recipient accepted the message".into())
+            } else {
+                DeliverVerdict::TempFail("the message could not be stored now".into())
+            }
+        }
+        Err(quail::Error::Rejected(why)) => DeliverVerdict::Rejected(why),
+        Err(quail::Error::LimitExceeded(why)) => DeliverVerdict::Rejected(why),
+        Err(e) => {
+            tracing::warn!(error = %e, "delivery failed");
+            DeliverVerdict::TempFail("the mail store is unavailable".into())
+        }
+    }
+}
+
+/// A rustls server configuration from a DER certificate chain and key.
+pub fn tls_config(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("certificate and key")?;
+    Ok(Arc::new(config))
+}

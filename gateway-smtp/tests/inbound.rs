@@ -1,0 +1,147 @@
+//! Inbound MX against real SMTP clients: Python's smtplib and swaks
+//! deliver to an account, in plain and over STARTTLS, through quail-smtpd
+//! into a real Quail server; the message is in the Inbox with a Received
+//! header. Unknown users are refused during the session.
+
+use std::process::Command;
+
+use quail::{Query, Trust};
+use quail_server::account::Credential;
+use quail_server::{Config, Running, Server};
+use quail_smtp::server::{self, Options, Upstream};
+
+struct World {
+    _dir: tempfile::TempDir,
+    server: Running,
+    smtp: quail_smtp::server::Running,
+    session: quail::Session,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = Config::ephemeral(dir.path());
+    let tls_dir = config.tls_dir();
+    let server = Server::start(config).await.expect("start");
+    let pin: quail::Fingerprint = server.fingerprint().parse().expect("pin");
+    let client = quail::Client::connect(&server.addr().to_string(), Trust::Pinned(pin))
+        .await
+        .expect("connect");
+    let admin = client.admin(&server.secret(Credential::Admin).expect("secret")).await.expect("admin");
+    admin.create_account("alice", "alice-password", 0, 0).await.expect("create");
+    let cert = quail_server::net::tls::load_or_create_dev(&tls_dir).expect("dev cert");
+    let options = Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        hostname: "mx.test".into(),
+        tls: Some(server::tls_config(cert.chain, cert.key).expect("tls")),
+        max_connections_per_ip: 20,
+        max_messages_per_minute_per_ip: 600,
+    };
+    let upstream = Upstream {
+        addr: server.addr().to_string(),
+        trust: Trust::Pinned(pin),
+        secret: server.secret(Credential::Gateway).expect("secret"),
+    };
+    let smtp = server::start(options, upstream).await.expect("smtpd");
+    let session = client.login("alice", "alice-password").await.expect("login");
+    World { _dir: dir, server, smtp, session }
+}
+
+/// The Inbox's emails with the given subject, as raw text.
+async fn received(session: &quail::Session, subject: &str) -> Vec<String> {
+    let page = session.query(&Query::all()).await.expect("query");
+    let mut out = Vec::new();
+    for id in page.ids {
+        let raw = String::from_utf8_lossy(&session.raw(id).await.expect("raw")).into_owned();
+        if raw.contains(&format!("Subject: {subject}")) {
+            out.push(raw);
+        }
+    }
+    out
+}
+
+fn python(script: &str) -> std::process::Output {
+    Command::new("python3").arg("-c").arg(script).output().expect("python3 runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_delivers_in_plain_and_over_starttls_and_unknown_users_are_refused() {
+    let w = world().await;
+    let port = w.smtp.addr().port();
+    for (subject, tls) in [("via smtplib", false), ("via smtplib starttls", true)] {
+        let starttls =
+            if tls { "s.starttls(context=ssl._create_unverified_context()); s.ehlo()" } else { "" };
+        let script = format!(
+            "import smtplib, ssl\n\
+             s = smtplib.SMTP('127.0.0.1', {port}, local_hostname='client.test')\n\
+             s.ehlo()\n{starttls}\n\
+             s.sendmail('bob@example.net', ['alice@example.org'], \
+               'From: bob@example.net\\r\\nTo: alice@example.org\\r\\nSubject: {subject}\\r\\n\\r\\n.leading dot\\r\\nhello\\r\\n')\n\
+             s.quit()\n"
+        );
+        let out = python(&script);
+        assert!(out.status.success(), "{subject}: {}", String::from_utf8_lossy(&out.stderr));
+        let got = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(received(&w.session, subject))
+        });
+        assert_eq!(got.len(), 1, "{subject}");
+        let raw = &got[0];
+        assert!(
+            raw.starts_with(
+                "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (quail-smtpd) with ESMTP"
+            ),
+            "{raw}"
+        );
+        assert_eq!(raw.contains("with ESMTPS"), tls, "{raw}");
+        assert!(raw.contains("\r\n.leading dot\r\nhello\r\n"), "dot-unstuffed once: {raw}");
+    }
+    // An unknown user is refused at RCPT, during the session.
+    let out = python(&format!(
+        "import smtplib\n\
+         s = smtplib.SMTP('127.0.0.1', {port})\n\
+         try:\n    s.sendmail('bob@example.net', ['nobody@example.org'], 'Subject: x\\r\\n\\r\\nx\\r\\n')\n\
+         except smtplib.SMTPRecipientsRefused as e:\n    print(e.recipients['nobody@example.org'][0])\n"
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "550",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(w.server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_delivers_in_plain_and_over_starttls() {
+    if Command::new("swaks").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "swaks is missing, and CI is set (.ci/run installs it)");
+        eprintln!("NOTE: swaks is not installed; skipping (apt-get install swaks)");
+        return;
+    }
+    let w = world().await;
+    let server = format!("127.0.0.1:{}", w.smtp.addr().port());
+    for (subject, tls) in [("via swaks", false), ("via swaks tls", true)] {
+        let mut cmd = Command::new("swaks");
+        cmd.args(["--server", &server, "--to", "alice@example.org", "--from", "carol@example.net"]).args([
+            "--helo",
+            "swaks.test",
+            "--header",
+            &format!("Subject: {subject}"),
+            "--body",
+            "Hello from swaks",
+        ]);
+        if tls {
+            cmd.arg("--tls");
+        }
+        let out = cmd.output().expect("swaks runs");
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{subject}: {log}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(log.contains("250 2.0.0 OK: queued as"), "{log}");
+        let got = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(received(&w.session, subject))
+        });
+        assert_eq!(got.len(), 1, "{subject}");
+        assert!(got[0].starts_with("Received: from swaks.test ([127.0.0.1])"), "{}", got[0]);
+        assert_eq!(got[0].contains("with ESMTPS"), tls);
+    }
+    drop(w.server);
+}
