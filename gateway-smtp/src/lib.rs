@@ -4,12 +4,14 @@
 //! durably.
 //!
 //! - [`session`] — the inbound SMTP session, a sans-IO state machine.
+//! - [`auth`] — SPF, DKIM, DMARC and ARC into `Authentication-Results`.
 //! - [`server`] — the tokio shell: listeners, TLS, limits per address, and
 //!   the actions carried out against the mail server.
 //! - [`path`] — RFC 5321 paths.
 //! - `fuzzing` — the body of the `smtp_session` fuzz target (tests and
 //!   `cfg(fuzzing)` only).
 
+pub mod auth;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod path;

@@ -44,6 +44,10 @@ struct Cli {
     /// Messages one address may send per minute.
     #[arg(long, default_value_t = 600)]
     max_messages_per_minute_per_ip: u32,
+    /// The DNS server for SPF, DKIM and DMARC (ip:port); default: the
+    /// system's resolver.
+    #[arg(long)]
+    resolver: Option<std::net::SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,7 +100,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     };
+    let verifier = match quail_smtp::auth::Verifier::new(&cli.hostname, cli.resolver) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver: mail is not authenticated (no Authentication-Results)");
+            None
+        }
+    };
     let options = Options {
+        verifier,
         listen: cli.listen,
         hostname: cli.hostname.clone(),
         tls,

@@ -38,6 +38,9 @@ pub struct Options {
     pub max_connections_per_ip: u32,
     /// Messages one address may send per minute.
     pub max_messages_per_minute_per_ip: u32,
+    /// SPF, DKIM, DMARC and ARC into `Authentication-Results` (`None`: not
+    /// verified, no header).
+    pub verifier: Option<crate::auth::Verifier>,
 }
 
 impl std::fmt::Debug for Options {
@@ -260,7 +263,11 @@ async fn connection(
                     };
                     queue.extend(session.recipient_checked(verdict));
                 }
-                Action::Deliver(envelope, raw) => {
+                Action::Deliver(envelope, mut raw) => {
+                    if let Some(v) = &options.verifier {
+                        let header = v.results(&raw, ip, &envelope.helo, &envelope.mail_from).await;
+                        raw.splice(0..0, header.into_bytes());
+                    }
                     let verdict = if !rate_ok(per_ip, ip, options.max_messages_per_minute_per_ip) {
                         DeliverVerdict::TempFail("too many messages from your address".into())
                     } else {

@@ -3,6 +3,8 @@
 //! into a real Quail server; the message is in the Inbox with a Received
 //! header. Unknown users are refused during the session.
 
+mod support;
+
 use std::process::Command;
 
 use quail::{Query, Trust};
@@ -38,6 +40,9 @@ async fn world_with(max_connections_per_ip: u32, max_messages_per_minute_per_ip:
         tls: Some(server::tls_config(cert.chain, cert.key).expect("tls")),
         max_connections_per_ip,
         max_messages_per_minute_per_ip,
+        verifier: Some(
+            quail_smtp::auth::Verifier::new("mx.test", Some(support::dns("").await)).expect("verifier"),
+        ),
     };
     let upstream = Upstream {
         addr: server.addr().to_string(),
@@ -77,8 +82,8 @@ async fn smtplib_delivers_in_plain_and_over_starttls_and_unknown_users_are_refus
             "import smtplib, ssl\n\
              s = smtplib.SMTP('127.0.0.1', {port}, local_hostname='client.test')\n\
              s.ehlo()\n{starttls}\n\
-             s.sendmail('bob@example.net', ['alice@example.org'], \
-               'From: bob@example.net\\r\\nTo: alice@example.org\\r\\nSubject: {subject}\\r\\n\\r\\n.leading dot\\r\\nhello\\r\\n')\n\
+             s.sendmail('bob@example.test', ['alice@example.org'], \
+               'From: bob@example.test\\r\\nTo: alice@example.org\\r\\nSubject: {subject}\\r\\n\\r\\n.leading dot\\r\\nhello\\r\\n')\n\
              s.quit()\n"
         );
         let out = python(&script);
@@ -88,10 +93,11 @@ async fn smtplib_delivers_in_plain_and_over_starttls_and_unknown_users_are_refus
         });
         assert_eq!(got.len(), 1, "{subject}");
         let raw = &got[0];
+        assert!(raw.starts_with("Authentication-Results: mx.test;"), "{raw}");
+        assert!(raw.contains("spf=pass") && raw.contains("smtp.mailfrom=bob@example.test"), "{raw}");
+        let received = raw.split_once("\r\nReceived: ").map(|(_, r)| r).expect("a Received header");
         assert!(
-            raw.starts_with(
-                "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (quail-smtpd) with ESMTP"
-            ),
+            received.starts_with("from client.test ([127.0.0.1])\r\n\tby mx.test (quail-smtpd) with ESMTP"),
             "{raw}"
         );
         assert_eq!(raw.contains("with ESMTPS"), tls, "{raw}");
@@ -101,7 +107,7 @@ async fn smtplib_delivers_in_plain_and_over_starttls_and_unknown_users_are_refus
     let out = python(&format!(
         "import smtplib\n\
          s = smtplib.SMTP('127.0.0.1', {port})\n\
-         try:\n    s.sendmail('bob@example.net', ['nobody@example.org'], 'Subject: x\\r\\n\\r\\nx\\r\\n')\n\
+         try:\n    s.sendmail('bob@example.test', ['nobody@example.org'], 'Subject: x\\r\\n\\r\\nx\\r\\n')\n\
          except smtplib.SMTPRecipientsRefused as e:\n    print(e.recipients['nobody@example.org'][0])\n"
     ));
     assert_eq!(
@@ -124,7 +130,7 @@ async fn swaks_delivers_in_plain_and_over_starttls() {
     let server = format!("127.0.0.1:{}", w.smtp.addr().port());
     for (subject, tls) in [("via swaks", false), ("via swaks tls", true)] {
         let mut cmd = Command::new("swaks");
-        cmd.args(["--server", &server, "--to", "alice@example.org", "--from", "carol@example.net"]).args([
+        cmd.args(["--server", &server, "--to", "alice@example.org", "--from", "carol@example.test"]).args([
             "--helo",
             "swaks.test",
             "--header",
@@ -143,7 +149,8 @@ async fn swaks_delivers_in_plain_and_over_starttls() {
             tokio::runtime::Handle::current().block_on(received(&w.session, subject))
         });
         assert_eq!(got.len(), 1, "{subject}");
-        assert!(got[0].starts_with("Received: from swaks.test ([127.0.0.1])"), "{}", got[0]);
+        assert!(got[0].starts_with("Authentication-Results: mx.test;"), "{}", got[0]);
+        assert!(got[0].contains("\r\nReceived: from swaks.test ([127.0.0.1])"), "{}", got[0]);
         assert_eq!(got[0].contains("with ESMTPS"), tls);
     }
     drop(w.server);
@@ -166,7 +173,7 @@ async fn smtp_source_sends_5000_messages_and_exactly_5000_are_stored() {
     let started = std::time::Instant::now();
     let out = tokio::process::Command::new(tool)
         .args(["-s", "20", "-m", "5000", "-l", "10240", "-M", "client.test"])
-        .args(["-f", "bob@example.net", "-t", "alice@example.org", &target])
+        .args(["-f", "bob@example.test", "-t", "alice@example.org", &target])
         .output()
         .await
         .expect("smtp-source runs");

@@ -1,0 +1,77 @@
+//! Sender authentication of inbound mail: SPF (HELO and MAIL FROM), DKIM,
+//! DMARC and ARC, verified with mail-auth and recorded in an
+//! `Authentication-Results` header (RFC 8601) at the top of the message.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
+
+/// How long one DNS lookup may take: a slow resolver delays the reply to
+/// DATA, never the store.
+const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The verifier.
+#[derive(Clone)]
+pub struct Verifier {
+    auth: MessageAuthenticator,
+    hostname: String,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("hostname", &self.hostname).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Resolving through `nameserver` (`None`: the system's resolver).
+    pub fn new(hostname: &str, nameserver: Option<SocketAddr>) -> anyhow::Result<Verifier> {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = DNS_TIMEOUT;
+        opts.attempts = 1;
+        let auth = match nameserver {
+            Some(addr) => {
+                let mut ns = NameServerConfig::udp(addr.ip());
+                for c in &mut ns.connections {
+                    c.port = addr.port();
+                }
+                MessageAuthenticator::new(ResolverConfig::from_parts(None, Vec::new(), vec![ns]), opts)
+            }
+            None => MessageAuthenticator::new_system_conf(),
+        }
+        .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
+        Ok(Verifier { auth, hostname: hostname.to_owned() })
+    }
+
+    /// The `Authentication-Results` header for `raw` from `ip`, which said
+    /// `helo` and `MAIL FROM:<mail_from>`.
+    pub async fn results(&self, raw: &[u8], ip: IpAddr, helo: &str, mail_from: &str) -> String {
+        let host = self.hostname.as_str();
+        let spf_helo = self.auth.verify_spf(SpfParameters::verify_ehlo(ip, helo, host)).await;
+        let sender = if mail_from.is_empty() { format!("postmaster@{helo}") } else { mail_from.to_owned() };
+        let spf_from = self.auth.verify_spf(SpfParameters::verify_mail_from(ip, helo, host, &sender)).await;
+        let mut ar = AuthenticationResults::new(host)
+            .with_spf_ehlo_result(&spf_helo, ip, helo)
+            .with_spf_mailfrom_result(&spf_from, ip, mail_from, helo);
+        match AuthenticatedMessage::parse(raw) {
+            Some(msg) => {
+                let dkim = self.auth.verify_dkim(&msg).await;
+                let arc = self.auth.verify_arc(&msg).await;
+                let from_domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d).to_owned();
+                let dmarc =
+                    self.auth.verify_dmarc(DmarcParameters::new(&msg, &dkim, &from_domain, &spf_from)).await;
+                ar = ar
+                    .with_dkim_results(&dkim, msg.from())
+                    .with_arc_result(&arc, ip)
+                    .with_dmarc_result(&dmarc);
+                ar.to_header()
+            }
+            None => ar.to_header(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Shared by the gateway's tests: a DNS server on loopback serving test
+//! zones (SPF, DMARC and a DKIM key for example.test; an SPF that forbids
+//! loopback for forbidden.test).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hickory_server::proto::rr::rdata::{SOA, TXT};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+
+fn zone(origin: &str, txt: &[(&str, &str)]) -> InMemoryZoneHandler {
+    let o = Name::from_ascii(origin).expect("name");
+    let mut z = InMemoryZoneHandler::empty(o.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+    let n = |s: &str| Name::from_ascii(s).expect("name");
+    z.upsert_mut(
+        Record::from_rdata(
+            o.clone(),
+            60,
+            RData::SOA(SOA::new(n("ns.test."), n("admin.test."), 1, 3600, 600, 86400, 60)),
+        ),
+        1,
+    );
+    for (name, value) in txt {
+        // Long values in 255-byte strings, as DNS needs.
+        let parts = value.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        z.upsert_mut(Record::from_rdata(n(name), 60, RData::TXT(TXT::new(parts))), 1);
+    }
+    z
+}
+
+pub async fn dns(dkim_public: &str) -> SocketAddr {
+    let mut catalog = Catalog::new();
+    let dkim = format!("v=DKIM1; k=ed25519; p={dkim_public}");
+    let good = zone(
+        "example.test.",
+        &[
+            ("example.test.", "v=spf1 ip4:127.0.0.0/8 -all"),
+            ("_dmarc.example.test.", "v=DMARC1; p=reject"),
+            ("s1._domainkey.example.test.", &dkim),
+        ],
+    );
+    let bad = zone("forbidden.test.", &[("forbidden.test.", "v=spf1 ip4:192.0.2.1 -all")]);
+    // The parent, so the DMARC tree walk gets an answer (NXDOMAIN) there too.
+    catalog
+        .upsert(LowerName::from(Name::from_ascii("test.").expect("n")), vec![Arc::new(zone("test.", &[]))]);
+    catalog.upsert(LowerName::from(Name::from_ascii("example.test.").expect("n")), vec![Arc::new(good)]);
+    catalog.upsert(LowerName::from(Name::from_ascii("forbidden.test.").expect("n")), vec![Arc::new(bad)]);
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    let addr = udp.local_addr().expect("addr");
+    let mut s = hickory_server::Server::new(catalog);
+    s.register_socket(udp);
+    tokio::spawn(async move {
+        let _ = s.block_until_done().await;
+    });
+    addr
+}
