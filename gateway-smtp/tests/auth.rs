@@ -18,17 +18,19 @@ use quail_server::{Config, Server};
 use quail_smtp::server::{self, Options, Upstream};
 
 fn send(port: u16, helo: &str, from: &str, file: &std::path::Path) {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import smtplib\n\
+    let out = tokio::task::block_in_place(|| {
+        Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import smtplib\n\
              s = smtplib.SMTP('127.0.0.1', {port}, local_hostname='{helo}')\n\
              s.sendmail('{from}', ['alice@example.org'], open('{}', 'rb').read())\n\
              s.quit()\n",
-            file.display()
-        ))
-        .output()
-        .expect("python3");
+                file.display()
+            ))
+            .output()
+            .expect("python3")
+    });
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -18,12 +18,16 @@ fn quail(data_dir: &Path, config: &Path, server: &str, args: &[&str], stdin: Opt
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("run quail");
-    if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("wait")
+    // Blocking on the child: off the runtime's worker (the in-process
+    // server's tasks run there).
+    tokio::task::block_in_place(|| {
+        let mut child = cmd.spawn().expect("run quail");
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("wait")
+    })
 }
 
 fn ok(out: Output) -> String {
@@ -72,7 +76,7 @@ async fn walk_through() {
         .spawn()
         .expect("run quail");
     drop(child.stdout.take());
-    let out = child.wait_with_output().expect("wait");
+    let out = tokio::task::block_in_place(|| child.wait_with_output().expect("wait"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("panicked"), "{:?}: {err}", out.status);
     #[cfg(unix)]
@@ -195,7 +199,7 @@ async fn show_fetch_and_watch() {
         .expect("run quail watch");
     let mut err = std::io::BufReader::new(watcher.stderr.take().expect("stderr"));
     let mut line = String::new();
-    err.read_line(&mut line).expect("watch says it started");
+    tokio::task::block_in_place(|| err.read_line(&mut line).expect("watch says it started"));
     assert!(line.contains("watching"), "{line}");
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = watcher.stdout.take().expect("stdout");
@@ -205,8 +209,8 @@ async fn show_fetch_and_watch() {
         }
     });
     gateway.deliver(&support::to("alice@example.org"), &support::generated(77)).await.expect("deliver");
-    let printed =
-        rx.recv_timeout(std::time::Duration::from_secs(20)).expect("quail watch printed the new mail");
+    let printed = tokio::task::block_in_place(|| rx.recv_timeout(std::time::Duration::from_secs(20)))
+        .expect("quail watch printed the new mail");
     assert!(printed.starts_with("new") && printed.contains("generated message 77"), "{printed}");
     let _ = watcher.kill();
     let _ = watcher.wait();

@@ -102,10 +102,15 @@ async fn a_keyword_change_completes_while_a_large_download_runs() {
     let held = Arc::new(AtomicU64::new(0));
     let mut writer = Gated { out: Vec::new(), open: 2 << 20, gate, held: Arc::clone(&held) };
     let s = Arc::clone(&session);
-    let download = tokio::spawn(async move {
-        let mut d = s.start_fetch_part(id, "2", 0, 0).await.expect("start");
-        s.download_to(&mut d, &mut writer, &mut |_, _| {}).await.expect("download");
-        writer.out
+    // The writer blocks its thread: run it on one of the blocking pool, never
+    // on a runtime worker (the in-process server's tasks run there).
+    let handle = tokio::runtime::Handle::current();
+    let download = tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+            let mut d = s.start_fetch_part(id, "2", 0, 0).await.expect("start");
+            s.download_to(&mut d, &mut writer, &mut |_, _| {}).await.expect("download");
+            writer.out
+        })
     });
     while held.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
