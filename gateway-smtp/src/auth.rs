@@ -75,3 +75,65 @@ impl Verifier {
         }
     }
 }
+
+/// Removes `Authentication-Results` fields that claim to come from
+/// `hostname` (RFC 8601 §5): only this gateway may write results under its
+/// own name, so a sender cannot forge a `dkim=pass` that readers trust.
+/// Fields of other authserv-ids are kept. Works on the header section only.
+pub fn strip_forged(raw: &[u8], hostname: &str) -> Vec<u8> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
+    let (head, body) = raw.split_at(end);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut fields: Vec<&[u8]> = Vec::new();
+    // Split the header section into fields (a line starting with space or
+    // tab continues the previous field).
+    let mut start = 0;
+    let mut i = 0;
+    while i < head.len() {
+        if head[i] == b'\n' {
+            let next = head.get(i + 1).copied();
+            if !matches!(next, Some(b' ' | b'\t')) {
+                fields.push(&head[start..=i]);
+                start = i + 1;
+            }
+        }
+        i += 1;
+    }
+    if start < head.len() {
+        fields.push(&head[start..]);
+    }
+    for f in fields {
+        let text = String::from_utf8_lossy(f);
+        let forged = text.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("authentication-results")
+                && value
+                    .trim_start()
+                    .split(|c: char| c == ';' || c.is_whitespace())
+                    .next()
+                    .is_some_and(|id| id.eq_ignore_ascii_case(hostname))
+        });
+        if !forged {
+            out.extend_from_slice(f);
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn forged_results_under_our_name_are_removed_and_others_kept() {
+        let raw = b"Received: from x\r\n\tby mx.test; now\r\n\
+            Authentication-Results: MX.test;\r\n\tdkim=pass header.d=bank.example\r\n\
+            Subject: hi\r\n\
+            Authentication-Results: other.example; spf=fail\r\n\
+            \r\n\
+            Authentication-Results: mx.test; in the body stays\r\n";
+        let out = String::from_utf8(super::strip_forged(raw, "mx.test")).expect("utf8");
+        assert!(!out.contains("dkim=pass header.d=bank.example"), "{out}");
+        assert!(out.contains("Authentication-Results: other.example; spf=fail\r\n"), "{out}");
+        assert!(out.starts_with("Received: from x\r\n\tby mx.test; now\r\nSubject: hi\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\nAuthentication-Results: mx.test; in the body stays\r\n"), "{out}");
+    }
+}

@@ -265,7 +265,11 @@ async fn connection(
                 }
                 Action::Deliver(envelope, mut raw) => {
                     if let Some(v) = &options.verifier {
+                        // Verified as sent (signatures may cover any field),
+                        // then results under our name that the sender wrote
+                        // are removed.
                         let header = v.results(&raw, ip, &envelope.helo, &envelope.mail_from).await;
+                        raw = crate::auth::strip_forged(&raw, &options.hostname);
                         raw.splice(0..0, header.into_bytes());
                     }
                     let verdict = if !rate_ok(per_ip, ip, options.max_messages_per_minute_per_ip) {

@@ -89,10 +89,15 @@ async fn spf_dkim_and_dmarc_are_verified_and_recorded() {
     let signed = sign(&body("signed", "bob@example.test"));
     let tampered = sign(&body("tampered", "bob@example.test")).replace("Hello Alice.", "Send money.");
     let forbidden = body("forbidden", "eve@forbidden.test");
+    let forged = format!(
+        "Authentication-Results: mx.test; dkim=pass header.d=bank.example\r\n{}",
+        body("forged", "eve@forbidden.test")
+    );
     for (name, text, from) in [
         ("signed", &signed, "bob@example.test"),
         ("tampered", &tampered, "bob@example.test"),
         ("forbidden", &forbidden, "eve@forbidden.test"),
+        ("forged", &forged, "eve@forbidden.test"),
     ] {
         let file = dir.path().join(format!("{name}.eml"));
         std::fs::write(&file, text).expect("write");
@@ -116,7 +121,21 @@ async fn spf_dkim_and_dmarc_are_verified_and_recorded() {
     // mail-auth records a body that no longer matches its signature as
     // `neutral (body hash did not verify)`: not a pass.
     assert!(!tampered.contains("dkim=pass") && tampered.contains("body hash did not verify"), "{tampered}");
+    let forged = page_raw(&session, "forged").await;
+    assert_eq!(forged.matches("Authentication-Results: mx.test").count(), 1, "{forged}");
+    assert!(!forged.contains("bank.example"), "a forged result under our name was kept: {forged}");
     let forbidden = &results["forbidden"];
     assert!(forbidden.contains("spf=fail"), "{forbidden}");
     drop(server);
+}
+
+async fn page_raw(session: &quail::Session, subject: &str) -> String {
+    let page = session.query(&Query::all()).await.expect("query");
+    for id in page.ids {
+        let raw = String::from_utf8_lossy(&session.raw(id).await.expect("raw")).into_owned();
+        if raw.contains(&format!("Subject: {subject}\r\n")) {
+            return raw;
+        }
+    }
+    panic!("no message {subject}");
 }
