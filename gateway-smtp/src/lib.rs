@@ -7,11 +7,13 @@
 //! - [`auth`] — SPF, DKIM, DMARC and ARC into `Authentication-Results`.
 //! - [`server`] — the tokio shell: listeners, TLS, limits per address, and
 //!   the actions carried out against the mail server.
+//! - [`config`] — `quail-smtpd --config FILE` (TOML).
 //! - [`path`] — RFC 5321 paths.
 //! - `fuzzing` — the body of the `smtp_session` fuzz target (tests and
 //!   `cfg(fuzzing)` only).
 
 pub mod auth;
+pub mod config;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod path;

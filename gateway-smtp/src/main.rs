@@ -15,6 +15,9 @@ use quail_smtp::server::{self, Options, Upstream};
 #[derive(Debug, Parser)]
 #[command(name = "quail-smtpd", version)]
 struct Cli {
+    /// A TOML file with the settings below (flags given override it).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
     /// Development defaults: 127.0.0.1:2525, the server on 127.0.0.1:4433,
     /// its certificate and gateway credential from the data dir.
     #[arg(long)]
@@ -57,7 +60,52 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(path) = cli.config.clone() {
+        let file = quail_smtp::config::FileConfig::load(&path)?;
+        let matches = <Cli as clap::CommandFactory>::command().get_matches();
+        let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        if !given("data_dir")
+            && let Some(v) = file.data_dir
+        {
+            cli.data_dir = v;
+        }
+        if !given("server")
+            && let Some(v) = file.server
+        {
+            cli.server = v;
+        }
+        if !given("listen")
+            && let Some(v) = file.listen
+        {
+            cli.listen = v;
+        }
+        if !given("hostname")
+            && let Some(v) = file.hostname
+        {
+            cli.hostname = v;
+        }
+        if cli.tls_cert.is_none() {
+            cli.tls_cert = file.tls_cert;
+        }
+        if cli.tls_key.is_none() {
+            cli.tls_key = file.tls_key;
+        }
+        if cli.resolver.is_none() {
+            cli.resolver = file.resolver;
+        }
+        if !given("max_connections_per_ip")
+            && let Some(v) = file.max_connections_per_ip
+        {
+            cli.max_connections_per_ip = v;
+        }
+        if !given("max_messages_per_minute_per_ip")
+            && let Some(v) = file.max_messages_per_minute_per_ip
+        {
+            cli.max_messages_per_minute_per_ip = v;
+        }
+        anyhow::ensure!(cli.tls_cert.is_some() == cli.tls_key.is_some(), "tls_cert and tls_key go together");
+    }
     let runtime = tokio::runtime::Runtime::new().context("runtime")?;
     runtime.block_on(run(cli))
 }

@@ -15,10 +15,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 async fn start_smtpd(data: &std::path::Path, server: &str) -> (tokio::process::Child, String) {
+    // Listen address and host name from a config file, the rest as flags.
+    let config = data.join("smtpd.toml");
+    std::fs::write(&config, "hostname = \"mx.test\"\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 4\n")
+        .expect("config");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quail-smtpd"))
+        .arg("--config")
+        .arg(&config)
         .args(["--data-dir"])
         .arg(data)
-        .args(["--server", server, "--listen", "127.0.0.1:0", "--hostname", "mx.test"])
+        .args(["--server", server])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -74,7 +80,8 @@ async fn a_gateway_killed_mid_data_loses_nothing_acknowledged_and_stores_nothing
         let stream = TcpStream::connect(&addr).await.expect("connect");
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::new(rd);
-        assert!(reply(&mut rd).await.starts_with("220"));
+        let greeting = reply(&mut rd).await;
+        assert!(greeting.starts_with("220 mx.test "), "the host name from the config file: {greeting}");
         wr.write_all(b"EHLO client.test\r\n").await.expect("write");
         assert!(reply(&mut rd).await.starts_with("250"));
         // A few whole messages, each acknowledged...
