@@ -133,6 +133,19 @@ async fn a_restricted_session_dies_with_its_parent_and_at_its_expiry() {
     }
     assert!(ended, "the child outlived its released parent");
 
+    // A watch of a child ends with its parent too, at the next change.
+    let parent = w.client.login("alice", PASSWORD).await.expect("login");
+    let child = parent.restrict(&[w.work], true, None).await.expect("restrict");
+    let mut watch = child.watch().await.expect("watch");
+    drop(parent);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let gateway = support::gateway(&w.client, &w.server).await;
+    gateway.deliver(&support::to("alice@example.org"), &support::generated(9)).await.expect("deliver");
+    let next = tokio::time::timeout(std::time::Duration::from_secs(20), futures::StreamExt::next(&mut watch))
+        .await
+        .expect("the watch ends");
+    assert_eq!(next, None, "a released parent's child still hears of changes");
+
     // Revoked parent (a new password): the child ends with it.
     let child = w.session.restrict(&[w.work], true, None).await.expect("restrict");
     let grandchild = child.restrict(&[], true, None).await.expect("restrict");

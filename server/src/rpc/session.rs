@@ -15,7 +15,7 @@ use crate::blob::upload::Owner;
 use crate::error::Error;
 use crate::mail::scope::Scope;
 use crate::mail::{EmailId, Filter, MailboxId, Query, Start, ThreadId, Tri};
-use crate::sync::push::{Coalescer, Step, Subscription};
+use crate::sync::push::{Coalescer, Push, Step, Subscription};
 use crate::sync::{Kind, State};
 
 /// How a session was opened: what must still hold for it to go on.
@@ -45,6 +45,12 @@ impl SessionImpl {
     pub(crate) fn new(services: Arc<Services>, peer: Rc<Peer>, account: AccountId, auth: Auth) -> Self {
         peer.hold(Owner(account.0));
         SessionImpl { services, peer, account, auth, scope: Scope::FULL, parent: None }
+    }
+
+    /// Whether the session may still act: its credential holds, every
+    /// session it was restricted from is held, and it has not expired.
+    fn still_valid(&self) -> bool {
+        self.credential_holds().unwrap_or(false) && self.parent_alive() && !self.scope.expired(now_ms())
     }
 
     /// Whether every session this one was restricted from is still held.
@@ -441,7 +447,8 @@ impl session::Server for SessionImpl {
         let session = Rc::clone(&self);
         let task = tokio::task::spawn_local(async move {
             let _slot = slot;
-            run_query_watch(session, listener, subscription, query, page).await;
+            let start = page.state;
+            run_watch(session, WindowPusher { listener, query, window: page }, subscription, start).await;
         });
         results.get().set_handle(capnp_rpc::new_client(WatchHandleImpl { task: task.abort_handle() }));
         Ok(())
@@ -913,7 +920,7 @@ impl session::Server for SessionImpl {
         let session = Rc::clone(&self);
         let task = tokio::task::spawn_local(async move {
             let _slot = slot;
-            run_watch(session, listener, subscription, start).await;
+            run_watch(session, StatePusher(listener), subscription, start).await;
         });
         let mut r = results.get();
         r.set_handle(capnp_rpc::new_client(WatchHandleImpl { task: task.abort_handle() }));
@@ -922,15 +929,77 @@ impl session::Server for SessionImpl {
     }
 }
 
-/// A watch's task: drives its [`Coalescer`] with the hub's pulses and the
-/// listener's answers, on the connection's worker.
-async fn run_watch(
-    session: Rc<SessionImpl>,
-    listener: listener::Client,
-    mut sub: Subscription,
-    start: State,
-) {
-    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>;
+/// A listener call in flight: resolves to whether it was answered.
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>;
+
+/// What a watch does when its coalescer says it is time to call.
+enum Decision {
+    /// Make this call.
+    Call(Call),
+    /// Nothing the listener shows changed: no call.
+    Nothing,
+    /// The watch ends.
+    End,
+}
+
+/// The part of a watch that differs between `watch` and `watchQuery`: what
+/// to tell the listener about a push.
+trait Pusher {
+    async fn decide(&mut self, session: &SessionImpl, push: Push) -> Decision;
+}
+
+/// `watch`: the new state and the kinds that changed.
+struct StatePusher(listener::Client);
+
+impl Pusher for StatePusher {
+    async fn decide(&mut self, _: &SessionImpl, push: Push) -> Decision {
+        let mut req = self.0.changed_request();
+        req.get().set_state(push.state.0);
+        let mut kinds = req.get().init_kinds(push.kinds.len() as u32);
+        for (i, k) in push.kinds.iter().enumerate() {
+            kinds.set(
+                i as u32,
+                match k {
+                    Kind::Email => ObjectKind::Email,
+                    Kind::Mailbox => ObjectKind::Mailbox,
+                    Kind::Thread => ObjectKind::Thread,
+                },
+            );
+        }
+        Decision::Call(Box::pin(async move { req.send().promise.await.is_ok() }))
+    }
+}
+
+/// `watchQuery`: the window is queried again and its difference with the
+/// previous one told.
+struct WindowPusher {
+    listener: query_listener::Client,
+    query: Query,
+    window: crate::mail::QueryPage,
+}
+
+impl Pusher for WindowPusher {
+    async fn decide(&mut self, session: &SessionImpl, _: Push) -> Decision {
+        let Ok(page) = session.run_query(self.query.clone()).await else {
+            return Decision::End;
+        };
+        let changes = crate::mail::query::window_changes(&self.window, &page);
+        let old_total = self.window.total;
+        self.window = page;
+        if changes.is_empty() && changes.total == old_total {
+            return Decision::Nothing;
+        }
+        let mut req = self.listener.changed_request();
+        convert::query_changes(req.get().init_changes(), &changes);
+        Decision::Call(Box::pin(async move { req.send().promise.await.is_ok() }))
+    }
+}
+
+/// A watch's task, on the connection's worker: drives its [`Coalescer`]
+/// with the hub's pulses and the listener's answers; ends when the
+/// listener fails or times out, the hub goes, or the session stops being
+/// valid (credential revoked, parent released, expired).
+async fn run_watch(session: Rc<SessionImpl>, mut pusher: impl Pusher, mut sub: Subscription, start: State) {
     let timeout = std::time::Duration::from_secs(session.services.config.limits.listener_timeout_secs.into());
     let mut co = Coalescer::new(start, timeout);
     let mut call: Option<Call> = None;
@@ -938,84 +1007,14 @@ async fn run_watch(
         let deadline = match co.step(std::time::Instant::now()) {
             Step::GiveUp => break,
             Step::Call(push) => {
-                // A revoked credential ends the watch with the session.
-                if !session.credential_holds().unwrap_or(false) {
+                if !session.still_valid() {
                     break;
                 }
-                let mut req = listener.changed_request();
-                req.get().set_state(push.state.0);
-                let mut kinds = req.get().init_kinds(push.kinds.len() as u32);
-                for (i, k) in push.kinds.iter().enumerate() {
-                    kinds.set(
-                        i as u32,
-                        match k {
-                            Kind::Email => ObjectKind::Email,
-                            Kind::Mailbox => ObjectKind::Mailbox,
-                            Kind::Thread => ObjectKind::Thread,
-                        },
-                    );
+                match pusher.decide(&session, push).await {
+                    Decision::Call(c) => call = Some(c),
+                    Decision::Nothing => co.answered(true),
+                    Decision::End => break,
                 }
-                call = Some(Box::pin(async move { req.send().promise.await.is_ok() }));
-                continue;
-            }
-            Step::Wait(deadline) => deadline,
-        };
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let answered = tokio::select! {
-            pulse = sub.next() => match pulse {
-                Some(p) => { co.pulse(&p); None }
-                None => break,
-            },
-            ok = async { match call.as_mut() { Some(c) => c.await, None => std::future::pending().await } } => Some(ok),
-            () = sleep => None,
-        };
-        if let Some(ok) = answered {
-            call = None;
-            co.answered(ok);
-        }
-    }
-}
-
-/// A live query's task: after each pulse, the window is queried again and
-/// its difference with the previous one pushed; one call in flight, like
-/// [`run_watch`].
-async fn run_query_watch(
-    session: Rc<SessionImpl>,
-    listener: query_listener::Client,
-    mut sub: Subscription,
-    query: Query,
-    mut window: crate::mail::QueryPage,
-) {
-    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>;
-    let timeout = std::time::Duration::from_secs(session.services.config.limits.listener_timeout_secs.into());
-    let mut co = Coalescer::new(window.state, timeout);
-    let mut call: Option<Call> = None;
-    loop {
-        let deadline = match co.step(std::time::Instant::now()) {
-            Step::GiveUp => break,
-            Step::Call(_) => {
-                if !session.credential_holds().unwrap_or(false) || !session.parent_alive() {
-                    break;
-                }
-                let Ok(page) = session.run_query(query.clone()).await else {
-                    break;
-                };
-                let changes = crate::mail::query::window_changes(&window, &page);
-                let old_total = window.total;
-                window = page;
-                if changes.is_empty() && changes.total == old_total {
-                    // Nothing this window shows changed: no call.
-                    co.answered(true);
-                    continue;
-                }
-                let mut req = listener.changed_request();
-                convert::query_changes(req.get().init_changes(), &changes);
-                call = Some(Box::pin(async move { req.send().promise.await.is_ok() }));
                 continue;
             }
             Step::Wait(deadline) => deadline,
