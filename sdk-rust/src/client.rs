@@ -64,40 +64,27 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Sends `bytes` on a new bulk stream as the upload `token` names, and
-    /// waits for the server to confirm it has them all.
-    pub(crate) async fn upload(&self, token: &[u8], bytes: &[u8]) -> Result<()> {
+    /// Opens a bulk stream and sends its `BulkRequest` (`token` from `offset`).
+    async fn bulk_request(
+        &self,
+        token: &[u8],
+        offset: u64,
+    ) -> Result<(tokio_util::compat::Compat<quinn::SendStream>, BulkReader)> {
         use futures::AsyncWriteExt;
-        use quail_protocol::quail_capnp::{bulk_request, bulk_response};
+        use quail_protocol::quail_capnp::bulk_request;
         let (send, recv) = self.quic.open_bi().await.map_err(connection_error)?;
         let mut writer = send.compat_write();
-        let broke = |e: std::io::Error| Error::Disconnected(format!("upload: {e}"));
-        writer.write_all(&[StreamKind::Bulk.tag()]).await.map_err(broke)?;
+        writer.write_all(&[StreamKind::Bulk.tag()]).await.map_err(bulk_broke)?;
         let mut request = capnp::message::Builder::new_default();
-        request.init_root::<bulk_request::Builder<'_>>().set_token(token);
+        {
+            let mut r = request.init_root::<bulk_request::Builder<'_>>();
+            r.set_token(token);
+            r.set_offset(offset);
+        }
         capnp_futures::serialize::write_message(&mut writer, &request)
             .await
-            .map_err(|e| Error::Disconnected(format!("upload: {e}")))?;
-        writer.write_all(bytes).await.map_err(broke)?;
-        writer.close().await.map_err(broke)?;
-        let mut reader = BufReader::new(recv.compat());
-        let response =
-            capnp_futures::serialize::read_message(&mut reader, capnp::message::ReaderOptions::new())
-                .await
-                .map_err(|e| Error::Disconnected(format!("upload: no answer: {e}")))?;
-        let r = response.get_root::<bulk_response::Reader<'_>>()?;
-        if r.has_error() {
-            let e = r.get_error()?;
-            return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
-        }
-        if r.get_length() != bytes.len() as u64 {
-            return Err(Error::Protocol(format!(
-                "the server stored {} of {} uploaded bytes",
-                r.get_length(),
-                bytes.len()
-            )));
-        }
-        Ok(())
+            .map_err(|e| Error::Disconnected(format!("bulk stream: {e}")))?;
+        Ok((writer, BufReader::new(recv.compat())))
     }
 
     /// Sends `bytes[offset..]` of the upload `token` names on a new bulk
@@ -111,35 +98,19 @@ impl Conn {
         written: &std::sync::atomic::AtomicU64,
     ) -> Result<()> {
         use futures::AsyncWriteExt;
-        use quail_protocol::quail_capnp::{bulk_request, bulk_response};
-        let (send, recv) = self.quic.open_bi().await.map_err(connection_error)?;
-        let mut writer = send.compat_write();
-        let broke = |e: std::io::Error| Error::Disconnected(format!("upload: {e}"));
-        writer.write_all(&[StreamKind::Bulk.tag()]).await.map_err(broke)?;
-        let mut request = capnp::message::Builder::new_default();
-        {
-            let mut r = request.init_root::<bulk_request::Builder<'_>>();
-            r.set_token(token);
-            r.set_offset(offset);
-        }
-        capnp_futures::serialize::write_message(&mut writer, &request)
-            .await
-            .map_err(|e| Error::Disconnected(format!("upload: {e}")))?;
+        let (mut writer, mut reader) = self.bulk_request(token, offset).await?;
         let start = (offset as usize).min(bytes.len());
         for piece in bytes[start..].chunks(256 * 1024) {
-            writer.write_all(piece).await.map_err(broke)?;
+            writer.write_all(piece).await.map_err(bulk_broke)?;
             written.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        writer.close().await.map_err(broke)?;
-        let mut reader = BufReader::new(recv.compat());
-        let response =
-            capnp_futures::serialize::read_message(&mut reader, capnp::message::ReaderOptions::new())
-                .await
-                .map_err(|e| Error::Disconnected(format!("upload: no answer: {e}")))?;
-        let r = response.get_root::<bulk_response::Reader<'_>>()?;
-        if r.has_error() {
-            let e = r.get_error()?;
-            return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
+        writer.close().await.map_err(bulk_broke)?;
+        let stored = bulk_response(&mut reader).await?;
+        if stored != bytes.len() as u64 {
+            return Err(Error::Protocol(format!(
+                "the server stored {stored} of {} uploaded bytes",
+                bytes.len()
+            )));
         }
         Ok(())
     }
@@ -152,38 +123,12 @@ impl Conn {
 
     /// Opens a bulk stream for the download `token` names, starting
     /// `offset` bytes in; returns how many bytes follow and the reader.
-    pub(crate) async fn open_download(
-        &self,
-        token: &[u8],
-        offset: u64,
-    ) -> Result<(u64, BufReader<tokio_util::compat::Compat<quinn::RecvStream>>)> {
+    pub(crate) async fn open_download(&self, token: &[u8], offset: u64) -> Result<(u64, BulkReader)> {
         use futures::AsyncWriteExt;
-        use quail_protocol::quail_capnp::{bulk_request, bulk_response};
-        let (send, recv) = self.quic.open_bi().await.map_err(connection_error)?;
-        let mut writer = send.compat_write();
-        let broke = |e: std::io::Error| Error::Disconnected(format!("download: {e}"));
-        writer.write_all(&[StreamKind::Bulk.tag()]).await.map_err(broke)?;
-        let mut request = capnp::message::Builder::new_default();
-        {
-            let mut r = request.init_root::<bulk_request::Builder<'_>>();
-            r.set_token(token);
-            r.set_offset(offset);
-        }
-        capnp_futures::serialize::write_message(&mut writer, &request)
-            .await
-            .map_err(|e| Error::Disconnected(format!("download: {e}")))?;
-        writer.close().await.map_err(broke)?;
-        let mut reader = BufReader::new(recv.compat());
-        let response =
-            capnp_futures::serialize::read_message(&mut reader, capnp::message::ReaderOptions::new())
-                .await
-                .map_err(|e| Error::Disconnected(format!("download: no answer: {e}")))?;
-        let r = response.get_root::<bulk_response::Reader<'_>>()?;
-        if r.has_error() {
-            let e = r.get_error()?;
-            return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
-        }
-        Ok((r.get_length(), reader))
+        let (mut writer, mut reader) = self.bulk_request(token, offset).await?;
+        writer.close().await.map_err(bulk_broke)?;
+        let length = bulk_response(&mut reader).await?;
+        Ok((length, reader))
     }
 
     /// Fetches the object a bulk `token` names, of `length` bytes with
@@ -483,6 +428,27 @@ impl Client {
         });
         let _ = self.inner.jobs.send(job);
     }
+}
+
+/// The receiving half of a bulk stream.
+pub(crate) type BulkReader = BufReader<tokio_util::compat::Compat<quinn::RecvStream>>;
+
+fn bulk_broke(e: std::io::Error) -> Error {
+    Error::Disconnected(format!("bulk stream: {e}"))
+}
+
+/// Reads a `BulkResponse`: the length, or the server's typed error.
+async fn bulk_response(reader: &mut BulkReader) -> Result<u64> {
+    use quail_protocol::quail_capnp::bulk_response;
+    let response = capnp_futures::serialize::read_message(reader, capnp::message::ReaderOptions::new())
+        .await
+        .map_err(|e| Error::Disconnected(format!("bulk stream: no answer: {e}")))?;
+    let r = response.get_root::<bulk_response::Reader<'_>>()?;
+    if r.has_error() {
+        let e = r.get_error()?;
+        return Err(Error::from_code(e.get_code()?, e.get_message()?.to_str()?.to_owned()));
+    }
+    Ok(r.get_length())
 }
 
 /// Bytes a connection moved, from QUIC's statistics.

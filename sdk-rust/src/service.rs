@@ -207,7 +207,7 @@ impl Gateway {
                     up.get().set_size(raw.len() as u64);
                     let resp = up.send().promise.await?;
                     let token = resp.get()?.get_token()?.to_vec();
-                    conn.upload(&token, &raw).await?;
+                    conn.upload_from(&token, 0, &raw, &Default::default()).await?;
                     Some(token)
                 } else {
                     None

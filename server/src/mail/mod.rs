@@ -502,16 +502,23 @@ impl Mailstore {
         Ok(out)
     }
 
-    /// The raw bytes of one email of the account, exactly as received. The
-    /// record and its blobs come from one snapshot, so a concurrent expunge
-    /// is either not seen at all or seen whole (then: not found).
-    pub fn raw(&self, account: AccountId, id: EmailId) -> Result<Vec<u8>> {
+    /// A snapshot and the email `id` read from it (`notFound` when absent),
+    /// for reads of the email and its blobs that must agree.
+    fn email_view(&self, account: AccountId, id: EmailId) -> Result<(crate::store::Snapshot, EmailRecord)> {
         let view = self.db.snapshot();
         let email = view
             .get(Space::Emails, &email_key(account, id))?
             .map(|b| decode::<EmailRecord>(Space::Emails, &b))
             .transpose()?
             .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        Ok((view, email))
+    }
+
+    /// The raw bytes of one email of the account, exactly as received. The
+    /// record and its blobs come from one snapshot, so a concurrent expunge
+    /// is either not seen at all or seen whole (then: not found).
+    pub fn raw(&self, account: AccountId, id: EmailId) -> Result<Vec<u8>> {
+        let (view, email) = self.email_view(account, id)?;
         raw_from(&view, &email)
     }
 
@@ -519,12 +526,7 @@ impl Mailstore {
     /// [`parse::part_content`]): an attachment stored apart is read from
     /// its blob; any other part is decoded from the raw message.
     pub fn part(&self, account: AccountId, id: EmailId, part_id: &str) -> Result<Vec<u8>> {
-        let view = self.db.snapshot();
-        let email = view
-            .get(Space::Emails, &email_key(account, id))?
-            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
-            .transpose()?
-            .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        let (view, email) = self.email_view(account, id)?;
         let node = email.body.walk().into_iter().find(|p| p.part_id == part_id).cloned();
         let Some(node) = node else {
             return Err(Error::not_found(format!("email {} has no part {part_id:?}", id.0)));
@@ -556,12 +558,7 @@ impl Mailstore {
         offset: u64,
         length: u64,
     ) -> Result<(upload::Shared, u64)> {
-        let view = self.db.snapshot();
-        let email = view
-            .get(Space::Emails, &email_key(account, id))?
-            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
-            .transpose()?
-            .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        let (view, email) = self.email_view(account, id)?;
         let total = email.size;
         let length = range_length(offset, length, total, "message")?;
         Ok((std::sync::Arc::new(RawSource { view, email, offset, length }), total))
@@ -580,12 +577,7 @@ impl Mailstore {
         offset: u64,
         length: u64,
     ) -> Result<(upload::Shared, u64, Option<[u8; 32]>)> {
-        let view = self.db.snapshot();
-        let email = view
-            .get(Space::Emails, &email_key(account, id))?
-            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
-            .transpose()?
-            .ok_or_else(|| Error::not_found(format!("no email {}", id.0)))?;
+        let (view, email) = self.email_view(account, id)?;
         if let Some(node) = email.body.walk().into_iter().find(|p| p.part_id == part_id)
             && let Some(b) = node.blob
             && let Some(total) = blob::size_in(&view, b)?
