@@ -85,6 +85,19 @@ async fn an_account_never_resends_what_it_holds_and_learns_nothing_of_others() {
     let view = alice.restrict(&[], true, None).await.expect("restrict");
     assert!(matches!(view.start_upload(b"hi", "text/plain").await, Err(Error::Forbidden(_))));
 
+    // An upload past its 24 hours is let go: its reference goes, and the
+    // account no longer holds it (alice still holds it through no email).
+    let account = quail_server::account::AccountId(alice.account().await.expect("account").0.id);
+    let mail = &server.services().mail;
+    let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_millis()
+        as i64
+        + quail_server::mail::UPLOAD_HOLD_MS
+        + 1000;
+    assert_eq!(mail.sweep_uploads(account, later).await.expect("sweep"), 1);
+    assert!(!mail.holds_blob(account, id).expect("holds"));
+    assert_eq!(blob::refs(db, id).expect("refs").count, 1, "bob's upload still holds it");
+    assert_eq!(mail.sweep_uploads(account, later).await.expect("sweep"), 0, "once");
+
     // check agrees with what is held and uploaded.
     drop((alice, bob, view));
     let report = quail_server::tools::check::check(db, false).expect("check");

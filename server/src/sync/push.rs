@@ -272,13 +272,23 @@ mod tests {
         let mut c = Coalescer::new(State(0), T);
         c.pulse(&pulse(1, &[Kind::Email]));
         assert!(matches!(c.step(t0), Step::Call(_)));
-        // A flood of commits while the listener sleeps: one pulse kept.
+        // A flood of commits while the listener sleeps: merged, not queued.
         for s in 2..100_000 {
             c.pulse(&pulse(s, &[Kind::Email]));
         }
-        assert_eq!(std::mem::size_of_val(&c), std::mem::size_of::<Coalescer>());
         assert_eq!(c.step(t0 + T - Duration::from_millis(1)), Step::Wait(Some(t0 + T)));
         assert_eq!(c.step(t0 + T), Step::GiveUp);
+        // Had it answered, one call would have carried the newest state.
+        let mut d = Coalescer::new(State(0), T);
+        d.pulse(&pulse(1, &[Kind::Email]));
+        assert!(matches!(d.step(t0), Step::Call(_)));
+        for s in 2..100_000 {
+            d.pulse(&pulse(s, &[Kind::Email]));
+        }
+        d.answered(true);
+        assert_eq!(d.step(t0), Step::Call(Push { state: State(99_999), kinds: vec![Kind::Email] }));
+        d.answered(true);
+        assert_eq!(d.step(t0), Step::Wait(None), "and nothing after it");
     }
 
     #[test]
