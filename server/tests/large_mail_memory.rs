@@ -4,52 +4,10 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+mod quaild;
 
 use base64::Engine;
 use quail::{Client, Envelope, Trust};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-const QUAILD: &str = env!("CARGO_BIN_EXE_quaild");
-
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-async fn start(data: &Path) -> (Child, String) {
-    let mut child = Command::new(QUAILD)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn quaild");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                return rest.split_whitespace().next().expect("address").to_owned();
-            }
-        }
-        panic!("quaild exited before listening");
-    })
-    .await
-    .expect("quaild starts within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
 
 /// About `total` bytes: a text part and one base64 attachment of noise.
 fn big_message(total: usize) -> Vec<u8> {
@@ -74,7 +32,7 @@ fn big_message(total: usize) -> Vec<u8> {
 async fn a_49_mib_message_round_trips_within_3x_its_size_of_server_memory() {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path();
-    let (child, addr) = start(data).await;
+    let (child, addr) = quaild::start(data).await;
     let pid = child.id().expect("pid");
     let fp = std::fs::read_to_string(data.join("tls/dev-cert.sha256")).expect("fingerprint");
     let client =
@@ -85,7 +43,7 @@ async fn a_49_mib_message_round_trips_within_3x_its_size_of_server_memory() {
     let gateway = client.gateway(&secret("gateway.secret")).await.expect("gateway");
     let session = client.login("alice", "alice-password").await.expect("login");
     let raw = big_message((49 << 20) - 4096);
-    let idle = status_bytes(pid, "VmRSS:");
+    let idle = quaild::status_bytes(pid, "VmRSS:");
 
     let envelope = Envelope {
         mail_from: "bob@example.net".into(),
@@ -94,11 +52,11 @@ async fn a_49_mib_message_round_trips_within_3x_its_size_of_server_memory() {
     };
     let r = gateway.deliver(&envelope, &raw).await.expect("deliver");
     let id = r[0].outcome.clone().expect("delivered");
-    let after_deliver = status_bytes(pid, "VmHWM:");
+    let after_deliver = quaild::status_bytes(pid, "VmHWM:");
     let back = session.raw(id).await.expect("raw");
     assert!(back == raw, "the message differs after the round trip");
 
-    let peak = status_bytes(pid, "VmHWM:");
+    let peak = quaild::status_bytes(pid, "VmHWM:");
     let size = raw.len() as u64;
     eprintln!(
         "message {} MiB; quaild RSS idle {} MiB, peak {} MiB after deliver, {} MiB after raw ({:.2}x the message)",

@@ -5,13 +5,12 @@
 
 #![cfg(target_os = "linux")]
 
-use std::process::Stdio;
+mod quaild;
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use quail::{Client, Error, Trust};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_is_noticed_within_the_idle_timeout() {
@@ -22,28 +21,7 @@ async fn a_killed_server_is_noticed_within_the_idle_timeout() {
     assert!(quail::KEEP_ALIVE * 3 <= quail::IDLE_TIMEOUT, "three keep-alives fit in the idle timeout");
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quaild"))
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn quaild");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("stdout") {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                return rest.split_whitespace().next().expect("address").to_owned();
-            }
-        }
-        panic!("quaild exited");
-    })
-    .await
-    .expect("quaild starts");
+    let (mut child, addr) = quaild::start(data).await;
     let fp = std::fs::read_to_string(data.join("tls/dev-cert.sha256")).expect("fingerprint");
     let client =
         Client::connect(&addr, Trust::Pinned(fp.trim().parse().expect("pin"))).await.expect("connect");

@@ -7,6 +7,8 @@
 
 #![cfg(target_os = "linux")]
 
+mod quaild;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -18,18 +20,8 @@ use quail::{Client, ConnectOptions, Error, Query, Session, Trust};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const QUAILD: &str = env!("CARGO_BIN_EXE_quaild");
+use quaild::QUAILD;
 const PASSWORD: &str = "alice-password";
-
-/// A field of /proc/PID/status, in bytes.
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 /// Starts quaild; returns it, its address, and its log lines as they come.
 async fn start(data: &Path) -> (Child, String, Arc<Mutex<Vec<String>>>) {
@@ -53,18 +45,7 @@ async fn start(data: &Path) -> (Child, String, Arc<Mutex<Vec<String>>>) {
             sink.lock().expect("log").push(line);
         }
     });
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                return rest.split_whitespace().next().expect("address").to_owned();
-            }
-        }
-        panic!("quaild exited before listening");
-    })
-    .await
-    .expect("quaild starts within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = quaild::listening(child.stdout.take().expect("stdout")).await;
     (child, addr, log)
 }
 
@@ -100,13 +81,13 @@ async fn a_login_flood_is_bounded_logged_and_throttled() {
     let admin_secret = std::fs::read_to_string(data.join("admin.secret")).expect("admin secret");
     let admin = client.admin(admin_secret.trim()).await.expect("admin");
     admin.create_account("alice", PASSWORD, 0, 0).await.expect("create");
-    let before = status_bytes(pid, "VmRSS:");
+    let before = quaild::status_bytes(pid, "VmRSS:");
     let peak = Arc::new(AtomicU64::new(before));
     let sampler = {
         let peak = Arc::clone(&peak);
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(status_bytes(pid, "VmRSS:"), Ordering::Relaxed);
+                peak.fetch_max(quaild::status_bytes(pid, "VmRSS:"), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -119,7 +100,7 @@ async fn a_login_flood_is_bounded_logged_and_throttled() {
     }
     eprintln!(
         "after 51 connections: quaild RSS +{} MiB",
-        status_bytes(pid, "VmRSS:").saturating_sub(before) >> 20
+        quaild::status_bytes(pid, "VmRSS:").saturating_sub(before) >> 20
     );
     let mut flood = Vec::new();
     for i in 0..1000 {
