@@ -117,6 +117,11 @@ enum State {
         left: usize,
         last: bool,
     },
+    /// Reading past a BDAT chunk that was refused: its bytes are data,
+    /// never commands; the refusal is answered after them.
+    Skip {
+        left: usize,
+    },
     /// Waiting for the shell's answer to an action.
     Waiting(Pending),
     /// The connection is being closed.
@@ -185,7 +190,7 @@ impl Session {
     /// When the session times out if nothing arrives (RFC 5321 timeouts).
     pub fn deadline(&self) -> Instant {
         let wait = match self.state {
-            State::Data { .. } | State::Bdat { .. } => DATA_TIMEOUT,
+            State::Data { .. } | State::Bdat { .. } | State::Skip { .. } => DATA_TIMEOUT,
             _ => COMMAND_TIMEOUT,
         };
         self.last_input + wait
@@ -375,6 +380,16 @@ impl Session {
                         return out;
                     }
                 }
+                State::Skip { left } => {
+                    let take = (*left).min(self.input.len());
+                    self.input.drain(..take);
+                    *left -= take;
+                    if *left > 0 {
+                        return out;
+                    }
+                    self.state = State::Command;
+                    out.extend(self.error(503, "5.5.1 MAIL and RCPT first"));
+                }
                 State::Bdat { left, last } => {
                     let take = (*left).min(self.input.len());
                     let chunk: Vec<u8> = self.input.drain(..take).collect();
@@ -549,10 +564,10 @@ impl Session {
             }
             Request::Bdat { chunk_size, is_last } => {
                 if self.mail_from.is_none() || self.rcpt.is_empty() {
-                    // The chunk still arrives: skip it (RFC 3030 §2).
-                    let skip = chunk_size.min(self.input.len());
-                    self.input.drain(..skip);
-                    return self.error(503, "5.5.1 MAIL and RCPT first");
+                    // The chunk still arrives, however it is split: skip
+                    // it, then refuse (RFC 3030 §2).
+                    self.state = State::Skip { left: chunk_size };
+                    return Vec::new();
                 }
                 self.state = State::Bdat { left: chunk_size, last: is_last };
                 Vec::new()
@@ -815,6 +830,20 @@ mod tests {
         assert_eq!(h.stored.len(), 1, "{}", h.replies);
         assert!(h.stored[0].1.ends_with(b"Subject: c\r\n\r\nab\n.\ncd"), "BDAT is binary: no dot processing");
         assert_eq!(h.codes(), vec![220, 250, 250, 250, 250, 250]);
+    }
+
+    #[test]
+    fn a_refused_chunk_is_skipped_as_data_however_it_is_split() {
+        let chunk = b"MAIL FROM:<a@b>\r\nRCPT TO:<bob@example.org>\r\n";
+        for split in 1..chunk.len() {
+            let mut h = Harness::new();
+            h.send(format!("EHLO c\r\nBDAT {}\r\n", chunk.len()).as_bytes());
+            h.send(&chunk[..split]);
+            h.send(&chunk[split..]);
+            h.send(b"NOOP\r\n");
+            assert_eq!(h.codes(), vec![220, 250, 503, 250], "split {split}: {}", h.replies);
+            assert!(h.session.mail_from.is_none(), "split {split}: a command inside the chunk ran");
+        }
     }
 
     #[test]
