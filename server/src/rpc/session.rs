@@ -202,6 +202,9 @@ fn range_of(r: &Option<quail_protocol::quail_capnp::range::Reader<'_>>) -> Resul
     Ok(r.as_ref().map_or((0, 0), |r| (r.get_offset(), r.get_length())))
 }
 
+/// Messages up to this size are read on the connection's worker.
+const SMALL_RUN: u64 = 256 * 1024;
+
 /// A byte run ready to answer: inline bytes, or a source to offer on a
 /// bulk stream with the BLAKE3 of what it carries.
 enum Run {
@@ -537,13 +540,18 @@ impl session::Server for SessionImpl {
         if !self.visible(id)? {
             return Err(to_capnp(Error::not_found(format!("no email {}", id.0))));
         }
-        let (account, (offset, length)) = (self.account, range);
+        let (offset, length) = range;
         let max = self.services.config.limits.max_inline_bytes;
-        let run = super::heavy(&self.services, move |s| {
-            let (source, total) = s.mail.raw_source(account, id, offset, length)?;
+        // The record is read here; only a run worth the trip (a large
+        // message to rebuild or hash) goes to the blocking pool, so the
+        // common small `raw` does not queue behind the heavy-read permits.
+        let (source, total) =
+            self.services.mail.raw_source(self.account, id, offset, length).map_err(to_capnp)?;
+        let run = if total <= SMALL_RUN {
             prepare_run(source, total, offset, None, max)
-        })
-        .await
+        } else {
+            super::heavy(&self.services, move |_| prepare_run(source, total, offset, None, max)).await
+        }
         .map_err(to_capnp)?;
         self.byte_run(results.get().init_bytes(), run)
     }
