@@ -272,6 +272,7 @@ enum ObjectKind {
   email @0;
   mailbox @1;
   thread @2;
+  submission @3;     # a submission's status (Session.submissions)
 }
 
 struct Changes {
@@ -376,6 +377,7 @@ enum SubmissionStatus {
   delivered @1;
   deferred @2;
   failed @3;
+  cancelled @4;                # withdrawn by cancelSubmission before it left
 }
 
 struct RecipientStatus {
@@ -388,6 +390,12 @@ struct Submission {
   id @0 :UInt64;
   emailId @1 :UInt64;          # the copy in the Sent mailbox
   recipients @2 :List(RecipientStatus);
+  mailFrom @3 :Text;
+  createdAt @4 :Int64;         # ms since the epoch
+  sendAt @5 :Int64;            # not before this (ms); undo send until then
+  nextAttemptAt @6 :Int64;     # 0 when nothing is pending
+  attempts @7 :UInt32;         # delivery attempts begun
+  expiresAt @8 :Int64;         # pending recipients fail (with a DSN) after this
 }
 
 # --------------------------------------------------------------------------
@@ -463,9 +471,24 @@ interface Session {
   # `blake3` and answers once they are durable. Whether another account
   # holds the same bytes is never told: they are sent in full and stored
   # once. An upload is held by the account for 24 hours.
-  submit @17 (raw :Data, blobId :Data, envelope :SmtpEnvelope) -> (submission :Submission);
+  submit @17 (raw :Data, blobId :Data, envelope :SmtpEnvelope, sendAt :Int64) -> (submission :Submission);
   # The message is `raw` when non-empty, else the uploaded blob `blobId`.
+  # Files a copy in Sent (read) and queues it for every `envelope.rcptTo`,
+  # in one durable batch, before answering. `envelope.mailFrom` must be one
+  # of the account's addresses ("" = its primary one). `sendAt` (ms since
+  # the epoch, 0 = now) holds it back until then: `cancelSubmission` before
+  # that withdraws it (undo send). Recipients at this server's domains are
+  # delivered here, the rest by the gateway's outbound worker. Each change
+  # of a recipient's status is a change of kind `submission` (watch it).
+  # A permanent failure, or none of the retries succeeding before
+  # `expiresAt`, puts a delivery status notification in the Inbox.
   submissions @18 (ids :List(UInt64)) -> (submissions :List(Submission));
+  # `ids` empty: the account's submissions that still have a recipient
+  # pending, oldest first.
+  cancelSubmission @26 (id :UInt64) -> (submission :Submission);
+  # Withdraws every recipient still waiting (status `cancelled`) and moves
+  # the Sent copy to Drafts. `stateMismatch` when a delivery attempt is
+  # under way or nothing is left to withdraw.
 
   reportSpam @19 (ids :List(UInt64), isSpam :Bool) -> (result :UpdateResult);
 
@@ -508,9 +531,9 @@ struct DeliveryResult {
 struct OutboundItem {
   id @0 :UInt64;
   mailFrom @1 :Text;
-  recipients @2 :List(Text);
+  recipients @2 :List(Text);   # the ones still pending, all remote
   raw @3 :ByteRun;
-  attempt @4 :UInt32;
+  attempt @4 :UInt32;          # 1 for the first; pass it to completeOutbound
 }
 
 enum OutcomeKind {
@@ -546,5 +569,18 @@ interface Gateway {
   # expire after a few minutes unused.
 
   leaseOutbound @1 (max :UInt32, leaseSeconds :UInt32) -> (items :List(OutboundItem));
-  completeOutbound @2 (id :UInt64, outcomes :List(RecipientOutcome)) -> ();
+  # Up to `max` submissions due now, each leased for `leaseSeconds` (10 to
+  # 3600): no other lease hands it out until then. A worker that dies
+  # simply lets its leases expire; the messages are handed out again.
+  completeOutbound @2 (id :UInt64, outcomes :List(RecipientOutcome), attempt :UInt32) -> ();
+  # The outcome of attempt `attempt` for some or all of the leased
+  # recipients. `delivered` and `permFail` are final; the rest are retried
+  # with exponential backoff until the submission expires, then fail. A
+  # completion of an earlier, expired lease still records what was
+  # delivered but schedules nothing.
+
+  login @5 (name :Text, secret :Text, remoteIp :Text) -> (session :Session);
+  # SMTP AUTH on the submission ports: a password or an app token of the
+  # account `name`, throttled by the SMTP client's `remoteIp` and by name
+  # like `Quail.login`.
 }

@@ -3,7 +3,9 @@
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::types::{AccountInfo, DeliveryResult, EmailId, Envelope};
+use crate::types::{
+    AccountInfo, DeliveryResult, EmailId, Envelope, OutboundItem, OutcomeKind, RecipientOutcome,
+};
 use crate::wire;
 
 /// Account administration. Dropping it releases the capability.
@@ -157,6 +159,106 @@ impl Gateway {
         self.deliver_once(envelope, raw, None).await
     }
 
+    /// Leases up to `max` messages due for outbound delivery, each for
+    /// `lease_seconds`: nobody else gets them until then. Large messages
+    /// are fetched on bulk streams (verified by their BLAKE3).
+    pub async fn lease_outbound(&self, max: u32, lease_seconds: u32) -> Result<Vec<OutboundItem>> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let mut req = conn.gateway(cap)?.lease_outbound_request();
+                req.get().set_max(max);
+                req.get().set_lease_seconds(lease_seconds);
+                let resp = req.send().promise.await?;
+                let mut items = Vec::new();
+                let mut bulk = Vec::new();
+                for it in resp.get()?.get_items()?.iter() {
+                    use quail_protocol::quail_capnp::byte_run::Which;
+                    let run = it.get_raw()?;
+                    let raw = match run.which()? {
+                        Which::Inline(d) => d?.to_vec(),
+                        Which::BulkToken(t) => {
+                            let hash = <[u8; 32]>::try_from(run.get_blake3()?).ok();
+                            bulk.push((items.len(), t?.to_vec(), run.get_total_size(), hash));
+                            Vec::new()
+                        }
+                    };
+                    items.push(OutboundItem {
+                        id: it.get_id(),
+                        mail_from: it.get_mail_from()?.to_str()?.to_owned(),
+                        recipients: it
+                            .get_recipients()?
+                            .iter()
+                            .map(|r| Ok(r?.to_str()?.to_owned()))
+                            .collect::<Result<Vec<_>>>()?,
+                        raw,
+                        attempt: it.get_attempt(),
+                    });
+                }
+                drop(resp);
+                for (i, token, len, hash) in bulk {
+                    items[i].raw = conn.download(&token, len, hash).await?;
+                }
+                Ok(items)
+            })
+            .await
+    }
+
+    /// Reports what attempt `attempt` of submission `id` achieved.
+    pub async fn complete_outbound(
+        &self,
+        id: u64,
+        attempt: u32,
+        outcomes: &[RecipientOutcome],
+    ) -> Result<()> {
+        let (cap, outcomes) = (self.cap, outcomes.to_vec());
+        self.client
+            .call(move |conn| async move {
+                use quail_protocol::quail_capnp::OutcomeKind as W;
+                let mut req = conn.gateway(cap)?.complete_outbound_request();
+                req.get().set_id(id);
+                req.get().set_attempt(attempt);
+                let mut l = req.get().init_outcomes(outcomes.len() as u32);
+                for (i, o) in outcomes.iter().enumerate() {
+                    let mut b = l.reborrow().get(i as u32);
+                    b.set_recipient(o.recipient.as_str());
+                    b.set_reply(o.reply.as_str());
+                    b.set_kind(match o.kind {
+                        OutcomeKind::Delivered => W::Delivered,
+                        OutcomeKind::TempFail => W::TempFail,
+                        OutcomeKind::PermFail => W::PermFail,
+                    });
+                }
+                req.send().promise.await?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// A user's session for SMTP AUTH on the submission ports: `secret` is
+    /// the password or an app token of account `name`, and `remote_ip` the
+    /// SMTP client's address (failures are throttled by it and by name).
+    pub async fn login(
+        &self,
+        name: &str,
+        secret: &str,
+        remote_ip: std::net::IpAddr,
+    ) -> Result<crate::Session> {
+        let (cap, name, secret) = (self.cap, name.to_owned(), secret.to_owned());
+        let id = self
+            .client
+            .call(move |conn| async move {
+                let mut req = conn.gateway(cap)?.login_request();
+                req.get().set_name(name.as_str());
+                req.get().set_secret(secret.as_str());
+                req.get().set_remote_ip(remote_ip.to_string().as_str());
+                let resp = req.send().promise.await?;
+                Ok(conn.insert(crate::client::Cap::Session(resp.get()?.get_session()?)))
+            })
+            .await?;
+        Ok(crate::Session::new(self.client.clone(), id))
+    }
+
     /// Whether mail to `address` would be accepted now: `Ok` to accept,
     /// `NotFound` for no such user, `OverQuota` for a full mailbox (an SMTP
     /// session answers RCPT TO with it, so nothing bounces later).
@@ -213,17 +315,7 @@ impl Gateway {
                     None
                 };
                 let mut req = gateway.deliver_request();
-                {
-                    let mut e = req.get().init_envelope();
-                    e.set_mail_from(envelope.mail_from.as_str());
-                    e.set_remote_ip(envelope.remote_ip.as_str());
-                    e.set_helo(envelope.helo.as_str());
-                    e.set_tls(envelope.tls);
-                    let mut l = e.init_rcpt_to(envelope.rcpt_to.len() as u32);
-                    for (i, r) in envelope.rcpt_to.iter().enumerate() {
-                        l.set(i as u32, r.as_str());
-                    }
-                }
+                wire::write_envelope(req.get().init_envelope(), &envelope);
                 match &token {
                     Some(t) => req.get().set_upload_token(&t[..]),
                     None => req.get().set_raw(&raw[..]),

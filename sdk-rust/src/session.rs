@@ -5,8 +5,8 @@ use quail_protocol::quail_capnp::{ObjectKind as WireKind, Property as WireProper
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::{
-    AccountInfo, AppToken, Changes, Email, EmailId, Mailbox, MailboxId, ObjectKind, Property, Query,
-    QueryChanges, QueryPage, State, Thread, UpdateResult,
+    AccountInfo, AppToken, Changes, Email, EmailId, Envelope, Mailbox, MailboxId, ObjectKind, Property,
+    Query, QueryChanges, QueryPage, State, Submission, Thread, UpdateResult,
 };
 use crate::wire;
 
@@ -481,6 +481,68 @@ impl Session {
         Ok(out)
     }
 
+    /// Sends a message: files it in Sent and queues it for
+    /// `envelope.rcpt_to` in one durable step (`envelope.mail_from` must be
+    /// one of the account's addresses; "" = its primary one). With
+    /// `send_at` (ms since the epoch) it waits until then, and
+    /// [`Session::cancel_submission`] can still withdraw it. Messages larger
+    /// than one inline run are uploaded first.
+    pub async fn submit(&self, raw: &[u8], envelope: &Envelope, send_at: Option<i64>) -> Result<Submission> {
+        let limit = self.client.server_info().limits.max_message_bytes;
+        if limit > 0 && raw.len() as u64 > limit {
+            return Err(Error::LimitExceeded(format!(
+                "message of {} bytes; the server accepts at most {limit}",
+                raw.len()
+            )));
+        }
+        let blob = if raw.len() as u64 > self.client.server_info().limits.max_inline_bytes {
+            Some(self.upload(raw, "message/rfc822").await?.blob_id)
+        } else {
+            None
+        };
+        let (cap, envelope, raw) = (self.cap, envelope.clone(), raw.to_vec());
+        self.client
+            .call(move |conn| async move {
+                let mut req = conn.session(cap)?.submit_request();
+                match blob {
+                    Some(b) => req.get().set_blob_id(&b),
+                    None => req.get().set_raw(&raw[..]),
+                }
+                req.get().set_send_at(send_at.unwrap_or(0));
+                wire::write_envelope(req.get().init_envelope(), &envelope);
+                let resp = req.send().promise.await?;
+                wire::submission_of(resp.get()?.get_submission()?)
+            })
+            .await
+    }
+
+    /// Submissions by id, or with `ids` empty the ones still pending.
+    pub async fn submissions(&self, ids: &[u64]) -> Result<Vec<Submission>> {
+        let (cap, ids) = (self.cap, ids.to_vec());
+        self.client
+            .call(move |conn| async move {
+                let mut req = conn.session(cap)?.submissions_request();
+                req.get().set_ids(&ids[..])?;
+                let resp = req.send().promise.await?;
+                resp.get()?.get_submissions()?.iter().map(wire::submission_of).collect()
+            })
+            .await
+    }
+
+    /// Withdraws what of submission `id` has not left yet (undo send); its
+    /// Sent copy moves to Drafts.
+    pub async fn cancel_submission(&self, id: u64) -> Result<Submission> {
+        let cap = self.cap;
+        self.client
+            .call(move |conn| async move {
+                let mut req = conn.session(cap)?.cancel_submission_request();
+                req.get().set_id(id);
+                let resp = req.send().promise.await?;
+                wire::submission_of(resp.get()?.get_submission()?)
+            })
+            .await
+    }
+
     /// Creates a long-lived app token for [`Client::login_token`]; the secret
     /// is returned once.
     pub async fn create_app_token(&self, label: &str) -> Result<(String, AppToken)> {
@@ -616,6 +678,7 @@ impl Session {
                     ObjectKind::Email => WireKind::Email,
                     ObjectKind::Mailbox => WireKind::Mailbox,
                     ObjectKind::Thread => WireKind::Thread,
+                    ObjectKind::Submission => WireKind::Submission,
                 });
                 req.get().set_since_state(since.0);
                 req.get().set_max_changes(max);

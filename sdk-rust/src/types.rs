@@ -220,6 +220,8 @@ pub enum ObjectKind {
     Mailbox,
     /// Threads.
     Thread,
+    /// Submissions (their delivery status).
+    Submission,
 }
 
 /// What changed since a state.
@@ -460,4 +462,91 @@ pub struct AppToken {
     pub label: String,
     /// Created, ms since the epoch.
     pub created_at: i64,
+}
+
+/// Where one recipient of a submission stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmissionStatus {
+    /// Not tried yet.
+    Queued,
+    /// Accepted by the recipient's server.
+    Delivered,
+    /// Failed temporarily; retried.
+    Deferred,
+    /// Failed for good (a bounce is in the Inbox).
+    Failed,
+    /// Withdrawn before it left.
+    Cancelled,
+}
+
+/// One recipient of a submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientStatus {
+    /// The address.
+    pub recipient: String,
+    /// Where it stands.
+    pub status: SubmissionStatus,
+    /// The last SMTP reply or error.
+    pub reply: String,
+}
+
+/// A message in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Submission {
+    /// Its id (for `submissions` and `cancel_submission`).
+    pub id: u64,
+    /// The copy in Sent.
+    pub email_id: EmailId,
+    /// Each recipient.
+    pub recipients: Vec<RecipientStatus>,
+    /// The envelope sender.
+    pub mail_from: String,
+    /// When it was submitted (ms since the epoch).
+    pub created_at: i64,
+    /// Not sent before this (ms); cancel until then.
+    pub send_at: i64,
+    /// When the next attempt is due (0: nothing pending).
+    pub next_attempt_at: i64,
+    /// Delivery attempts begun.
+    pub attempts: u32,
+    /// Pending recipients fail after this.
+    pub expires_at: i64,
+}
+
+/// A message leased to the outbound worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundItem {
+    /// The submission.
+    pub id: u64,
+    /// The envelope sender ("" for the null sender).
+    pub mail_from: String,
+    /// The remote recipients still pending.
+    pub recipients: Vec<String>,
+    /// The message.
+    pub raw: Vec<u8>,
+    /// Which attempt this is; pass it back to `complete_outbound`.
+    pub attempt: u32,
+}
+
+/// What happened to one recipient of an outbound attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// Accepted by the recipient's server.
+    Delivered,
+    /// Try again later.
+    TempFail,
+    /// Give up: the sender gets a bounce.
+    PermFail,
+}
+
+/// One recipient's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientOutcome {
+    /// The address.
+    pub recipient: String,
+    /// What happened.
+    pub kind: OutcomeKind,
+    /// The SMTP reply (or the error) behind it.
+    pub reply: String,
 }

@@ -96,6 +96,7 @@ impl listener::Server for ListenerImpl {
                 Ok(WireKind::Email) => ObjectKind::Email,
                 Ok(WireKind::Mailbox) => ObjectKind::Mailbox,
                 Ok(WireKind::Thread) => ObjectKind::Thread,
+                Ok(WireKind::Submission) => ObjectKind::Submission,
                 // A kind newer than this SDK: the state still moved.
                 Err(_) => continue,
             });

@@ -141,3 +141,54 @@ pub(crate) fn update_of(r: update_result::Reader<'_>) -> Result<UpdateResult> {
             .collect::<Result<_>>()?,
     })
 }
+
+pub(crate) fn submission_of(
+    r: quail_protocol::quail_capnp::submission::Reader<'_>,
+) -> Result<crate::types::Submission> {
+    use crate::types::{RecipientStatus, SubmissionStatus};
+    use quail_protocol::quail_capnp::SubmissionStatus as W;
+    let recipients = r
+        .get_recipients()?
+        .iter()
+        .map(|x| {
+            Ok(RecipientStatus {
+                recipient: text(x.get_recipient())?,
+                status: match x.get_status() {
+                    Ok(W::Queued) => SubmissionStatus::Queued,
+                    Ok(W::Delivered) => SubmissionStatus::Delivered,
+                    Ok(W::Deferred) => SubmissionStatus::Deferred,
+                    Ok(W::Failed) => SubmissionStatus::Failed,
+                    Ok(W::Cancelled) => SubmissionStatus::Cancelled,
+                    // A status newer than this SDK: still waiting, as far as it knows.
+                    Err(_) => SubmissionStatus::Queued,
+                },
+                reply: text(x.get_reply())?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(crate::types::Submission {
+        id: r.get_id(),
+        email_id: EmailId(r.get_email_id()),
+        recipients,
+        mail_from: text(r.get_mail_from())?,
+        created_at: r.get_created_at(),
+        send_at: r.get_send_at(),
+        next_attempt_at: r.get_next_attempt_at(),
+        attempts: r.get_attempts(),
+        expires_at: r.get_expires_at(),
+    })
+}
+
+pub(crate) fn write_envelope(
+    mut e: quail_protocol::quail_capnp::smtp_envelope::Builder<'_>,
+    envelope: &crate::types::Envelope,
+) {
+    e.set_mail_from(envelope.mail_from.as_str());
+    e.set_remote_ip(envelope.remote_ip.as_str());
+    e.set_helo(envelope.helo.as_str());
+    e.set_tls(envelope.tls);
+    let mut l = e.init_rcpt_to(envelope.rcpt_to.len() as u32);
+    for (i, r) in envelope.rcpt_to.iter().enumerate() {
+        l.set(i as u32, r.as_str());
+    }
+}

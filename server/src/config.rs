@@ -58,6 +58,14 @@ pub struct MailSettings {
     /// Messages with the same subject and no known references join one
     /// thread when at most this many hours apart.
     pub thread_window_hours: u64,
+    /// The outbox's first retry comes this long after a failed attempt;
+    /// each further one waits twice as long, up to `retry_max_secs`.
+    pub retry_base_secs: u64,
+    /// The longest wait between two delivery attempts.
+    pub retry_max_secs: u64,
+    /// Recipients still pending this long after submission fail, and the
+    /// sender gets a delivery status notification (default 5 days).
+    pub outbox_expiry_secs: u64,
 }
 
 impl Default for MailSettings {
@@ -66,6 +74,9 @@ impl Default for MailSettings {
         MailSettings {
             keep_changes: d.keep_changes,
             thread_window_hours: (d.thread_window_ms / 3_600_000) as u64,
+            retry_base_secs: (d.outbox.retry_base_ms / 1000) as u64,
+            retry_max_secs: (d.outbox.retry_max_ms / 1000) as u64,
+            outbox_expiry_secs: (d.outbox.expiry_ms / 1000) as u64,
         }
     }
 }
@@ -226,6 +237,11 @@ impl Config {
             keep_changes: self.mail.keep_changes.max(1),
             thread_window_ms: (self.mail.thread_window_hours.min(24 * 365) * 3_600_000) as i64,
             max_ids: self.limits.max_ids_per_call as usize,
+            outbox: crate::mail::outbox::Schedule {
+                retry_base_ms: (self.mail.retry_base_secs.clamp(1, 86_400) * 1000) as i64,
+                retry_max_ms: (self.mail.retry_max_secs.clamp(1, 7 * 86_400) * 1000) as i64,
+                expiry_ms: (self.mail.outbox_expiry_secs.clamp(1, 30 * 86_400) * 1000) as i64,
+            },
         }
     }
 

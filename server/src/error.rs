@@ -27,6 +27,10 @@ pub enum Error {
         /// What the account is at.
         actual: u64,
     },
+    /// The object is not in a state that allows this (e.g. a submission
+    /// being delivered cannot be cancelled).
+    #[error("{0}")]
+    Conflict(String),
     /// The change log no longer reaches back to the given state.
     #[error("{0}")]
     CannotCalculateChanges(String),

@@ -91,6 +91,7 @@ impl Server {
             };
             tasks.push(tokio::spawn(net::serve(endpoint, Arc::clone(&services), pool.clone(), shutdown)));
         }
+        tasks.push(tokio::spawn(deliver_local(Arc::clone(&services), stop.subscribe())));
         Ok(Running {
             addrs,
             fingerprint: cert.fingerprint,
@@ -159,5 +160,22 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tracing::warn!("connections still hold the store after 5 s; closing anyway");
+    }
+}
+
+/// Delivers mail submitted here to accounts here once it is due (held
+/// back by `sendAt`, or left over by a crash), every second until `stop`.
+async fn deliver_local(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let s = &services;
+        if let Err(e) = s.mail.deliver_local_due(&s.accounts, &s.config.domains, crate::rpc::now_ms()).await {
+            tracing::warn!("delivering local mail from the outbox: {e}");
+        }
     }
 }

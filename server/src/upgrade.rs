@@ -29,7 +29,11 @@ use crate::account::{AccountId, Counter};
 use crate::error::{Error, Result};
 use crate::store::key::{self, Key};
 use crate::store::{Db, KeyRange, Order, Space, StoreError};
-use crate::sync::{self, KINDS};
+use crate::sync::{self, Kind};
+
+/// The kinds of change the log had when format 3 split its floor (later
+/// kinds start with an empty log at floor 0).
+const KINDS: [Kind; 3] = [Kind::Email, Kind::Mailbox, Kind::Thread];
 
 /// The store layout this build writes and reads.
 pub const STORE_FORMAT: u32 = 5;

@@ -19,10 +19,12 @@
 //! change log ([`crate::sync`]), so records, indexes, counters, blob
 //! references and changes never disagree.
 
+pub mod dsn;
 pub mod index;
 pub mod ingest;
 pub mod keyword;
 pub mod mailbox;
+pub mod outbox;
 pub mod parse;
 pub mod query;
 pub mod raw;
@@ -180,11 +182,18 @@ pub struct MailConfig {
     pub thread_window_ms: i64,
     /// Ids per batch call.
     pub max_ids: usize,
+    /// Retries and expiry of the outbox.
+    pub outbox: outbox::Schedule,
 }
 
 impl Default for MailConfig {
     fn default() -> Self {
-        MailConfig { keep_changes: 100_000, thread_window_ms: 7 * 24 * 3600 * 1000, max_ids: 1000 }
+        MailConfig {
+            keep_changes: 100_000,
+            thread_window_ms: 7 * 24 * 3600 * 1000,
+            max_ids: 1000,
+            outbox: outbox::Schedule::default(),
+        }
     }
 }
 
@@ -593,6 +602,13 @@ impl Mailstore {
         bytes.truncate((offset + length) as usize);
         bytes.drain(..offset as usize);
         Ok((std::sync::Arc::new(bytes), total, None))
+    }
+
+    /// A whole blob as a stream from one snapshot, and its size.
+    pub fn blob_source(&self, id: BlobId) -> Result<(upload::Shared, u64)> {
+        let view = self.db.snapshot();
+        let total = blob::size_in(&view, id)?.ok_or_else(|| Error::not_found(format!("no blob {id}")))?;
+        Ok((std::sync::Arc::new(BlobSource { view, id, offset: 0, length: total }), total))
     }
 
     /// Whether the account holds blob `id` (one of its emails or uploads

@@ -64,6 +64,29 @@ fn replace(
     Ok(())
 }
 
+/// Moves one email from the mailbox with role `from` to the one with role
+/// `to`, inside `txn`; an email that is gone or not in `from` stays as it is.
+pub(crate) fn move_in(
+    txn: &mut Txn<'_>,
+    account: AccountId,
+    id: EmailId,
+    from: crate::mail::Role,
+    to: crate::mail::Role,
+    changes: &mut ChangeSet,
+) -> Result<()> {
+    let (from, to) = (crate::mail::role_in(txn, account, from)?, crate::mail::role_in(txn, account, to)?);
+    let Some(old) = crate::mail::email_in(txn, account, id)? else { return Ok(()) };
+    if !old.mailboxes.contains(&from) {
+        return Ok(());
+    }
+    let mut new = old.clone();
+    new.mailboxes.retain(|m| *m != from);
+    new.mailboxes.push(to);
+    new.mailboxes.sort();
+    new.mailboxes.dedup();
+    replace(txn, account, &old, &new, changes)
+}
+
 /// Removes an email for good: record, indexes, thread, blobs, usage.
 pub(crate) fn expunge(
     txn: &mut Txn<'_>,

@@ -277,3 +277,33 @@ pub fn query_page(
         ids.set(i as u32, id.0);
     }
 }
+
+/// Fills `Submission`.
+pub fn submission(
+    mut b: quail_protocol::quail_capnp::submission::Builder<'_>,
+    s: &crate::mail::outbox::Submission,
+) {
+    use crate::mail::outbox::Status;
+    use quail_protocol::quail_capnp::SubmissionStatus as W;
+    b.set_id(s.id);
+    b.set_email_id(s.email.0);
+    b.set_mail_from(s.mail_from.as_str());
+    b.set_created_at(s.created_ms);
+    b.set_send_at(s.send_at_ms);
+    b.set_next_attempt_at(s.next_ms);
+    b.set_attempts(s.attempts);
+    b.set_expires_at(s.expires_ms);
+    let mut list = b.init_recipients(s.recipients.len() as u32);
+    for (i, r) in s.recipients.iter().enumerate() {
+        let mut e = list.reborrow().get(i as u32);
+        e.set_recipient(r.address.as_str());
+        e.set_status(match r.status {
+            Status::Queued => W::Queued,
+            Status::Delivered => W::Delivered,
+            Status::Deferred => W::Deferred,
+            Status::Failed => W::Failed,
+            Status::Cancelled => W::Cancelled,
+        });
+        e.set_reply(r.reply.as_str());
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Instant;
 use quail_protocol::quail_capnp::gateway;
 use quail_protocol::{ErrorCode, error_code_name};
 
-use super::{Services, code_of, not_served, now_ms, text, to_capnp};
+use super::{Services, code_of, now_ms, text, to_capnp};
 use crate::account::AccountId;
 use crate::blob::upload::{Owner, Token};
 use crate::error::Error;
@@ -175,8 +175,122 @@ impl gateway::Server for GatewayImpl {
         Ok(())
     }
 
-    not_served! {
-        lease_outbound(gateway::LeaseOutboundParams, gateway::LeaseOutboundResults) => "Gateway.leaseOutbound";
-        complete_outbound(gateway::CompleteOutboundParams, gateway::CompleteOutboundResults) => "Gateway.completeOutbound";
+    async fn lease_outbound(
+        self: Rc<Self>,
+        params: gateway::LeaseOutboundParams,
+        mut results: gateway::LeaseOutboundResults,
+    ) -> Result<(), capnp::Error> {
+        use crate::mail::outbox::LEASE_SECONDS;
+        let _call = self.peer.enter()?;
+        let p = params.get()?;
+        let max = p.get_max().clamp(1, MAX_LEASED) as usize;
+        let secs = p.get_lease_seconds();
+        if !LEASE_SECONDS.contains(&secs) {
+            return Err(to_capnp(Error::invalid(format!(
+                "leaseSeconds is {} to {}",
+                LEASE_SECONDS.start(),
+                LEASE_SECONDS.end()
+            ))));
+        }
+        let s = &self.services;
+        let leased = s.mail.lease_outbound(now_ms(), max, i64::from(secs) * 1000).await.map_err(to_capnp)?;
+        let inline = s.config.limits.max_inline_bytes;
+        let blobs: Vec<_> = leased.iter().map(|l| l.blob).collect();
+        // Small messages travel inline; a large one is hashed as it streams
+        // and goes as a bulk token: off the connection's worker either way.
+        let runs = super::heavy(s, move |s| {
+            blobs
+                .into_iter()
+                .map(|b| {
+                    let (source, total) = s.mail.blob_source(b)?;
+                    super::session::prepare_run(source, total, 0, Some(b.0), inline)
+                })
+                .collect::<crate::Result<Vec<_>>>()
+        })
+        .await
+        .map_err(to_capnp)?;
+        let mut list = results.get().init_items(leased.len() as u32);
+        for (i, (l, run)) in leased.iter().zip(runs).enumerate() {
+            let mut b = list.reborrow().get(i as u32);
+            b.set_id(l.id);
+            b.set_mail_from(l.mail_from.as_str());
+            b.set_attempt(l.attempt);
+            let mut r = b.reborrow().init_recipients(l.recipients.len() as u32);
+            for (j, a) in l.recipients.iter().enumerate() {
+                r.set(j as u32, a.as_str());
+            }
+            let mut raw = b.init_raw();
+            match run {
+                super::session::Run::Inline { total, offset, bytes } => {
+                    raw.set_total_size(total);
+                    raw.set_offset(offset);
+                    raw.set_inline(&bytes);
+                }
+                super::session::Run::Bulk { total, offset, source, hash } => {
+                    raw.set_total_size(total);
+                    raw.set_offset(offset);
+                    raw.set_blake3(&hash);
+                    let token =
+                        s.downloads.offer(Owner::GATEWAY, source, Instant::now()).map_err(to_capnp)?;
+                    raw.set_bulk_token(&token[..]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn complete_outbound(
+        self: Rc<Self>,
+        params: gateway::CompleteOutboundParams,
+        _: gateway::CompleteOutboundResults,
+    ) -> Result<(), capnp::Error> {
+        use crate::mail::outbox::Outcome;
+        use quail_protocol::quail_capnp::OutcomeKind;
+        let _call = self.peer.enter()?;
+        let p = params.get()?;
+        let list = p.get_outcomes()?;
+        if list.len() > self.services.config.limits.max_recipients {
+            return Err(to_capnp(Error::LimitExceeded("more outcomes than recipients".into())));
+        }
+        let mut outcomes = Vec::with_capacity(list.len() as usize);
+        for o in list.iter() {
+            let recipient = text(o.get_recipient(), "recipient", MAX_PATH_BYTES)?.to_owned();
+            let reply = text(o.get_reply(), "reply", MAX_REPLY_BYTES)?.to_owned();
+            let kind = match o.get_kind()? {
+                OutcomeKind::Delivered => Outcome::Delivered,
+                OutcomeKind::TempFail => Outcome::TempFail,
+                OutcomeKind::PermFail => Outcome::PermFail,
+            };
+            outcomes.push((recipient, kind, reply));
+        }
+        self.services
+            .mail
+            .complete_outbound(p.get_id(), p.get_attempt(), &outcomes, now_ms())
+            .await
+            .map_err(to_capnp)
+    }
+
+    async fn login(
+        self: Rc<Self>,
+        params: gateway::LoginParams,
+        mut results: gateway::LoginResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.peer.enter()?;
+        let p = params.get()?;
+        let name = text(p.get_name(), "name", MAX_SECRET_BYTES)?.to_owned();
+        let secret = text(p.get_secret(), "secret", MAX_SECRET_BYTES)?.to_owned();
+        let ip: std::net::IpAddr = text(p.get_remote_ip(), "remoteIp", 64)?
+            .parse()
+            .map_err(|_| to_capnp(Error::invalid("remoteIp is not an IP address")))?;
+        let session = super::quail::login_user(&self.services, &self.peer, ip, &name, secret, true).await?;
+        results.get().set_session(session);
+        Ok(())
     }
 }
+
+/// Most submissions one lease hands out.
+const MAX_LEASED: u32 = 100;
+/// Longest SMTP reply recorded.
+const MAX_REPLY_BYTES: usize = 1024;
+/// Longest name or secret.
+const MAX_SECRET_BYTES: usize = 1024;

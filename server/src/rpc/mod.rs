@@ -226,7 +226,7 @@ pub fn code_of(e: &Error) -> ErrorCode {
         Error::NotFound(_) => ErrorCode::NotFound,
         Error::LimitExceeded(_) => ErrorCode::LimitExceeded,
         Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-        Error::StateMismatch { .. } => ErrorCode::StateMismatch,
+        Error::StateMismatch { .. } | Error::Conflict(_) => ErrorCode::StateMismatch,
         Error::CannotCalculateChanges(_) => ErrorCode::CannotCalculateChanges,
         Error::OverQuota(_) => ErrorCode::OverQuota,
         Error::AlreadyExists(_) => ErrorCode::AlreadyExists,

@@ -66,36 +66,7 @@ impl quail::Server for QuailImpl {
         let p = params.get()?;
         let name = text(p.get_name(), "name", MAX_SECRET_BYTES)?.to_owned();
         let secret = text(p.get_secret(), "secret", MAX_SECRET_BYTES)?.to_owned();
-        let ip = self.peer.ip;
-        let logins = &self.services.logins;
-        let attempt = logins.admit(ip, Attempt::User(Some(&name)), Instant::now()).map_err(to_capnp)?;
-        // Hashing is the expensive part: only with a permit (a short,
-        // bounded wait at most). Busy is not a failure: the attempt drops.
-        let permit = logins.permit().await.map_err(to_capnp)?;
-        let attempt = attempt.recheck(Instant::now()).map_err(to_capnp)?;
-        let services = Arc::clone(&self.services);
-        let who = name.clone();
-        let outcome = logins.hash(permit, move || services.accounts.authenticate(&who, &secret)).await;
-        let account = match outcome {
-            Ok(a) => {
-                attempt.succeeded();
-                a
-            }
-            Err(Error::BadCredentials) => {
-                attempt.failed();
-                tracing::info!(name = %name, %ip, "failed login");
-                return Err(to_capnp(Error::BadCredentials));
-            }
-            Err(e) => return Err(to_capnp(e)),
-        };
-        tracing::debug!(account = account.id.0, "login");
-        let auth = Auth::Password(account.password_hash.clone());
-        let session: session::Client = capnp_rpc::new_client(super::session::SessionImpl::new(
-            Arc::clone(&self.services),
-            Rc::clone(&self.peer),
-            account.id,
-            auth,
-        ));
+        let session = login_user(&self.services, &self.peer, self.peer.ip, &name, secret, false).await?;
         results.get().set_session(session);
         Ok(())
     }
@@ -164,4 +135,58 @@ impl quail::Server for QuailImpl {
         results.get().set_admin(a);
         Ok(())
     }
+}
+
+/// A user login by password (or, with `tokens`, by an app token of the
+/// account `name` too), throttled by `ip` and by name: the session.
+pub(super) async fn login_user(
+    services: &Arc<Services>,
+    peer: &Rc<Peer>,
+    ip: std::net::IpAddr,
+    name: &str,
+    secret: String,
+    tokens: bool,
+) -> Result<session::Client, capnp::Error> {
+    let logins = &services.logins;
+    let attempt = logins.admit(ip, Attempt::User(Some(name)), Instant::now()).map_err(to_capnp)?;
+    if tokens
+        && let Ok(account) = services.accounts.authenticate_token(&secret)
+        && crate::account::normalize_name(name).is_ok_and(|n| n == account.name)
+    {
+        attempt.succeeded();
+        let auth = Auth::Token(*blake3::hash(secret.as_bytes()).as_bytes());
+        return Ok(capnp_rpc::new_client(super::session::SessionImpl::new(
+            Arc::clone(services),
+            Rc::clone(peer),
+            account.id,
+            auth,
+        )));
+    }
+    // Hashing is the expensive part: only with a permit (a short,
+    // bounded wait at most). Busy is not a failure: the attempt drops.
+    let permit = logins.permit().await.map_err(to_capnp)?;
+    let attempt = attempt.recheck(Instant::now()).map_err(to_capnp)?;
+    let s = Arc::clone(services);
+    let who = name.to_owned();
+    let outcome = logins.hash(permit, move || s.accounts.authenticate(&who, &secret)).await;
+    let account = match outcome {
+        Ok(a) => {
+            attempt.succeeded();
+            a
+        }
+        Err(Error::BadCredentials) => {
+            attempt.failed();
+            tracing::info!(name = %name, %ip, "failed login");
+            return Err(to_capnp(Error::BadCredentials));
+        }
+        Err(e) => return Err(to_capnp(e)),
+    };
+    tracing::debug!(account = account.id.0, "login");
+    let auth = Auth::Password(account.password_hash.clone());
+    Ok(capnp_rpc::new_client(super::session::SessionImpl::new(
+        Arc::clone(services),
+        Rc::clone(peer),
+        account.id,
+        auth,
+    )))
 }

@@ -141,6 +141,13 @@ impl SessionImpl {
     /// as destroyed or not at all, mailboxes outside it not at all.
     fn scope_changes(&self, kind: Kind, c: &mut crate::sync::Changes) -> Result<(), capnp::Error> {
         match kind {
+            // Sending is the whole account's business.
+            Kind::Submission if !self.scope.is_full() => {
+                c.created.clear();
+                c.updated.clear();
+                c.destroyed.clear();
+            }
+            Kind::Submission => {}
             Kind::Mailbox => {
                 let keep = |v: &mut Vec<u64>| v.retain(|m| self.scope.reaches(MailboxId(*m)));
                 keep(&mut c.created);
@@ -207,14 +214,14 @@ const SMALL_RUN: u64 = 256 * 1024;
 
 /// A byte run ready to answer: inline bytes, or a source to offer on a
 /// bulk stream with the BLAKE3 of what it carries.
-enum Run {
+pub(super) enum Run {
     Inline { total: u64, offset: u64, bytes: Vec<u8> },
     Bulk { total: u64, offset: u64, source: crate::blob::upload::Shared, hash: [u8; 32] },
 }
 
 /// Reads a small run into memory, or hashes a large one as it streams
 /// (never holding it whole). Blocking work.
-fn prepare_run(
+pub(super) fn prepare_run(
     source: crate::blob::upload::Shared,
     total: u64,
     offset: u64,
@@ -749,6 +756,7 @@ impl session::Server for SessionImpl {
             ObjectKind::Email => Kind::Email,
             ObjectKind::Mailbox => Kind::Mailbox,
             ObjectKind::Thread => Kind::Thread,
+            ObjectKind::Submission => Kind::Submission,
         };
         let max = self.services.config.limits.max_changes;
         let want = match p.get_max_changes() {
@@ -909,9 +917,109 @@ impl session::Server for SessionImpl {
 
     not_served! {
         search(session::SearchParams, session::SearchResults) => "Session.search";
-        submit(session::SubmitParams, session::SubmitResults) => "Session.submit";
-        submissions(session::SubmissionsParams, session::SubmissionsResults) => "Session.submissions";
         report_spam(session::ReportSpamParams, session::ReportSpamResults) => "Session.reportSpam";
+    }
+
+    async fn submit(
+        self: Rc<Self>,
+        params: session::SubmitParams,
+        mut results: session::SubmitResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        self.scope.check_full("sending mail").map_err(to_capnp)?;
+        let s = Arc::clone(&self.services);
+        let p = params.get()?;
+        let max = s.config.limits.max_message_bytes;
+        let raw = p.get_raw()?;
+        let raw: Vec<u8> = if !raw.is_empty() {
+            if p.has_blob_id() && !p.get_blob_id()?.is_empty() {
+                return Err(to_capnp(Error::invalid("give raw or blobId, not both")));
+            }
+            if raw.len() as u64 > max {
+                return Err(to_capnp(Error::LimitExceeded(format!(
+                    "message of {} bytes; the limit is {max}",
+                    raw.len()
+                ))));
+            }
+            raw.to_vec()
+        } else {
+            let id: [u8; 32] = p
+                .get_blob_id()?
+                .try_into()
+                .map_err(|_| to_capnp(Error::invalid("give the message as raw or as a 32-byte blobId")))?;
+            let id = crate::blob::BlobId(id);
+            let missing = || to_capnp(Error::not_found(format!("no uploaded blob {id}")));
+            if !s.mail.holds_blob(self.account, id).map_err(to_capnp)? {
+                return Err(missing());
+            }
+            if crate::blob::size_in(s.db.store(), id).map_err(to_capnp)?.unwrap_or(0) > max {
+                return Err(to_capnp(Error::LimitExceeded(format!("the blob is larger than {max} bytes"))));
+            }
+            super::heavy(&s, move |s| crate::blob::get(&s.db, id))
+                .await
+                .map_err(to_capnp)?
+                .ok_or_else(missing)?
+        };
+        let envelope = p.get_envelope()?;
+        let (from, recipients) = envelope_of(&s, self.account, envelope)?;
+        let new = crate::mail::outbox::NewSubmission {
+            raw,
+            mail_from: from,
+            recipients,
+            send_at_ms: p.get_send_at(),
+        };
+        let now = now_ms();
+        let mut sub = s.mail.submit(self.account, new, now).await.map_err(to_capnp)?;
+        if sub.send_at_ms <= now && sub.recipients.iter().any(|r| r.local) {
+            // Mail between accounts here is delivered at once, after the
+            // submission itself is durable (the outbox's ticker would
+            // otherwise take it within a second).
+            s.mail.deliver_local_due(&s.accounts, &s.config.domains, now).await.map_err(to_capnp)?;
+            if let Some(fresh) = s.mail.submissions(self.account, &[sub.id]).map_err(to_capnp)?.0.pop() {
+                sub = fresh;
+            }
+        }
+        convert::submission(results.get().init_submission(), &sub);
+        Ok(())
+    }
+
+    async fn submissions(
+        self: Rc<Self>,
+        params: session::SubmissionsParams,
+        mut results: session::SubmissionsResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        self.scope.check_full("reading the outbox").map_err(to_capnp)?;
+        let ids: Vec<u64> = params.get()?.get_ids()?.iter().collect();
+        if ids.len() > self.services.config.limits.max_ids_per_call as usize {
+            return Err(to_capnp(Error::LimitExceeded(format!(
+                "{} ids; the limit is {}",
+                ids.len(),
+                self.services.config.limits.max_ids_per_call
+            ))));
+        }
+        let (found, missing) = self.services.mail.submissions(self.account, &ids).map_err(to_capnp)?;
+        if let Some(id) = missing.first() {
+            return Err(to_capnp(Error::not_found(format!("no submission {id}"))));
+        }
+        let mut list = results.get().init_submissions(found.len() as u32);
+        for (i, sub) in found.iter().enumerate() {
+            convert::submission(list.reborrow().get(i as u32), sub);
+        }
+        Ok(())
+    }
+
+    async fn cancel_submission(
+        self: Rc<Self>,
+        params: session::CancelSubmissionParams,
+        mut results: session::CancelSubmissionResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        self.scope.check_full("cancelling a submission").map_err(to_capnp)?;
+        let id = params.get()?.get_id();
+        let sub = self.services.mail.cancel_submission(self.account, id, now_ms()).await.map_err(to_capnp)?;
+        convert::submission(results.get().init_submission(), &sub);
+        Ok(())
     }
 
     async fn watch(
@@ -971,6 +1079,7 @@ impl Pusher for StatePusher {
                     Kind::Email => ObjectKind::Email,
                     Kind::Mailbox => ObjectKind::Mailbox,
                     Kind::Thread => ObjectKind::Thread,
+                    Kind::Submission => ObjectKind::Submission,
                 },
             );
         }
@@ -1061,3 +1170,34 @@ impl Drop for WatchHandleImpl {
 }
 
 impl watch_handle::Server for WatchHandleImpl {}
+
+/// The checked envelope of a submission: the sender (one of the account's
+/// addresses) and each recipient with whether it is served here.
+pub(super) fn envelope_of(
+    s: &Services,
+    account: AccountId,
+    envelope: quail_protocol::quail_capnp::smtp_envelope::Reader<'_>,
+) -> Result<(String, Vec<(String, bool)>), capnp::Error> {
+    use crate::mail::outbox;
+    let from = text(envelope.get_mail_from(), "mailFrom", outbox::MAX_ADDRESS_BYTES)?;
+    let from = outbox::sender_address(&s.accounts, account, from, &s.config.domains).map_err(to_capnp)?;
+    let rcpts = envelope.get_rcpt_to()?;
+    let max = s.config.limits.max_recipients;
+    if rcpts.len() > max {
+        return Err(to_capnp(Error::LimitExceeded(format!(
+            "{} recipients; the limit is {max}",
+            rcpts.len()
+        ))));
+    }
+    if rcpts.is_empty() {
+        return Err(to_capnp(Error::invalid("no recipients")));
+    }
+    let mut recipients = Vec::with_capacity(rcpts.len() as usize);
+    for r in rcpts.iter() {
+        let addr = text(r, "recipient", outbox::MAX_ADDRESS_BYTES)?;
+        outbox::check_address(addr).map_err(to_capnp)?;
+        let local = outbox::is_local(&s.accounts, addr, &s.config.domains).map_err(to_capnp)?;
+        recipients.push((addr.to_string(), local));
+    }
+    Ok((from, recipients))
+}

@@ -111,11 +111,14 @@ pub enum Space {
     /// Gateway idempotency keys: `k ‖ key` → the delivery's outcomes,
     /// `t ‖ time ‖ key` → () to forget them in order.
     Deliveries,
+    /// The outbox (see `mail::outbox`): submissions, their per-account
+    /// list and their due queues.
+    Outbox,
 }
 
 impl Space {
     /// Every keyspace, in a fixed order.
-    pub const ALL: [Space; 18] = [
+    pub const ALL: [Space; 19] = [
         Space::Meta,
         Space::Accounts,
         Space::AccountNames,
@@ -134,6 +137,7 @@ impl Space {
         Space::AccountBlobs,
         Space::Uploads,
         Space::Deliveries,
+        Space::Outbox,
     ];
 
     /// The keyspace's name on disk. Never change one: it is the stored layout.
@@ -157,6 +161,7 @@ impl Space {
             Space::AccountBlobs => "account_blobs",
             Space::Uploads => "uploads",
             Space::Deliveries => "deliveries",
+            Space::Outbox => "outbox",
         }
     }
 

@@ -44,6 +44,8 @@ pub enum Kind {
     Mailbox = 1,
     /// A thread (its member list).
     Thread = 2,
+    /// A submission's status (the outbox).
+    Submission = 3,
 }
 
 /// What happened to it.
@@ -156,7 +158,7 @@ pub const COMPACT_STEP: usize = 512;
 pub const COMPACT_BATCH: u64 = 256;
 
 /// Every kind, in log order.
-pub const KINDS: [Kind; 3] = [Kind::Email, Kind::Mailbox, Kind::Thread];
+pub const KINDS: [Kind; 4] = [Kind::Email, Kind::Mailbox, Kind::Thread, Kind::Submission];
 
 fn floor_key(account: AccountId, kind: Kind) -> Vec<u8> {
     Counter::KindFloor.key(account, kind as u64)

@@ -32,7 +32,7 @@ pub struct Pulse {
     /// The account's newest durable state.
     pub state: u64,
     /// Indexed by `Kind as usize`: when that kind last changed.
-    pub changed_at: [u64; 3],
+    pub changed_at: [u64; KINDS.len()],
 }
 
 impl Pulse {
@@ -171,7 +171,7 @@ impl Coalescer {
     pub fn new(start: State, answer_timeout: Duration) -> Self {
         Coalescer {
             told: start.0,
-            latest: Pulse { state: start.0, changed_at: [0; 3] },
+            latest: Pulse { state: start.0, changed_at: [0; KINDS.len()] },
             in_flight: None,
             answer_timeout,
             failed: false,
@@ -220,7 +220,7 @@ mod tests {
     use super::*;
 
     fn pulse(state: u64, kinds: &[Kind]) -> Pulse {
-        let mut p = Pulse { state, changed_at: [0; 3] };
+        let mut p = Pulse { state, changed_at: [0; KINDS.len()] };
         for k in kinds {
             p.changed_at[*k as usize] = state;
         }

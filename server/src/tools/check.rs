@@ -68,6 +68,11 @@ pub fn check(db: &Db, repair: bool) -> Result<CheckReport> {
         check_account(db, account, &mut report, &mut fixes, &mut expected_refs)?;
     }
 
+    // The outbox holds the bytes of every submission with a recipient pending.
+    for b in crate::mail::outbox::held_blobs(db)? {
+        *expected_refs.entry(b).or_default() += 1;
+    }
+
     // Blobs: reference counts, presence, orphans, stored bytes.
     let mut stored_total = 0u64;
     let mut seen = BTreeSet::new();
