@@ -1,4 +1,4 @@
-//! `quail-smtpd`: the SMTP gateway (inbound MX).
+//! `quail-smtpd`: the SMTP gateway (inbound MX, outbound delivery).
 //!
 //! `quail-smtpd --dev` next to `quaild --dev`: listens on 127.0.0.1:2525,
 //! reaches the server at 127.0.0.1:4433, and reads the development
@@ -47,10 +47,19 @@ struct Cli {
     /// Messages one address may send per minute.
     #[arg(long, default_value_t = 600)]
     max_messages_per_minute_per_ip: u32,
-    /// The DNS server for SPF, DKIM and DMARC (ip:port); default: the
-    /// system's resolver.
+    /// The DNS server for SPF, DKIM, DMARC and MX lookups (ip:port);
+    /// default: the system's resolver.
     #[arg(long)]
     resolver: Option<std::net::SocketAddr>,
+    /// Do not deliver the server's outbox (another gateway does).
+    #[arg(long)]
+    no_outbound: bool,
+    /// The port of receiving MTAs for outbound mail.
+    #[arg(long, default_value_t = 25)]
+    outbound_port: u16,
+    /// Outbound settings from the config file (DKIM keys, limits).
+    #[arg(skip)]
+    outbound: quail_smtp::config::OutboundConfig,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +112,17 @@ fn main() -> anyhow::Result<()> {
             && let Some(v) = file.max_messages_per_minute_per_ip
         {
             cli.max_messages_per_minute_per_ip = v;
+        }
+        if let Some(o) = file.outbound {
+            if o.enabled == Some(false) {
+                cli.no_outbound = true;
+            }
+            if !given("outbound_port")
+                && let Some(p) = o.port
+            {
+                cli.outbound_port = p;
+            }
+            cli.outbound = o;
         }
         anyhow::ensure!(cli.tls_cert.is_some() == cli.tls_key.is_some(), "tls_cert and tls_key go together");
     }
@@ -164,14 +184,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_messages_per_minute_per_ip: cli.max_messages_per_minute_per_ip,
     };
     let starttls = options.tls.is_some();
-    let running = server::start(options, Upstream { addr: cli.server.clone(), trust: pin, secret }).await?;
+    let backend = server::Backend::connect(Upstream { addr: cli.server.clone(), trust: pin, secret }).await?;
+    let running = server::start_on(options, std::sync::Arc::clone(&backend)).await?;
     println!(
         "quail-smtpd listening on {} (SMTP{}), delivering to {}",
         running.addr(),
         if starttls { ", STARTTLS" } else { "" },
         cli.server
     );
+    let worker = if cli.no_outbound {
+        None
+    } else {
+        let mut o = quail_smtp::outbound::Options::new(&cli.hostname);
+        o.port = cli.outbound_port;
+        o.resolver = cli.resolver;
+        if let Some(n) = cli.outbound.max_concurrent {
+            o.max_concurrent = n;
+        }
+        if let Some(n) = cli.outbound.max_per_domain {
+            o.max_per_domain = n;
+        }
+        for k in &cli.outbound.dkim {
+            o.dkim.push(quail_smtp::outbound::dkim::Key::load(&k.domain, &k.selector, &k.key)?);
+        }
+        let signing: Vec<String> = o.dkim.iter().map(|k| format!("{} ({})", k.domain, k.selector)).collect();
+        let port = o.port;
+        let w = quail_smtp::outbound::start(o, backend)?;
+        println!(
+            "quail-smtpd delivering outbound mail to port {port}{}",
+            if signing.is_empty() {
+                ", unsigned".to_owned()
+            } else {
+                format!(", DKIM for {}", signing.join(", "))
+            }
+        );
+        Some(w)
+    };
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     running.stop();
+    if let Some(w) = worker {
+        w.stop();
+    }
     Ok(())
 }

@@ -54,12 +54,31 @@ impl std::fmt::Debug for Options {
 }
 
 /// The connection to the Quail server, re-established when it drops.
-struct Backend {
+pub struct Backend {
     upstream: Upstream,
     current: tokio::sync::Mutex<Option<(quail::Client, Arc<quail::Gateway>)>>,
 }
 
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("server", &self.upstream.addr).finish_non_exhaustive()
+    }
+}
+
 impl Backend {
+    /// Connects to the Quail server with the gateway credential (and
+    /// reconnects later whenever the connection is lost).
+    pub async fn connect(upstream: Upstream) -> anyhow::Result<Arc<Backend>> {
+        let backend = Arc::new(Backend { upstream, current: tokio::sync::Mutex::new(None) });
+        backend.gateway().await.context("connecting to the Quail server with the gateway credential")?;
+        Ok(backend)
+    }
+
+    /// The server's limits (from its hello).
+    pub async fn limits(&self) -> Result<quail::Limits, quail::Error> {
+        Ok(self.gateway().await?.0.server_info().limits.clone())
+    }
+
     async fn gateway(&self) -> Result<(quail::Client, Arc<quail::Gateway>), quail::Error> {
         let mut current = self.current.lock().await;
         if let Some((c, g)) = current.as_ref() {
@@ -77,7 +96,7 @@ impl Backend {
 
     /// Runs `f` on the gateway, reconnecting once if the connection was lost
     /// (safe: checks read, deliveries carry their idempotency key).
-    async fn with<T, F, Fut>(&self, f: F) -> Result<T, quail::Error>
+    pub async fn with<T, F, Fut>(&self, f: F) -> Result<T, quail::Error>
     where
         F: Fn(Arc<quail::Gateway>) -> Fut,
         Fut: std::future::Future<Output = Result<T, quail::Error>>,
@@ -124,10 +143,12 @@ impl Running {
 
 /// Connects to the Quail server and starts listening.
 pub async fn start(options: Options, upstream: Upstream) -> anyhow::Result<Running> {
-    let backend = Arc::new(Backend { upstream, current: tokio::sync::Mutex::new(None) });
-    let (client, _) =
-        backend.gateway().await.context("connecting to the Quail server with the gateway credential")?;
-    let limits = client.server_info().limits.clone();
+    start_on(options, Backend::connect(upstream).await?).await
+}
+
+/// [`start`] on a connection already made (shared with the outbound worker).
+pub async fn start_on(options: Options, backend: Arc<Backend>) -> anyhow::Result<Running> {
+    let limits = backend.limits().await.context("the Quail server's limits")?;
     let settings = Settings {
         hostname: options.hostname.clone(),
         max_message_bytes: limits.max_message_bytes,

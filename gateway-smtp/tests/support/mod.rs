@@ -12,7 +12,8 @@ use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
-fn zone(origin: &str, txt: &[(&str, &str)]) -> InMemoryZoneHandler {
+/// A zone with its SOA and `records` (owner name, data).
+pub fn zone_of(origin: &str, records: Vec<(&str, RData)>) -> InMemoryZoneHandler {
     let o = Name::from_ascii(origin).expect("name");
     let mut z = InMemoryZoneHandler::empty(o.clone(), ZoneType::Primary, AxfrPolicy::Deny);
     let n = |s: &str| Name::from_ascii(s).expect("name");
@@ -24,16 +25,45 @@ fn zone(origin: &str, txt: &[(&str, &str)]) -> InMemoryZoneHandler {
         ),
         1,
     );
-    for (name, value) in txt {
-        // Long values in 255-byte strings, as DNS needs.
-        let parts = value.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-        z.upsert_mut(Record::from_rdata(n(name), 60, RData::TXT(TXT::new(parts))), 1);
+    for (name, data) in records {
+        z.upsert_mut(Record::from_rdata(n(name), 60, data), 1);
     }
     z
 }
 
-pub async fn dns(dkim_public: &str) -> SocketAddr {
+/// A TXT record's data, in 255-byte strings as DNS needs.
+pub fn txt(value: &str) -> RData {
+    let parts = value.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    RData::TXT(TXT::new(parts))
+}
+
+fn zone(origin: &str, txts: &[(&str, &str)]) -> InMemoryZoneHandler {
+    zone_of(origin, txts.iter().map(|(n, v)| (*n, txt(v))).collect())
+}
+
+/// Serves `zones` (and an empty `test.` above them) over UDP and TCP on
+/// 127.0.0.1.
+pub async fn serve(zones: Vec<InMemoryZoneHandler>) -> SocketAddr {
     let mut catalog = Catalog::new();
+    catalog
+        .upsert(LowerName::from(Name::from_ascii("test.").expect("n")), vec![Arc::new(zone("test.", &[]))]);
+    for z in zones {
+        let origin = hickory_server::zone_handler::ZoneHandler::origin(&z).clone();
+        catalog.upsert(origin, vec![Arc::new(z)]);
+    }
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    let addr = udp.local_addr().expect("addr");
+    let tcp = tokio::net::TcpListener::bind(addr).await.expect("tcp");
+    let mut s = hickory_server::Server::new(catalog);
+    s.register_socket(udp);
+    s.register_listener(tcp, std::time::Duration::from_secs(5), 64 * 1024);
+    tokio::spawn(async move {
+        let _ = s.block_until_done().await;
+    });
+    addr
+}
+
+pub async fn dns(dkim_public: &str) -> SocketAddr {
     let dkim = format!("v=DKIM1; k=ed25519; p={dkim_public}");
     let good = zone(
         "example.test.",
@@ -44,17 +74,5 @@ pub async fn dns(dkim_public: &str) -> SocketAddr {
         ],
     );
     let bad = zone("forbidden.test.", &[("forbidden.test.", "v=spf1 ip4:192.0.2.1 -all")]);
-    // The parent, so the DMARC tree walk gets an answer (NXDOMAIN) there too.
-    catalog
-        .upsert(LowerName::from(Name::from_ascii("test.").expect("n")), vec![Arc::new(zone("test.", &[]))]);
-    catalog.upsert(LowerName::from(Name::from_ascii("example.test.").expect("n")), vec![Arc::new(good)]);
-    catalog.upsert(LowerName::from(Name::from_ascii("forbidden.test.").expect("n")), vec![Arc::new(bad)]);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
-    let addr = udp.local_addr().expect("addr");
-    let mut s = hickory_server::Server::new(catalog);
-    s.register_socket(udp);
-    tokio::spawn(async move {
-        let _ = s.block_until_done().await;
-    });
-    addr
+    serve(vec![good, bad]).await
 }
