@@ -47,6 +47,8 @@ async fn main() {
         max_connections_per_ip: 64,
         max_messages_per_minute_per_ip: u32::MAX,
         verifier: None,
+        mode: quail_smtp::session::Mode::Mx,
+        implicit_tls: false,
     };
     let upstream = Upstream {
         addr: server.addr().to_string(),

@@ -5,6 +5,8 @@
 //! ```toml
 //! hostname = "mx.example.org"            # greeting, Received, Authentication-Results
 //! listen = "0.0.0.0:25"
+//! submission = "0.0.0.0:587"             # STARTTLS, then AUTH PLAIN/LOGIN
+//! submissions = "0.0.0.0:465"            # implicit TLS, then AUTH
 //! server = "mail.internal:4433"          # the Quail server
 //! data_dir = "/etc/quail-smtpd"          # gateway.secret (and tls/dev-cert.sha256 to pin a dev server)
 //! tls_cert = "/etc/letsencrypt/live/mx.example.org/fullchain.pem"
@@ -38,6 +40,10 @@ pub struct FileConfig {
     pub hostname: Option<String>,
     /// Where to listen.
     pub listen: Option<SocketAddr>,
+    /// Where to listen for submission (STARTTLS).
+    pub submission: Option<SocketAddr>,
+    /// Where to listen for submission over implicit TLS.
+    pub submissions: Option<SocketAddr>,
     /// The Quail server (host:port).
     pub server: Option<String>,
     /// The server's data dir (gateway credential, pin).

@@ -7,9 +7,10 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::session::{Action, DeliverVerdict, RcptVerdict, Session, Settings};
+use crate::session::{Action, AuthVerdict, DeliverVerdict, Mode, RcptVerdict, Session, Settings};
 
-/// Feeds `data` (the first byte chooses how it is split) to one session.
+/// Feeds `data` (the first byte chooses how it is split, and by its low
+/// bit whether the session is an MX or a submission one) to one session.
 pub fn smtp_session(data: &[u8]) {
     let Some((&split, input)) = data.split_first() else {
         return;
@@ -19,6 +20,8 @@ pub fn smtp_session(data: &[u8]) {
         max_message_bytes: 64 * 1024,
         max_recipients: 8,
         tls_available: true,
+        mode: if split & 1 == 0 { Mode::Mx } else { Mode::Submission },
+        implicit_tls: false,
     };
     let (mut session, first) =
         Session::new(settings, "127.0.0.1".parse().expect("ip"), "f".into(), Instant::now());
@@ -47,7 +50,11 @@ pub fn smtp_session(data: &[u8]) {
                     };
                     queue.extend(session.recipient_checked(v));
                 }
-                Action::Deliver(_, raw) => {
+                Action::Authenticate { user, secret } => {
+                    let v = if secret == "right" { AuthVerdict::Ok } else { AuthVerdict::Bad };
+                    queue.extend(session.authenticated(v, &user));
+                }
+                Action::Deliver(_, raw) | Action::Submit(_, raw) => {
                     assert!(raw.len() <= 64 * 1024 + 4096, "a message over the limit was delivered");
                     queue.extend(session.delivered(DeliverVerdict::Stored("q".into())));
                 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use quail_smtp::server::{self, Options, Upstream};
+use quail_smtp::session::Mode;
 
 /// Quail's SMTP gateway.
 #[derive(Debug, Parser)]
@@ -31,6 +32,17 @@ struct Cli {
     /// Where to listen for SMTP.
     #[arg(long, default_value = "127.0.0.1:2525")]
     listen: std::net::SocketAddr,
+    /// Where to listen for submission (STARTTLS, then AUTH; port 587 in
+    /// production).
+    #[arg(long, default_value = "127.0.0.1:5587")]
+    submission: std::net::SocketAddr,
+    /// Where to listen for submission over implicit TLS (port 465 in
+    /// production).
+    #[arg(long, default_value = "127.0.0.1:5465")]
+    submissions: std::net::SocketAddr,
+    /// Serve no submission ports.
+    #[arg(long)]
+    no_submission: bool,
     /// This host's name in the greeting and in Received headers.
     #[arg(long, default_value = "localhost")]
     hostname: String,
@@ -62,6 +74,15 @@ struct Cli {
     outbound: quail_smtp::config::OutboundConfig,
 }
 
+/// A status line on stdout; a closed stdout (a supervisor that stopped
+/// reading) is not a reason to stop serving mail.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -88,6 +109,16 @@ fn main() -> anyhow::Result<()> {
             && let Some(v) = file.listen
         {
             cli.listen = v;
+        }
+        if !given("submission")
+            && let Some(v) = file.submission
+        {
+            cli.submission = v;
+        }
+        if !given("submissions")
+            && let Some(v) = file.submissions
+        {
+            cli.submissions = v;
         }
         if !given("hostname")
             && let Some(v) = file.hostname
@@ -182,16 +213,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tls,
         max_connections_per_ip: cli.max_connections_per_ip,
         max_messages_per_minute_per_ip: cli.max_messages_per_minute_per_ip,
+        mode: Mode::Mx,
+        implicit_tls: false,
     };
     let starttls = options.tls.is_some();
     let backend = server::Backend::connect(Upstream { addr: cli.server.clone(), trust: pin, secret }).await?;
-    let running = server::start_on(options, std::sync::Arc::clone(&backend)).await?;
-    println!(
+    let mut listeners = vec![server::start_on(options.clone(), std::sync::Arc::clone(&backend)).await?];
+    say!(
         "quail-smtpd listening on {} (SMTP{}), delivering to {}",
-        running.addr(),
+        listeners[0].addr(),
         if starttls { ", STARTTLS" } else { "" },
         cli.server
     );
+    if cli.no_submission {
+        tracing::info!("submission ports off (--no-submission)");
+    } else if !starttls {
+        tracing::warn!("no TLS certificate: the submission ports are off (AUTH needs TLS)");
+    } else {
+        for (listen, implicit) in [(cli.submission, false), (cli.submissions, true)] {
+            let o = Options {
+                listen,
+                mode: Mode::Submission,
+                implicit_tls: implicit,
+                verifier: None,
+                ..options.clone()
+            };
+            let l = server::start_on(o, std::sync::Arc::clone(&backend)).await?;
+            say!(
+                "quail-smtpd listening on {} (submission, {})",
+                l.addr(),
+                if implicit { "implicit TLS" } else { "STARTTLS" }
+            );
+            listeners.push(l);
+        }
+    }
     let worker = if cli.no_outbound {
         None
     } else {
@@ -210,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let signing: Vec<String> = o.dkim.iter().map(|k| format!("{} ({})", k.domain, k.selector)).collect();
         let port = o.port;
         let w = quail_smtp::outbound::start(o, backend)?;
-        println!(
+        say!(
             "quail-smtpd delivering outbound mail to port {port}{}",
             if signing.is_empty() {
                 ", unsigned".to_owned()
@@ -221,7 +276,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(w)
     };
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    running.stop();
+    for l in listeners {
+        l.stop();
+    }
     if let Some(w) = worker {
         w.stop();
     }

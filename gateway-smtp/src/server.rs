@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::session::{Action, DeliverVerdict, Envelope, RcptVerdict, Session, Settings};
+use crate::session::{Action, AuthVerdict, DeliverVerdict, Envelope, Mode, RcptVerdict, Session, Settings};
 
 /// How the gateway reaches the Quail server.
 #[derive(Debug, Clone)]
@@ -41,6 +41,10 @@ pub struct Options {
     /// SPF, DKIM, DMARC and ARC into `Authentication-Results` (`None`: not
     /// verified, no header).
     pub verifier: Option<crate::auth::Verifier>,
+    /// Inbound MX (port 25) or submission (587, 465: AUTH, then anywhere).
+    pub mode: Mode,
+    /// TLS from the first byte (port 465); needs `tls`.
+    pub implicit_tls: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -49,6 +53,8 @@ impl std::fmt::Debug for Options {
             .field("listen", &self.listen)
             .field("hostname", &self.hostname)
             .field("tls", &self.tls.is_some())
+            .field("mode", &self.mode)
+            .field("implicit_tls", &self.implicit_tls)
             .finish_non_exhaustive()
     }
 }
@@ -148,12 +154,15 @@ pub async fn start(options: Options, upstream: Upstream) -> anyhow::Result<Runni
 
 /// [`start`] on a connection already made (shared with the outbound worker).
 pub async fn start_on(options: Options, backend: Arc<Backend>) -> anyhow::Result<Running> {
+    anyhow::ensure!(!options.implicit_tls || options.tls.is_some(), "implicit TLS needs a certificate");
     let limits = backend.limits().await.context("the Quail server's limits")?;
     let settings = Settings {
         hostname: options.hostname.clone(),
         max_message_bytes: limits.max_message_bytes,
         max_recipients: limits.max_recipients.max(1) as usize,
-        tls_available: options.tls.is_some(),
+        tls_available: options.tls.is_some() && !options.implicit_tls,
+        mode: options.mode,
+        implicit_tls: options.implicit_tls,
     };
     let listener = TcpListener::bind(options.listen)
         .await
@@ -234,8 +243,20 @@ async fn connection(
 ) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
     let session_id = hex::encode(rand::random::<[u8; 8]>());
+    let mut stream = match (&options.tls, options.implicit_tls) {
+        (Some(tls), true) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+            Stream::Tls(Box::new(
+                tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream))
+                    .await
+                    .context("TLS handshake timed out")??,
+            ))
+        }
+        _ => Stream::Plain(stream),
+    };
     let (mut session, first) = Session::new(settings, ip, session_id, Instant::now());
-    let mut stream = Stream::Plain(stream);
+    // The user's session after AUTH (submission).
+    let mut user: Option<quail::Session> = None;
     let mut queue: VecDeque<Action> = first.into();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -283,6 +304,39 @@ async fn connection(
                         }
                     };
                     queue.extend(session.recipient_checked(verdict));
+                }
+                Action::Authenticate { user: name, secret } => {
+                    let result = backend
+                        .with(|g| {
+                            let (n, s) = (name.clone(), secret.clone());
+                            async move { g.login(&n, &s, ip).await }
+                        })
+                        .await;
+                    let verdict = match result {
+                        Ok(s) => {
+                            user = Some(s);
+                            AuthVerdict::Ok
+                        }
+                        Err(quail::Error::BadCredentials) => {
+                            tracing::info!(%ip, user = %name, "failed SMTP AUTH");
+                            AuthVerdict::Bad
+                        }
+                        Err(e) => {
+                            tracing::info!(%ip, user = %name, error = %e, "SMTP AUTH refused for now");
+                            AuthVerdict::Throttled
+                        }
+                    };
+                    queue.extend(session.authenticated(verdict, &name));
+                }
+                Action::Submit(envelope, raw) => {
+                    let verdict = match &user {
+                        _ if !rate_ok(per_ip, ip, options.max_messages_per_minute_per_ip) => {
+                            DeliverVerdict::TempFail("too many messages from your address".into())
+                        }
+                        None => DeliverVerdict::TempFail("not logged in".into()),
+                        Some(u) => submit(u, ip, &envelope, raw).await,
+                    };
+                    queue.extend(session.delivered(verdict));
                 }
                 Action::Deliver(envelope, mut raw) => {
                     if let Some(v) = &options.verifier {
@@ -374,6 +428,31 @@ async fn deliver(
         Err(quail::Error::LimitExceeded(why)) => DeliverVerdict::Rejected(why),
         Err(e) => {
             tracing::warn!(error = %e, "delivery failed");
+            DeliverVerdict::TempFail("the mail store is unavailable".into())
+        }
+    }
+}
+
+/// Submits a message from an authenticated user: into the outbox (and a
+/// copy into Sent), durably, before the 250.
+async fn submit(user: &quail::Session, ip: IpAddr, envelope: &Envelope, raw: Vec<u8>) -> DeliverVerdict {
+    let env = quail::Envelope {
+        mail_from: envelope.mail_from.clone(),
+        rcpt_to: envelope.rcpt_to.clone(),
+        remote_ip: ip.to_string(),
+        helo: envelope.helo.clone(),
+        tls: envelope.tls,
+    };
+    match user.submit(&raw, &env, None).await {
+        Ok(s) => DeliverVerdict::Stored(format!("submission {}", s.id)),
+        Err(
+            quail::Error::Forbidden(why)
+            | quail::Error::Rejected(why)
+            | quail::Error::InvalidInput(why)
+            | quail::Error::LimitExceeded(why),
+        ) => DeliverVerdict::Rejected(why),
+        Err(e) => {
+            tracing::warn!(error = %e, "submission failed");
             DeliverVerdict::TempFail("the mail store is unavailable".into())
         }
     }

@@ -17,6 +17,11 @@
 //!   5.1.1 at RCPT, never a bounce later.
 //! - 250 after DATA only once the server's deliver returned success, which
 //!   it does only after the message is durable; any failure there is 451.
+//! - On the submission ports ([`Mode::Submission`]) a user must AUTH
+//!   (PLAIN or LOGIN, RFC 4954) first, and only under TLS; recipients are
+//!   then anywhere, and the message goes to the user's outbox. Three failed
+//!   AUTHs end the session; the server throttles failures across sessions
+//!   by address and by name.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -43,7 +48,23 @@ pub struct Settings {
     pub max_recipients: usize,
     /// Whether STARTTLS is offered.
     pub tls_available: bool,
+    /// Inbound MX or submission.
+    pub mode: Mode,
+    /// The connection is TLS from its first byte (port 465).
+    pub implicit_tls: bool,
 }
+
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Mail from the internet to accounts here (port 25): no AUTH.
+    Mx,
+    /// Mail from our users to anywhere (ports 587 and 465): AUTH first.
+    Submission,
+}
+
+/// AUTH failures in one session before it is closed.
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 /// The envelope of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +77,8 @@ pub struct Envelope {
     pub rcpt_to: Vec<String>,
     /// Whether the session was under TLS.
     pub tls: bool,
+    /// The authenticated user (submission).
+    pub user: Option<String>,
 }
 
 /// What the shell must do.
@@ -69,6 +92,18 @@ pub enum Action {
     /// Deliver the message (its Received header already prepended);
     /// answer with [`Session::delivered`].
     Deliver(Envelope, Vec<u8>),
+    /// Submit the message to the authenticated user's outbox (its
+    /// Received header already prepended); answer with
+    /// [`Session::delivered`].
+    Submit(Envelope, Vec<u8>),
+    /// Check these credentials with the mail server; answer with
+    /// [`Session::authenticated`].
+    Authenticate {
+        /// The account name.
+        user: String,
+        /// Its password or app token.
+        secret: String,
+    },
     /// Start TLS on the connection now (the reply was sent before), then
     /// call [`Session::tls_started`].
     StartTls,
@@ -87,6 +122,17 @@ pub enum RcptVerdict {
     Full,
     /// Cannot say now (451 4.3.0).
     TempFail,
+}
+
+/// The mail server's answer to an AUTH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// Logged in (235).
+    Ok,
+    /// Wrong name or secret (535 5.7.8).
+    Bad,
+    /// Too many failures lately, or the server is busy (454 4.7.0).
+    Throttled,
 }
 
 /// The mail server's answer to a delivery.
@@ -122,6 +168,8 @@ enum State {
     Skip {
         left: usize,
     },
+    /// In an AUTH exchange, waiting for the client's next line.
+    Auth(AuthStep),
     /// Waiting for the shell's answer to an action.
     Waiting(Pending),
     /// The connection is being closed.
@@ -133,6 +181,16 @@ enum Pending {
     Rcpt,
     Deliver,
     Tls,
+    Auth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthStep {
+    /// PLAIN without an initial response: the response line.
+    Plain,
+    /// LOGIN: the user name, then the password.
+    LoginUser,
+    LoginPassword(String),
 }
 
 /// One SMTP session.
@@ -151,6 +209,8 @@ pub struct Session {
     bdat_body: Vec<u8>,
     bdat_too_big: bool,
     errors: u32,
+    user: Option<String>,
+    auth_failures: u32,
     last_input: Instant,
     spool_seq: u64,
     /// A random prefix for spool ids (idempotency keys): unique per session.
@@ -166,6 +226,7 @@ impl Session {
     /// A session from `peer`; the first action is the greeting.
     pub fn new(settings: Settings, peer: IpAddr, session_id: String, now: Instant) -> (Session, Vec<Action>) {
         let greeting = reply(220, &format!("{} ESMTP quail-smtpd ready", settings.hostname));
+        let tls = settings.implicit_tls;
         let s = Session {
             settings,
             peer,
@@ -173,13 +234,15 @@ impl Session {
             input: Vec::new(),
             helo: None,
             esmtp: false,
-            tls: false,
+            tls,
             mail_from: None,
             rcpt: Vec::new(),
             asked: None,
             bdat_body: Vec::new(),
             bdat_too_big: false,
             errors: 0,
+            user: None,
+            auth_failures: 0,
             last_input: now,
             spool_seq: 0,
             session_id,
@@ -262,6 +325,42 @@ impl Session {
         out
     }
 
+    /// The answer to [`Action::Authenticate`].
+    pub fn authenticated(&mut self, verdict: AuthVerdict, user: &str) -> Vec<Action> {
+        if !matches!(self.state, State::Waiting(Pending::Auth)) {
+            return Vec::new();
+        }
+        self.state = State::Command;
+        let mut out = Vec::new();
+        match verdict {
+            AuthVerdict::Ok => {
+                self.user = Some(user.to_owned());
+                out.push(reply(235, "2.7.0 authentication successful"));
+            }
+            AuthVerdict::Bad => {
+                self.auth_failures += 1;
+                out.push(reply(535, "5.7.8 authentication credentials invalid"));
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    self.state = State::Closed;
+                    out.push(reply(421, "4.7.0 too many failed logins; closing the connection"));
+                    out.push(Action::Close);
+                    return out;
+                }
+            }
+            AuthVerdict::Throttled => {
+                self.auth_failures += 1;
+                out.push(reply(454, "4.7.0 temporary authentication failure; try again later"));
+            }
+        }
+        out.extend(self.run());
+        out
+    }
+
+    /// The user AUTH logged in as, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
     /// TLS is up: the session starts over (RFC 3207 §4.2).
     pub fn tls_started(&mut self) -> Vec<Action> {
         self.tls = true;
@@ -301,6 +400,20 @@ impl Session {
         loop {
             match &mut self.state {
                 State::Closed | State::Waiting(_) => return out,
+                State::Auth(step) => {
+                    let Some(end) = self.input.iter().position(|b| *b == b'\n') else {
+                        if self.input.len() > MAX_COMMAND_LINE {
+                            self.input.clear();
+                            self.state = State::Command;
+                            out.extend(self.error(500, "5.5.2 line too long"));
+                        }
+                        return out;
+                    };
+                    let step = step.clone();
+                    let line: Vec<u8> = self.input.drain(..=end).collect();
+                    let text = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
+                    out.extend(self.auth_line(step, &text));
+                }
                 State::Command => {
                     let Some(end) = self.input.iter().position(|b| *b == b'\n') else {
                         if self.input.len() > MAX_COMMAND_LINE {
@@ -420,15 +533,65 @@ impl Session {
         }
     }
 
+    /// A line of an AUTH exchange.
+    fn auth_line(&mut self, step: AuthStep, text: &str) -> Vec<Action> {
+        self.state = State::Command;
+        if text == "*" {
+            return self.error(501, "5.0.0 authentication cancelled");
+        }
+        match step {
+            AuthStep::Plain => self.auth_plain(text),
+            AuthStep::LoginUser => match decode64(text) {
+                Some(user) => {
+                    self.state = State::Auth(AuthStep::LoginPassword(user));
+                    vec![reply(334, "UGFzc3dvcmQ6")]
+                }
+                None => self.error(501, "5.5.2 invalid base64"),
+            },
+            AuthStep::LoginPassword(user) => match decode64(text) {
+                Some(secret) => self.authenticate(user, secret),
+                None => self.error(501, "5.5.2 invalid base64"),
+            },
+        }
+    }
+
+    /// An AUTH PLAIN response: `authzid NUL authcid NUL password`.
+    fn auth_plain(&mut self, text: &str) -> Vec<Action> {
+        let Some(decoded) = decode64(text) else {
+            return self.error(501, "5.5.2 invalid base64");
+        };
+        let mut parts = decoded.split('\0');
+        let (Some(authz), Some(user), Some(secret), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return self.error(501, "5.5.2 malformed PLAIN response");
+        };
+        if !authz.is_empty() && authz != user {
+            return self.error(535, "5.7.8 acting for another user is not allowed");
+        }
+        self.authenticate(user.to_owned(), secret.to_owned())
+    }
+
+    fn authenticate(&mut self, user: String, secret: String) -> Vec<Action> {
+        if user.is_empty() || secret.is_empty() {
+            self.auth_failures += 1;
+            return vec![reply(535, "5.7.8 authentication credentials invalid")];
+        }
+        self.state = State::Waiting(Pending::Auth);
+        vec![Action::Authenticate { user, secret }]
+    }
+
     fn deliver(&mut self, body: Vec<u8>) -> Action {
         self.spool_seq += 1;
         let id = format!("{}.{}", self.session_id, self.spool_seq);
         let helo = self.helo.clone().unwrap_or_default();
-        let with = match (self.esmtp, self.tls) {
-            (true, true) => "ESMTPS",
-            (true, false) => "ESMTP",
-            (false, true) => "SMTPS",
-            (false, false) => "SMTP",
+        let with = match (self.esmtp, self.tls, self.user.is_some()) {
+            (true, true, true) => "ESMTPSA",
+            (true, false, true) => "ESMTPA",
+            (true, true, false) => "ESMTPS",
+            (true, false, false) => "ESMTP",
+            (false, true, _) => "SMTPS",
+            (false, false, _) => "SMTP",
         };
         let for_ = if self.rcpt.len() == 1 { format!("\r\n\tfor <{}>", self.rcpt[0]) } else { String::new() };
         let received = format!(
@@ -444,9 +607,13 @@ impl Session {
             mail_from: self.mail_from.clone().unwrap_or_default(),
             rcpt_to: self.rcpt.clone(),
             tls: self.tls,
+            user: self.user.clone(),
         };
         self.state = State::Waiting(Pending::Deliver);
-        Action::Deliver(envelope, raw)
+        match self.settings.mode {
+            Mode::Mx => Action::Deliver(envelope, raw),
+            Mode::Submission => Action::Submit(envelope, raw),
+        }
     }
 
     /// The spool id the next delivery will carry (its idempotency key).
@@ -491,6 +658,10 @@ impl Session {
                 if self.settings.tls_available && !self.tls {
                     lines.push("STARTTLS".to_owned());
                 }
+                // Credentials only ever cross an encrypted connection.
+                if self.settings.mode == Mode::Submission && self.tls {
+                    lines.push("AUTH PLAIN LOGIN".to_owned());
+                }
                 let n = lines.len();
                 let text: String = lines
                     .iter()
@@ -524,6 +695,9 @@ impl Session {
                 if self.mail_from.is_some() {
                     return self.error(503, "5.5.1 a transaction is already open; RSET first");
                 }
+                if self.settings.mode == Mode::Submission && self.user.is_none() {
+                    return self.error(530, "5.7.0 authentication required");
+                }
                 if from.size as u64 > self.settings.max_message_bytes {
                     return vec![reply(552, "5.3.4 message size exceeds the limit")];
                 }
@@ -542,6 +716,15 @@ impl Session {
                 }
                 // `<postmaster>` parses as an empty address.
                 let addr = if to.address.is_empty() { "postmaster".to_owned() } else { to.address };
+                if self.settings.mode == Mode::Submission {
+                    // Our user may write to anyone; the server checks the
+                    // addresses when the message is submitted.
+                    if !addr.contains('@') {
+                        return self.error(501, "5.1.3 a recipient is local@domain");
+                    }
+                    self.rcpt.push(addr);
+                    return vec![reply(250, "2.1.5 OK")];
+                }
                 self.asked = Some(addr.clone());
                 self.state = State::Waiting(Pending::Rcpt);
                 vec![Action::CheckRecipient(addr)]
@@ -585,10 +768,50 @@ impl Session {
                 self.state = State::Closed;
                 vec![reply(221, "2.0.0 bye"), Action::Close]
             }
-            Request::Auth { .. } => self.error(502, "5.5.1 AUTH is offered on submission ports only"),
+            Request::Auth { mechanism, initial_response } => {
+                if self.settings.mode != Mode::Submission {
+                    return self.error(502, "5.5.1 AUTH is offered on submission ports only");
+                }
+                if !self.tls {
+                    return self.error(538, "5.7.11 encryption required: STARTTLS first");
+                }
+                if self.user.is_some() {
+                    return self.error(503, "5.5.1 already authenticated");
+                }
+                if self.mail_from.is_some() {
+                    return self.error(503, "5.5.1 not during a transaction");
+                }
+                let initial = (!initial_response.is_empty()).then_some(initial_response);
+                match (mechanism, initial) {
+                    (smtp_proto::AUTH_PLAIN, Some(r)) => self.auth_plain(if r == "=" { "" } else { &r }),
+                    (smtp_proto::AUTH_PLAIN, None) => {
+                        self.state = State::Auth(AuthStep::Plain);
+                        vec![reply(334, "")]
+                    }
+                    (smtp_proto::AUTH_LOGIN, Some(r)) => match decode64(&r) {
+                        Some(user) => {
+                            self.state = State::Auth(AuthStep::LoginPassword(user));
+                            vec![reply(334, "UGFzc3dvcmQ6")]
+                        }
+                        None => self.error(501, "5.5.2 invalid base64"),
+                    },
+                    (smtp_proto::AUTH_LOGIN, None) => {
+                        self.state = State::Auth(AuthStep::LoginUser);
+                        vec![reply(334, "VXNlcm5hbWU6")]
+                    }
+                    _ => self.error(504, "5.5.4 unrecognized authentication type"),
+                }
+            }
             _ => self.error(502, "5.5.1 command not implemented"),
         }
     }
+}
+
+/// Base64 text as UTF-8, if it is both.
+fn decode64(text: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// Now as an RFC 5322 date (UTC).
@@ -612,11 +835,17 @@ mod tests {
 
     impl Harness {
         fn new() -> Harness {
+            Harness::with_mode(Mode::Mx)
+        }
+
+        fn with_mode(mode: Mode) -> Harness {
             let settings = Settings {
                 hostname: "mx.test".into(),
                 max_message_bytes: 10_000,
                 max_recipients: 5,
                 tls_available: true,
+                mode,
+                implicit_tls: false,
             };
             let (session, first) =
                 Session::new(settings, "127.0.0.9".parse().expect("ip"), "s1".into(), Instant::now());
@@ -645,9 +874,17 @@ mod tests {
                         };
                         queue.extend(self.session.recipient_checked(v));
                     }
-                    Action::Deliver(env, raw) => {
+                    Action::Deliver(env, raw) | Action::Submit(env, raw) => {
                         self.stored.push((env, raw));
                         queue.extend(self.session.delivered(DeliverVerdict::Stored("q1".into())));
+                    }
+                    Action::Authenticate { user, secret } => {
+                        let v = match (user.as_str(), secret.as_str()) {
+                            ("alice", "right") => AuthVerdict::Ok,
+                            (_, "slow") => AuthVerdict::Throttled,
+                            _ => AuthVerdict::Bad,
+                        };
+                        queue.extend(self.session.authenticated(v, &user));
                     }
                 }
             }
@@ -871,5 +1108,123 @@ mod tests {
         assert_eq!(h.codes().last(), Some(&452));
         assert_eq!(h.session.rcpt.len(), 5);
         assert_eq!(h.session.mail_from.as_deref(), Some(""), "the null sender");
+    }
+
+    fn b64(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// A submission session under TLS (STARTTLS done).
+    fn submission() -> Harness {
+        let mut h = Harness::with_mode(Mode::Submission);
+        h.send(b"EHLO laptop\r\nSTARTTLS\r\n");
+        h.send(b"EHLO laptop\r\n");
+        h
+    }
+
+    #[test]
+    fn submission_offers_auth_only_under_tls_and_requires_it_before_mail() {
+        let mut h = Harness::with_mode(Mode::Submission);
+        h.send(b"EHLO laptop\r\n");
+        assert!(!h.replies.contains("AUTH"), "AUTH offered in the clear: {}", h.replies);
+        h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&538), "{}", h.replies);
+        h.send(b"MAIL FROM:<alice@quail.test>\r\n");
+        assert_eq!(h.codes().last(), Some(&530));
+        h.send(b"STARTTLS\r\n");
+        h.send(b"EHLO laptop\r\n");
+        assert!(h.replies.contains("250 AUTH PLAIN LOGIN") || h.replies.contains("250-AUTH PLAIN LOGIN"));
+        h.send(b"MAIL FROM:<alice@quail.test>\r\n");
+        assert_eq!(h.codes().last(), Some(&530), "still not logged in");
+    }
+
+    #[test]
+    fn auth_plain_with_and_without_an_initial_response() {
+        let mut h = submission();
+        h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&235));
+        assert_eq!(h.session.user(), Some("alice"));
+        h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&503), "twice");
+
+        let mut h = submission();
+        h.send(b"AUTH PLAIN\r\n");
+        assert_eq!(h.codes().last(), Some(&334));
+        h.send(format!("{}\r\n", b64("alice\0alice\0right")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&235));
+    }
+
+    #[test]
+    fn auth_login_asks_for_name_then_password() {
+        let mut h = submission();
+        h.send(b"AUTH LOGIN\r\n");
+        assert!(h.replies.ends_with("334 VXNlcm5hbWU6\r\n"));
+        h.send(format!("{}\r\n", b64("alice")).as_bytes());
+        assert!(h.replies.ends_with("334 UGFzc3dvcmQ6\r\n"));
+        h.send(format!("{}\r\n", b64("right")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&235));
+        // With the name as initial response.
+        let mut h = submission();
+        h.send(format!("AUTH LOGIN {}\r\n{}\r\n", b64("alice"), b64("right")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&235));
+    }
+
+    #[test]
+    fn malformed_auth_gets_clear_errors() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"AUTH PLAIN !!!notbase64\r\n", 501),
+            (b"AUTH PLAIN AGFsaWNl\r\n", 501), // "\0alice": no password part
+            (b"AUTH CRAM-MD5\r\n", 504),
+            (b"AUTH PLAIN\r\n*\r\n", 501),
+            (b"AUTH LOGIN\r\n*\r\n", 501),
+        ];
+        for (input, code) in cases {
+            let mut h = submission();
+            h.send(input);
+            assert_eq!(h.codes().last(), Some(code), "{:?}: {}", String::from_utf8_lossy(input), h.replies);
+            assert_eq!(h.session.user(), None);
+        }
+        let mut h = submission();
+        h.send(format!("AUTH PLAIN {}\r\n", b64("bob\0alice\0right")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&535), "acting for another user");
+    }
+
+    #[test]
+    fn three_failed_logins_end_the_session_and_throttling_is_temporary() {
+        let mut h = submission();
+        for _ in 0..2 {
+            h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0wrong")).as_bytes());
+            assert_eq!(h.codes().last(), Some(&535));
+            assert!(!h.closed);
+        }
+        h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0wrong")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&421));
+        assert!(h.closed);
+        let mut h = submission();
+        h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0slow")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&454));
+    }
+
+    #[test]
+    fn an_authenticated_user_relays_anywhere_and_the_message_is_submitted() {
+        let mut h = submission();
+        h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+        h.send(b"MAIL FROM:<alice@quail.test>\r\nRCPT TO:<someone@far.example>\r\nRCPT TO:<nodomain>\r\nDATA\r\n");
+        h.send(b"Subject: out\r\n\r\nhi\r\n.\r\n");
+        assert_eq!(h.codes()[h.codes().len() - 5..], [250, 250, 501, 354, 250]);
+        let (env, raw) = &h.stored[0];
+        assert_eq!(env.user.as_deref(), Some("alice"));
+        assert_eq!(env.rcpt_to, vec!["someone@far.example".to_owned()]);
+        assert!(String::from_utf8_lossy(raw).contains("with ESMTPSA"));
+    }
+
+    #[test]
+    fn the_mx_refuses_auth_and_relaying() {
+        let mut h = Harness::new();
+        h.send(format!("EHLO c\r\nAUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+        assert_eq!(h.codes().last(), Some(&502));
+        h.send(b"MAIL FROM:<x@y.example>\r\nRCPT TO:<someone@far.example>\r\n");
+        assert_eq!(h.codes().last(), Some(&550), "no relay without AUTH");
     }
 }

@@ -62,6 +62,8 @@ async fn spf_dkim_and_dmarc_are_verified_and_recorded() {
         max_connections_per_ip: 20,
         max_messages_per_minute_per_ip: 600,
         verifier: Some(quail_smtp::auth::Verifier::new("mx.test", Some(dns)).expect("verifier")),
+        mode: quail_smtp::session::Mode::Mx,
+        implicit_tls: false,
     };
     let upstream = Upstream {
         addr: server.addr().to_string(),

@@ -17,8 +17,12 @@ use tokio::net::TcpStream;
 async fn start_smtpd(data: &std::path::Path, server: &str) -> (tokio::process::Child, String) {
     // Listen address and host name from a config file, the rest as flags.
     let config = data.join("smtpd.toml");
-    std::fs::write(&config, "hostname = \"mx.test\"\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 4\n")
-        .expect("config");
+    std::fs::write(
+        &config,
+        "hostname = \"mx.test\"\nlisten = \"127.0.0.1:0\"\nsubmission = \"127.0.0.1:0\"\n\
+         submissions = \"127.0.0.1:0\"\nmax_connections_per_ip = 4\n",
+    )
+    .expect("config");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quail-smtpd"))
         .arg("--config")
         .arg(&config)
@@ -42,6 +46,8 @@ async fn start_smtpd(data: &std::path::Path, server: &str) -> (tokio::process::C
     })
     .await
     .expect("quail-smtpd starts");
+    // Keep reading what it prints, so its stdout never breaks.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr)
 }
 

@@ -43,6 +43,8 @@ async fn world_with(max_connections_per_ip: u32, max_messages_per_minute_per_ip:
         verifier: Some(
             quail_smtp::auth::Verifier::new("mx.test", Some(support::dns("").await)).expect("verifier"),
         ),
+        mode: quail_smtp::session::Mode::Mx,
+        implicit_tls: false,
     };
     let upstream = Upstream {
         addr: server.addr().to_string(),
