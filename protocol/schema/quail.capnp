@@ -105,6 +105,7 @@ struct AccountInfo {
   quotaMessages @4 :UInt64;  # 0 = unlimited
   usedBytes @5 :UInt64;
   usedMessages @6 :UInt64;
+  address @7 :Text;          # primary address: the sender when submit's mailFrom is ""
 }
 
 struct AppToken {

@@ -76,6 +76,8 @@ pub struct AccountInfo {
     pub used_bytes: u64,
     /// Messages stored.
     pub used_messages: u64,
+    /// The primary address (the default sender).
+    pub address: String,
 }
 
 /// A mailbox's role.

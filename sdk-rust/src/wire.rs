@@ -48,6 +48,7 @@ pub(crate) fn account(r: account_info::Reader<'_>) -> Result<AccountInfo> {
         quota_messages: r.get_quota_messages(),
         used_bytes: r.get_used_bytes(),
         used_messages: r.get_used_messages(),
+        address: text(r.get_address())?,
     })
 }
 

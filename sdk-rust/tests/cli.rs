@@ -215,3 +215,70 @@ async fn show_fetch_and_watch() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
+
+/// `quail send` (now, later, with an attachment), `quail outbox` and
+/// `quail cancel` (undo send).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_outbox_and_cancel() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let server = support::start(&data).await;
+    let config = dir.path().join("cli.toml");
+    let addr = server.addr().to_string();
+    let q = |args: &[&str], stdin: Option<&str>| quail(&data, &config, &addr, args, stdin);
+    ok(q(&["admin", "user", "add", "alice"], Some("alice-password\n")));
+    ok(q(&["admin", "user", "add", "bob"], Some("bob-password\n")));
+    ok(q(&["login", "alice", "--password", "alice-password"], None));
+
+    // Between accounts here: delivered before the command returns.
+    let out = ok(q(&["send", "--to", "bob@localhost", "--subject", "Hi Bob"], Some("Hello, Bob.\n")));
+    assert!(out.contains("delivered") && out.contains("bob@localhost"), "{out}");
+    let client = support::connect(&server).await;
+    let bob = client.login("bob", "bob-password").await.expect("login");
+    let page = bob.query(&quail::Query::all()).await.expect("query");
+    let (emails, _) = bob.get(&page.ids, &[]).await.expect("get");
+    assert_eq!(emails.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>(), vec!["Hi Bob"]);
+    assert_eq!(emails[0].from[0].email, "alice@localhost");
+
+    // Later, with an attachment: it waits in the outbox until cancelled.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "attached notes\n").expect("write");
+    let out = ok(q(
+        &["send", "--to", "carol@far.example", "--subject", "Later", "--body", "see attached", "--attach"]
+            .iter()
+            .copied()
+            .chain([file.to_str().expect("path"), "--at", "+1h"])
+            .collect::<Vec<_>>(),
+        None,
+    ));
+    assert!(out.contains("sends at"), "{out}");
+    let id: String = out.split_whitespace().nth(1).expect("id").trim_end_matches(':').to_owned();
+    let out = ok(q(&["outbox"], None));
+    assert!(
+        out.contains(&format!("#{id}")) && out.contains("queued") && out.contains("carol@far.example"),
+        "{out}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(q(&["--json", "outbox"], None))).expect("json");
+    assert_eq!(json.as_array().map(Vec::len), Some(1));
+    assert_eq!(json[0]["recipients"][0]["status"], "queued");
+    let out = ok(q(&["cancel", &id], None));
+    assert!(out.contains("cancelled") && out.contains("Drafts"), "{out}");
+    assert!(ok(q(&["outbox"], None)).contains("the outbox is empty"));
+    let out = ok(q(&["ls", "--mailbox", "drafts"], None));
+    assert!(out.contains("Later"), "{out}");
+    // Twice, and bad input: clear errors.
+    let again = q(&["cancel", &id], None);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing left to withdraw"));
+    let bad = q(&["send", "--to", "x@far.example", "--body", "b", "--at", "next tuesday-ish"], None);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--at"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let bad = q(&["send", "--to", "not an address", "--body", "b"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an address"));
+    server.shutdown().await;
+}

@@ -8,6 +8,9 @@
 //! quail show 42                       # one email and its parts (--raw for the bytes)
 //! quail fetch 42 --part 2 -o file.pdf # one part (an attachment), with progress
 //! quail watch                         # print mail as it arrives
+//! quail send --to bob@example.org --subject Hi --attach a.pdf --at +10m < body.txt
+//! quail outbox                        # what is still being sent, per recipient
+//! quail cancel 7                      # undo a send that has not left yet
 //! ```
 
 use std::io::{IsTerminal, Read, Write};
@@ -153,6 +156,40 @@ enum Command {
         /// Email ids.
         #[arg(required = true)]
         ids: Vec<u64>,
+    },
+    /// Send a message: filed in Sent, delivered by the server (here) and
+    /// the SMTP gateway (elsewhere). The body is read from stdin.
+    Send {
+        /// Recipient address; repeatable.
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// Copy to; repeatable.
+        #[arg(long)]
+        cc: Vec<String>,
+        /// Subject.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// The body (default: stdin).
+        #[arg(long)]
+        body: Option<String>,
+        /// A file to attach; repeatable.
+        #[arg(long)]
+        attach: Vec<PathBuf>,
+        /// Send later: an RFC 3339 time (2026-12-24T18:00:00Z) or a delay
+        /// (+10m, 2h). Until then `quail cancel` withdraws it.
+        #[arg(long)]
+        at: Option<String>,
+        /// Sender (default: the account's primary address).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Messages still being sent, with each recipient's status.
+    Outbox,
+    /// Withdraw a message that has not left yet (undo send); its copy moves
+    /// to Drafts.
+    Cancel {
+        /// Submission id (from `quail send` or `quail outbox`).
+        id: u64,
     },
     /// Deliver message files through the gateway credential (a local MTA stand-in).
     Deliver {
@@ -343,6 +380,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             watch(&cli, &session).await
         }
         Command::Deliver { to, from, files } => deliver(&cli, profile.as_ref(), to, from, files).await,
+        Command::Send { to, cc, subject, body, attach, at, from } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            let draft = Draft {
+                to,
+                cc,
+                subject,
+                body: body.as_deref(),
+                attach,
+                at: at.as_deref(),
+                from: from.as_deref(),
+            };
+            send(&cli, &session, &draft).await
+        }
+        Command::Outbox => {
+            let session = session(&cli, profile.as_ref()).await?;
+            let pending = session.submissions(&[]).await?;
+            if cli.json {
+                out!("{}", serde_json::to_string_pretty(&pending)?);
+            } else if pending.is_empty() {
+                out!("the outbox is empty");
+            }
+            if !cli.json {
+                for s in &pending {
+                    print_submission(s);
+                }
+            }
+            Ok(())
+        }
+        Command::Cancel { id } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            let s = session.cancel_submission(*id).await?;
+            if cli.json {
+                out!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                out!("cancelled submission {}; its copy is in Drafts", s.id);
+                print_submission(&s);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -778,6 +854,111 @@ async fn mailboxes(cli: &Cli, session: &Session) -> anyhow::Result<()> {
         .collect();
     table(&["MAILBOX", "ROLE", "TOTAL", "UNREAD"], &rows);
     Ok(())
+}
+
+/// What `quail send` sends.
+struct Draft<'a> {
+    to: &'a [String],
+    cc: &'a [String],
+    subject: &'a str,
+    body: Option<&'a str>,
+    attach: &'a [PathBuf],
+    at: Option<&'a str>,
+    from: Option<&'a str>,
+}
+
+/// `--at`: an RFC 3339 time, or a delay from now (`+10m`, `2h`).
+fn send_at(at: &str, now: std::time::SystemTime) -> anyhow::Result<i64> {
+    let t = match humantime::parse_rfc3339_weak(at) {
+        Ok(t) => t,
+        Err(_) => {
+            let delay = humantime::parse_duration(at.trim_start_matches('+'))
+                .map_err(|_| anyhow!("--at {at:?}: give a time (2026-12-24T18:00:00Z) or a delay (+10m)"))?;
+            now + delay
+        }
+    };
+    let ms = t.duration_since(std::time::UNIX_EPOCH).context("--at is before 1970")?.as_millis();
+    Ok(ms as i64)
+}
+
+/// A MIME type for an attachment, by its extension.
+fn mime_type(path: &Path) -> &'static str {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "txt" | "text" | "log" => "text/plain",
+        "html" | "htm" => "text/html",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "zip" => "application/zip",
+        "json" => "application/json",
+        "csv" => "text/csv",
+        "eml" => "message/rfc822",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn send(cli: &Cli, session: &Session, d: &Draft<'_>) -> anyhow::Result<()> {
+    use mail_builder::MessageBuilder;
+    let body = match d.body {
+        Some(b) => b.to_owned(),
+        None if std::io::stdin().is_terminal() => bail!("give the body with --body, or on stdin"),
+        None => {
+            let mut b = String::new();
+            std::io::stdin().read_to_string(&mut b).context("reading the body from stdin")?;
+            b
+        }
+    };
+    let from = match d.from {
+        Some(f) => f.to_owned(),
+        None => session.account().await?.0.address,
+    };
+    let send_at = d.at.map(|a| send_at(a, std::time::SystemTime::now())).transpose()?;
+    let mut m = MessageBuilder::new()
+        .from(from.as_str())
+        .to(d.to.iter().map(String::as_str).collect::<Vec<_>>())
+        .subject(d.subject)
+        .text_body(body);
+    if !d.cc.is_empty() {
+        m = m.cc(d.cc.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for path in d.attach {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("attachment").to_owned();
+        m = m.attachment(mime_type(path), name, bytes);
+    }
+    let raw = m.write_to_vec().context("building the message")?;
+    let envelope = Envelope {
+        mail_from: from,
+        rcpt_to: d.to.iter().chain(d.cc).cloned().collect(),
+        ..Envelope::default()
+    };
+    let s = session.submit(&raw, &envelope, send_at).await?;
+    if cli.json {
+        out!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    match send_at {
+        Some(t) => out!("submission {}: sends at {} (quail cancel {} until then)", s.id, date(t), s.id),
+        None => out!("submission {}: sent; `quail outbox` shows how it goes", s.id),
+    }
+    print_submission(&s);
+    Ok(())
+}
+
+fn print_submission(s: &quail::Submission) {
+    let when =
+        if s.send_at > s.created_at { format!(", sends at {}", date(s.send_at)) } else { String::new() };
+    out!("#{} from {} at {}{when}, {} attempt(s)", s.id, s.mail_from, date(s.created_at), s.attempts);
+    for r in &s.recipients {
+        let status = format!("{:?}", r.status).to_lowercase();
+        if r.reply.is_empty() {
+            out!("  {:<10} {}", status, r.recipient);
+        } else {
+            out!("  {:<10} {}  ({})", status, r.recipient, clip(&r.reply, 100));
+        }
+    }
 }
 
 async fn deliver(

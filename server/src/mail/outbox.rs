@@ -668,15 +668,28 @@ fn domain_of(address: &str) -> String {
 }
 
 /// Whether mail to `address` stays on this server: its domain is one of
-/// `domains`, or the whole address names an account. (With `domains` empty,
-/// the development default, only whole-address names are local: mail to
-/// other domains leaves, though inbound mail to any domain is accepted.)
+/// `domains` (with `domains` empty, the development default: `localhost`,
+/// the domain of its accounts' primary addresses), or the whole address
+/// names an account. Mail to other domains leaves, though inbound mail to
+/// any domain is accepted when `domains` is empty.
 pub fn is_local(accounts: &Accounts, address: &str, domains: &[String]) -> Result<bool> {
     let domain = domain_of(address);
-    if domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
+    if domains.iter().any(|d| d.eq_ignore_ascii_case(&domain))
+        || (domains.is_empty() && domain == "localhost")
+    {
         return Ok(true);
     }
     Ok(accounts.by_name(&address.to_ascii_lowercase())?.is_some())
+}
+
+/// An account's primary address: its name when that is an address, else
+/// its name at the first served domain (`localhost` when none is set).
+pub fn primary_address(account: &crate::account::Account, domains: &[String]) -> String {
+    if account.name.contains('@') {
+        return account.name.clone();
+    }
+    let domain = domains.first().map_or("localhost", String::as_str);
+    format!("{}@{domain}", account.name)
 }
 
 /// The envelope sender an account may use: `requested` when it reaches
@@ -690,11 +703,7 @@ pub fn sender_address(
 ) -> Result<String> {
     let acct = accounts.get(account)?.ok_or(Error::BadCredentials)?;
     if requested.is_empty() {
-        if acct.name.contains('@') {
-            return Ok(acct.name);
-        }
-        let domain = domains.first().map_or("localhost", String::as_str);
-        return Ok(format!("{}@{domain}", acct.name));
+        return Ok(primary_address(&acct, domains));
     }
     check_address(requested)?;
     if accounts.resolve_recipient(requested, domains)?.is_some_and(|a| a.id == account) {

@@ -28,7 +28,7 @@ impl AdminImpl {
         a: &Account,
     ) -> Result<(), capnp::Error> {
         let usage = self.services.accounts.usage(a.id).map_err(to_capnp)?;
-        convert::account(b, a, usage);
+        convert::account(b, a, usage, &self.services.config.domains);
         Ok(())
     }
 

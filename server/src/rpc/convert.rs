@@ -23,7 +23,8 @@ pub fn limits(mut b: limits::Builder<'_>, l: &Limits) {
 }
 
 /// Fills `AccountInfo`.
-pub fn account(mut b: account_info::Builder<'_>, a: &Account, usage: Usage) {
+pub fn account(mut b: account_info::Builder<'_>, a: &Account, usage: Usage, domains: &[String]) {
+    b.set_address(crate::mail::outbox::primary_address(a, domains).as_str());
     b.set_id(a.id.0);
     b.set_name(a.name.as_str());
     b.set_created_at(a.created_ms);

@@ -372,7 +372,7 @@ impl session::Server for SessionImpl {
         let usage = s.accounts.usage(self.account).map_err(to_capnp)?;
         let state = s.mail.state(self.account).map_err(to_capnp)?;
         let mut r = results.get();
-        convert::account(r.reborrow().init_account(), &account, usage);
+        convert::account(r.reborrow().init_account(), &account, usage, &s.config.domains);
         r.set_state(state.0);
         Ok(())
     }
