@@ -12,6 +12,9 @@
 //! [mail]
 //! keep_changes = 100000              # change-log entries kept per account
 //! thread_window_hours = 168          # subject-only threading window
+//! retry_base_secs = 300              # outbox: first retry after a failed attempt, doubling
+//! retry_max_secs = 3600              # outbox: longest wait between attempts
+//! outbox_expiry_secs = 432000        # outbox: pending recipients bounce after 5 days
 //! ```
 
 use std::net::SocketAddr;
