@@ -6,7 +6,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::{
     AccountInfo, AppToken, Changes, Email, EmailId, Envelope, Mailbox, MailboxId, ObjectKind, Property,
-    Query, QueryChanges, QueryPage, State, Submission, Thread, UpdateResult,
+    Query, QueryChanges, QueryPage, SearchHit, SearchPage, Snippet, State, Submission, Thread, UpdateResult,
 };
 use crate::wire;
 
@@ -479,6 +479,42 @@ impl Session {
             out.extend_from_slice(&next.data);
         }
         Ok(out)
+    }
+
+    /// Searches the account's mail (the query language is in the README:
+    /// words, "phrases", `from:` and the other scopes, `OR`, `-`, `is:`,
+    /// `in:`, `has:attachment`, dates and sizes), newest first, `limit`
+    /// hits from `position` (0 = the server's page size), with snippets.
+    /// A malformed query is `InvalidInput` naming the position.
+    pub async fn search(&self, query: &str, position: u32, limit: u32) -> Result<SearchPage> {
+        let (cap, query) = (self.cap, query.to_owned());
+        self.client
+            .call(move |conn| async move {
+                let mut req = conn.session(cap)?.search_request();
+                req.get().set_query(query.as_str());
+                req.get().set_position(position);
+                req.get().set_limit(limit);
+                let resp = req.send().promise.await?;
+                let r = resp.get()?;
+                let mut hits = Vec::new();
+                for h in r.get_hits()?.iter() {
+                    let mut snippets = Vec::new();
+                    for s in h.get_snippets()?.iter() {
+                        snippets.push(Snippet {
+                            field: s.get_field()?.to_str()?.to_owned(),
+                            text: s.get_text()?.to_str()?.to_owned(),
+                            highlights: s
+                                .get_highlights()?
+                                .iter()
+                                .map(|x| (x.get_start(), x.get_end()))
+                                .collect(),
+                        });
+                    }
+                    hits.push(SearchHit { id: EmailId(h.get_id()), snippets });
+                }
+                Ok(SearchPage { hits, total: r.get_total(), state: State(r.get_query_state()) })
+            })
+            .await
     }
 
     /// Sends a message: files it in Sent and queues it for

@@ -552,3 +552,34 @@ pub struct RecipientOutcome {
     /// The SMTP reply (or the error) behind it.
     pub reply: String,
 }
+
+/// Where a search hit matched, with the matched words' byte ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Snippet {
+    /// "subject", "body" or "attachment".
+    pub field: String,
+    /// Text around the match.
+    pub text: String,
+    /// Byte ranges of the matched words in `text`.
+    pub highlights: Vec<(u32, u32)>,
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SearchHit {
+    /// The email.
+    pub id: EmailId,
+    /// Where it matched.
+    pub snippets: Vec<Snippet>,
+}
+
+/// A page of search results, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SearchPage {
+    /// The hits.
+    pub hits: Vec<SearchHit>,
+    /// Matches in all.
+    pub total: u64,
+    /// The account's state the result is of.
+    pub state: State,
+}

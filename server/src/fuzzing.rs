@@ -67,3 +67,39 @@ pub fn mbox(data: &[u8]) {
 #[cfg(test)]
 #[path = "fuzzing_seeds.rs"]
 mod seeds;
+
+/// The search query parser: any text parses or fails with a position
+/// inside it, within its limits; what parses has at most
+/// [`crate::search::query::MAX_TERMS`] terms and never an empty word.
+pub fn search_query(data: &[u8]) {
+    use crate::search::query::{self, MAX_TERMS, Node};
+    let Ok(text) = std::str::from_utf8(&data[..data.len().min(64 * 1024)]) else {
+        return;
+    };
+    fn check(n: &Node, count: &mut usize) {
+        match n {
+            Node::Term { word, .. } => {
+                assert!(!word.is_empty());
+                *count += 1;
+            }
+            Node::Phrase { words, .. } => {
+                assert!(words.len() >= 2 && words.iter().all(|w| !w.is_empty()));
+                *count += 1;
+            }
+            Node::And(v) | Node::Or(v) => {
+                assert!(v.len() >= 2);
+                v.iter().for_each(|x| check(x, count));
+            }
+            Node::Not(x) => check(x, count),
+            _ => *count += 1,
+        }
+    }
+    match query::parse(text, 4096) {
+        Ok(node) => {
+            let mut count = 0;
+            check(&node, &mut count);
+            assert!(count <= MAX_TERMS);
+        }
+        Err(e) => assert!(e.position <= text.len().max(4096), "{e}"),
+    }
+}

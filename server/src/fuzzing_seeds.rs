@@ -153,3 +153,20 @@ fn mbox_body_over_seeds_and_shared_mboxes() {
     }
     println!("mbox: {} files", files.len());
 }
+
+#[test]
+fn search_query_body_over_seeds_and_their_mutations() {
+    let mut n = 0;
+    for path in seeds("search_query") {
+        let seed = std::fs::read(&path).expect("seed");
+        fuzzing::search_query(&seed);
+        for cut in 0..seed.len() {
+            fuzzing::search_query(&seed[..cut]);
+            let mut flipped = seed.clone();
+            flipped[cut] ^= 0x20;
+            fuzzing::search_query(&flipped);
+            n += 3;
+        }
+    }
+    assert!(n > 100, "{n} runs");
+}

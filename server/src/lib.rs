@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub mod mail;
 pub mod net;
 pub mod rpc;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod sync;

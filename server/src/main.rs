@@ -76,6 +76,12 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Rebuild an account's search index from its mail. Offline.
+    Reindex {
+        /// Account name.
+        #[arg(long)]
+        account: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             return import(&config, &account, mailbox.as_deref(), &format, &path);
         }
         Some(Command::Check { repair }) => return check(&config, repair),
+        Some(Command::Reindex { account }) => return reindex(&config, &account),
         Some(Command::Account { command }) => return account_command(&config, command),
     };
     if !run.listen.is_empty() {
@@ -325,6 +332,16 @@ fn account_command(config: &Config, command: AccountCommand) -> anyhow::Result<(
             println!("quota of {name}: {bytes} bytes, {messages} messages (0 = unlimited)");
         }
     }
+    Ok(())
+}
+
+fn reindex(config: &Config, name: &str) -> anyhow::Result<()> {
+    let (db, _) = tools::open(config)?;
+    let accounts = quail_server::account::Accounts::new(db.clone());
+    let account = accounts.by_name(name)?.with_context(|| format!("no account {name}"))?;
+    let started = std::time::Instant::now();
+    let n = quail_server::mail::find::reindex(&db, account.id, &mut |line| eprintln!("{line}"))?;
+    println!("reindexed {n} emails of {name} in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -22,8 +22,12 @@
 //!   and its uploads (`Space::Uploads`); the migration counts every
 //!   email's blobs.
 //!
-//! Every later format change (search index, filter verdicts, outbox) adds a
-//! step here and extends `server/tests/upgrade.rs`.
+//! - 6: the search index (`Space::Search`); the migration indexes every
+//!   email. (The outbox, `Space::Outbox`, and the `submission` change kind
+//!   needed no step: they start empty.)
+//!
+//! Every later format change (filter verdicts, ...) adds a step here and
+//! extends `server/tests/upgrade.rs`.
 
 use crate::account::{AccountId, Counter};
 use crate::error::{Error, Result};
@@ -36,7 +40,7 @@ use crate::sync::{self, Kind};
 const KINDS: [Kind; 3] = [Kind::Email, Kind::Mailbox, Kind::Thread];
 
 /// The store layout this build writes and reads.
-pub const STORE_FORMAT: u32 = 5;
+pub const STORE_FORMAT: u32 = 6;
 /// The oldest format this build migrates.
 pub const OLDEST_MIGRATABLE: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
@@ -117,6 +121,7 @@ fn describe(from: u32) -> &'static str {
         2 => "one change-log floor per kind",
         3 => "large blobs in chunks (nothing to rewrite)",
         4 => "count the blobs each account holds",
+        5 => "index every email for search",
         _ => "no such step",
     }
 }
@@ -133,6 +138,7 @@ fn run_step(db: &Db, from: u32, progress: &mut dyn FnMut(&str)) -> Result<()> {
             Ok(())
         }
         4 => account_blobs(db, progress),
+        5 => search_index(db, progress),
         other => Err(Error::Internal(format!("no migration from store format {other}"))),
     }
 }
@@ -256,5 +262,32 @@ fn account_blobs(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
         })?;
         db.sync_blocking(t)?;
     }
+    Ok(())
+}
+
+/// 5 → 6: every account's search index, built from its mail. An account
+/// interrupted halfway is rebuilt from scratch the next time.
+fn search_index(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut accounts = Vec::new();
+    db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
+        if let Some(id) = key::read_u64(k, 0) {
+            accounts.push(AccountId(id));
+        }
+        Ok::<_, Error>(true)
+    })?;
+    let total = accounts.len();
+    let mut emails = 0;
+    for (n, account) in accounts.iter().enumerate() {
+        emails += crate::mail::find::reindex(db, *account, progress)?;
+        if (n + 1) % 100 == 0 {
+            progress(&format!("  {} of {total} accounts, {emails} emails", n + 1));
+        }
+    }
+    progress(&format!("  {emails} emails of {total} accounts indexed"));
+    let (_, t) = db.write(|txn| {
+        stamp(txn, 6);
+        Ok::<_, Error>(())
+    })?;
+    db.sync_blocking(t)?;
     Ok(())
 }

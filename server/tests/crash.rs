@@ -154,6 +154,19 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
             acked.lock().expect("lock").len()
         );
         (child, addr) = start(&data).await;
+        // Search agrees with the mail after the crash: the newest
+        // acknowledged messages are found by their own words.
+        let recent: Vec<(quail::EmailId, u64)> =
+            acked.lock().expect("lock").iter().rev().take(10).cloned().collect();
+        let client = Client::connect(&addr, pin(&data)).await.expect("connect");
+        let session = client.login("alice", "alice-password").await.expect("login");
+        for (id, n) in recent {
+            let page = session.search(&format!("subject:\"crash test {n}\""), 0, 5).await.expect("search");
+            assert!(
+                page.hits.iter().any(|h| h.id == id),
+                "round {round}: acknowledged message {n} not found"
+            );
+        }
     }
 
     // Every acknowledged message is there, byte for byte.
@@ -167,6 +180,8 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() {
             .await
             .unwrap_or_else(|e| panic!("acknowledged message {n} (email {}) is lost: {e}", id.0));
         assert!(raw == message(*n), "acknowledged message {n} is damaged");
+        let page = session.search(&format!("subject:\"crash test {n}\""), 0, 5).await.expect("search");
+        assert!(page.hits.iter().any(|h| h.id == *id), "acknowledged message {n} is not found by search");
     }
     // Counters equal a recount, as a client sees them.
     let total = session.query(&Query::all().limit(1)).await.expect("query").total;

@@ -143,11 +143,19 @@ fn an_imported_store_is_as_compact_as_a_served_one() {
         .arg(&data)
         .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_secs(3));
+    // Up and serving (its signal handler installed) before it is stopped.
+    {
+        use std::io::BufRead;
+        let out = std::io::BufReader::new(server.stdout.take().expect("stdout"));
+        let mut lines = out.lines();
+        assert!(lines.any(|l| l.is_ok_and(|l| l.contains("press Ctrl-C"))), "quaild did not start");
+        std::thread::spawn(move || lines.for_each(drop));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
     assert!(server.wait().expect("wait").success());
     let after_serving = dir_bytes(&data.join("store"));

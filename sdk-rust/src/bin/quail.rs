@@ -185,6 +185,18 @@ enum Command {
     },
     /// Messages still being sent, with each recipient's status.
     Outbox,
+    /// Search mail: `quail search 'from:alice invoice is:unread'` (the
+    /// query language is in the README).
+    Search {
+        /// The query.
+        query: String,
+        /// How many.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: u32,
+        /// Skip this many.
+        #[arg(long, default_value_t = 0)]
+        position: u32,
+    },
     /// Withdraw a message that has not left yet (undo send); its copy moves
     /// to Drafts.
     Cancel {
@@ -392,6 +404,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 from: from.as_deref(),
             };
             send(&cli, &session, &draft).await
+        }
+        Command::Search { query, limit, position } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            search(&cli, &session, query, *position, *limit).await
         }
         Command::Outbox => {
             let session = session(&cli, profile.as_ref()).await?;
@@ -944,6 +960,59 @@ async fn send(cli: &Cli, session: &Session, d: &Draft<'_>) -> anyhow::Result<()>
         None => out!("submission {}: sent; `quail outbox` shows how it goes", s.id),
     }
     print_submission(&s);
+    Ok(())
+}
+
+async fn search(cli: &Cli, session: &Session, query: &str, position: u32, limit: u32) -> anyhow::Result<()> {
+    let page = session.search(query, position, limit).await?;
+    if cli.json {
+        out!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
+    let ids: Vec<EmailId> = page.hits.iter().map(|h| h.id).collect();
+    let (emails, _) = session.get(&ids, &[]).await?;
+    let color = std::io::stdout().is_terminal();
+    let mark = |s: &quail::Snippet| -> String {
+        let mut out = String::new();
+        let mut at = 0usize;
+        for (a, b) in &s.highlights {
+            let (a, b) = (*a as usize, *b as usize);
+            if a < at || b > s.text.len() || !s.text.is_char_boundary(a) || !s.text.is_char_boundary(b) {
+                continue;
+            }
+            out.push_str(&s.text[at..a]);
+            if color {
+                out.push_str(&format!("\x1b[1;33m{}\x1b[0m", &s.text[a..b]));
+            } else {
+                out.push_str(&format!("[{}]", &s.text[a..b]));
+            }
+            at = b;
+        }
+        out.push_str(&s.text[at..]);
+        out
+    };
+    for hit in &page.hits {
+        let e = emails.iter().find(|e| e.id == hit.id.0);
+        let (when, from, subject) = match e {
+            Some(e) => (
+                date(e.received_at),
+                e.from
+                    .first()
+                    .map(|a| if a.name.is_empty() { a.email.clone() } else { a.name.clone() })
+                    .unwrap_or_default(),
+                e.subject.clone(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        out!("{:>8}  {when}  {}  {}", hit.id.0, clip(&from, 24), clip(&subject, 60));
+        for s in &hit.snippets {
+            if s.field != "subject" {
+                out!("          {}: {}", s.field, mark(s));
+            }
+        }
+    }
+    let shown = page.hits.len() as u64;
+    out!("{} of {} match{}", shown, page.total, if page.total == 1 { "" } else { "es" });
     Ok(())
 }
 

@@ -31,6 +31,8 @@ pub struct Prepared {
     pub skeleton: bool,
     /// Attachment blobs, distinct.
     pub attachments: Vec<blob::Prepared>,
+    /// Its search index terms.
+    pub terms: Vec<Vec<u8>>,
 }
 
 /// Parses and prepares `raw` for storage.
@@ -44,6 +46,8 @@ pub fn prepare(raw_bytes: &[u8]) -> Result<Prepared> {
 pub fn prepare_owned(raw_bytes: Vec<u8>) -> Result<Prepared> {
     let size = raw_bytes.len() as u64;
     let mut parsed = parse::parse(&raw_bytes);
+    let terms = crate::mail::find::index_terms(&parsed);
+    parsed.text = String::new();
     let ids: Vec<BlobId> = parsed.attachments.iter().map(|a| BlobId::of(&a.content)).collect();
     for (a, id) in parsed.attachments.iter().zip(&ids) {
         set_part_blob(&mut parsed.body, &a.part_id, *id);
@@ -68,7 +72,7 @@ pub fn prepare_owned(raw_bytes: Vec<u8>) -> Result<Prepared> {
             blobs.push(blob::prepare_owned(content, blob::compressible(&a.mime_type), *id));
         }
     }
-    Ok(Prepared { parsed, size, raw: raw_blob, skeleton: is_skeleton, attachments: blobs })
+    Ok(Prepared { parsed, size, raw: raw_blob, skeleton: is_skeleton, attachments: blobs, terms })
 }
 
 fn set_part_blob(part: &mut parse::BodyPart, part_id: &str, id: BlobId) {
@@ -166,6 +170,7 @@ pub fn insert(
         body: p.parsed.body.clone(),
     };
     put_email(txn, account, &record)?;
+    crate::search::index::add(txn, account.0, id.0, &p.terms)?;
     index::apply(txn, account, None, Some(&record), changes)?;
     thread::add_member(txn, account, &record);
     txn.add(Space::Counters, &Counter::UsedBytes.key(account, 0), p.size as i64)?;

@@ -20,6 +20,7 @@
 //! references and changes never disagree.
 
 pub mod dsn;
+pub mod find;
 pub mod index;
 pub mod ingest;
 pub mod keyword;
@@ -353,7 +354,7 @@ fn stream_raw(
 }
 
 /// The raw bytes of `email`, its blobs read through `reader`.
-fn raw_from(reader: &dyn Reader, email: &EmailRecord) -> Result<Vec<u8>> {
+pub(crate) fn raw_from(reader: &dyn Reader, email: &EmailRecord) -> Result<Vec<u8>> {
     let fetch = |id: BlobId| {
         blob::get_in(reader, id)?.ok_or_else(|| {
             Error::Store(StoreError::Corrupt {

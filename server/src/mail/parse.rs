@@ -119,6 +119,9 @@ pub struct Parsed {
     pub body: BodyPart,
     /// Attachments of the top-level message, decoded.
     pub attachments: Vec<Attachment>,
+    /// The text parts as text (HTML converted by mail-parser), for the
+    /// search index; at most [`crate::search::text::MAX_BODY_BYTES`].
+    pub text: String,
 }
 
 /// Parses `raw`. Never fails and never panics: input mail-parser cannot
@@ -277,8 +280,25 @@ fn from_message(mut m: Message<'_>) -> Parsed {
     let preview = m.body_preview(PREVIEW_CHARS * 2).map(|p| collapse(&p)).unwrap_or_default();
     let body = structure(&m, 0, "", 0, &mut MAX_PARTS.clone());
     let has_attachment = m.attachment_count() > 0;
+    let mut text = String::new();
+    for i in 0..m.text_body.len() {
+        if text.len() >= crate::search::text::MAX_BODY_BYTES {
+            break;
+        }
+        if let Some(t) = m.body_text(i) {
+            text.push_str(&t);
+            text.push('\n');
+        }
+    }
+    if text.len() > crate::search::text::MAX_BODY_BYTES {
+        let mut cut = crate::search::text::MAX_BODY_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
     let attachments = attachments(&mut m, &body);
-    Parsed { envelope, preview, has_attachment, body, attachments }
+    Parsed { envelope, preview, has_attachment, body, attachments, text }
 }
 
 /// Deepest nesting the body structure records (mail can nest arbitrarily;

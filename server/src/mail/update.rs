@@ -95,6 +95,7 @@ pub(crate) fn expunge(
     changes: &mut ChangeSet,
 ) -> Result<()> {
     txn.delete(Space::Emails, email_key(account, e.id));
+    crate::search::index::remove(txn, account.0, e.id.0)?;
     index::apply(txn, account, Some(e), None, changes)?;
     thread::remove_member(txn, account, e, changes)?;
     for b in &e.blobs {

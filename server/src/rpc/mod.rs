@@ -214,9 +214,16 @@ pub const FEATURES: &[&str] = &[
     "Session.queryChanges",
     "Session.restrict",
     "Session.upload",
+    "Session.search",
+    "Session.submit",
+    "Session.submissions",
+    "Session.cancelSubmission",
     "Gateway.deliver",
     "Gateway.upload",
     "Gateway.checkRecipient",
+    "Gateway.leaseOutbound",
+    "Gateway.completeOutbound",
+    "Gateway.login",
 ];
 
 /// The wire code of a domain error: the one place they are mapped.

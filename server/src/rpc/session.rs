@@ -297,11 +297,7 @@ fn tri(t: Tristate) -> Tri {
 /// Reads a wire `Query` into the domain's. Peer input: never panics (a fuzz
 /// target drives it).
 pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp::Error> {
-    let f = q.get_filter()?;
-    let address = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<Option<String>, capnp::Error> {
-        let s = text(t, "address", 320)?.trim();
-        Ok(if s.is_empty() { None } else { Some(s.to_ascii_lowercase()) })
-    };
+    let filter = decode_filter(q.get_filter()?)?;
     let limit = match q.get_limit() {
         0 => max_limit,
         n => n.min(max_limit),
@@ -309,6 +305,21 @@ pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp
     let start = match q.get_anchor() {
         0 => Start::Position(u64::from(q.get_position())),
         a => Start::Anchor(EmailId(a), i64::from(q.get_anchor_offset())),
+    };
+    Ok(Query {
+        filter,
+        newest_first: q.get_sort()? == Sort::ReceivedDesc,
+        start,
+        limit: limit as usize,
+        collapse_threads: q.get_collapse_threads(),
+    })
+}
+
+/// Reads a wire `Filter`.
+pub fn decode_filter(f: quail_protocol::quail_capnp::filter::Reader<'_>) -> Result<Filter, capnp::Error> {
+    let address = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<Option<String>, capnp::Error> {
+        let s = text(t, "address", 320)?.trim();
+        Ok(if s.is_empty() { None } else { Some(s.to_ascii_lowercase()) })
     };
     let filter = Filter {
         mailbox: match f.get_in_mailbox() {
@@ -328,13 +339,53 @@ pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp
     {
         return Err(to_capnp(Error::invalid("filter: after must be earlier than before")));
     }
-    Ok(Query {
-        filter,
-        newest_first: q.get_sort()? == Sort::ReceivedDesc,
-        start,
-        limit: limit as usize,
-        collapse_threads: q.get_collapse_threads(),
-    })
+    Ok(filter)
+}
+
+/// A structured filter as query nodes (the same meaning as in `query`).
+fn filter_nodes(f: &Filter) -> Vec<crate::search::query::Node> {
+    use crate::search::query::{Flag, Node};
+    use crate::search::text::{self, Field};
+    let mut out = Vec::new();
+    if let Some(m) = f.mailbox {
+        out.push(Node::InId(m.0));
+    }
+    match f.unread {
+        Tri::Yes => out.push(Node::Is(Flag::Unread)),
+        Tri::No => out.push(Node::Is(Flag::Read)),
+        Tri::Any => {}
+    }
+    match f.flagged {
+        Tri::Yes => out.push(Node::Is(Flag::Flagged)),
+        Tri::No => out.push(Node::Not(Box::new(Node::Is(Flag::Flagged)))),
+        Tri::Any => {}
+    }
+    match f.has_attachment {
+        Tri::Yes => out.push(Node::HasAttachment),
+        Tri::No => out.push(Node::Not(Box::new(Node::HasAttachment))),
+        Tri::Any => {}
+    }
+    if let Some(t) = f.after {
+        out.push(Node::After(t));
+    }
+    if let Some(t) = f.before {
+        out.push(Node::Before(t));
+    }
+    let words = |field: Field, a: &str| {
+        let mut w = text::tokens(a);
+        if w.len() == 1 {
+            Node::Term { field: Some(field), word: w.remove(0), prefix: false }
+        } else {
+            Node::Phrase { field: Some(field), words: w }
+        }
+    };
+    if let Some(a) = &f.from {
+        out.push(words(Field::From, a));
+    }
+    if let Some(a) = &f.to {
+        out.push(Node::Or(vec![words(Field::To, a), words(Field::Cc, a)]));
+    }
+    out
 }
 
 fn state_param(v: u64) -> Option<State> {
@@ -916,8 +967,65 @@ impl session::Server for SessionImpl {
     }
 
     not_served! {
-        search(session::SearchParams, session::SearchResults) => "Session.search";
         report_spam(session::ReportSpamParams, session::ReportSpamResults) => "Session.reportSpam";
+    }
+
+    async fn search(
+        self: Rc<Self>,
+        params: session::SearchParams,
+        mut results: session::SearchResults,
+    ) -> Result<(), capnp::Error> {
+        use crate::search::query::{self, Node};
+        let _call = self.enter()?;
+        let s = &self.services;
+        let p = params.get()?;
+        let max_bytes = s.config.limits.max_search_query_bytes as usize;
+        let text_query = text(p.get_query(), "query", max_bytes)?.to_owned();
+        let filter = if p.has_filter() { decode_filter(p.get_filter()?)? } else { Filter::default() };
+        let mut nodes = filter_nodes(&filter);
+        if !text_query.trim().is_empty() {
+            let parsed = query::parse(&text_query, max_bytes)
+                .map_err(|e| to_capnp(Error::invalid(format!("query {e}"))))?;
+            nodes.insert(0, parsed);
+        }
+        let node = match nodes.len() {
+            0 => return Err(to_capnp(Error::invalid("an empty search: give a query or a filter"))),
+            1 => nodes.remove(0),
+            _ => Node::And(nodes),
+        };
+        let max = s.config.limits.max_query_limit;
+        let limit = match p.get_limit() {
+            0 => max,
+            n => n.min(max),
+        } as usize;
+        let position = u64::from(p.get_position());
+        let within = self.scope.mailboxes.clone();
+        let account = self.account;
+        let found =
+            super::heavy(s, move |s| s.mail.search(account, &node, within.as_deref(), position, limit, true))
+                .await
+                .map_err(to_capnp)?;
+        let mut r = results.get();
+        r.set_total(found.total);
+        r.set_query_state(found.state.0);
+        let mut hits = r.init_hits(found.hits.len() as u32);
+        for (i, h) in found.hits.iter().enumerate() {
+            let mut b = hits.reborrow().get(i as u32);
+            b.set_id(h.id.0);
+            let mut sn = b.init_snippets(h.snippets.len() as u32);
+            for (j, snip) in h.snippets.iter().enumerate() {
+                let mut x = sn.reborrow().get(j as u32);
+                x.set_field(snip.field);
+                x.set_text(snip.text.as_str());
+                let mut hl = x.init_highlights(snip.highlights.len() as u32);
+                for (k, (a, b2)) in snip.highlights.iter().enumerate() {
+                    let mut y = hl.reborrow().get(k as u32);
+                    y.set_start(*a);
+                    y.set_end(*b2);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn submit(

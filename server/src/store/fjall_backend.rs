@@ -29,7 +29,9 @@ use super::{
 /// and indexes from disk blocks that an empty account finds in memory.
 pub const CACHE_BYTES: u64 = 256 << 20;
 /// Most journal bytes kept before flushed memtables let fjall drop them
-/// (its default, 512 MiB, stays on disk beside the compacted tables).
+/// (its default, 512 MiB, stays on disk beside the compacted tables; 64 MiB
+/// is fjall's least). A start replays it: with the search index's many
+/// small keys that takes a few seconds in a debug build.
 pub const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
 /// A store in one directory on local disk.

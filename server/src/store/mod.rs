@@ -114,11 +114,14 @@ pub enum Space {
     /// The outbox (see `mail::outbox`): submissions, their per-account
     /// list and their due queues.
     Outbox,
+    /// The search index (see `search::index`): postings, their blocks,
+    /// each document's terms.
+    Search,
 }
 
 impl Space {
     /// Every keyspace, in a fixed order.
-    pub const ALL: [Space; 19] = [
+    pub const ALL: [Space; 20] = [
         Space::Meta,
         Space::Accounts,
         Space::AccountNames,
@@ -138,6 +141,7 @@ impl Space {
         Space::Uploads,
         Space::Deliveries,
         Space::Outbox,
+        Space::Search,
     ];
 
     /// The keyspace's name on disk. Never change one: it is the stored layout.
@@ -162,6 +166,7 @@ impl Space {
             Space::Uploads => "uploads",
             Space::Deliveries => "deliveries",
             Space::Outbox => "outbox",
+            Space::Search => "search",
         }
     }
 

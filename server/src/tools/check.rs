@@ -215,6 +215,20 @@ fn check_account(
     report.emails += emails.len() as u64;
     check_change_log(db, account, report, fixes)?;
 
+    // The search index holds exactly the account's emails (`quaild
+    // reindex` rebuilds it; repair does not guess terms).
+    let indexed: BTreeSet<u64> = crate::search::index::documents(db, account.0)?.into_iter().collect();
+    let stored: BTreeSet<u64> = emails.iter().map(|e| e.id.0).collect();
+    let missing = stored.difference(&indexed).count();
+    let stale = indexed.difference(&stored).count();
+    if missing + stale > 0 {
+        report.problems.push(format!(
+            "account {}: search index lacks {missing} emails and holds {stale} that are gone; \
+             run quaild reindex --account NAME",
+            account.0
+        ));
+    }
+
     let mut want_index = BTreeSet::new();
     let mut want_counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
     let mut want_members = BTreeSet::new();

@@ -1,0 +1,530 @@
+//! Search over an account's mail: a parsed query evaluated against the
+//! search index (words, phrases, attachments) and the mailbox indexes
+//! (mailboxes, unread, flagged, dates), newest first, with snippets. All
+//! reads come from one snapshot, so a result agrees with one commit.
+//!
+//! Phrases of two words are answered by the index of adjacent word pairs;
+//! longer ones by their pairs, then checked against the text of each
+//! candidate. Sizes (`larger:`, `smaller:`) are checked on the candidates'
+//! records.
+
+use std::collections::HashMap;
+
+use roaring::RoaringTreemap;
+
+use crate::account::AccountId;
+use crate::error::{Error, Result};
+use crate::mail::index::{self, Facet};
+use crate::mail::parse::Parsed;
+use crate::mail::{EmailId, EmailRecord, MailboxId, Mailstore, Role, decode, email_key};
+use crate::search::index as postings;
+use crate::search::query::{Flag, Node};
+use crate::search::text::{self, Document, Field, TEXT_FIELDS};
+use crate::store::{KeyRange, Order, Reader, Snapshot, Space};
+use crate::sync::State;
+
+/// Most candidates a phrase of three or more words is checked against.
+pub const MAX_PHRASE_CHECKS: u64 = 5000;
+/// Longest snippet, in characters around the first match.
+const SNIPPET_CHARS: usize = 160;
+
+/// The searchable text of a parsed message.
+pub fn document(parsed: &Parsed) -> Document {
+    let mut fields = vec![(Field::Subject, parsed.envelope.subject.clone())];
+    let addrs = |list: &[crate::mail::Addr]| {
+        list.iter().map(|a| format!("{} {}", a.name, a.email)).collect::<Vec<_>>().join(", ")
+    };
+    fields.push((Field::From, addrs(&parsed.envelope.from)));
+    fields.push((Field::To, addrs(&parsed.envelope.to)));
+    fields.push((Field::Cc, addrs(&parsed.envelope.cc)));
+    fields.push((Field::Body, parsed.text.clone()));
+    for p in parsed.body.walk() {
+        if !p.file_name.is_empty() {
+            fields.push((Field::Filename, p.file_name.clone()));
+        }
+    }
+    Document { fields, has_attachment: parsed.has_attachment }
+}
+
+/// The pair term of two adjacent words (a space never occurs in a word).
+pub fn pair(a: &str, b: &str) -> String {
+    format!("{a} {b}")
+}
+
+/// The index terms of a parsed message: its words and its adjacent pairs
+/// per field.
+pub fn index_terms(parsed: &Parsed) -> Vec<Vec<u8>> {
+    let doc = document(parsed);
+    let mut terms = doc.terms();
+    for (field, text) in &doc.fields {
+        let words = text::tokens(text);
+        for w in words.windows(2) {
+            terms.insert((*field, pair(&w[0], &w[1])));
+        }
+    }
+    terms.into_iter().map(|(f, t)| postings::term_key(f, &t)).collect()
+}
+
+/// One snippet of a hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snippet {
+    /// "subject", "body" or "filename".
+    pub field: &'static str,
+    /// The text.
+    pub text: String,
+    /// Byte ranges of matched words in `text`.
+    pub highlights: Vec<(u32, u32)>,
+}
+
+/// One result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// The email.
+    pub id: EmailId,
+    /// Where it matched.
+    pub snippets: Vec<Snippet>,
+}
+
+/// A page of results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Newest first.
+    pub hits: Vec<Hit>,
+    /// Matches in all.
+    pub total: u64,
+    /// The account's state the result is of.
+    pub state: State,
+}
+
+struct Eval<'a> {
+    store: &'a Mailstore,
+    view: Snapshot,
+    account: AccountId,
+    universe: Option<RoaringTreemap>,
+    records: HashMap<u64, Option<EmailRecord>>,
+}
+
+impl Eval<'_> {
+    fn universe(&mut self) -> Result<RoaringTreemap> {
+        if self.universe.is_none() {
+            let all =
+                postings::postings(&self.view, self.account.0, &postings::term_key(Field::Meta, text::ALL))?;
+            self.universe = Some(all);
+        }
+        Ok(self.universe.clone().unwrap_or_default())
+    }
+
+    fn term(&self, field: Field, word: &str, prefix: bool) -> Result<RoaringTreemap> {
+        if !prefix {
+            return postings::postings(&self.view, self.account.0, &postings::term_key(field, word));
+        }
+        let mut out = RoaringTreemap::new();
+        for tk in postings::expand(&self.view, self.account.0, field, word)? {
+            // Pair terms share the prefix space; only single words count.
+            if !tk[1..].contains(&b' ') {
+                out |= postings::postings(&self.view, self.account.0, &tk)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn fields(field: Option<Field>) -> Vec<Field> {
+        field.map_or_else(|| TEXT_FIELDS.to_vec(), |f| vec![f])
+    }
+
+    fn facet(&self, mailbox: MailboxId, facet: Facet) -> Result<RoaringTreemap> {
+        let mut out = RoaringTreemap::new();
+        let prefix = index::prefix(self.account, mailbox, facet);
+        let plen = prefix.len();
+        let mut range = KeyRange::prefix(&prefix);
+        loop {
+            let rows = self.view.scan(Space::EmailIndex, &range, Order::Ascending, 4096)?;
+            for (k, _) in &rows {
+                if let Some(id) = crate::store::key::read_u64(k, plen + 8) {
+                    out.insert(id);
+                }
+            }
+            match rows.last() {
+                Some((k, _)) if rows.len() == 4096 => range = range.after(k, Order::Ascending),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Emails received in `[from, to)` (ms), from the all-mail date index.
+    fn received(&self, from: i64, to: i64) -> Result<RoaringTreemap> {
+        let mut out = RoaringTreemap::new();
+        let start = index::at_time(self.account, MailboxId(0), Facet::All, from);
+        let end = index::at_time(self.account, MailboxId(0), Facet::All, to);
+        let plen = index::prefix(self.account, MailboxId(0), Facet::All).len();
+        let mut range = KeyRange::between(start, end);
+        loop {
+            let rows = self.view.scan(Space::EmailIndex, &range, Order::Ascending, 4096)?;
+            for (k, _) in &rows {
+                if let Some(id) = crate::store::key::read_u64(k, plen + 8) {
+                    out.insert(id);
+                }
+            }
+            match rows.last() {
+                Some((k, _)) if rows.len() == 4096 => range = range.after(k, Order::Ascending),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn mailbox(&self, name: &str) -> Result<MailboxId> {
+        let boxes = self.store.mailbox_records(self.account)?;
+        let lower = name.to_lowercase();
+        let role = match lower.as_str() {
+            "inbox" => Some(Role::Inbox),
+            "sent" => Some(Role::Sent),
+            "drafts" => Some(Role::Drafts),
+            "junk" | "spam" => Some(Role::Junk),
+            "trash" => Some(Role::Trash),
+            "archive" => Some(Role::Archive),
+            _ => None,
+        };
+        boxes
+            .iter()
+            .find(|m| m.name.to_lowercase() == lower)
+            .or_else(|| role.and_then(|r| boxes.iter().find(|m| m.role == r)))
+            .map(|m| m.id)
+            .ok_or_else(|| Error::not_found(format!("in:{name}: no such mailbox")))
+    }
+
+    fn record(&mut self, id: u64) -> Result<Option<EmailRecord>> {
+        if let Some(r) = self.records.get(&id) {
+            return Ok(r.clone());
+        }
+        let r = self
+            .view
+            .get(Space::Emails, &email_key(self.account, EmailId(id)))?
+            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
+            .transpose()?;
+        self.records.insert(id, r.clone());
+        Ok(r)
+    }
+
+    fn document(&mut self, id: u64) -> Result<Option<Document>> {
+        let Some(record) = self.record(id)? else { return Ok(None) };
+        let raw = crate::mail::raw_from(&self.view, &record)?;
+        Ok(Some(document(&crate::mail::parse::parse(&raw))))
+    }
+
+    fn eval(&mut self, node: &Node) -> Result<RoaringTreemap> {
+        Ok(match node {
+            Node::Term { field, word, prefix } => {
+                let mut out = RoaringTreemap::new();
+                for f in Self::fields(*field) {
+                    out |= self.term(f, word, *prefix)?;
+                }
+                out
+            }
+            Node::Phrase { field, words } => {
+                let mut out = RoaringTreemap::new();
+                for f in Self::fields(*field) {
+                    let mut set: Option<RoaringTreemap> = None;
+                    for w in words.windows(2) {
+                        let s = self.term(f, &pair(&w[0], &w[1]), false)?;
+                        set = Some(match set {
+                            Some(acc) => acc & s,
+                            None => s,
+                        });
+                    }
+                    let mut set = set.unwrap_or_default();
+                    if words.len() > 2 && !set.is_empty() {
+                        if set.len() > MAX_PHRASE_CHECKS {
+                            return Err(Error::LimitExceeded(format!(
+                                "the phrase \"{}\" is too common to check ({} candidates); add words",
+                                words.join(" "),
+                                set.len()
+                            )));
+                        }
+                        let mut keep = RoaringTreemap::new();
+                        for id in set.iter() {
+                            if let Some(doc) = self.document(id)?
+                                && doc.field_tokens(f).iter().any(|t| contains_run(t, words))
+                            {
+                                keep.insert(id);
+                            }
+                        }
+                        set = keep;
+                    }
+                    out |= set;
+                }
+                out
+            }
+            Node::And(items) => {
+                let (sizes, sets): (Vec<&Node>, Vec<&Node>) =
+                    items.iter().partition(|n| matches!(n, Node::Larger(_) | Node::Smaller(_)));
+                let (negs, pos): (Vec<&Node>, Vec<&Node>) =
+                    sets.into_iter().partition(|n| matches!(n, Node::Not(_)));
+                let mut acc = match pos.first() {
+                    Some(first) => self.eval(first)?,
+                    None => self.universe()?,
+                };
+                for n in pos.iter().skip(1) {
+                    if acc.is_empty() {
+                        break;
+                    }
+                    acc &= self.eval(n)?;
+                }
+                for n in negs {
+                    if let Node::Not(inner) = n
+                        && !acc.is_empty()
+                    {
+                        acc -= self.eval(inner)?;
+                    }
+                }
+                for n in sizes {
+                    acc = self.sizes(acc, n)?;
+                }
+                acc
+            }
+            Node::Or(items) => {
+                let mut acc = RoaringTreemap::new();
+                for n in items {
+                    acc |= self.eval(n)?;
+                }
+                acc
+            }
+            Node::Not(inner) => {
+                let all = self.universe()?;
+                all - self.eval(inner)?
+            }
+            Node::Is(Flag::Unread) => self.facet(MailboxId(0), Facet::Unread)?,
+            Node::Is(Flag::Read) => self.universe()? - self.facet(MailboxId(0), Facet::Unread)?,
+            Node::Is(Flag::Flagged) => self.facet(MailboxId(0), Facet::Flagged)?,
+            Node::In(name) => {
+                let m = self.mailbox(name)?;
+                self.facet(m, Facet::All)?
+            }
+            Node::InId(m) => self.facet(MailboxId(*m), Facet::All)?,
+            Node::HasAttachment => postings::postings(
+                &self.view,
+                self.account.0,
+                &postings::term_key(Field::Meta, text::ATTACHMENT),
+            )?,
+            Node::Before(t) => self.received(0, *t)?,
+            Node::After(t) => self.received(*t, i64::MAX)?,
+            Node::Larger(_) | Node::Smaller(_) => {
+                let all = self.universe()?;
+                self.sizes(all, node)?
+            }
+        })
+    }
+
+    /// Keeps the candidates whose size satisfies `node`.
+    fn sizes(&mut self, candidates: RoaringTreemap, node: &Node) -> Result<RoaringTreemap> {
+        let mut keep = RoaringTreemap::new();
+        for id in candidates.iter() {
+            let Some(r) = self.record(id)? else { continue };
+            let ok = match node {
+                Node::Larger(n) => r.size > *n,
+                Node::Smaller(n) => r.size < *n,
+                _ => true,
+            };
+            if ok {
+                keep.insert(id);
+            }
+        }
+        Ok(keep)
+    }
+}
+
+/// Whether `words` occur in `tokens` one after another.
+fn contains_run(tokens: &[String], words: &[String]) -> bool {
+    !words.is_empty() && tokens.windows(words.len()).any(|w| w == words)
+}
+
+/// The positive words of a query (what snippets highlight): (word, prefix).
+fn positive_words(node: &Node, out: &mut Vec<(String, bool)>) {
+    match node {
+        Node::Term { word, prefix, .. } => out.push((word.clone(), *prefix)),
+        Node::Phrase { words, .. } => out.extend(words.iter().map(|w| (w.clone(), false))),
+        Node::And(items) | Node::Or(items) => items.iter().for_each(|n| positive_words(n, out)),
+        _ => {}
+    }
+}
+
+/// A snippet of `text` around its first word matching `words`.
+fn snippet(field: &'static str, text: &str, words: &[(String, bool)]) -> Option<Snippet> {
+    let matches =
+        |w: &str| words.iter().any(|(q, prefix)| if *prefix { w.starts_with(q.as_str()) } else { w == q });
+    let hits: Vec<(usize, usize)> =
+        text::words(text).filter(|(_, _, w)| matches(w)).map(|(s, e, _)| (s, e)).collect();
+    let &(first, _) = hits.first()?;
+    // A window of about SNIPPET_CHARS characters, starting a little before
+    // the first match, on character boundaries.
+    let mut start = first;
+    let mut back = 0;
+    while start > 0 && back < SNIPPET_CHARS / 4 {
+        start -= 1;
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        back += 1;
+    }
+    let mut end = start;
+    let mut n = 0;
+    while end < text.len() && n < SNIPPET_CHARS {
+        end += 1;
+        while end < text.len() && !text.is_char_boundary(end) {
+            end += 1;
+        }
+        n += 1;
+    }
+    let raw = &text[start..end];
+    // Whitespace collapsed, highlights moved with it.
+    let mut out = String::with_capacity(raw.len());
+    let mut map = vec![0usize; raw.len() + 1];
+    let mut last_space = false;
+    for (i, c) in raw.char_indices() {
+        map[i] = out.len();
+        if c.is_whitespace() {
+            if !last_space && !out.is_empty() {
+                out.push(' ');
+            }
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+    }
+    map[raw.len()] = out.len();
+    let highlights = hits
+        .iter()
+        .filter(|(s, e)| *s >= start && *e <= end)
+        .map(|(s, e)| (map[s - start] as u32, map[e - start] as u32))
+        .collect();
+    Some(Snippet { field, text: out.trim_end().to_owned(), highlights })
+}
+
+impl Mailstore {
+    /// Emails of `account` matching `query`, newest first: `limit` of them
+    /// from `position`, with snippets when `snippets`. `within`, when set,
+    /// limits the search to those mailboxes (a restricted session).
+    pub fn search(
+        &self,
+        account: AccountId,
+        query: &Node,
+        within: Option<&[MailboxId]>,
+        position: u64,
+        limit: usize,
+        snippets: bool,
+    ) -> Result<Found> {
+        let view = self.db().snapshot();
+        let state = State(
+            view.counter(Space::Counters, &crate::account::Counter::State.key(account, 0))?.max(0) as u64,
+        );
+        let mut ev = Eval { store: self, view, account, universe: None, records: HashMap::new() };
+        let mut set = ev.eval(query)?;
+        if let Some(boxes) = within {
+            let mut allowed = RoaringTreemap::new();
+            for m in boxes {
+                allowed |= ev.facet(*m, Facet::All)?;
+            }
+            set &= allowed;
+        }
+        let total = set.len();
+        let mut words = Vec::new();
+        positive_words(query, &mut words);
+        let mut hits = Vec::new();
+        let mut rank = total.saturating_sub(1).checked_sub(position);
+        while let Some(r) = rank {
+            if hits.len() >= limit {
+                break;
+            }
+            let Some(id) = set.select(r) else { break };
+            rank = r.checked_sub(1);
+            let mut hit = Hit { id: EmailId(id), snippets: Vec::new() };
+            if snippets && let Some(doc) = ev.document(id)? {
+                for (field, text) in &doc.fields {
+                    let name = match field {
+                        Field::Subject => "subject",
+                        Field::Body => "body",
+                        Field::Filename => "attachment",
+                        _ => continue,
+                    };
+                    if hit.snippets.iter().any(|s| s.field == name) {
+                        continue;
+                    }
+                    if let Some(s) = snippet(name, text, &words) {
+                        hit.snippets.push(s);
+                    }
+                }
+            }
+            hits.push(hit);
+        }
+        Ok(Found { hits, total, state })
+    }
+}
+
+/// Rebuilds `account`'s search index from its mail (the migration to
+/// format 6, `quaild reindex`): clears it, then indexes every email, a
+/// batch per transaction; `progress` hears every 5,000. Returns how many
+/// emails were indexed.
+pub fn reindex(db: &crate::store::Db, account: AccountId, progress: &mut dyn FnMut(&str)) -> Result<u64> {
+    postings::clear(db, account.0)?;
+    let prefix = crate::mail::account_prefix(account);
+    let mut range = KeyRange::prefix(&prefix);
+    let mut done = 0u64;
+    loop {
+        let view = db.snapshot();
+        let rows = view.scan(Space::Emails, &range, Order::Ascending, 256)?;
+        let Some((last, _)) = rows.last() else { break };
+        range = range.after(last, Order::Ascending);
+        let mut batch = Vec::with_capacity(rows.len());
+        for (_, v) in &rows {
+            let e: EmailRecord = decode(Space::Emails, v)?;
+            let raw = crate::mail::raw_from(&view, &e)?;
+            batch.push((e.id, index_terms(&crate::mail::parse::parse(&raw))));
+        }
+        let n = rows.len();
+        let ((), t) = db.write(|txn| {
+            for (id, terms) in &batch {
+                // An email expunged since the snapshot is not indexed again.
+                if txn.exists(Space::Emails, &email_key(account, *id))? {
+                    postings::add(txn, account.0, id.0, terms)?;
+                }
+            }
+            Ok::<_, Error>(())
+        })?;
+        db.sync_blocking(t)?;
+        let before = done;
+        done += n as u64;
+        if done / 5000 != before / 5000 {
+            progress(&format!("  account {}: {done} emails indexed", account.0));
+        }
+        if n < 256 {
+            break;
+        }
+    }
+    postings::merge(db)?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snippet_highlights_every_match_in_its_window() {
+        let words = vec![("invoice".to_owned(), false), ("pay".to_owned(), true)];
+        let s = snippet("body", "Hello,\n\nplease find the Invoice attached;  payment is due.", &words)
+            .expect("snippet");
+        assert_eq!(s.text, "Hello, please find the Invoice attached; payment is due.");
+        let marked: Vec<&str> = s.highlights.iter().map(|(a, b)| &s.text[*a as usize..*b as usize]).collect();
+        assert_eq!(marked, vec!["Invoice", "payment"]);
+        assert!(snippet("body", "nothing here", &words).is_none());
+    }
+
+    #[test]
+    fn runs_are_found_only_in_order() {
+        let t: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert!(contains_run(&t, &["b".into(), "c".into()]));
+        assert!(!contains_run(&t, &["c".into(), "b".into()]));
+    }
+}

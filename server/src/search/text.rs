@@ -1,0 +1,167 @@
+//! What is indexed and how text becomes terms: Unicode word segmentation
+//! (UAX #29, `unicode-segmentation`; CJK ideographs come out one per
+//! word), case folding, and diacritics folded away (NFD, combining marks
+//! dropped, `unicode-normalization`), so `Ärger`, `ärger` and `arger` are
+//! one term.
+
+use std::collections::BTreeSet;
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+use unicode_segmentation::UnicodeSegmentation;
+
+/// A searchable field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Field {
+    /// Internal terms: every document, has-attachment.
+    Meta = 0,
+    /// Subject.
+    Subject = 1,
+    /// From: display names and addresses.
+    From = 2,
+    /// To.
+    To = 3,
+    /// Cc.
+    Cc = 4,
+    /// Decoded text parts (HTML as text).
+    Body = 5,
+    /// Attachment file names.
+    Filename = 6,
+}
+
+/// The fields a bare term searches.
+pub const TEXT_FIELDS: [Field; 6] =
+    [Field::Subject, Field::From, Field::To, Field::Cc, Field::Body, Field::Filename];
+
+impl Field {
+    /// The name used in queries and snippets.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Meta => "meta",
+            Field::Subject => "subject",
+            Field::From => "from",
+            Field::To => "to",
+            Field::Cc => "cc",
+            Field::Body => "body",
+            Field::Filename => "filename",
+        }
+    }
+
+    /// The field a query operator names.
+    pub fn from_name(name: &str) -> Option<Field> {
+        Some(match name {
+            "subject" => Field::Subject,
+            "from" => Field::From,
+            "to" => Field::To,
+            "cc" => Field::Cc,
+            "body" => Field::Body,
+            "filename" => Field::Filename,
+            _ => return None,
+        })
+    }
+}
+
+/// Longest term kept, in bytes (longer words are cut).
+pub const MAX_TERM_BYTES: usize = 64;
+/// Most body text indexed per message.
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+
+/// The meta term every document has.
+pub const ALL: &str = "all";
+/// The meta term of documents with an attachment.
+pub const ATTACHMENT: &str = "attachment";
+
+/// The text of one message, by field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Document {
+    /// Each field's texts.
+    pub fields: Vec<(Field, String)>,
+    /// Whether it has an attachment.
+    pub has_attachment: bool,
+}
+
+/// Folds one word: diacritics dropped, lower case, at most
+/// [`MAX_TERM_BYTES`].
+pub fn fold(word: &str) -> String {
+    let mut out: String =
+        word.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).collect();
+    if out.len() > MAX_TERM_BYTES {
+        let mut cut = MAX_TERM_BYTES;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+/// The words of `text` with their byte ranges, folded.
+pub fn words(text: &str) -> impl Iterator<Item = (usize, usize, String)> + '_ {
+    text.split_word_bound_indices().filter(|(_, w)| w.chars().any(char::is_alphanumeric)).filter_map(
+        |(i, w)| {
+            let f = fold(w);
+            (!f.is_empty()).then(|| (i, i + w.len(), f))
+        },
+    )
+}
+
+/// The folded words of `text`.
+pub fn tokens(text: &str) -> Vec<String> {
+    words(text).map(|(_, _, w)| w).collect()
+}
+
+impl Document {
+    /// Every distinct (field, term) of the document, meta terms included.
+    pub fn terms(&self) -> BTreeSet<(Field, String)> {
+        let mut out = BTreeSet::new();
+        out.insert((Field::Meta, ALL.to_owned()));
+        if self.has_attachment {
+            out.insert((Field::Meta, ATTACHMENT.to_owned()));
+        }
+        for (field, text) in &self.fields {
+            for t in tokens(text) {
+                out.insert((*field, t));
+            }
+        }
+        out
+    }
+
+    /// The folded words of one field, in order, all its texts joined.
+    pub fn field_tokens(&self, field: Field) -> Vec<Vec<String>> {
+        self.fields.iter().filter(|(f, _)| *f == field).map(|(_, t)| tokens(t)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_and_diacritics_fold() {
+        assert_eq!(tokens("Ärger über Café, NAÏVE"), vec!["arger", "uber", "cafe", "naive"]);
+    }
+
+    #[test]
+    fn cjk_splits_into_ideographs_and_latin_words_stay_whole() {
+        let t = tokens("会議の資料 invoice-2024 alice@example.org");
+        assert!(t.contains(&"会".to_owned()) && t.contains(&"議".to_owned()), "{t:?}");
+        assert!(t.contains(&"invoice".to_owned()) && t.contains(&"2024".to_owned()), "{t:?}");
+        assert!(t.contains(&"alice".to_owned()) && t.contains(&"example.org".to_owned()), "{t:?}");
+    }
+
+    #[test]
+    fn punctuation_is_not_a_term_and_long_words_are_cut() {
+        assert!(tokens("-- !! ...").is_empty());
+        let long = "x".repeat(500);
+        assert_eq!(tokens(&long)[0].len(), MAX_TERM_BYTES);
+    }
+
+    #[test]
+    fn word_ranges_point_into_the_text() {
+        let text = "Hello, Wörld";
+        let w: Vec<_> = words(text).collect();
+        assert_eq!(&text[w[1].0..w[1].1], "Wörld");
+        assert_eq!(w[1].2, "world");
+    }
+}
