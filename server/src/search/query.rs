@@ -272,7 +272,20 @@ impl Parser<'_> {
                 }
                 return word_node(Some(field), &value, value_at);
             }
-            let value = self.bare().to_owned();
+            let value = if self.peek() == Some('"') {
+                // A quoted value, as written (a mailbox name with spaces).
+                let Some(len) = self.s[self.at + 1..].find('"') else {
+                    return Err(ParseError {
+                        position: value_at,
+                        message: "an unclosed '\"'; expected a closing quote".into(),
+                    });
+                };
+                let v = self.s[self.at + 1..self.at + 1 + len].to_owned();
+                self.at += len + 2;
+                v
+            } else {
+                self.bare().to_owned()
+            };
             let bad = |message: String| ParseError { position: value_at, message };
             return match name.as_str() {
                 "is" => match value.to_ascii_lowercase().as_str() {
@@ -404,6 +417,7 @@ mod tests {
         );
         assert_eq!(p("after:2024-01-01"), Node::After(1_704_067_200_000));
         assert_eq!(p("before:1970/01/02"), Node::Before(86_400_000));
+        assert_eq!(p("in:\"Project X\""), Node::In("Project X".into()));
     }
 
     #[test]
