@@ -92,7 +92,6 @@ impl Server {
             tasks.push(tokio::spawn(net::serve(endpoint, Arc::clone(&services), pool.clone(), shutdown)));
         }
         tasks.push(tokio::spawn(deliver_local(Arc::clone(&services), stop.subscribe())));
-        tasks.push(tokio::spawn(merge_search(Arc::clone(&services), stop.subscribe())));
         Ok(Running {
             addrs,
             fingerprint: cert.fingerprint,
@@ -177,25 +176,6 @@ async fn deliver_local(services: Arc<Services>, mut stop: watch::Receiver<bool>)
         let s = &services;
         if let Err(e) = s.mail.deliver_local_due(&s.accounts, &s.config.domains, crate::rpc::now_ms()).await {
             tracing::warn!("delivering local mail from the outbox: {e}");
-        }
-    }
-}
-
-/// Folds fresh search postings into their compressed blocks in the
-/// background (`search::index`), every second until `stop`.
-async fn merge_search(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let db = services.db.clone();
-        match tokio::task::spawn_blocking(move || crate::search::index::merge(&db)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("merging search postings: {e}"),
-            Err(e) => tracing::warn!("merging search postings: {e}"),
         }
     }
 }

@@ -440,7 +440,11 @@ impl Mailstore {
             let Some(id) = set.select(r) else { break };
             rank = r.checked_sub(1);
             let mut hit = Hit { id: EmailId(id), snippets: Vec::new() };
-            if snippets && let Some(doc) = ev.document(id)? {
+            // Snippets show matched words: none to show, nothing to parse.
+            if snippets
+                && !words.is_empty()
+                && let Some(doc) = ev.document(id)?
+            {
                 for (field, text) in &doc.fields {
                     let name = match field {
                         Field::Subject => "subject",
