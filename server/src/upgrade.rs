@@ -154,13 +154,7 @@ const ACCOUNTS_PER_TXN: usize = 1000;
 /// no entries left after compaction began gets the account's state; an
 /// account never compacted (old floor 0) keeps 0 for every kind.
 fn kind_floors(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
-    let mut accounts = Vec::new();
-    db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
-        if let Some(id) = key::read_u64(k, 0) {
-            accounts.push(AccountId(id));
-        }
-        Ok::<_, Error>(true)
-    })?;
+    let accounts = all_accounts(db)?;
     let total = accounts.len();
     for (n, chunk) in accounts.chunks(ACCOUNTS_PER_TXN).enumerate() {
         let last = (n + 1) * ACCOUNTS_PER_TXN >= total;
@@ -209,13 +203,7 @@ fn kind_floors(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
 /// one transaction that first clears what an interrupted run left, so the
 /// step can run again.
 fn account_blobs(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
-    let mut accounts = Vec::new();
-    db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
-        if let Some(id) = key::read_u64(k, 0) {
-            accounts.push(AccountId(id));
-        }
-        Ok::<_, Error>(true)
-    })?;
+    let accounts = all_accounts(db)?;
     let total = accounts.len();
     for (n, account) in accounts.iter().enumerate() {
         let prefix = Key::new().u64(account.0).build();
@@ -268,13 +256,7 @@ fn account_blobs(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
 /// 5 → 6: every account's search index, built from its mail. An account
 /// interrupted halfway is rebuilt from scratch the next time.
 fn search_index(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
-    let mut accounts = Vec::new();
-    db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
-        if let Some(id) = key::read_u64(k, 0) {
-            accounts.push(AccountId(id));
-        }
-        Ok::<_, Error>(true)
-    })?;
+    let accounts = all_accounts(db)?;
     let total = accounts.len();
     let mut emails = 0;
     for (n, account) in accounts.iter().enumerate() {
@@ -290,4 +272,16 @@ fn search_index(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
     })?;
     db.sync_blocking(t)?;
     Ok(())
+}
+
+/// Every account's id, in order.
+fn all_accounts(db: &Db) -> Result<Vec<AccountId>> {
+    let mut accounts = Vec::new();
+    db.scan_all(Space::Accounts, &KeyRange::all(), Order::Ascending, |k, _| {
+        if let Some(id) = key::read_u64(k, 0) {
+            accounts.push(AccountId(id));
+        }
+        Ok::<_, Error>(true)
+    })?;
+    Ok(accounts)
 }

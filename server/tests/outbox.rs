@@ -306,3 +306,18 @@ async fn the_null_sender_gets_no_bounce() {
         .expect("complete");
     assert!(inbox_subjects(&s, alice).is_empty());
 }
+
+#[tokio::test]
+async fn bad_submissions_and_unknown_completions_get_typed_errors() {
+    use quail_server::error::Error;
+    let s = support::store_with(config());
+    let alice = s.account("alice").await;
+    let none = s.mail.submit(alice, new("none", &[], 0), T0).await;
+    assert!(matches!(none, Err(Error::InvalidArgument(_))), "{none:?}");
+    let far =
+        s.mail.submit(alice, new("far", &[("bob@far.test", false)], T0 + 31 * 24 * 3_600_000), T0).await;
+    assert!(matches!(far, Err(Error::InvalidArgument(_))), "{far:?}");
+    assert!(s.mail.email_ids(alice).expect("ids").is_empty(), "nothing filed for a refused submission");
+    let unknown = s.mail.complete_outbound(999, 1, &[], T0).await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+}

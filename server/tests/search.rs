@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-
 use quail_server::mail::find::{self, Found};
 use quail_server::mail::parse;
 use quail_server::mail::{EmailId, EmailRecord, MailboxId, Role};
@@ -393,7 +391,6 @@ async fn bad_queries_get_clear_errors() {
     let node = query::parse("in:nowhere", 4096).expect("parse");
     let e = s.mail.search(a, &node, None, 0, 10, false).expect_err("no mailbox");
     assert!(e.to_string().contains("no such mailbox"), "{e}");
-    let _ = BTreeSet::<u8>::new();
 }
 
 #[tokio::test]

@@ -133,44 +133,28 @@ impl Eval<'_> {
     }
 
     fn facet(&self, mailbox: MailboxId, facet: Facet) -> Result<RoaringTreemap> {
-        let mut out = RoaringTreemap::new();
         let prefix = index::prefix(self.account, mailbox, facet);
-        let plen = prefix.len();
-        let mut range = KeyRange::prefix(&prefix);
-        loop {
-            let rows = self.view.scan(Space::EmailIndex, &range, Order::Ascending, 4096)?;
-            for (k, _) in &rows {
-                if let Some(id) = crate::store::key::read_u64(k, plen + 8) {
-                    out.insert(id);
-                }
-            }
-            match rows.last() {
-                Some((k, _)) if rows.len() == 4096 => range = range.after(k, Order::Ascending),
-                _ => break,
-            }
-        }
-        Ok(out)
+        self.ids_in(&KeyRange::prefix(&prefix), prefix.len())
     }
 
     /// Emails received in `[from, to)` (ms), from the all-mail date index.
     fn received(&self, from: i64, to: i64) -> Result<RoaringTreemap> {
-        let mut out = RoaringTreemap::new();
         let start = index::at_time(self.account, MailboxId(0), Facet::All, from);
         let end = index::at_time(self.account, MailboxId(0), Facet::All, to);
         let plen = index::prefix(self.account, MailboxId(0), Facet::All).len();
-        let mut range = KeyRange::between(start, end);
-        loop {
-            let rows = self.view.scan(Space::EmailIndex, &range, Order::Ascending, 4096)?;
-            for (k, _) in &rows {
-                if let Some(id) = crate::store::key::read_u64(k, plen + 8) {
-                    out.insert(id);
-                }
+        self.ids_in(&KeyRange::between(start, end), plen)
+    }
+
+    /// The email ids of a range of one (mailbox, facet) index, whose keys
+    /// are `prefix (plen bytes) ‖ received ‖ id`.
+    fn ids_in(&self, range: &KeyRange, plen: usize) -> Result<RoaringTreemap> {
+        let mut out = RoaringTreemap::new();
+        self.view.scan_all(Space::EmailIndex, range, Order::Ascending, |k, _| {
+            if let Some(id) = crate::store::key::read_u64(k, plen + 8) {
+                out.insert(id);
             }
-            match rows.last() {
-                Some((k, _)) if rows.len() == 4096 => range = range.after(k, Order::Ascending),
-                _ => break,
-            }
-        }
+            Ok::<_, Error>(true)
+        })?;
         Ok(out)
     }
 

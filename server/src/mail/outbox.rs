@@ -425,7 +425,11 @@ impl Mailstore {
         now_ms: i64,
     ) -> Result<()> {
         let config = *self.config();
-        let headers = self.bounce_headers(id)?;
+        // The original's headers go into a bounce: read the message only
+        // when this completion can fail someone (a refusal, or expiry).
+        let may_fail = outcomes.iter().any(|(_, o, _)| *o == Outcome::PermFail)
+            || self.submissions_any(id)?.is_some_and(|s| now_ms >= s.expires_ms);
+        let headers = if may_fail { self.bounce_headers(id)? } else { None };
         let ((), ticket) = self.db().write(|txn| {
             let old = read_in(txn, id)?.ok_or_else(|| Error::not_found(format!("no submission {id}")))?;
             let mut new = old.clone();
