@@ -203,6 +203,7 @@ impl Default for MailConfig {
 pub struct Mailstore {
     db: Db,
     config: MailConfig,
+    examined: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
@@ -400,7 +401,17 @@ pub(crate) fn role_in(txn: &Txn<'_>, account: AccountId, role: Role) -> Result<M
 impl Mailstore {
     /// The mail store on `db`.
     pub fn new(db: Db, config: MailConfig) -> Self {
-        Mailstore { db, config }
+        Mailstore { db, config, examined: Default::default() }
+    }
+
+    /// Email records decoded by queries so far, to test (and watch) how much
+    /// work a filter costs.
+    pub fn emails_examined(&self) -> u64 {
+        self.examined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_examined(&self, n: u64) {
+        self.examined.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The database.

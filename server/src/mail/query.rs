@@ -3,10 +3,11 @@
 //! Listing a mailbox by date, and its unread or flagged emails, reads one
 //! index (`Space::EmailIndex`) in key order and skips nothing: the first page
 //! of a 100k-mail inbox costs the same as of a 10-mail one, and its total is
-//! a counter. A date range narrows the same index scan. Other filters
-//! (has-attachment, addresses, negations) and collapsing by thread read the
-//! records of the indexed emails and test them, so their cost grows with the
-//! mailbox; they come later as their own indexes if they prove hot.
+//! a counter. A date range narrows the same index scan. Other filters walk
+//! that index and take their sets from the facet indexes (not read, not
+//! flagged) and the search index (attachments, the words of a From
+//! address); records are decoded only where an address must match exactly
+//! (or threads collapse), and then only for the emails the sets admit.
 
 use std::collections::HashSet;
 use std::ops::Bound;
@@ -15,7 +16,11 @@ use crate::account::AccountId;
 use crate::error::{Error, Result};
 use crate::mail::index::{self, Facet};
 use crate::mail::{EmailId, EmailRecord, MailboxId, Mailstore, mailbox_key};
-use crate::store::{KeyRange, Order, Space, key};
+use roaring::RoaringTreemap;
+
+use crate::search::index as postings;
+use crate::search::text::{self, Field};
+use crate::store::{KeyRange, Order, Reader, Snapshot, Space, key};
 use crate::sync::State;
 
 /// A three-way filter: don't care, must, must not.
@@ -146,6 +151,68 @@ fn has_address(list: &[crate::mail::Addr], want: &str) -> bool {
     list.iter().any(|a| a.email.eq_ignore_ascii_case(want))
 }
 
+/// The residual conditions of a filter as sets of email ids, read from
+/// one snapshot: facet sets are exact for every email; the search index's
+/// sets are exact for the emails it holds (`indexed`), and an email it does
+/// not hold is left to its record.
+struct Residual {
+    /// (set, must be in it) from the facet indexes.
+    facets: Vec<(RoaringTreemap, bool)>,
+    /// Emails in the search index.
+    indexed: RoaringTreemap,
+    /// (set, must be in it) from the search index.
+    words: Vec<(RoaringTreemap, bool)>,
+}
+
+impl Residual {
+    fn read(view: &Snapshot, account: AccountId, f: &Filter, unread: Tri, flagged: Tri) -> Result<Self> {
+        let facet_ids = |facet: Facet| -> Result<RoaringTreemap> {
+            let mut out = RoaringTreemap::new();
+            let prefix = index::prefix(account, MailboxId::ALL, facet);
+            view.scan_all(Space::EmailIndex, &KeyRange::prefix(&prefix), Order::Ascending, |k, _| {
+                out.insert(id_of(k)?.0);
+                Ok::<_, Error>(true)
+            })?;
+            Ok(out)
+        };
+        let mut facets = Vec::new();
+        for (tri, facet) in [(unread, Facet::Unread), (flagged, Facet::Flagged)] {
+            if tri != Tri::Any {
+                facets.push((facet_ids(facet)?, tri == Tri::Yes));
+            }
+        }
+        let mut words = Vec::new();
+        let mut indexed = RoaringTreemap::new();
+        let from_words = f.from.as_deref().map(text::tokens).unwrap_or_default();
+        if f.has_attachment != Tri::Any || !from_words.is_empty() {
+            let meta = |t: &str| postings::postings(view, account.0, &postings::term_key(Field::Meta, t));
+            indexed = meta(text::ALL)?;
+            if f.has_attachment != Tri::Any {
+                words.push((meta(text::ATTACHMENT)?, f.has_attachment == Tri::Yes));
+            }
+            for w in &from_words {
+                words.push((postings::postings(view, account.0, &postings::term_key(Field::From, w))?, true));
+            }
+        }
+        Ok(Residual { facets, indexed, words })
+    }
+
+    /// `Some(false)`: the email fails the filter; `Some(true)`: the sets
+    /// admit it; `None`: its record must decide.
+    fn decide(&self, id: u64) -> Option<bool> {
+        if self.facets.iter().any(|(set, want)| set.contains(id) != *want) {
+            return Some(false);
+        }
+        if self.words.is_empty() {
+            return Some(true);
+        }
+        if !self.indexed.contains(id) {
+            return None;
+        }
+        Some(self.words.iter().all(|(set, want)| set.contains(id) == *want))
+    }
+}
+
 impl Mailstore {
     /// One page of the emails a query selects.
     pub fn query(&self, account: AccountId, q: &Query) -> Result<QueryPage> {
@@ -234,9 +301,13 @@ impl Mailstore {
             return Ok(QueryPage { ids, position: start, total, state });
         }
 
-        // Walk the index, testing each email.
-        let mut matches: Vec<EmailId> = Vec::new();
-        let mut threads = HashSet::new();
+        // Walk the index from one snapshot. What the facet indexes and the
+        // search index decide (read or not, flagged or not, attachments, the
+        // words of a From address) is settled from their sets; only
+        // emails those admit, and only when an address must be compared
+        // exactly or threads collapsed, are decoded.
+        let view = self.db().snapshot();
+        let sets = Residual::read(&view, account, f, unread, flagged)?;
         let from = f.from.as_deref();
         let to = f.to.as_deref();
         let admits = |e: &EmailRecord| {
@@ -250,11 +321,28 @@ impl Mailstore {
                         || has_address(&e.envelope.bcc, a)
                 })
         };
+        let must_decode = from.is_some() || to.is_some() || q.collapse_threads;
+        let mut matches: Vec<EmailId> = Vec::new();
+        let mut threads = HashSet::new();
+        let mut examined = 0u64;
         let mut err = None;
-        self.db().scan_all(Space::EmailIndex, &range, order, |k, _| {
+        view.scan_all(Space::EmailIndex, &range, order, |k, _| {
             let step = (|| -> Result<()> {
                 let id = id_of(k)?;
-                let Some(e) = self.email(account, id)? else {
+                match sets.decide(id.0) {
+                    Some(false) => return Ok(()),
+                    Some(true) if !must_decode => {
+                        matches.push(id);
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+                examined += 1;
+                let Some(e) = view
+                    .get(Space::Emails, &crate::mail::email_key(account, id))?
+                    .map(|b| crate::mail::decode::<EmailRecord>(Space::Emails, &b))
+                    .transpose()?
+                else {
                     return Ok(());
                 };
                 if admits(&e) && (!q.collapse_threads || threads.insert(e.thread)) {
@@ -270,6 +358,7 @@ impl Mailstore {
                 }
             }
         })?;
+        self.note_examined(examined);
         if let Some(e) = err {
             return Err(e);
         }
