@@ -133,29 +133,14 @@ impl Eval<'_> {
     }
 
     fn facet(&self, mailbox: MailboxId, facet: Facet) -> Result<RoaringTreemap> {
-        let prefix = index::prefix(self.account, mailbox, facet);
-        self.ids_in(&KeyRange::prefix(&prefix), prefix.len())
+        index::ids(&self.view, &KeyRange::prefix(&index::prefix(self.account, mailbox, facet)))
     }
 
     /// Emails received in `[from, to)` (ms), from the all-mail date index.
     fn received(&self, from: i64, to: i64) -> Result<RoaringTreemap> {
         let start = index::at_time(self.account, MailboxId(0), Facet::All, from);
         let end = index::at_time(self.account, MailboxId(0), Facet::All, to);
-        let plen = index::prefix(self.account, MailboxId(0), Facet::All).len();
-        self.ids_in(&KeyRange::between(start, end), plen)
-    }
-
-    /// The email ids of a range of one (mailbox, facet) index, whose keys
-    /// are `prefix (plen bytes) ‖ received ‖ id`.
-    fn ids_in(&self, range: &KeyRange, plen: usize) -> Result<RoaringTreemap> {
-        let mut out = RoaringTreemap::new();
-        self.view.scan_all(Space::EmailIndex, range, Order::Ascending, |k, _| {
-            if let Some(id) = crate::store::key::read_u64(k, plen + 8) {
-                out.insert(id);
-            }
-            Ok::<_, Error>(true)
-        })?;
-        Ok(out)
+        index::ids(&self.view, &KeyRange::between(start, end))
     }
 
     fn mailbox(&self, name: &str) -> Result<MailboxId> {
@@ -182,11 +167,7 @@ impl Eval<'_> {
         if let Some(r) = self.records.get(&id) {
             return Ok(r.clone());
         }
-        let r = self
-            .view
-            .get(Space::Emails, &email_key(self.account, EmailId(id)))?
-            .map(|b| decode::<EmailRecord>(Space::Emails, &b))
-            .transpose()?;
+        let r = crate::mail::read_email(&self.view, self.account, EmailId(id))?;
         self.records.insert(id, r.clone());
         Ok(r)
     }

@@ -14,7 +14,9 @@ use crate::account::{AccountId, Counter};
 use crate::error::Result;
 use crate::mail::{EmailRecord, MailboxId};
 use crate::store::key::Key;
-use crate::store::{Space, Txn};
+use roaring::RoaringTreemap;
+
+use crate::store::{KeyRange, Order, Snapshot, Space, Txn};
 use crate::sync::{ChangeSet, Kind, Op};
 
 /// Which emails of a mailbox an index lists.
@@ -57,6 +59,18 @@ pub fn entry_key(account: AccountId, mailbox: MailboxId, facet: Facet, received_
 
 /// Offset of the email id in an index key.
 pub const ID_OFFSET: usize = 25;
+
+/// The email ids listed in `range` of one (mailbox, facet) index.
+pub fn ids(view: &Snapshot, range: &KeyRange) -> Result<RoaringTreemap> {
+    let mut out = RoaringTreemap::new();
+    view.scan_all(Space::EmailIndex, range, Order::Ascending, |k, _| {
+        if let Some(id) = crate::store::key::read_u64(k, ID_OFFSET) {
+            out.insert(id);
+        }
+        Ok::<_, crate::error::Error>(true)
+    })?;
+    Ok(out)
+}
 
 /// The (mailbox, facet) pairs an email is listed under.
 pub fn entries(e: &EmailRecord) -> BTreeSet<(MailboxId, Facet)> {

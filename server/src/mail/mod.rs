@@ -33,6 +33,9 @@ pub mod scope;
 pub mod thread;
 pub mod update;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 use crate::account::{AccountId, Counter};
@@ -203,7 +206,7 @@ impl Default for MailConfig {
 pub struct Mailstore {
     db: Db,
     config: MailConfig,
-    examined: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    examined: Arc<AtomicU64>,
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
@@ -370,6 +373,15 @@ pub(crate) fn raw_from(reader: &dyn Reader, email: &EmailRecord) -> Result<Vec<u
     }
 }
 
+/// Reads an email from a snapshot (or any other reader).
+pub(crate) fn read_email(
+    reader: &dyn Reader,
+    account: AccountId,
+    id: EmailId,
+) -> Result<Option<EmailRecord>> {
+    reader.get(Space::Emails, &email_key(account, id))?.map(|b| decode(Space::Emails, &b)).transpose()
+}
+
 /// Reads an email inside a transaction.
 pub(crate) fn email_in(txn: &Txn<'_>, account: AccountId, id: EmailId) -> Result<Option<EmailRecord>> {
     txn.get(Space::Emails, &email_key(account, id))?.map(|b| decode(Space::Emails, &b)).transpose()
@@ -407,11 +419,11 @@ impl Mailstore {
     /// Email records decoded by queries so far, to test (and watch) how much
     /// work a filter costs.
     pub fn emails_examined(&self) -> u64 {
-        self.examined.load(std::sync::atomic::Ordering::Relaxed)
+        self.examined.load(Ordering::Relaxed)
     }
 
     pub(crate) fn note_examined(&self, n: u64) {
-        self.examined.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.examined.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The database.

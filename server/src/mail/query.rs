@@ -20,7 +20,7 @@ use roaring::RoaringTreemap;
 
 use crate::search::index as postings;
 use crate::search::text::{self, Field};
-use crate::store::{KeyRange, Order, Reader, Snapshot, Space, key};
+use crate::store::{KeyRange, Order, Snapshot, Space, key};
 use crate::sync::State;
 
 /// A three-way filter: don't care, must, must not.
@@ -166,19 +166,11 @@ struct Residual {
 
 impl Residual {
     fn read(view: &Snapshot, account: AccountId, f: &Filter, unread: Tri, flagged: Tri) -> Result<Self> {
-        let facet_ids = |facet: Facet| -> Result<RoaringTreemap> {
-            let mut out = RoaringTreemap::new();
-            let prefix = index::prefix(account, MailboxId::ALL, facet);
-            view.scan_all(Space::EmailIndex, &KeyRange::prefix(&prefix), Order::Ascending, |k, _| {
-                out.insert(id_of(k)?.0);
-                Ok::<_, Error>(true)
-            })?;
-            Ok(out)
-        };
         let mut facets = Vec::new();
         for (tri, facet) in [(unread, Facet::Unread), (flagged, Facet::Flagged)] {
             if tri != Tri::Any {
-                facets.push((facet_ids(facet)?, tri == Tri::Yes));
+                let all = KeyRange::prefix(&index::prefix(account, MailboxId::ALL, facet));
+                facets.push((index::ids(view, &all)?, tri == Tri::Yes));
             }
         }
         let mut words = Vec::new();
@@ -307,7 +299,16 @@ impl Mailstore {
         // emails those admit, and only when an address must be compared
         // exactly or threads collapsed, are decoded.
         let view = self.db().snapshot();
-        let sets = Residual::read(&view, account, f, unread, flagged)?;
+        // The sets span the whole account: worth reading when the walk
+        // covers a good part of it, not for a small folder of a big account
+        // or a narrow date range, where the records are fewer than the keys.
+        let walked = self.counter(Facet::All.counter(), account, mailbox.0)?;
+        let everything = self.counter(Facet::All.counter(), account, MailboxId::ALL.0)?;
+        let sets = if !ranged && walked.saturating_mul(8) >= everything {
+            Some(Residual::read(&view, account, f, unread, flagged)?)
+        } else {
+            None
+        };
         let from = f.from.as_deref();
         let to = f.to.as_deref();
         let admits = |e: &EmailRecord| {
@@ -329,7 +330,7 @@ impl Mailstore {
         view.scan_all(Space::EmailIndex, &range, order, |k, _| {
             let step = (|| -> Result<()> {
                 let id = id_of(k)?;
-                match sets.decide(id.0) {
+                match sets.as_ref().and_then(|s| s.decide(id.0)) {
                     Some(false) => return Ok(()),
                     Some(true) if !must_decode => {
                         matches.push(id);
@@ -338,11 +339,7 @@ impl Mailstore {
                     _ => {}
                 }
                 examined += 1;
-                let Some(e) = view
-                    .get(Space::Emails, &crate::mail::email_key(account, id))?
-                    .map(|b| crate::mail::decode::<EmailRecord>(Space::Emails, &b))
-                    .transpose()?
-                else {
+                let Some(e) = crate::mail::read_email(&view, account, id)? else {
                     return Ok(());
                 };
                 if admits(&e) && (!q.collapse_threads || threads.insert(e.thread)) {
