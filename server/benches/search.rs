@@ -30,6 +30,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 struct Store {
+    _merger: quail_server::search::index::Merger,
     _dir: tempfile::TempDir,
     db: Db,
     mail: Mailstore,
@@ -42,7 +43,9 @@ async fn store() -> Store {
     quail_server::upgrade::open(&db, &mut |_| {}).expect("format");
     let mail = Mailstore::new(db.clone(), MailConfig::default());
     let account = mail.create_account("mips", "x".into(), 0, 0, 0).await.expect("account").id;
-    Store { _dir: dir, db, mail, account }
+    // The server's background merger, as `quaild serve` runs it.
+    let merger = quail_server::search::index::Merger::spawn(db.clone(), std::time::Duration::from_millis(50));
+    Store { _merger: merger, _dir: dir, db, mail, account }
 }
 
 /// Imports `raws` in batches of 200, parsing on both cores; msg/s.

@@ -26,6 +26,10 @@
 //!   email. (The outbox, `Space::Outbox`, and the `submission` change kind
 //!   needed no step: they start empty.)
 //!
+//! - 7: the search index as immutable segments merged in the background
+//!   (`search::index`); the migration drops the format-6 index and builds
+//!   the new one from the mail.
+//!
 //! Every later format change (filter verdicts, ...) adds a step here and
 //! extends `server/tests/upgrade.rs`.
 
@@ -40,7 +44,7 @@ use crate::sync::{self, Kind};
 const KINDS: [Kind; 3] = [Kind::Email, Kind::Mailbox, Kind::Thread];
 
 /// The store layout this build writes and reads.
-pub const STORE_FORMAT: u32 = 6;
+pub const STORE_FORMAT: u32 = 7;
 /// The oldest format this build migrates.
 pub const OLDEST_MIGRATABLE: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
@@ -121,7 +125,8 @@ fn describe(from: u32) -> &'static str {
         2 => "one change-log floor per kind",
         3 => "large blobs in chunks (nothing to rewrite)",
         4 => "count the blobs each account holds",
-        5 => "index every email for search",
+        5 => "search index (built by the next step)",
+        6 => "rebuild the search index as segments",
         _ => "no such step",
     }
 }
@@ -138,7 +143,16 @@ fn run_step(db: &Db, from: u32, progress: &mut dyn FnMut(&str)) -> Result<()> {
             Ok(())
         }
         4 => account_blobs(db, progress),
-        5 => search_index(db, progress),
+        // This build writes format-7 indexes only: the next step builds one.
+        5 => {
+            let (_, t) = db.write(|txn| {
+                stamp(txn, 6);
+                Ok::<_, Error>(())
+            })?;
+            db.sync_blocking(t)?;
+            Ok(())
+        }
+        6 => search_index(db, progress, 7),
         other => Err(Error::Internal(format!("no migration from store format {other}"))),
     }
 }
@@ -253,9 +267,10 @@ fn account_blobs(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
     Ok(())
 }
 
-/// 5 → 6: every account's search index, built from its mail. An account
-/// interrupted halfway is rebuilt from scratch the next time.
-fn search_index(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
+/// 6 → 7: every account's search index, built from its mail (`reindex`
+/// clears what the format-6 layout left). An account interrupted halfway
+/// is rebuilt from scratch the next time.
+fn search_index(db: &Db, progress: &mut dyn FnMut(&str), to: u32) -> Result<()> {
     let accounts = all_accounts(db)?;
     let total = accounts.len();
     let mut emails = 0;
@@ -267,7 +282,7 @@ fn search_index(db: &Db, progress: &mut dyn FnMut(&str)) -> Result<()> {
     }
     progress(&format!("  {emails} emails of {total} accounts indexed"));
     let (_, t) = db.write(|txn| {
-        stamp(txn, 6);
+        stamp(txn, to);
         Ok::<_, Error>(())
     })?;
     db.sync_blocking(t)?;

@@ -101,31 +101,24 @@ struct Eval<'a> {
     view: Snapshot,
     account: AccountId,
     universe: Option<RoaringTreemap>,
+    index: postings::View,
     records: HashMap<u64, Option<EmailRecord>>,
 }
 
 impl Eval<'_> {
     fn universe(&mut self) -> Result<RoaringTreemap> {
         if self.universe.is_none() {
-            let all =
-                postings::postings(&self.view, self.account.0, &postings::term_key(Field::Meta, text::ALL))?;
-            self.universe = Some(all);
+            self.universe = Some(self.index.documents());
         }
         Ok(self.universe.clone().unwrap_or_default())
     }
 
     fn term(&self, field: Field, word: &str, prefix: bool) -> Result<RoaringTreemap> {
-        if !prefix {
-            return postings::postings(&self.view, self.account.0, &postings::term_key(field, word));
+        if prefix {
+            self.index.prefixed(&self.view, field, word)
+        } else {
+            self.index.postings(&self.view, &postings::term_key(field, word))
         }
-        let mut out = RoaringTreemap::new();
-        for tk in postings::expand(&self.view, self.account.0, field, word)? {
-            // Pair terms share the prefix space; only single words count.
-            if !tk[1..].contains(&b' ') {
-                out |= postings::postings(&self.view, self.account.0, &tk)?;
-            }
-        }
-        Ok(out)
     }
 
     fn fields(field: Option<Field>) -> Vec<Field> {
@@ -267,11 +260,9 @@ impl Eval<'_> {
                 self.facet(m, Facet::All)?
             }
             Node::InId(m) => self.facet(MailboxId(*m), Facet::All)?,
-            Node::HasAttachment => postings::postings(
-                &self.view,
-                self.account.0,
-                &postings::term_key(Field::Meta, text::ATTACHMENT),
-            )?,
+            Node::HasAttachment => {
+                self.index.postings(&self.view, &postings::term_key(Field::Meta, text::ATTACHMENT))?
+            }
             Node::Before(t) => self.received(0, *t)?,
             Node::After(t) => self.received(*t, i64::MAX)?,
             Node::Larger(_) | Node::Smaller(_) => {
@@ -384,7 +375,8 @@ impl Mailstore {
         let state = State(
             view.counter(Space::Counters, &crate::account::Counter::State.key(account, 0))?.max(0) as u64,
         );
-        let mut ev = Eval { store: self, view, account, universe: None, records: HashMap::new() };
+        let index = postings::view(&view, account.0)?;
+        let mut ev = Eval { store: self, view, account, universe: None, index, records: HashMap::new() };
         let mut set = ev.eval(query)?;
         if let Some(boxes) = within {
             let mut allowed = RoaringTreemap::new();
@@ -449,7 +441,7 @@ pub fn reindex(db: &crate::store::Db, account: AccountId, progress: &mut dyn FnM
         for (_, v) in &rows {
             let e: EmailRecord = decode(Space::Emails, v)?;
             let raw = crate::mail::raw_from(&view, &e)?;
-            batch.push((e.id, index_terms(&crate::mail::parse::parse(&raw))));
+            batch.push((e.id, postings::encode(index_terms(&crate::mail::parse::parse(&raw)))));
         }
         let n = rows.len();
         let ((), t) = db.write(|txn| {
@@ -471,7 +463,8 @@ pub fn reindex(db: &crate::store::Db, account: AccountId, progress: &mut dyn FnM
             break;
         }
     }
-    postings::merge(db)?;
+    // One segment: a rebuilt index starts as compact as it gets.
+    postings::compact(db, account.0)?;
     Ok(done)
 }
 

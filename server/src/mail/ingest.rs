@@ -31,8 +31,8 @@ pub struct Prepared {
     pub skeleton: bool,
     /// Attachment blobs, distinct.
     pub attachments: Vec<blob::Prepared>,
-    /// Its search index terms.
-    pub terms: Vec<Vec<u8>>,
+    /// Its search index entry, encoded (empty when not indexed).
+    pub terms: crate::search::index::Encoded,
 }
 
 /// Parses and prepares `raw` for storage.
@@ -52,7 +52,11 @@ pub fn prepare_owned(raw_bytes: Vec<u8>) -> Result<Prepared> {
 pub fn prepare_indexed(raw_bytes: Vec<u8>, index: bool) -> Result<Prepared> {
     let size = raw_bytes.len() as u64;
     let mut parsed = parse::parse(&raw_bytes);
-    let terms = if index { crate::mail::find::index_terms(&parsed) } else { Vec::new() };
+    let terms = if index {
+        crate::search::index::encode(crate::mail::find::index_terms(&parsed))
+    } else {
+        Default::default()
+    };
     parsed.text = String::new();
     let ids: Vec<BlobId> = parsed.attachments.iter().map(|a| BlobId::of(&a.content)).collect();
     for (a, id) in parsed.attachments.iter().zip(&ids) {

@@ -177,13 +177,14 @@ impl Residual {
         let mut indexed = RoaringTreemap::new();
         let from_words = f.from.as_deref().map(text::tokens).unwrap_or_default();
         if f.has_attachment != Tri::Any || !from_words.is_empty() {
-            let meta = |t: &str| postings::postings(view, account.0, &postings::term_key(Field::Meta, t));
-            indexed = meta(text::ALL)?;
+            let index = postings::view(view, account.0)?;
+            let meta = |t: &str| index.postings(view, &postings::term_key(Field::Meta, t));
+            indexed = index.documents();
             if f.has_attachment != Tri::Any {
                 words.push((meta(text::ATTACHMENT)?, f.has_attachment == Tri::Yes));
             }
             for w in &from_words {
-                words.push((postings::postings(view, account.0, &postings::term_key(Field::From, w))?, true));
+                words.push((index.postings(view, &postings::term_key(Field::From, w))?, true));
             }
         }
         Ok(Residual { facets, indexed, words })

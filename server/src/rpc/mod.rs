@@ -61,6 +61,8 @@ pub struct Services {
     pub downloads: crate::blob::upload::Downloads,
     /// Where durable commits reach watching clients.
     pub hub: Arc<crate::sync::push::Hub>,
+    /// Folds the search index's segments in the background.
+    pub merger: crate::search::index::Merger,
 }
 
 impl Services {
@@ -72,6 +74,7 @@ impl Services {
         db.observe(Arc::new(move |notices| feed.publish(notices)));
         Arc::new(Services {
             hub,
+            merger: crate::search::index::Merger::spawn(db.clone(), std::time::Duration::from_millis(50)),
             accounts: Accounts::new(db.clone()),
             mail: Mailstore::new(db.clone(), config.mail_config()),
             db,

@@ -1,25 +1,40 @@
 //! The per-account inverted index in the store ([`Space::Search`]),
 //! written in the same transaction as the mail it indexes.
 //!
-//! Ingest only appends: a new posting is a key of its own, so no write
-//! under the writer lock rewrites a long posting list. [`merge`] folds
-//! those keys into compressed blocks (a roaring bitmap per term and 65,536
-//! document ids); a query reads a term's blocks plus its fresh keys.
-//! Document numbers are email ids.
+//! The index is a set of immutable **segments**, as in a log-structured
+//! merge tree. Ingest writes each email as a segment of its own: its sorted
+//! terms, encoded before the writer lock is taken ([`encode`]), in one or
+//! two keys. Nothing under the writer lock rewrites a posting list. A
+//! background [`Merger`] folds segments of the same size class into one
+//! (tiered: four or more of a class at a time), so a query reads a few
+//! dozen segments whatever the size of the account. Deleting an email
+//! writes a tombstone; queries subtract tombstones, and the merge that
+//! drops the email's postings drops its tombstone too. Document numbers
+//! are email ids, which are never reused.
 //!
-//! The merge runs after a migration and `quaild reindex`, not yet in the
-//! background while serving: run there it held the writer long enough to
-//! starve ingest (71 msg/s instead of thousands in the SMTP benchmark), so
-//! until segments replace per-posting keys, a served account's postings
-//! stay fresh.
+//! Keys (after the tag byte, `account` as 8 bytes):
+//! - `s ‖ account ‖ email` → () — an ingest segment, until merged;
+//! - `l ‖ account` → the merged segments (id and document set each), the
+//!   highest ingest segment merged, and the segments whose chunks are to be
+//!   deleted; only merges write it;
+//! - `g ‖ account ‖ segment ‖ first term` → a chunk of the segment's
+//!   entries, sorted by term, each chunk about [`CHUNK_BYTES`];
+//! - `x ‖ account ‖ id >> 16` → roaring bitmap of deleted documents (low
+//!   16 bits) still held by some segment;
+//! - `q ‖ account` → the newest ingest segment (the merger's work list);
+//! - `n ‖ account` → counter naming merged segments.
 //!
-//! - `f ‖ account ‖ field ‖ term ‖ 0 ‖ doc` → () — fresh postings;
-//! - `b ‖ account ‖ field ‖ term ‖ 0 ‖ block` → roaring bitmap of the low
-//!   16 bits of the ids in that block;
-//! - `t ‖ account ‖ doc` → the document's terms (to remove it again);
-//! - `n ‖ account` → counter of fresh postings; `q ‖ account` → () while it
-//!   is past [`MERGE_AT`] (the merge's work list).
+//! A chunk is a kind byte, then entries: the term front-coded against the
+//! previous one (LEB128 shared length, suffix length, suffix), then, in a
+//! merged segment, the postings (LEB128 `count << 1 | roaring`, byte
+//! length, then LEB128 deltas or a serialized roaring treemap). An ingest
+//! segment (kind 0) holds one document, so its entries carry no postings.
 
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
 use roaring::{RoaringBitmap, RoaringTreemap};
 
 use super::text::Field;
@@ -27,13 +42,23 @@ use crate::error::{Error, Result};
 use crate::store::key::{self, Key};
 use crate::store::{Db, KeyRange, Order, Reader, Space, StoreError, Txn};
 
-/// Fresh postings of an account past which it is merged.
-pub const MERGE_AT: i64 = 4096;
-/// Fresh postings folded per merge transaction (bounding how long it holds
-/// the writer: ingest waits for it).
-pub const MERGE_STEP: usize = 2048;
+/// Target size of a segment chunk: a lookup decodes at most one.
+pub const CHUNK_BYTES: usize = 16 << 10;
 /// Most terms a prefix (`word*`) expands to.
 pub const MAX_PREFIX_TERMS: usize = 256;
+/// Segments of one size class merged at once, at least...
+pub const MERGE_FANIN: usize = 4;
+/// ...and at most (a merger that fell behind catches up in large steps).
+pub const MAX_MERGE_INPUTS: usize = 256;
+/// Chunks written per merge transaction (each holds the writer briefly).
+const CHUNKS_PER_TXN: usize = 8;
+/// Merged segments are named from here up; ingest segments by their email.
+const MERGED: u64 = 1 << 63;
+/// Postings longer than this are stored as roaring treemaps.
+const ROARING_FROM: u64 = 32;
+
+const KIND_SOLE: u8 = 0;
+const KIND_POSTINGS: u8 = 1;
 
 /// A (field, term) as the key part `field ‖ term`.
 pub fn term_key(field: Field, term: &str) -> Vec<u8> {
@@ -43,313 +68,875 @@ pub fn term_key(field: Field, term: &str) -> Vec<u8> {
     k
 }
 
-fn with(tag: u8, account: u64, tk: &[u8]) -> Vec<u8> {
-    let mut k = Key::new().u8(tag).u64(account).build();
-    k.extend_from_slice(tk);
-    k.push(0);
-    k
+fn tagged(tag: u8, account: u64) -> Vec<u8> {
+    Key::new().u8(tag).u64(account).build()
 }
 
-fn fresh_key(account: u64, tk: &[u8], doc: u64) -> Vec<u8> {
-    let mut k = with(b'f', account, tk);
-    k.extend_from_slice(&doc.to_be_bytes());
-    k
+fn seg_key(account: u64, seg: u64) -> Vec<u8> {
+    Key::new().u8(b's').u64(account).u64(seg).build()
 }
 
-fn block_key(account: u64, tk: &[u8], block: u32) -> Vec<u8> {
-    let mut k = with(b'b', account, tk);
-    k.extend_from_slice(&block.to_be_bytes());
-    k
+fn chunk_prefix(account: u64, seg: u64) -> Vec<u8> {
+    Key::new().u8(b'g').u64(account).u64(seg).build()
 }
 
-fn doc_key(account: u64, doc: u64) -> Vec<u8> {
-    Key::new().u8(b't').u64(account).u64(doc).build()
-}
-
-fn count_key(account: u64) -> Vec<u8> {
-    Key::new().u8(b'n').u64(account).build()
-}
-
-fn queue_key(account: u64) -> Vec<u8> {
-    Key::new().u8(b'q').u64(account).build()
+fn dead_key(account: u64, block: u64) -> Vec<u8> {
+    Key::new().u8(b'x').u64(account).u64(block).build()
 }
 
 fn corrupt(detail: &str) -> Error {
     StoreError::Corrupt { space: Space::Search, detail: detail.into() }.into()
 }
 
-fn decode_block(v: &[u8]) -> Result<RoaringBitmap> {
-    RoaringBitmap::deserialize_from(v).map_err(|_| corrupt("posting block"))
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    // Writing to a Vec cannot fail.
+    let _ = leb128::write::unsigned(out, v);
 }
 
-fn encode_block(b: &RoaringBitmap) -> Vec<u8> {
+fn get_varint(data: &mut &[u8]) -> Result<u64> {
+    leb128::read::unsigned(data).map_err(|_| corrupt("segment chunk"))
+}
+
+fn take<'a>(data: &mut &'a [u8], n: u64) -> Result<&'a [u8]> {
+    let n = usize::try_from(n).map_err(|_| corrupt("segment chunk"))?;
+    if n > data.len() {
+        return Err(corrupt("segment chunk"));
+    }
+    let (head, tail) = data.split_at(n);
+    *data = tail;
+    Ok(head)
+}
+
+fn encode_treemap(t: &RoaringTreemap) -> Vec<u8> {
+    let mut v = Vec::with_capacity(t.serialized_size());
+    // Writing to a Vec cannot fail.
+    let _ = t.serialize_into(&mut v);
+    v
+}
+
+fn decode_treemap(v: &[u8]) -> Result<RoaringTreemap> {
+    RoaringTreemap::deserialize_from(v).map_err(|_| corrupt("document set"))
+}
+
+fn encode_bitmap(b: &RoaringBitmap) -> Vec<u8> {
     let mut v = Vec::with_capacity(b.serialized_size());
     // Writing to a Vec cannot fail.
     let _ = b.serialize_into(&mut v);
     v
 }
 
-/// The document's terms, length-prefixed.
-fn encode_terms(terms: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for t in terms {
-        v.push(t.len().min(255) as u8);
-        v.extend_from_slice(&t[..t.len().min(255)]);
-    }
-    zstd::bulk::compress(&v, 1).unwrap_or(v)
+fn decode_bitmap(v: &[u8]) -> Result<RoaringBitmap> {
+    RoaringBitmap::deserialize_from(v).map_err(|_| corrupt("tombstones"))
 }
 
-fn decode_terms(v: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let raw = zstd::bulk::decompress(v, 16 << 20).map_err(|_| corrupt("document terms"))?;
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < raw.len() {
-        let n = raw[i] as usize;
-        let t = raw.get(i + 1..i + 1 + n).ok_or_else(|| corrupt("document terms"))?;
-        out.push(t.to_vec());
-        i += 1 + n;
-    }
-    Ok(out)
+/// Builds a segment's chunks from entries in term order.
+struct ChunkWriter {
+    kind: u8,
+    chunks: Vec<(Vec<u8>, Vec<u8>)>,
+    first: Vec<u8>,
+    buf: Vec<u8>,
+    last: Vec<u8>,
 }
 
-/// Indexes document `doc` of `account` with `terms` (term keys).
-pub fn add(txn: &mut Txn<'_>, account: u64, doc: u64, terms: &[Vec<u8>]) -> Result<()> {
-    for t in terms {
-        txn.put(Space::Search, fresh_key(account, t, doc), Vec::new());
+impl ChunkWriter {
+    fn new(kind: u8) -> Self {
+        ChunkWriter { kind, chunks: Vec::new(), first: Vec::new(), buf: Vec::new(), last: Vec::new() }
     }
-    txn.put(Space::Search, doc_key(account, doc), encode_terms(terms));
-    let n = txn.add(Space::Search, &count_key(account), terms.len() as i64)?;
-    if n >= MERGE_AT && n - (terms.len() as i64) < MERGE_AT {
-        txn.put(Space::Search, queue_key(account), Vec::new());
+
+    fn push(&mut self, term: &[u8], postings: Option<&RoaringTreemap>) {
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush();
+        }
+        let shared = if self.buf.is_empty() {
+            self.buf.push(self.kind);
+            self.first = term.to_vec();
+            0
+        } else {
+            self.last.iter().zip(term).take_while(|(a, b)| a == b).count()
+        };
+        put_varint(&mut self.buf, shared as u64);
+        put_varint(&mut self.buf, (term.len() - shared) as u64);
+        self.buf.extend_from_slice(&term[shared..]);
+        if let Some(p) = postings {
+            let n = p.len();
+            if n > ROARING_FROM {
+                let bytes = encode_treemap(p);
+                put_varint(&mut self.buf, (n << 1) | 1);
+                put_varint(&mut self.buf, bytes.len() as u64);
+                self.buf.extend_from_slice(&bytes);
+            } else {
+                let mut deltas = Vec::with_capacity(n as usize * 2);
+                let mut prev = 0;
+                for d in p.iter() {
+                    put_varint(&mut deltas, d - prev);
+                    prev = d;
+                }
+                put_varint(&mut self.buf, n << 1);
+                put_varint(&mut self.buf, deltas.len() as u64);
+                self.buf.extend_from_slice(&deltas);
+            }
+        }
+        self.last.clear();
+        self.last.extend_from_slice(term);
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            self.chunks.push((std::mem::take(&mut self.first), std::mem::take(&mut self.buf)));
+        }
+    }
+
+    fn take_chunks(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut self.chunks)
+    }
+}
+
+/// One entry's postings, undecoded.
+#[derive(Clone, Copy)]
+struct Raw<'a> {
+    /// `count << 1 | roaring`; unused in an ingest segment.
+    tag: u64,
+    body: &'a [u8],
+}
+
+impl Raw<'_> {
+    /// The documents; `sole` is an ingest segment's one document.
+    fn decode(&self, kind: u8, sole: u64) -> Result<RoaringTreemap> {
+        let mut out = RoaringTreemap::new();
+        if kind == KIND_SOLE {
+            out.insert(sole);
+            return Ok(out);
+        }
+        if self.tag & 1 == 1 {
+            return decode_treemap(self.body);
+        }
+        let mut body = self.body;
+        let mut prev = 0u64;
+        for i in 0..self.tag >> 1 {
+            let d = get_varint(&mut body)?;
+            prev = if i == 0 { d } else { prev.checked_add(d).ok_or_else(|| corrupt("postings"))? };
+            out.try_push(prev).map_err(|_| corrupt("postings out of order"))?;
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a chunk's entries in order; the current term is in `term`.
+struct ChunkReader<'a> {
+    kind: u8,
+    data: &'a [u8],
+    term: Vec<u8>,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(chunk: &'a [u8]) -> Result<Self> {
+        let (&kind, data) = chunk.split_first().ok_or_else(|| corrupt("empty segment chunk"))?;
+        if kind != KIND_SOLE && kind != KIND_POSTINGS {
+            return Err(corrupt("segment chunk kind"));
+        }
+        Ok(ChunkReader { kind, data, term: Vec::new() })
+    }
+
+    /// Advances to the next entry (`false` at the end).
+    fn advance(&mut self) -> Result<Option<Raw<'a>>> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let shared = get_varint(&mut self.data)? as usize;
+        let len = get_varint(&mut self.data)?;
+        if shared > self.term.len() {
+            return Err(corrupt("segment chunk"));
+        }
+        self.term.truncate(shared);
+        let suffix = take(&mut self.data, len)?;
+        self.term.extend_from_slice(suffix);
+        if self.kind == KIND_SOLE {
+            return Ok(Some(Raw { tag: 0, body: &[] }));
+        }
+        let tag = get_varint(&mut self.data)?;
+        let n = get_varint(&mut self.data)?;
+        Ok(Some(Raw { tag, body: take(&mut self.data, n)? }))
+    }
+}
+
+/// An email's index entry, encoded outside the writer lock: the chunks of
+/// its ingest segment.
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    chunks: Vec<(Vec<u8>, Bytes)>,
+}
+
+impl Encoded {
+    /// Whether there is nothing to index.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+/// Encodes a document's term keys (any order, duplicates allowed).
+pub fn encode(mut terms: Vec<Vec<u8>>) -> Encoded {
+    terms.sort_unstable();
+    terms.dedup();
+    let mut w = ChunkWriter::new(KIND_SOLE);
+    for t in &terms {
+        w.push(t, None);
+    }
+    w.flush();
+    Encoded { chunks: w.take_chunks().into_iter().map(|(k, v)| (k, Bytes::from(v))).collect() }
+}
+
+/// Indexes document `doc` of `account`: its ingest segment.
+pub fn add(txn: &mut Txn<'_>, account: u64, doc: u64, encoded: &Encoded) -> Result<()> {
+    if encoded.is_empty() {
+        return Ok(());
+    }
+    let prefix = chunk_prefix(account, doc);
+    for (first, chunk) in &encoded.chunks {
+        let mut k = prefix.clone();
+        k.extend_from_slice(first);
+        txn.put_shared(Space::Search, k, chunk.clone());
+    }
+    txn.put(Space::Search, seg_key(account, doc), Vec::new());
+    txn.put(Space::Search, tagged(b'q', account), doc.to_be_bytes().to_vec());
+    Ok(())
+}
+
+/// Removes document `doc` from `account`'s index from this commit on: a
+/// tombstone, until a merge drops its postings.
+pub fn remove(txn: &mut Txn<'_>, account: u64, doc: u64) -> Result<()> {
+    let k = dead_key(account, doc >> 16);
+    let mut bits = match txn.get(Space::Search, &k)? {
+        Some(v) => decode_bitmap(&v)?,
+        None => RoaringBitmap::new(),
+    };
+    if bits.insert((doc & 0xFFFF) as u32) {
+        txn.put(Space::Search, k, encode_bitmap(&bits));
     }
     Ok(())
 }
 
-/// Removes document `doc` from `account`'s index (nothing if it is not in it).
-pub fn remove(txn: &mut Txn<'_>, account: u64, doc: u64) -> Result<()> {
-    let Some(v) = txn.get(Space::Search, &doc_key(account, doc))? else { return Ok(()) };
-    let block = (doc >> 16) as u32;
-    let low = (doc & 0xFFFF) as u32;
-    let mut fresh_removed = 0i64;
-    for t in decode_terms(&v)? {
-        let fk = fresh_key(account, &t, doc);
-        if txn.exists(Space::Search, &fk)? {
-            txn.delete(Space::Search, fk);
-            fresh_removed += 1;
-            continue;
+/// One segment as a query sees it.
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    docs: RoaringTreemap,
+}
+
+impl Segment {
+    fn sole(&self) -> u64 {
+        self.docs.min().unwrap_or(0)
+    }
+}
+
+/// An account's index as of one snapshot: its segments and tombstones.
+#[derive(Debug)]
+pub struct View {
+    account: u64,
+    segments: Vec<Segment>,
+    dead: RoaringTreemap,
+}
+
+/// The merged segments of an account (`l ‖ account`), rewritten by merges
+/// only: ingest never touches it.
+#[derive(Debug, Default)]
+struct Merged {
+    /// Every ingest segment up to here has been merged (ingest segments
+    /// are merged oldest first, and email ids grow in commit order), so a
+    /// reader lists ingest segments after it only, never walking the
+    /// deleted keys of merged ones.
+    high: u64,
+    /// Bumped by every rewrite: a swap checks nobody else merged.
+    version: u64,
+    segments: Vec<Segment>,
+    /// Segments whose chunks are to be deleted (merge inputs already
+    /// replaced, or an output a crash left unfinished).
+    garbage: Vec<u64>,
+}
+
+impl Merged {
+    fn read(reader: &dyn Reader, account: u64) -> Result<Self> {
+        Self::decode(reader.get(Space::Search, &tagged(b'l', account))?)
+    }
+
+    fn read_txn(txn: &Txn<'_>, account: u64) -> Result<Self> {
+        Self::decode(txn.get(Space::Search, &tagged(b'l', account))?)
+    }
+
+    fn decode(v: Option<Vec<u8>>) -> Result<Self> {
+        let Some(v) = v else { return Ok(Merged::default()) };
+        let mut d = v.as_slice();
+        let high = get_varint(&mut d)?;
+        let version = get_varint(&mut d)?;
+        let n = get_varint(&mut d)?;
+        let mut segments = Vec::new();
+        for _ in 0..n {
+            let id = get_varint(&mut d)?;
+            let len = get_varint(&mut d)?;
+            segments.push(Segment { id, docs: decode_treemap(take(&mut d, len)?)? });
         }
-        let bk = block_key(account, &t, block);
-        if let Some(b) = txn.get(Space::Search, &bk)? {
-            let mut bits = decode_block(&b)?;
-            if bits.remove(low) {
-                if bits.is_empty() {
-                    txn.delete(Space::Search, bk);
-                } else {
-                    txn.put(Space::Search, bk, encode_block(&bits));
+        let g = get_varint(&mut d)?;
+        let mut garbage = Vec::new();
+        for _ in 0..g {
+            garbage.push(get_varint(&mut d)?);
+        }
+        Ok(Merged { high, version, segments, garbage })
+    }
+
+    fn write(&self, txn: &mut Txn<'_>, account: u64) {
+        let mut v = Vec::new();
+        put_varint(&mut v, self.high);
+        put_varint(&mut v, self.version);
+        put_varint(&mut v, self.segments.len() as u64);
+        for s in &self.segments {
+            put_varint(&mut v, s.id);
+            let docs = encode_treemap(&s.docs);
+            put_varint(&mut v, docs.len() as u64);
+            v.extend_from_slice(&docs);
+        }
+        put_varint(&mut v, self.garbage.len() as u64);
+        for g in &self.garbage {
+            put_varint(&mut v, *g);
+        }
+        txn.put(Space::Search, tagged(b'l', account), v);
+    }
+}
+
+/// Reads `account`'s segment list and tombstones through `reader`.
+pub fn view(reader: &dyn Reader, account: u64) -> Result<View> {
+    let merged = Merged::read(reader, account)?;
+    let mut segments = merged.segments;
+    let mut range =
+        KeyRange::between(seg_key(account, merged.high.saturating_add(1)), seg_key(account, MERGED));
+    loop {
+        let rows = reader.scan(Space::Search, &range, Order::Ascending, 1024)?;
+        for (k, _) in &rows {
+            let id = key::read_u64(k, 9).ok_or_else(|| corrupt("segment key"))?;
+            let mut docs = RoaringTreemap::new();
+            docs.insert(id);
+            segments.push(Segment { id, docs });
+        }
+        match rows.last() {
+            Some((k, _)) if rows.len() == 1024 => range = range.after(k, Order::Ascending),
+            _ => break,
+        }
+    }
+    let mut dead = RoaringTreemap::new();
+    for (k, v) in
+        reader.scan(Space::Search, &KeyRange::prefix(&tagged(b'x', account)), Order::Ascending, usize::MAX)?
+    {
+        let block = key::read_u64(&k, 9).ok_or_else(|| corrupt("tombstone key"))?;
+        dead.extend(decode_bitmap(&v)?.iter().map(|low| (block << 16) | u64::from(low)));
+    }
+    Ok(View { account, segments, dead })
+}
+
+impl View {
+    /// Every document indexed.
+    pub fn documents(&self) -> RoaringTreemap {
+        let mut all = RoaringTreemap::new();
+        for s in &self.segments {
+            all |= &s.docs;
+        }
+        all - &self.dead
+    }
+
+    /// Whether `doc` is indexed.
+    pub fn has(&self, doc: u64) -> bool {
+        !self.dead.contains(doc) && self.segments.iter().any(|s| s.docs.contains(doc))
+    }
+
+    /// How many segments the index has (a merge keeps this small).
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The chunk of `seg` that would hold `tk`, if any.
+    fn chunk_for(&self, reader: &dyn Reader, seg: u64, tk: &[u8]) -> Result<Option<Vec<u8>>> {
+        let prefix = chunk_prefix(self.account, seg);
+        let mut end = prefix.clone();
+        end.extend_from_slice(tk);
+        end.push(0);
+        let rows = reader.scan(Space::Search, &KeyRange::between(prefix, end), Order::Descending, 1)?;
+        Ok(rows.into_iter().next().map(|(_, v)| v))
+    }
+
+    /// The documents containing term key `tk`.
+    pub fn postings(&self, reader: &dyn Reader, tk: &[u8]) -> Result<RoaringTreemap> {
+        let mut out = RoaringTreemap::new();
+        for s in &self.segments {
+            let Some(chunk) = self.chunk_for(reader, s.id, tk)? else { continue };
+            let mut r = ChunkReader::new(&chunk)?;
+            while let Some(raw) = r.advance()? {
+                match r.term.as_slice().cmp(tk) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => out |= raw.decode(r.kind, s.sole())?,
+                    std::cmp::Ordering::Greater => {}
+                }
+                break;
+            }
+        }
+        Ok(out - &self.dead)
+    }
+
+    /// The documents containing a word of `field` that starts with
+    /// `prefix` (pair terms excluded). At most [`MAX_PREFIX_TERMS`] words;
+    /// `Err` beyond, so a query never silently misses.
+    pub fn prefixed(&self, reader: &dyn Reader, field: Field, prefix: &str) -> Result<RoaringTreemap> {
+        let p = term_key(field, prefix);
+        let mut words = std::collections::BTreeSet::new();
+        let mut out = RoaringTreemap::new();
+        for s in &self.segments {
+            // The chunk holding `p`, then every later chunk of the segment
+            // while its terms still start with `p`.
+            let cp = chunk_prefix(self.account, s.id);
+            let mut first = self.chunk_for(reader, s.id, &p)?;
+            let mut start = cp.clone();
+            start.extend_from_slice(&p);
+            let mut range = KeyRange::between(start, key::prefix_successor(&cp).unwrap_or_default());
+            let mut past = false;
+            while !past {
+                let chunk = match first.take() {
+                    Some(c) => c,
+                    None => {
+                        let rows = reader.scan(Space::Search, &range, Order::Ascending, 1)?;
+                        let Some((k, v)) = rows.into_iter().next() else { break };
+                        range = range.after(&k, Order::Ascending);
+                        if k.len() < cp.len() + p.len() || k[cp.len()..cp.len() + p.len()] != p[..] {
+                            // A chunk whose first term is past the prefix.
+                            break;
+                        }
+                        // The chunk at exactly `p` was read as `first`.
+                        if k[cp.len()..] == p[..] {
+                            continue;
+                        }
+                        v
+                    }
+                };
+                let mut r = ChunkReader::new(&chunk)?;
+                while let Some(raw) = r.advance()? {
+                    if r.term.as_slice() < p.as_slice() {
+                        continue;
+                    }
+                    if !r.term.starts_with(&p) {
+                        past = true;
+                        break;
+                    }
+                    if r.term[1..].contains(&b' ') {
+                        continue;
+                    }
+                    if words.insert(r.term.clone()) && words.len() > MAX_PREFIX_TERMS {
+                        return Err(Error::LimitExceeded(format!(
+                            "{prefix}* matches more than {MAX_PREFIX_TERMS} words; type more of it"
+                        )));
+                    }
+                    out |= raw.decode(r.kind, s.sole())?;
                 }
             }
         }
+        Ok(out - &self.dead)
     }
-    if fresh_removed > 0 {
-        txn.add(Space::Search, &count_key(account), -fresh_removed)?;
-    }
-    txn.delete(Space::Search, doc_key(account, doc));
-    Ok(())
+}
+
+/// The documents of `account` containing term key `tk` (one lookup; a
+/// query of several terms reads one [`View`] instead).
+pub fn postings(reader: &dyn Reader, account: u64, tk: &[u8]) -> Result<RoaringTreemap> {
+    view(reader, account)?.postings(reader, tk)
 }
 
 /// Whether `doc` is indexed.
 pub fn has(reader: &dyn Reader, account: u64, doc: u64) -> Result<bool> {
-    Ok(reader.get(Space::Search, &doc_key(account, doc))?.is_some())
+    Ok(view(reader, account)?.has(doc))
 }
 
-/// The documents containing term key `tk`.
-pub fn postings(reader: &dyn Reader, account: u64, tk: &[u8]) -> Result<RoaringTreemap> {
-    let mut out = RoaringTreemap::new();
-    let prefix = with(b'b', account, tk);
-    let plen = prefix.len();
-    for (k, v) in reader.scan(Space::Search, &KeyRange::prefix(&prefix), Order::Ascending, usize::MAX)? {
-        let block = k.get(plen..plen + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
-        let Some(block) = block else { continue };
-        let base = u64::from(block) << 16;
-        out.extend(decode_block(&v)?.iter().map(|low| base | u64::from(low)));
-    }
-    let prefix = with(b'f', account, tk);
-    let plen = prefix.len();
-    for (k, _) in reader.scan(Space::Search, &KeyRange::prefix(&prefix), Order::Ascending, usize::MAX)? {
-        if let Some(doc) = key::read_u64(&k, plen) {
-            out.insert(doc);
+/// Every document indexed for `account` (for `check`).
+pub fn documents(db: &Db, account: u64) -> Result<Vec<u64>> {
+    Ok(view(&db.snapshot(), account)?.documents().iter().collect())
+}
+
+/// A segment's entries in term order, read a few chunks at a time from a
+/// snapshot (a merge input).
+struct Stream<'a> {
+    reader: &'a dyn Reader,
+    range: KeyRange,
+    sole: u64,
+    chunks: std::collections::VecDeque<Vec<u8>>,
+    /// The current chunk and the read position in it.
+    current: Option<(Vec<u8>, usize, u8)>,
+    term: Vec<u8>,
+}
+
+impl<'a> Stream<'a> {
+    fn new(reader: &'a dyn Reader, account: u64, seg: &Segment) -> Self {
+        Stream {
+            reader,
+            range: KeyRange::prefix(&chunk_prefix(account, seg.id)),
+            sole: seg.sole(),
+            chunks: Default::default(),
+            current: None,
+            term: Vec::new(),
         }
     }
-    Ok(out)
-}
 
-/// The terms of `field` that start with `prefix` (at most
-/// [`MAX_PREFIX_TERMS`]; `Err` beyond, so a query never silently misses).
-pub fn expand(reader: &dyn Reader, account: u64, field: Field, prefix: &str) -> Result<Vec<Vec<u8>>> {
-    let mut terms: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
-    for tag in [b'b', b'f'] {
-        let mut p = Key::new().u8(tag).u64(account).build();
-        let start = p.len();
-        p.extend_from_slice(&term_key(field, prefix));
-        let mut range = KeyRange::prefix(&p);
+    /// The next (term, documents), or `None` at the end.
+    fn next(&mut self) -> Result<Option<(Vec<u8>, RoaringTreemap)>> {
         loop {
-            let rows = reader.scan(Space::Search, &range, Order::Ascending, 1024)?;
-            let Some(last) = rows.last().map(|(k, _)| k.clone()) else { break };
-            for (k, _) in &rows {
-                let tail = if tag == b'b' { 4 } else { 8 };
-                if k.len() > start + tail + 1 {
-                    terms.insert(k[start..k.len() - tail - 1].to_vec());
+            if self.current.is_none() {
+                if self.chunks.is_empty() {
+                    let rows = self.reader.scan(Space::Search, &self.range, Order::Ascending, 4)?;
+                    let Some((k, _)) = rows.last() else { return Ok(None) };
+                    self.range = self.range.after(k, Order::Ascending);
+                    self.chunks.extend(rows.into_iter().map(|(_, v)| v));
                 }
+                let Some(c) = self.chunks.pop_front() else { return Ok(None) };
+                let kind = *c.first().ok_or_else(|| corrupt("empty segment chunk"))?;
+                self.current = Some((c, 1, kind));
+                self.term.clear();
             }
-            if terms.len() > MAX_PREFIX_TERMS {
-                return Err(Error::LimitExceeded(format!(
-                    "{prefix}* matches more than {MAX_PREFIX_TERMS} words; type more of it"
-                )));
+            let Some((chunk, pos, kind)) = self.current.as_mut() else { continue };
+            let mut r =
+                ChunkReader { kind: *kind, data: &chunk[*pos..], term: std::mem::take(&mut self.term) };
+            let got = r.advance()?;
+            let rest = r.data.len();
+            self.term = r.term;
+            match got {
+                Some(raw) => {
+                    let docs = raw.decode(*kind, self.sole)?;
+                    *pos = chunk.len() - rest;
+                    return Ok(Some((self.term.clone(), docs)));
+                }
+                None => self.current = None,
             }
-            if rows.len() < 1024 {
-                break;
-            }
-            // Skip past the rest of this term's keys: `term ‖ 1` sorts
-            // after every `term ‖ 0 ‖ ...` and before any longer term.
-            let tail = if tag == b'b' { 4 } else { 8 };
-            let mut next = last[..last.len() - tail - 1].to_vec();
-            next.push(1);
-            range = KeyRange::between(next, crate::store::key::prefix_successor(&p).unwrap_or_default());
         }
     }
-    Ok(terms.into_iter().collect())
 }
 
-/// Folds up to [`MERGE_STEP`] fresh postings of `account` into blocks, in
-/// one transaction; returns how many were folded.
-pub fn merge_step(db: &Db, account: u64) -> Result<usize> {
-    Ok(merge_from(db, account, None)?.0)
+/// Size class of a segment of `n` documents: log4.
+fn class(n: u64) -> u32 {
+    n.max(1).ilog2() / 2
 }
 
-/// One merge step starting after key `after` (a cursor: deleted keys stay
-/// behind as tombstones until compaction, and a scan from the start would
-/// walk them all again); returns how many were folded and the last key.
-fn merge_from(db: &Db, account: u64, after: Option<&[u8]>) -> Result<(usize, Option<Vec<u8>>)> {
-    let ((n, last), ticket) = db.write(|txn| {
-        let prefix = Key::new().u8(b'f').u64(account).build();
-        let range = match after {
-            Some(k) => KeyRange::prefix(&prefix).after(k, Order::Ascending),
-            None => KeyRange::prefix(&prefix),
-        };
-        let rows = txn.scan(Space::Search, &range, Order::Ascending, MERGE_STEP)?;
-        let last = rows.last().map(|(k, _)| k.clone());
-        let mut i = 0;
-        while i < rows.len() {
-            // One term and block at a time.
-            let k = &rows[i].0;
-            if k.len() < prefix.len() + 9 {
-                txn.delete(Space::Search, k.clone());
-                i += 1;
-                continue;
-            }
-            let tk = k[prefix.len()..k.len() - 9].to_vec();
-            let doc = key::read_u64(k, k.len() - 8).unwrap_or(0);
-            let block = (doc >> 16) as u32;
-            let bk = block_key(account, &tk, block);
-            let mut bits = match txn.get(Space::Search, &bk)? {
-                Some(v) => decode_block(&v)?,
-                None => RoaringBitmap::new(),
-            };
-            while i < rows.len() {
-                let k = &rows[i].0;
-                if k.len() < prefix.len() + 9 || k[prefix.len()..k.len() - 9] != tk[..] {
-                    break;
+/// The segments to merge next: the oldest ingest segments (at least
+/// [`MERGE_FANIN`] of them, at most [`MAX_MERGE_INPUTS`]), else all
+/// merged segments of the smallest size class that has [`MERGE_FANIN`];
+/// with `all`, every segment, when there is more than one or any
+/// tombstone.
+fn plan(view: &View, all: bool) -> Option<Vec<usize>> {
+    let n = view.segments.len();
+    if all {
+        return (n > 1 || (n == 1 && !view.dead.is_empty())).then(|| (0..n).collect());
+    }
+    let fresh: Vec<usize> = (0..n).filter(|&i| view.segments[i].id < MERGED).collect();
+    if fresh.len() >= MERGE_FANIN {
+        // In id order (as listed), so the merged ones are a prefix.
+        return Some(fresh.into_iter().take(MAX_MERGE_INPUTS).collect());
+    }
+    let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, s) in view.segments.iter().enumerate().filter(|(_, s)| s.id >= MERGED) {
+        by_class.entry(class(s.docs.len())).or_default().push(i);
+    }
+    by_class.into_values().find(|v| v.len() >= MERGE_FANIN).map(|mut v| {
+        v.truncate(MAX_MERGE_INPUTS);
+        v
+    })
+}
+
+/// Deletes the chunks of the segments on the garbage list, a few hundred
+/// keys per transaction, then empties the list.
+fn collect_garbage(db: &Db, account: u64) -> Result<()> {
+    loop {
+        let (more, _) = db.write(|txn| {
+            let mut merged = Merged::read_txn(txn, account)?;
+            let Some(&seg) = merged.garbage.first() else { return Ok::<_, Error>(false) };
+            if !merged.segments.iter().any(|s| s.id == seg) {
+                let rows = txn.scan(
+                    Space::Search,
+                    &KeyRange::prefix(&chunk_prefix(account, seg)),
+                    Order::Ascending,
+                    256,
+                )?;
+                if !rows.is_empty() {
+                    for (k, _) in rows {
+                        txn.delete(Space::Search, k);
+                    }
+                    return Ok(true);
                 }
-                let doc = key::read_u64(k, k.len() - 8).unwrap_or(0);
-                if (doc >> 16) as u32 != block {
-                    break;
-                }
-                bits.insert((doc & 0xFFFF) as u32);
-                txn.delete(Space::Search, k.clone());
-                i += 1;
             }
-            txn.put(Space::Search, bk, encode_block(&bits));
+            merged.garbage.remove(0);
+            merged.write(txn, account);
+            Ok(true)
+        })?;
+        if !more {
+            return Ok(());
         }
-        let left = txn.add(Space::Search, &count_key(account), -(rows.len() as i64))?;
-        if left < MERGE_AT || rows.is_empty() {
-            txn.delete(Space::Search, queue_key(account));
-        }
-        Ok::<_, Error>((rows.len(), last))
+    }
+}
+
+/// One merge at most in one process at a time.
+static MERGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[derive(PartialEq, Eq)]
+struct Head {
+    term: Vec<u8>,
+    input: usize,
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // A min-heap on (term, input).
+        (&other.term, other.input).cmp(&(&self.term, self.input))
+    }
+}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Merges one group of `account`'s segments, if any is due; returns
+/// whether it did. The inputs are read from a snapshot; the output is
+/// written under an unlisted segment in small transactions and swapped
+/// in by one, so queries see either the inputs or the output. Merges do
+/// not wait for fsync: a crash loses at most a merge, never a posting.
+pub fn merge_step(db: &Db, account: u64) -> Result<bool> {
+    merge_some(db, account, false)
+}
+
+/// Merges all of `account`'s segments into one, dropping every deleted
+/// document (after a reindex; tests).
+pub fn compact(db: &Db, account: u64) -> Result<()> {
+    merge_some(db, account, true)?;
+    Ok(())
+}
+
+/// Deleted documents whose postings are still in a segment.
+pub fn tombstones(db: &Db, account: u64) -> Result<u64> {
+    Ok(view(&db.snapshot(), account)?.dead.len())
+}
+
+fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
+    let _one = MERGING.lock().unwrap_or_else(|e| e.into_inner());
+    collect_garbage(db, account)?;
+    let snap = db.snapshot();
+    let planned = Merged::read(&snap, account)?.version;
+    let view = view(&snap, account)?;
+    let Some(chosen) = plan(&view, all) else { return Ok(false) };
+    let inputs: Vec<&Segment> = chosen.iter().map(|&i| &view.segments[i]).collect();
+    let mut docs = RoaringTreemap::new();
+    for s in &inputs {
+        docs |= &s.docs;
+    }
+    let dropped = &docs & &view.dead;
+    docs -= &dropped;
+    // The output is garbage until swapped in (a crash leaves it listed).
+    let (out, _) = db.write(|txn| {
+        let n = txn.add(Space::Search, &tagged(b'n', account), 1)?;
+        let out = MERGED | n as u64;
+        let mut merged = Merged::read_txn(txn, account)?;
+        merged.garbage.push(out);
+        merged.write(txn, account);
+        Ok::<_, Error>(out)
     })?;
-    db.sync_blocking(ticket)?;
-    Ok((n, last))
+    let prefix = chunk_prefix(account, out);
+    let write_chunks = |chunks: Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
+        for group in chunks.chunks(CHUNKS_PER_TXN) {
+            db.write(|txn| {
+                for (first, c) in group {
+                    let mut k = prefix.clone();
+                    k.extend_from_slice(first);
+                    txn.put(Space::Search, k, c.clone());
+                }
+                Ok::<_, Error>(())
+            })?;
+        }
+        Ok(())
+    };
+    let mut streams: Vec<Stream<'_>> = inputs.iter().map(|s| Stream::new(&snap, account, s)).collect();
+    let mut pending: Vec<Option<RoaringTreemap>> = vec![None; streams.len()];
+    let mut heap = BinaryHeap::new();
+    for (i, s) in streams.iter_mut().enumerate() {
+        if let Some((term, d)) = s.next()? {
+            pending[i] = Some(d);
+            heap.push(Head { term, input: i });
+        }
+    }
+    let refill = |i: usize, streams: &mut Vec<Stream<'_>>, pending: &mut Vec<Option<RoaringTreemap>>| {
+        streams[i].next().map(|n| {
+            n.map(|(term, d)| {
+                pending[i] = Some(d);
+                Head { term, input: i }
+            })
+        })
+    };
+    let mut w = ChunkWriter::new(KIND_POSTINGS);
+    while let Some(head) = heap.pop() {
+        let mut union = pending[head.input].take().unwrap_or_default();
+        if let Some(h) = refill(head.input, &mut streams, &mut pending)? {
+            heap.push(h);
+        }
+        while heap.peek().is_some_and(|h| h.term == head.term) {
+            let Some(same) = heap.pop() else { break };
+            union |= pending[same.input].take().unwrap_or_default();
+            if let Some(h) = refill(same.input, &mut streams, &mut pending)? {
+                heap.push(h);
+            }
+        }
+        union -= &dropped;
+        if !union.is_empty() {
+            w.push(&head.term, Some(&union));
+        }
+        if w.chunks.len() >= CHUNKS_PER_TXN {
+            write_chunks(w.take_chunks())?;
+        }
+    }
+    w.flush();
+    write_chunks(w.take_chunks())?;
+    let ((), swapped) = db.write(|txn| {
+        let mut merged = Merged::read_txn(txn, account)?;
+        if merged.version != planned {
+            // Another merge ran since the plan: this output stays garbage.
+            return Ok(());
+        }
+        merged.version += 1;
+        let ids: Vec<u64> = inputs.iter().map(|s| s.id).collect();
+        merged.segments.retain(|s| !ids.contains(&s.id));
+        for id in &ids {
+            if *id < MERGED {
+                merged.high = merged.high.max(*id);
+                txn.delete(Space::Search, seg_key(account, *id));
+            }
+        }
+        merged.garbage.retain(|g| *g != out);
+        merged.garbage.extend(&ids);
+        if !docs.is_empty() {
+            merged.segments.push(Segment { id: out, docs: docs.clone() });
+        } else {
+            merged.garbage.push(out);
+        }
+        merged.write(txn, account);
+        // The dropped documents are in no segment any more.
+        let mut blocks: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+        for d in dropped.iter() {
+            blocks.entry(d >> 16).or_default().push((d & 0xFFFF) as u32);
+        }
+        for (block, lows) in blocks {
+            let k = dead_key(account, block);
+            let Some(v) = txn.get(Space::Search, &k)? else { continue };
+            let mut bits = decode_bitmap(&v)?;
+            for l in lows {
+                bits.remove(l);
+            }
+            if bits.is_empty() {
+                txn.delete(Space::Search, k);
+            } else {
+                txn.put(Space::Search, k, encode_bitmap(&bits));
+            }
+        }
+        Ok::<_, Error>(())
+    })?;
+    // The next merge plans from a snapshot, which shows durable commits only.
+    db.sync_blocking(swapped)?;
+    collect_garbage(db, account)?;
+    Ok(true)
 }
 
-/// Merges every account waiting in the work list; returns postings folded.
+/// Merges `account` until no merge is due; returns how many ran.
+pub fn merge_account(db: &Db, account: u64) -> Result<usize> {
+    let queue = tagged(b'q', account);
+    let seen = db.get(Space::Search, &queue)?;
+    let mut n = 0;
+    while merge_step(db, account)? {
+        n += 1;
+    }
+    // Off the work list, unless an ingest since added a segment.
+    let ((), t) = db.write(|txn| {
+        if txn.get(Space::Search, &queue)? == seen {
+            txn.delete(Space::Search, queue.clone());
+        }
+        Ok::<_, Error>(())
+    })?;
+    db.sync_blocking(t)?;
+    Ok(n)
+}
+
+/// Merges every account on the work list; returns how many merges ran.
 pub fn merge(db: &Db) -> Result<usize> {
-    let queued = db.scan(Space::Search, &KeyRange::prefix(b"q"), Order::Ascending, 1024)?;
     let mut total = 0;
-    for (k, _) in queued {
-        let Some(account) = key::read_u64(&k, 1) else { continue };
-        let mut cursor: Option<Vec<u8>> = None;
-        loop {
-            let (n, last) = merge_from(db, account, cursor.as_deref())?;
-            total += n;
-            if n < MERGE_STEP {
-                break;
+    let mut range = KeyRange::prefix(b"q");
+    loop {
+        let rows = db.scan(Space::Search, &range, Order::Ascending, 256)?;
+        for (k, _) in &rows {
+            if let Some(account) = key::read_u64(k, 1) {
+                total += merge_account(db, account)?;
             }
-            cursor = last;
+        }
+        match rows.last() {
+            Some((k, _)) if rows.len() == 256 => range = range.after(k, Order::Ascending),
+            _ => break,
         }
     }
     Ok(total)
 }
 
-/// Every document indexed for `account` (for `check`).
-pub fn documents(db: &Db, account: u64) -> Result<Vec<u64>> {
-    let prefix = Key::new().u8(b't').u64(account).build();
-    let mut out = Vec::new();
-    db.scan_all(Space::Search, &KeyRange::prefix(&prefix), Order::Ascending, |k, _| {
-        if let Some(d) = key::read_u64(k, 9) {
-            out.push(d);
+/// Runs [`merge`] in the background until dropped.
+#[derive(Debug)]
+pub struct Merger {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Merger {
+    /// Starts merging `db`'s accounts, looking for work every `every`.
+    pub fn spawn(db: Db, every: std::time::Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("search-merge".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    if let Err(e) = merge(&db) {
+                        tracing::warn!("search index merge failed (retrying): {e}");
+                    }
+                    std::thread::park_timeout(every);
+                }
+            })
+            .ok();
+        Merger { stop, thread }
+    }
+}
+
+impl Drop for Merger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
         }
-        Ok::<_, Error>(true)
-    })?;
-    Ok(out)
+    }
 }
 
 /// Every (term key, document) posting of `account`, sorted (tests, and
 /// comparing an index migrated with one built at ingest).
 pub fn dump(db: &Db, account: u64) -> Result<std::collections::BTreeSet<(Vec<u8>, u64)>> {
+    let snap = db.snapshot();
+    let view = view(&snap, account)?;
     let mut out = std::collections::BTreeSet::new();
-    let start = Key::new().u8(b'b').u64(account).build().len();
-    db.scan_all(
-        Space::Search,
-        &KeyRange::prefix(&Key::new().u8(b'b').u64(account).build()),
-        Order::Ascending,
-        |k, v| {
-            let tk = k[start..k.len() - 5].to_vec();
-            let block =
-                u64::from(u32::from_be_bytes(k[k.len() - 4..].try_into().map_err(|_| corrupt("block key"))?));
-            for low in decode_block(v)? {
-                out.insert((tk.clone(), (block << 16) | u64::from(low)));
+    for s in &view.segments {
+        let mut stream = Stream::new(&snap, account, s);
+        while let Some((term, docs)) = stream.next()? {
+            for d in docs.iter().filter(|d| !view.dead.contains(*d)) {
+                out.insert((term.clone(), d));
             }
-            Ok::<_, Error>(true)
-        },
-    )?;
-    db.scan_all(
-        Space::Search,
-        &KeyRange::prefix(&Key::new().u8(b'f').u64(account).build()),
-        Order::Ascending,
-        |k, _| {
-            let tk = k[start..k.len() - 9].to_vec();
-            if let Some(doc) = key::read_u64(k, k.len() - 8) {
-                out.insert((tk, doc));
-            }
-            Ok::<_, Error>(true)
-        },
-    )?;
+        }
+    }
     Ok(out)
 }
 
-/// Drops `account`'s whole index (before a rebuild).
+/// Drops `account`'s whole index (before a rebuild), including keys of
+/// earlier index layouts.
 pub fn clear(db: &Db, account: u64) -> Result<()> {
-    for tag in [b'f', b'b', b't', b'n', b'q'] {
-        let prefix = Key::new().u8(tag).u64(account).build();
+    for tag in [b's', b'g', b'x', b'q', b'n', b'l', b'f', b'b', b't'] {
+        let prefix = tagged(tag, account);
         loop {
             let rows = db.scan(Space::Search, &KeyRange::prefix(&prefix), Order::Ascending, 4096)?;
             if rows.is_empty() {
@@ -371,9 +958,56 @@ pub fn clear(db: &Db, account: u64) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn terms(words: &[&str]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| term_key(Field::Body, w)).collect()
+    }
+
     #[test]
-    fn document_terms_round_trip() {
-        let terms = vec![term_key(Field::Body, "hello"), term_key(Field::Subject, "wörld"), vec![]];
-        assert_eq!(decode_terms(&encode_terms(&terms)).expect("decode"), terms);
+    fn chunks_round_trip_with_front_coding_and_both_posting_forms() {
+        let mut w = ChunkWriter::new(KIND_POSTINGS);
+        let small: RoaringTreemap = [3u64, 9, 1 << 40].into_iter().collect();
+        let big: RoaringTreemap = (0..1000u64).map(|i| i * 7).collect();
+        let words = terms(&["alpha", "alphabet", "beta"]);
+        w.push(&words[0], Some(&small));
+        w.push(&words[1], Some(&big));
+        w.push(&words[2], Some(&small));
+        w.flush();
+        let chunks = w.take_chunks();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].0, words[0]);
+        let mut r = ChunkReader::new(&chunks[0].1).expect("chunk");
+        let mut got = Vec::new();
+        while let Some(raw) = r.advance().expect("entry") {
+            got.push((r.term.clone(), raw.decode(r.kind, 0).expect("postings")));
+        }
+        assert_eq!(
+            got,
+            vec![(words[0].clone(), small.clone()), (words[1].clone(), big), (words[2].clone(), small)]
+        );
+    }
+
+    #[test]
+    fn an_ingest_segment_splits_into_chunks_by_size() {
+        let many: Vec<String> = (0..5000).map(|i| format!("word{i:05}")).collect();
+        let e = encode(many.iter().map(|w| term_key(Field::Body, w)).collect());
+        assert!(e.chunks.len() > 1, "{} chunks", e.chunks.len());
+        let mut seen = 0;
+        for (first, c) in &e.chunks {
+            let mut r = ChunkReader::new(c).expect("chunk");
+            let mut n = 0;
+            while r.advance().expect("entry").is_some() {
+                if n == 0 {
+                    assert_eq!(&r.term, first);
+                }
+                n += 1;
+            }
+            seen += n;
+        }
+        assert_eq!(seen, 5000);
+    }
+
+    #[test]
+    fn size_classes_are_powers_of_four() {
+        assert_eq!([1, 3, 4, 15, 16, 63, 64].map(class), [0, 0, 1, 1, 2, 2, 3]);
     }
 }
