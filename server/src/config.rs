@@ -15,6 +15,12 @@
 //! retry_base_secs = 300              # outbox: first retry after a failed attempt, doubling
 //! retry_max_secs = 3600              # outbox: longest wait between attempts
 //! outbox_expiry_secs = 432000        # outbox: pending recipients bounce after 5 days
+//! search_merge_ms = 50               # search index merger's polling; 0 = off
+//! [filter]
+//! builtin_scanner = true             # EICAR, block list, zip inspection, dangerous names
+//! clamd = "unix:/run/clamav/clamd.ctl"   # or "tcp:127.0.0.1:3310"; absent: no clamd
+//! fail_open = false                  # scanner down: 451 (true: deliver unscanned)
+//! blocklist = []                     # BLAKE3 hex of attachments to refuse
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +56,8 @@ pub struct Config {
     pub limits: Limits,
     /// Mail store tunables.
     pub mail: MailSettings,
+    /// Anti-virus (and later anti-spam) on every message in and out.
+    pub filter: crate::filter::FilterSettings,
 }
 
 /// Mail store tunables.
@@ -69,6 +77,10 @@ pub struct MailSettings {
     /// Recipients still pending this long after submission fail, and the
     /// sender gets a delivery status notification (default 5 days).
     pub outbox_expiry_secs: u64,
+    /// How often the search index's background merger looks for work; 0
+    /// turns it off (tests that count commits; searches then slow down as
+    /// segments pile up).
+    pub search_merge_ms: u64,
 }
 
 impl Default for MailSettings {
@@ -80,6 +92,7 @@ impl Default for MailSettings {
             retry_base_secs: (d.outbox.retry_base_ms / 1000) as u64,
             retry_max_secs: (d.outbox.retry_max_ms / 1000) as u64,
             outbox_expiry_secs: (d.outbox.expiry_ms / 1000) as u64,
+            search_merge_ms: 50,
         }
     }
 }
@@ -166,6 +179,7 @@ impl Default for Config {
             workers: 0,
             limits: Limits::default(),
             mail: MailSettings::default(),
+            filter: Default::default(),
         }
     }
 }
@@ -199,6 +213,7 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.listen.is_empty(), "listen: at least one address is needed");
+        crate::filter::Pipeline::from_settings(&self.filter).map_err(|e| anyhow::anyhow!("{e}"))?;
         let l = &self.limits;
         anyhow::ensure!(
             l.max_rpc_message_bytes >= 64 * 1024,

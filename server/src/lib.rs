@@ -24,6 +24,7 @@ pub mod account;
 pub mod blob;
 pub mod config;
 pub mod error;
+pub mod filter;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod mail;

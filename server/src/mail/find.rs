@@ -55,14 +55,20 @@ pub fn pair(a: &str, b: &str) -> String {
 /// per field.
 pub fn index_terms(parsed: &Parsed) -> Vec<Vec<u8>> {
     let doc = document(parsed);
-    let mut terms = doc.terms();
+    // As `Document::terms`, plus the pairs, each field tokenized once;
+    // `postings::encode` sorts and drops duplicates.
+    let mut terms = vec![postings::term_key(Field::Meta, text::ALL)];
+    if doc.has_attachment {
+        terms.push(postings::term_key(Field::Meta, text::ATTACHMENT));
+    }
     for (field, text) in &doc.fields {
         let words = text::tokens(text);
         for w in words.windows(2) {
-            terms.insert((*field, pair(&w[0], &w[1])));
+            terms.push(postings::term_key(*field, &pair(&w[0], &w[1])));
         }
+        terms.extend(words.iter().map(|w| postings::term_key(*field, w)));
     }
-    terms.into_iter().map(|(f, t)| postings::term_key(f, &t)).collect()
+    terms
 }
 
 /// One snippet of a hit.

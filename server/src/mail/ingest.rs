@@ -337,9 +337,15 @@ impl Mailstore {
         // keeps serving, and declare the coming commit so concurrent
         // deliveries share one fsync.
         let intent = self.db().intent();
-        let prepared = tokio::task::spawn_blocking(move || prepare_owned(raw_bytes))
-            .await
-            .map_err(|e| Error::Internal(format!("parsing task failed: {e}")))??;
+        // The filters decide before anything is stored: a refused message
+        // (a virus) or an undecided one (the scanner is down) never is.
+        let filter = std::sync::Arc::clone(self.filter());
+        let prepared = tokio::task::spawn_blocking(move || {
+            filter.admit(&raw_bytes, crate::filter::Direction::Inbound)?;
+            prepare_owned(raw_bytes)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("parsing task failed: {e}")))??;
         let config = *self.config();
         let (outcomes, ticket) = self.db().write(|txn| {
             if let Some(k) = key

@@ -207,6 +207,7 @@ pub struct Mailstore {
     db: Db,
     config: MailConfig,
     examined: Arc<AtomicU64>,
+    filter: Arc<crate::filter::Pipeline>,
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(space: Space, bytes: &[u8]) -> Result<T> {
@@ -413,7 +414,19 @@ pub(crate) fn role_in(txn: &Txn<'_>, account: AccountId, role: Role) -> Result<M
 impl Mailstore {
     /// The mail store on `db`.
     pub fn new(db: Db, config: MailConfig) -> Self {
-        Mailstore { db, config, examined: Default::default() }
+        Mailstore { db, config, examined: Default::default(), filter: Default::default() }
+    }
+
+    /// This store with `filter` on every delivery and submission (the
+    /// default is the built-in virus scanner).
+    pub fn with_filter(mut self, filter: crate::filter::Pipeline) -> Self {
+        self.filter = Arc::new(filter);
+        self
+    }
+
+    /// The content filters deliveries and submissions pass.
+    pub fn filter(&self) -> &Arc<crate::filter::Pipeline> {
+        &self.filter
     }
 
     /// Email records decoded by queries so far, to test (and watch) how much

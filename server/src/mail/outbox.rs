@@ -259,7 +259,9 @@ impl Mailstore {
         let size = new.raw.len() as u64;
         let intent = self.db().intent();
         let raw = new.raw;
+        let filter = std::sync::Arc::clone(self.filter());
         let (prepared, outgoing) = tokio::task::spawn_blocking(move || {
+            filter.admit(&raw, crate::filter::Direction::Outbound)?;
             let outgoing = blob::prepare(&raw, true);
             prepare_owned(raw).map(|p| (p, outgoing))
         })

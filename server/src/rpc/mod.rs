@@ -61,8 +61,9 @@ pub struct Services {
     pub downloads: crate::blob::upload::Downloads,
     /// Where durable commits reach watching clients.
     pub hub: Arc<crate::sync::push::Hub>,
-    /// Folds the search index's segments in the background.
-    pub merger: crate::search::index::Merger,
+    /// Folds the search index's segments in the background (unless
+    /// `mail.search_merge_ms` is 0).
+    pub merger: Option<crate::search::index::Merger>,
 }
 
 impl Services {
@@ -74,9 +75,20 @@ impl Services {
         db.observe(Arc::new(move |notices| feed.publish(notices)));
         Arc::new(Services {
             hub,
-            merger: crate::search::index::Merger::spawn(db.clone(), std::time::Duration::from_millis(50)),
+            merger: (config.mail.search_merge_ms > 0).then(|| {
+                crate::search::index::Merger::spawn(
+                    db.clone(),
+                    std::time::Duration::from_millis(config.mail.search_merge_ms),
+                )
+            }),
             accounts: Accounts::new(db.clone()),
-            mail: Mailstore::new(db.clone(), config.mail_config()),
+            mail: Mailstore::new(db.clone(), config.mail_config()).with_filter(
+                // `Config::validate` checked these settings at load.
+                crate::filter::Pipeline::from_settings(&config.filter).unwrap_or_else(|e| {
+                    tracing::error!("filter settings: {e}; using the built-in scanner only");
+                    crate::filter::Pipeline::default()
+                }),
+            ),
             db,
             credentials,
             logins: LoginGuard::new(config.limits.max_concurrent_logins as usize),

@@ -143,7 +143,7 @@ impl ChunkWriter {
         ChunkWriter { kind, chunks: Vec::new(), first: Vec::new(), buf: Vec::new(), last: Vec::new() }
     }
 
-    fn push(&mut self, term: &[u8], postings: Option<&RoaringTreemap>) {
+    fn push(&mut self, term: &[u8], postings: Option<&[u64]>) {
         if self.buf.len() >= CHUNK_BYTES {
             self.flush();
         }
@@ -158,16 +158,18 @@ impl ChunkWriter {
         put_varint(&mut self.buf, (term.len() - shared) as u64);
         self.buf.extend_from_slice(&term[shared..]);
         if let Some(p) = postings {
-            let n = p.len();
+            let n = p.len() as u64;
             if n > ROARING_FROM {
-                let bytes = encode_treemap(p);
+                // Sorted and distinct: the writer's contract.
+                let bytes =
+                    encode_treemap(&RoaringTreemap::from_sorted_iter(p.iter().copied()).unwrap_or_default());
                 put_varint(&mut self.buf, (n << 1) | 1);
                 put_varint(&mut self.buf, bytes.len() as u64);
                 self.buf.extend_from_slice(&bytes);
             } else {
                 let mut deltas = Vec::with_capacity(n as usize * 2);
                 let mut prev = 0;
-                for d in p.iter() {
+                for &d in p {
                     put_varint(&mut deltas, d - prev);
                     prev = d;
                 }
@@ -200,6 +202,24 @@ struct Raw<'a> {
 }
 
 impl Raw<'_> {
+    /// Appends the documents, ascending, to `out` (merges: no bitmap per
+    /// entry).
+    fn decode_into(&self, kind: u8, sole: u64, out: &mut Vec<u64>) -> Result<()> {
+        if kind == KIND_SOLE {
+            out.push(sole);
+        } else if self.tag & 1 == 1 {
+            out.extend(decode_treemap(self.body)?.iter());
+        } else {
+            let mut body = self.body;
+            let mut prev = 0u64;
+            for _ in 0..self.tag >> 1 {
+                prev = prev.checked_add(get_varint(&mut body)?).ok_or_else(|| corrupt("postings"))?;
+                out.push(prev);
+            }
+        }
+        Ok(())
+    }
+
     /// The documents; `sole` is an ingest segment's one document.
     fn decode(&self, kind: u8, sole: u64) -> Result<RoaringTreemap> {
         let mut out = RoaringTreemap::new();
@@ -578,7 +598,7 @@ impl<'a> Stream<'a> {
     }
 
     /// The next (term, documents), or `None` at the end.
-    fn next(&mut self) -> Result<Option<(Vec<u8>, RoaringTreemap)>> {
+    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u64>)>> {
         loop {
             if self.current.is_none() {
                 if self.chunks.is_empty() {
@@ -600,7 +620,8 @@ impl<'a> Stream<'a> {
             self.term = r.term;
             match got {
                 Some(raw) => {
-                    let docs = raw.decode(*kind, self.sole)?;
+                    let mut docs = Vec::new();
+                    raw.decode_into(*kind, self.sole, &mut docs)?;
                     *pos = chunk.len() - rest;
                     return Ok(Some((self.term.clone(), docs)));
                 }
@@ -752,7 +773,7 @@ fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
         Ok(())
     };
     let mut streams: Vec<Stream<'_>> = inputs.iter().map(|s| Stream::new(&snap, account, s)).collect();
-    let mut pending: Vec<Option<RoaringTreemap>> = vec![None; streams.len()];
+    let mut pending: Vec<Option<Vec<u64>>> = vec![None; streams.len()];
     let mut heap = BinaryHeap::new();
     for (i, s) in streams.iter_mut().enumerate() {
         if let Some((term, d)) = s.next()? {
@@ -760,7 +781,7 @@ fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
             heap.push(Head { term, input: i });
         }
     }
-    let refill = |i: usize, streams: &mut Vec<Stream<'_>>, pending: &mut Vec<Option<RoaringTreemap>>| {
+    let refill = |i: usize, streams: &mut Vec<Stream<'_>>, pending: &mut Vec<Option<Vec<u64>>>| {
         streams[i].next().map(|n| {
             n.map(|(term, d)| {
                 pending[i] = Some(d);
@@ -776,12 +797,18 @@ fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
         }
         while heap.peek().is_some_and(|h| h.term == head.term) {
             let Some(same) = heap.pop() else { break };
-            union |= pending[same.input].take().unwrap_or_default();
+            union.extend(pending[same.input].take().unwrap_or_default());
             if let Some(h) = refill(same.input, &mut streams, &mut pending)? {
                 heap.push(h);
             }
         }
-        union -= &dropped;
+        // Inputs hold disjoint documents: a sort makes the union.
+        if !union.is_sorted() {
+            union.sort_unstable();
+        }
+        if !dropped.is_empty() {
+            union.retain(|d| !dropped.contains(*d));
+        }
         if !union.is_empty() {
             w.push(&head.term, Some(&union));
         }
@@ -924,7 +951,7 @@ pub fn dump(db: &Db, account: u64) -> Result<std::collections::BTreeSet<(Vec<u8>
     for s in &view.segments {
         let mut stream = Stream::new(&snap, account, s);
         while let Some((term, docs)) = stream.next()? {
-            for d in docs.iter().filter(|d| !view.dead.contains(*d)) {
+            for &d in docs.iter().filter(|d| !view.dead.contains(**d)) {
                 out.insert((term.clone(), d));
             }
         }
@@ -968,9 +995,10 @@ mod tests {
         let small: RoaringTreemap = [3u64, 9, 1 << 40].into_iter().collect();
         let big: RoaringTreemap = (0..1000u64).map(|i| i * 7).collect();
         let words = terms(&["alpha", "alphabet", "beta"]);
-        w.push(&words[0], Some(&small));
-        w.push(&words[1], Some(&big));
-        w.push(&words[2], Some(&small));
+        let (sv, bv): (Vec<u64>, Vec<u64>) = (small.iter().collect(), big.iter().collect());
+        w.push(&words[0], Some(&sv));
+        w.push(&words[1], Some(&bv));
+        w.push(&words[2], Some(&sv));
         w.flush();
         let chunks = w.take_chunks();
         assert_eq!(chunks.len(), 1);
@@ -988,7 +1016,8 @@ mod tests {
 
     #[test]
     fn an_ingest_segment_splits_into_chunks_by_size() {
-        let many: Vec<String> = (0..5000).map(|i| format!("word{i:05}")).collect();
+        let many: Vec<String> =
+            (0..5000u64).map(|i| blake3::hash(&i.to_le_bytes()).to_hex().to_string()).collect();
         let e = encode(many.iter().map(|w| term_key(Field::Body, w)).collect());
         assert!(e.chunks.len() > 1, "{} chunks", e.chunks.len());
         let mut seen = 0;

@@ -84,6 +84,12 @@ pub struct Document {
 /// Folds one word: diacritics dropped, lower case, at most
 /// [`MAX_TERM_BYTES`].
 pub fn fold(word: &str) -> String {
+    if word.is_ascii() {
+        // Nothing to decompose: the common case, without the tables.
+        let mut out = word[..word.len().min(MAX_TERM_BYTES)].to_owned();
+        out.make_ascii_lowercase();
+        return out;
+    }
     let mut out: String =
         word.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).collect();
     if out.len() > MAX_TERM_BYTES {
@@ -97,13 +103,94 @@ pub fn fold(word: &str) -> String {
 }
 
 /// The words of `text` with their byte ranges, folded.
-pub fn words(text: &str) -> impl Iterator<Item = (usize, usize, String)> + '_ {
-    text.split_word_bound_indices().filter(|(_, w)| w.chars().any(char::is_alphanumeric)).filter_map(
-        |(i, w)| {
-            let f = fold(w);
-            (!f.is_empty()).then(|| (i, i + w.len(), f))
-        },
+pub fn words(text: &str) -> Box<dyn Iterator<Item = (usize, usize, String)> + '_> {
+    let fold_at = |(i, w): (usize, &str)| {
+        let f = fold(w);
+        (!f.is_empty()).then(|| (i, i + w.len(), f))
+    };
+    if text.is_ascii() {
+        return Box::new(ascii_words(text).map(move |(a, b)| (a, &text[a..b])).filter_map(fold_at));
+    }
+    Box::new(
+        text.split_word_bound_indices()
+            .filter(|(_, w)| w.chars().any(char::is_alphanumeric))
+            .filter_map(fold_at),
     )
+}
+
+/// ASCII's word classes in UAX #29.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Letter,
+    Digit,
+    /// `_` (ExtendNumLet).
+    Joiner,
+    /// `:` (MidLetter).
+    MidLetter,
+    /// `.` and `'` (MidNumLet, Single_Quote).
+    MidBoth,
+    /// `,` and `;` (MidNum).
+    MidNum,
+    Other,
+}
+
+fn class(b: u8) -> Class {
+    match b {
+        b'a'..=b'z' | b'A'..=b'Z' => Class::Letter,
+        b'0'..=b'9' => Class::Digit,
+        b'_' => Class::Joiner,
+        b':' => Class::MidLetter,
+        b'.' | b'\'' => Class::MidBoth,
+        b',' | b';' => Class::MidNum,
+        _ => Class::Other,
+    }
+}
+
+/// The byte ranges of the word segments of ASCII `text` that hold a
+/// letter or digit: exactly those of UAX #29 (rules WB5 to WB13b, the only
+/// ones ASCII reaches), without its tables. `unicode-segmentation` is
+/// checked against this in the tests.
+fn ascii_words(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let b = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        loop {
+            while i < b.len() && !matches!(class(b[i]), Class::Letter | Class::Digit | Class::Joiner) {
+                i += 1;
+            }
+            if i >= b.len() {
+                return None;
+            }
+            let start = i;
+            let mut alnum = false;
+            loop {
+                let c = class(b[i]);
+                alnum |= c != Class::Joiner;
+                let next = b.get(i + 1).map(|&x| class(x));
+                match next {
+                    Some(Class::Letter | Class::Digit | Class::Joiner) => i += 1,
+                    Some(m @ (Class::MidLetter | Class::MidBoth | Class::MidNum)) => {
+                        let after = b.get(i + 2).map(|&x| class(x));
+                        let joins = match (c, after) {
+                            (Class::Letter, Some(Class::Letter)) => m != Class::MidNum,
+                            (Class::Digit, Some(Class::Digit)) => m != Class::MidLetter,
+                            _ => false,
+                        };
+                        if joins {
+                            i += 2;
+                        } else {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            i += 1;
+            if alnum {
+                return Some((start, i));
+            }
+        }
+    })
 }
 
 /// The folded words of `text`.
@@ -155,6 +242,31 @@ mod tests {
         assert!(tokens("-- !! ...").is_empty());
         let long = "x".repeat(500);
         assert_eq!(tokens(&long)[0].len(), MAX_TERM_BYTES);
+    }
+
+    #[test]
+    fn the_ascii_fast_path_segments_exactly_as_uax29() {
+        let alphabet = b"aZq09_:.',; -\n!\"@/";
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            let text: String = (0..len)
+                .map(|k| alphabet[((seed >> (k % 8 * 8)) as usize + k * 7) % alphabet.len()] as char)
+                .collect();
+            let fast: Vec<&str> = ascii_words(&text).map(|(a, b)| &text[a..b]).collect();
+            let uax: Vec<&str> =
+                text.split_word_bounds().filter(|w| w.chars().any(char::is_alphanumeric)).collect();
+            assert_eq!(fast, uax, "{text:?}");
+        }
+        for text in ["e.g. don't 3.14 1,000 a:b a_b _x x_ a.1 1.a it's.", "foo__bar ..x.. 'quoted' 1;2 a;b"] {
+            let fast: Vec<&str> = ascii_words(text).map(|(a, b)| &text[a..b]).collect();
+            let uax: Vec<&str> =
+                text.split_word_bounds().filter(|w| w.chars().any(char::is_alphanumeric)).collect();
+            assert_eq!(fast, uax, "{text:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod clamd;
+pub mod eicar;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
