@@ -451,6 +451,8 @@ async fn submit(user: &quail::Session, ip: IpAddr, envelope: &Envelope, raw: Vec
             | quail::Error::InvalidInput(why)
             | quail::Error::LimitExceeded(why),
         ) => DeliverVerdict::Rejected(why),
+        // Throttled (the account's sending limit) or a scanner down.
+        Err(quail::Error::Unavailable(why)) => DeliverVerdict::TempFail(why),
         Err(e) => {
             tracing::warn!(error = %e, "submission failed");
             DeliverVerdict::TempFail("the mail store is unavailable".into())

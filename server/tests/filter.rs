@@ -146,3 +146,29 @@ async fn the_block_list_refuses_an_attachment_by_its_hash() {
     let bad = FilterSettings { blocklist: vec!["zz".into()], ..FilterSettings::default() };
     assert!(Pipeline::from_settings(&bad).expect_err("bad hash").to_string().contains("BLAKE3"));
 }
+
+#[tokio::test]
+async fn an_account_sending_in_bulk_is_throttled_and_its_neighbour_is_not() {
+    let s = support::store();
+    let settings = FilterSettings { max_recipients_per_hour: 3, ..FilterSettings::default() };
+    let s =
+        support::TestStore { mail: s.mail.with_filter(Pipeline::from_settings(&settings).expect("p")), ..s };
+    let (a, b) = (s.account("alice").await, s.account("bob").await);
+    let sub = |to: &str| NewSubmission {
+        raw: format!("From: x@example.org\r\nTo: {to}\r\nSubject: hi\r\n\r\nhello\r\n").into_bytes(),
+        mail_from: "x@example.org".into(),
+        recipients: vec![(to.into(), false)],
+        send_at_ms: 0,
+    };
+    let t0 = 1_700_000_000_000;
+    for i in 0..3 {
+        s.mail.submit(a, sub(&format!("r{i}@example.net")), t0).await.expect("within the limit");
+    }
+    match s.mail.submit(a, sub("r4@example.net"), t0).await {
+        Err(Error::Unavailable(why)) => assert!(why.contains("sending limit"), "{why}"),
+        other => panic!("not throttled: {:?}", other.map(|s| s.id)),
+    }
+    s.mail.submit(b, sub("r@example.net"), t0).await.expect("bob is not throttled");
+    // Twenty minutes later one recipient's worth has come back.
+    s.mail.submit(a, sub("r5@example.net"), t0 + 20 * 60_000).await.expect("refilled");
+}

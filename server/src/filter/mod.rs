@@ -13,6 +13,7 @@
 //! so hostile structure costs bounded time and memory.
 
 pub mod clamd;
+pub mod rate;
 pub mod virus;
 
 use std::sync::Arc;
@@ -197,6 +198,8 @@ pub struct FilterSettings {
     pub blocklist: Vec<String>,
     /// Attachment name extensions refused (lower case, no dot).
     pub dangerous_extensions: Vec<String>,
+    /// Recipients one account may submit to per hour (0: no limit).
+    pub max_recipients_per_hour: u32,
 }
 
 impl Default for FilterSettings {
@@ -209,6 +212,7 @@ impl Default for FilterSettings {
             fail_open: false,
             blocklist: Vec::new(),
             dangerous_extensions: virus::DANGEROUS.iter().map(|s| (*s).to_owned()).collect(),
+            max_recipients_per_hour: 1000,
         }
     }
 }
@@ -219,6 +223,7 @@ pub struct Pipeline {
     filters: Vec<Arc<dyn Filter>>,
     fail_open: bool,
     limits: InspectLimits,
+    sending: Arc<rate::Limiter>,
 }
 
 impl Default for Pipeline {
@@ -231,7 +236,12 @@ impl Default for Pipeline {
 impl Pipeline {
     /// No filters at all (benchmarks measure ingest without them).
     pub fn none() -> Self {
-        Pipeline { filters: Vec::new(), fail_open: false, limits: InspectLimits::default() }
+        Pipeline {
+            filters: Vec::new(),
+            fail_open: false,
+            limits: InspectLimits::default(),
+            sending: Arc::new(rate::Limiter::new(0)),
+        }
     }
 
     /// The filters `settings` asks for.
@@ -247,7 +257,12 @@ impl Pipeline {
                 settings.clamd_stream_max_bytes,
             )?));
         }
-        Ok(Pipeline { filters, fail_open: settings.fail_open, limits: InspectLimits::default() })
+        Ok(Pipeline {
+            filters,
+            fail_open: settings.fail_open,
+            limits: InspectLimits::default(),
+            sending: Arc::new(rate::Limiter::new(settings.max_recipients_per_hour)),
+        })
     }
 
     /// Whether any filter runs.
@@ -296,6 +311,12 @@ impl Pipeline {
             Some((score, reasons)) => Verdict::Junk { score, reasons },
             None => Verdict::Accept,
         }
+    }
+
+    /// Whether `account` may send to `recipients` more at `now_ms` (the
+    /// per-account sending limit); `Unavailable` when throttled.
+    pub fn admit_send(&self, account: u64, recipients: usize, now_ms: i64) -> crate::error::Result<()> {
+        self.sending.take(account, recipients, now_ms)
     }
 
     /// [`Pipeline::check`] as a result: a refusal is

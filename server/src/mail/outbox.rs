@@ -255,6 +255,8 @@ impl Mailstore {
         if new.send_at_ms > now_ms + MAX_SEND_DELAY_MS {
             return Err(Error::invalid("sendAt is more than 30 days ahead"));
         }
+        // An account sending in bulk is throttled on its own.
+        self.filter().admit_send(account.0, new.recipients.len(), now_ms)?;
         let send_at_ms = new.send_at_ms.max(now_ms);
         let size = new.raw.len() as u64;
         let intent = self.db().intent();

@@ -43,7 +43,7 @@ use crate::store::key::{self, Key};
 use crate::store::{Db, KeyRange, Order, Reader, Space, StoreError, Txn};
 
 /// Target size of a segment chunk: a lookup decodes at most one.
-pub const CHUNK_BYTES: usize = 16 << 10;
+pub const CHUNK_BYTES: usize = 4 << 10;
 /// Most terms a prefix (`word*`) expands to.
 pub const MAX_PREFIX_TERMS: usize = 256;
 /// Segments of one size class merged at once, at least...
