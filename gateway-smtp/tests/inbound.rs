@@ -7,17 +7,9 @@ mod support;
 
 use std::process::Command;
 
-use quail::{Query, Trust};
-use quail_server::account::Credential;
-use quail_server::{Config, Running, Server};
-use quail_smtp::server::{self, Options, Upstream};
-
-struct World {
-    _dir: tempfile::TempDir,
-    server: Running,
-    smtp: quail_smtp::server::Running,
-    session: quail::Session,
-}
+use quail::Query;
+use quail_server::Config;
+use support::World;
 
 async fn world() -> World {
     world_with(20, 600).await
@@ -26,34 +18,7 @@ async fn world() -> World {
 async fn world_with(max_connections_per_ip: u32, max_messages_per_minute_per_ip: u32) -> World {
     let dir = tempfile::tempdir().expect("dir");
     let config = Config::ephemeral(dir.path());
-    let tls_dir = config.tls_dir();
-    let server = Server::start(config).await.expect("start");
-    let pin: quail::Fingerprint = server.fingerprint().parse().expect("pin");
-    let client =
-        quail::Client::connect(&server.addr().to_string(), Trust::Pinned(pin)).await.expect("connect");
-    let admin = client.admin(&server.secret(Credential::Admin).expect("secret")).await.expect("admin");
-    admin.create_account("alice", "alice-password", 0, 0).await.expect("create");
-    let cert = quail_server::net::tls::load_or_create_dev(&tls_dir).expect("dev cert");
-    let options = Options {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        hostname: "mx.test".into(),
-        tls: Some(server::tls_config(cert.chain, cert.key).expect("tls")),
-        max_connections_per_ip,
-        max_messages_per_minute_per_ip,
-        verifier: Some(
-            quail_smtp::auth::Verifier::new("mx.test", Some(support::dns("").await)).expect("verifier"),
-        ),
-        mode: quail_smtp::session::Mode::Mx,
-        implicit_tls: false,
-    };
-    let upstream = Upstream {
-        addr: server.addr().to_string(),
-        trust: Trust::Pinned(pin),
-        secret: server.secret(Credential::Gateway).expect("secret"),
-    };
-    let smtp = server::start(options, upstream).await.expect("smtpd");
-    let session = client.login("alice", "alice-password").await.expect("login");
-    World { _dir: dir, server, smtp, session }
+    support::mx_world(dir, config, max_connections_per_ip, max_messages_per_minute_per_ip).await
 }
 
 /// The Inbox's emails with the given subject, as raw text.

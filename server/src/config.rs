@@ -279,6 +279,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bad_filter_settings_are_refused_at_load_with_the_reason() {
+        let mut c = Config::default();
+        c.filter.clamd = Some("clamd.example:3310".into());
+        let e = c.validate().expect_err("no scheme").to_string();
+        assert!(e.contains("unix:PATH nor tcp:HOST:PORT"), "{e}");
+        let mut c = Config::default();
+        c.filter.blocklist = vec!["not a hash".into()];
+        assert!(c.validate().expect_err("bad hash").to_string().contains("BLAKE3"));
+    }
+
+    #[test]
     fn parses_full_file_and_rejects_unknown_keys() {
         let c: Config = toml::from_str(
             r#"

@@ -134,24 +134,10 @@ fn describe(from: u32) -> &'static str {
 fn run_step(db: &Db, from: u32, progress: &mut dyn FnMut(&str)) -> Result<()> {
     match from {
         2 => kind_floors(db, progress),
-        3 => {
-            let (_, t) = db.write(|txn| {
-                stamp(txn, 4);
-                Ok::<_, Error>(())
-            })?;
-            db.sync_blocking(t)?;
-            Ok(())
-        }
+        3 => stamp_only(db, 4),
         4 => account_blobs(db, progress),
         // This build writes format-7 indexes only: the next step builds one.
-        5 => {
-            let (_, t) = db.write(|txn| {
-                stamp(txn, 6);
-                Ok::<_, Error>(())
-            })?;
-            db.sync_blocking(t)?;
-            Ok(())
-        }
+        5 => stamp_only(db, 6),
         6 => search_index(db, progress, 7),
         other => Err(Error::Internal(format!("no migration from store format {other}"))),
     }
@@ -281,8 +267,13 @@ fn search_index(db: &Db, progress: &mut dyn FnMut(&str), to: u32) -> Result<()> 
         }
     }
     progress(&format!("  {emails} emails of {total} accounts indexed"));
+    stamp_only(db, to)
+}
+
+/// A step with nothing (more) to rewrite: the stamp, durably.
+fn stamp_only(db: &Db, format: u32) -> Result<()> {
     let (_, t) = db.write(|txn| {
-        stamp(txn, to);
+        stamp(txn, format);
         Ok::<_, Error>(())
     })?;
     db.sync_blocking(t)?;

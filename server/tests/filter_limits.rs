@@ -61,7 +61,9 @@ fn hostile_structure_gets_a_verdict_in_bounded_memory() {
         nested.push_str(&format!("--d{i}--\r\n"));
     }
     let (verdict, peak) = peak_during(|| p.check(nested.as_bytes(), Direction::Inbound));
-    assert!(matches!(verdict, Verdict::Accept | Verdict::Reject(_)), "nesting: {verdict:?}");
+    // Multipart nesting is the parser's to bound: the one text part in it
+    // is clean.
+    assert_eq!(verdict, Verdict::Accept, "nesting");
     assert!(peak < 64 * nested.len() + (8 << 20), "nesting: peak {peak}");
 
     // 100 messages nested in each other, the last with EICAR: more than

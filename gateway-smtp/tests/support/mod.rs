@@ -76,3 +76,50 @@ pub async fn dns(dkim_public: &str) -> SocketAddr {
     let bad = zone("forbidden.test.", &[("forbidden.test.", "v=spf1 ip4:192.0.2.1 -all")]);
     serve(vec![good, bad]).await
 }
+
+/// A Quail server on `config`, an account `alice` (password
+/// `alice-password`) logged in, and quail-smtpd in front of it as an MX
+/// with STARTTLS and the loopback DNS for SPF/DKIM/DMARC.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub server: quail_server::Running,
+    pub smtp: quail_smtp::server::Running,
+    pub session: quail::Session,
+}
+
+/// Starts a [`World`] in `dir` with the gateway's per-address limits.
+pub async fn mx_world(
+    dir: tempfile::TempDir,
+    config: quail_server::Config,
+    max_connections_per_ip: u32,
+    max_messages_per_minute_per_ip: u32,
+) -> World {
+    use quail_server::account::Credential;
+    use quail_smtp::server::{self, Options, Upstream};
+    let tls_dir = config.tls_dir();
+    let server = quail_server::Server::start(config).await.expect("start");
+    let pin: quail::Fingerprint = server.fingerprint().parse().expect("pin");
+    let client =
+        quail::Client::connect(&server.addr().to_string(), quail::Trust::Pinned(pin)).await.expect("connect");
+    let admin = client.admin(&server.secret(Credential::Admin).expect("secret")).await.expect("admin");
+    admin.create_account("alice", "alice-password", 0, 0).await.expect("create");
+    let cert = quail_server::net::tls::load_or_create_dev(&tls_dir).expect("dev cert");
+    let options = Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        hostname: "mx.test".into(),
+        tls: Some(server::tls_config(cert.chain, cert.key).expect("tls")),
+        max_connections_per_ip,
+        max_messages_per_minute_per_ip,
+        verifier: Some(quail_smtp::auth::Verifier::new("mx.test", Some(dns("").await)).expect("verifier")),
+        mode: quail_smtp::session::Mode::Mx,
+        implicit_tls: false,
+    };
+    let upstream = Upstream {
+        addr: server.addr().to_string(),
+        trust: quail::Trust::Pinned(pin),
+        secret: server.secret(Credential::Gateway).expect("secret"),
+    };
+    let smtp = server::start(options, upstream).await.expect("smtpd");
+    let session = client.login("alice", "alice-password").await.expect("login");
+    World { dir, server, smtp, session }
+}

@@ -166,7 +166,18 @@ impl Filter for Clamd {
     }
 
     fn check_part(&self, part: &Part<'_>, _direction: Direction) -> Verdict {
-        if part.message_bytes as u64 > self.stream_max { self.verdict(part.content) } else { Verdict::Accept }
+        if part.message_bytes as u64 <= self.stream_max {
+            return Verdict::Accept;
+        }
+        if part.content.len() as u64 > self.stream_max {
+            // clamd refuses more; the built-in scanner still sees it all.
+            tracing::warn!(
+                bytes = part.content.len(),
+                limit = self.stream_max,
+                "a part larger than clamd's StreamMaxLength: clamd scans its start only"
+            );
+        }
+        self.verdict(part.content)
     }
 }
 

@@ -55,8 +55,8 @@ pub fn pair(a: &str, b: &str) -> String {
 /// per field.
 pub fn index_terms(parsed: &Parsed) -> Vec<Vec<u8>> {
     let doc = document(parsed);
-    // As `Document::terms`, plus the pairs, each field tokenized once;
-    // `postings::encode` sorts and drops duplicates.
+    // The meta terms, then each field's words and adjacent pairs, each
+    // field tokenized once; `postings::encode` sorts and drops duplicates.
     let mut terms = vec![postings::term_key(Field::Meta, text::ALL)];
     if doc.has_attachment {
         terms.push(postings::term_key(Field::Meta, text::ATTACHMENT));

@@ -222,22 +222,12 @@ impl Raw<'_> {
 
     /// The documents; `sole` is an ingest segment's one document.
     fn decode(&self, kind: u8, sole: u64) -> Result<RoaringTreemap> {
-        let mut out = RoaringTreemap::new();
-        if kind == KIND_SOLE {
-            out.insert(sole);
-            return Ok(out);
-        }
-        if self.tag & 1 == 1 {
+        if kind == KIND_POSTINGS && self.tag & 1 == 1 {
             return decode_treemap(self.body);
         }
-        let mut body = self.body;
-        let mut prev = 0u64;
-        for i in 0..self.tag >> 1 {
-            let d = get_varint(&mut body)?;
-            prev = if i == 0 { d } else { prev.checked_add(d).ok_or_else(|| corrupt("postings"))? };
-            out.try_push(prev).map_err(|_| corrupt("postings out of order"))?;
-        }
-        Ok(out)
+        let mut ids = Vec::new();
+        self.decode_into(kind, sole, &mut ids)?;
+        RoaringTreemap::from_sorted_iter(ids).map_err(|_| corrupt("postings out of order"))
     }
 }
 
@@ -555,12 +545,6 @@ impl View {
         }
         Ok(out - &self.dead)
     }
-}
-
-/// The documents of `account` containing term key `tk` (one lookup; a
-/// query of several terms reads one [`View`] instead).
-pub fn postings(reader: &dyn Reader, account: u64, tk: &[u8]) -> Result<RoaringTreemap> {
-    view(reader, account)?.postings(reader, tk)
 }
 
 /// Whether `doc` is indexed.

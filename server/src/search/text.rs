@@ -4,8 +4,6 @@
 //! dropped, `unicode-normalization`), so `Ärger`, `ärger` and `arger` are
 //! one term.
 
-use std::collections::BTreeSet;
-
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 use unicode_segmentation::UnicodeSegmentation;
@@ -199,21 +197,6 @@ pub fn tokens(text: &str) -> Vec<String> {
 }
 
 impl Document {
-    /// Every distinct (field, term) of the document, meta terms included.
-    pub fn terms(&self) -> BTreeSet<(Field, String)> {
-        let mut out = BTreeSet::new();
-        out.insert((Field::Meta, ALL.to_owned()));
-        if self.has_attachment {
-            out.insert((Field::Meta, ATTACHMENT.to_owned()));
-        }
-        for (field, text) in &self.fields {
-            for t in tokens(text) {
-                out.insert((*field, t));
-            }
-        }
-        out
-    }
-
     /// The folded words of one field, in order, all its texts joined.
     pub fn field_tokens(&self, field: Field) -> Vec<Vec<String>> {
         self.fields.iter().filter(|(f, _)| *f == field).map(|(_, t)| tokens(t)).collect()
