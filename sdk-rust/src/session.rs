@@ -292,6 +292,7 @@ impl Session {
                 Property::Mailboxes => WireProperty::Mailboxes,
                 Property::Preview => WireProperty::Preview,
                 Property::BodyStructure => WireProperty::BodyStructure,
+                Property::Filter => WireProperty::Filter,
             })
             .collect();
         self.client
@@ -681,6 +682,24 @@ impl Session {
                 p.set_add_mailboxes(&add[..])?;
                 p.set_remove_mailboxes(&remove[..])?;
                 p.set_if_in_state(if_in_state.map_or(0, |s| s.0));
+                let resp = req.send().promise.await?;
+                wire::update_of(resp.get()?.get_result()?)
+            })
+            .await
+    }
+
+    /// Reports emails as spam (they move to Junk) or as not spam (they
+    /// move from Junk to the Inbox); the server trains this account's spam
+    /// model on each, so similar mail follows the user's judgement.
+    pub async fn report_spam(&self, ids: &[EmailId], is_spam: bool) -> Result<UpdateResult> {
+        let cap = self.cap;
+        let ids: Vec<u64> = ids.iter().map(|i| i.0).collect();
+        self.client
+            .call(move |conn| async move {
+                let session = conn.session(cap)?;
+                let mut req = session.report_spam_request();
+                req.get().set_ids(&ids[..])?;
+                req.get().set_is_spam(is_spam);
                 let resp = req.send().promise.await?;
                 wire::update_of(resp.get()?.get_result()?)
             })

@@ -137,7 +137,7 @@ impl std::fmt::Display for Address {
 }
 
 /// An email's metadata (never its body; see `Session::raw`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Email {
     /// Id.
     pub id: u64,
@@ -179,6 +179,38 @@ pub struct Email {
     pub has_attachment: bool,
     /// Body structure (when asked for with [`Property::BodyStructure`]).
     pub body: Option<Part>,
+    /// Spam and virus verdicts (when asked for with [`Property::Filter`]).
+    pub filter: Option<FilterVerdict>,
+}
+
+/// A filter's verdict on one aspect of an email.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// No filter looked (mail stored before filters ran, or filed by the
+    /// account itself).
+    #[default]
+    Unknown,
+    /// Looked, found nothing.
+    Clean,
+    /// Spam.
+    Spam,
+    /// A virus (never stored; here for completeness).
+    Virus,
+}
+
+/// What the server's filters said of an email, and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FilterVerdict {
+    /// Spam or not (a user's report overrides the classifier).
+    pub spam: Verdict,
+    /// The spam score (points; the server's junk and reject scores are
+    /// its own settings).
+    pub score: f32,
+    /// Each contribution to the score, named, with its points.
+    pub reasons: Vec<String>,
+    /// Whether a virus scanner passed it.
+    pub virus: Verdict,
 }
 
 /// One node of a message's body structure.
@@ -285,6 +317,8 @@ pub enum Property {
     Preview,
     /// The MIME body structure.
     BodyStructure,
+    /// Spam and virus verdicts, with reasons.
+    Filter,
 }
 
 /// A query over one account's mail.

@@ -6,8 +6,8 @@ use quail_protocol::quail_capnp::{
 
 use crate::error::Result;
 use crate::types::{
-    AccountInfo, Address, Changes, Email, EmailId, Limits, Mailbox, MailboxId, Part, Role, ServerInfo, State,
-    UpdateResult,
+    AccountInfo, Address, Changes, Email, EmailId, FilterVerdict, Limits, Mailbox, MailboxId, Part, Role,
+    ServerInfo, State, UpdateResult, Verdict,
 };
 
 fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String> {
@@ -100,7 +100,29 @@ pub(crate) fn email(r: email::Reader<'_>) -> Result<Email> {
         preview: text(r.get_preview())?,
         has_attachment: r.get_has_attachment(),
         body: if r.has_body_structure() { Some(body_part(r.get_body_structure()?)?) } else { None },
+        filter: filter_verdict(r)?,
     })
+}
+
+fn verdict(v: std::result::Result<quail_protocol::quail_capnp::Verdict, capnp::NotInSchema>) -> Verdict {
+    use quail_protocol::quail_capnp::Verdict as W;
+    match v {
+        Ok(W::Clean) => Verdict::Clean,
+        Ok(W::Spam) => Verdict::Spam,
+        Ok(W::Virus) => Verdict::Virus,
+        _ => Verdict::Unknown,
+    }
+}
+
+/// The verdicts, when the server sent any.
+fn filter_verdict(r: email::Reader<'_>) -> Result<Option<FilterVerdict>> {
+    let f = FilterVerdict {
+        spam: verdict(r.get_spam_verdict()),
+        score: r.get_spam_score(),
+        reasons: texts(r.get_spam_reasons())?,
+        virus: verdict(r.get_virus_verdict()),
+    };
+    Ok((f != FilterVerdict::default()).then_some(f))
 }
 
 pub(crate) fn body_part(r: part::Reader<'_>) -> Result<Part> {

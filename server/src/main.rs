@@ -82,6 +82,17 @@ enum Command {
         #[arg(long)]
         account: String,
     },
+    /// Train the global spam model on mail known to be spam and ham
+    /// (message files, Maildirs, mbox files, or folders of them). Offline.
+    /// Each account's own reports and Junk moves refine it for that account.
+    Train {
+        /// Spam: files or folders.
+        #[arg(long)]
+        spam: Vec<PathBuf>,
+        /// Ham (wanted mail): files or folders.
+        #[arg(long)]
+        ham: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Check { repair }) => return check(&config, repair),
         Some(Command::Reindex { account }) => return reindex(&config, &account),
+        Some(Command::Train { spam, ham }) => return train(&config, &spam, &ham),
         Some(Command::Account { command }) => return account_command(&config, command),
     };
     if !run.listen.is_empty() {
@@ -342,6 +354,40 @@ fn reindex(config: &Config, name: &str) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let n = quail_server::mail::find::reindex(&db, account.id, &mut |line| eprintln!("{line}"))?;
     println!("reindexed {n} emails of {name} in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn train(config: &Config, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<()> {
+    use quail_server::filter::spam;
+    if spam.is_empty() && ham.is_empty() {
+        anyhow::bail!("nothing to train on: give --spam and/or --ham paths");
+    }
+    let (db, _) = tools::open(config)?;
+    let started = std::time::Instant::now();
+    for (paths, is_spam, what) in [(spam, true, "spam"), (ham, false, "ham")] {
+        for path in paths {
+            let found = tools::import::collect(path, tools::mbox::Flavor::Mboxrd)?;
+            let total = found.len();
+            let mut messages = found.into_iter().map(|f| f.raw);
+            let n = spam::train_global(&db, &mut messages, is_spam, &mut |done| {
+                eprint!("\rtraining {what} from {}: {done}/{total}", path.display());
+            })?;
+            eprintln!();
+            println!("trained {n} {what} messages from {}", path.display());
+        }
+    }
+    let snap = db.snapshot();
+    let totals =
+        spam::bayes::totals(&|s, k| quail_server::store::Reader::get(&snap, s, k), spam::bayes::GLOBAL)?;
+    println!(
+        "global spam model: {} spam, {} ham ({:.1} s)",
+        totals.spam,
+        totals.ham,
+        started.elapsed().as_secs_f64()
+    );
+    if totals.spam == 0 || totals.ham == 0 {
+        println!("note: the classifier scores nothing until it has seen both spam and ham");
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! quail ls --unread                   # list mail, newest first
 //! quail show 42                       # one email and its parts (--raw for the bytes)
 //! quail fetch 42 --part 2 -o file.pdf # one part (an attachment), with progress
+//! quail spam 42 43                     # report spam: to Junk, and the filter learns (--not: not spam)
 //! quail watch                         # print mail as it arrives
 //! quail send --to bob@example.org --subject Hi --attach a.pdf --at +10m < body.txt
 //! quail outbox                        # what is still being sent, per recipient
@@ -103,6 +104,16 @@ enum Command {
         /// Write the raw message, byte for byte, to stdout.
         #[arg(long)]
         raw: bool,
+    },
+    /// Report emails as spam (they move to Junk) or, with --not, as not
+    /// spam (back to the Inbox); your spam filter learns from each report.
+    Spam {
+        /// Email ids.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        /// Not spam.
+        #[arg(long)]
+        not: bool,
     },
     /// Write one MIME part of an email (decoded) to a file or stdout.
     Fetch {
@@ -390,6 +401,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch => {
             let session = session(&cli, profile.as_ref()).await?;
             watch(&cli, &session).await
+        }
+        Command::Spam { ids, not } => {
+            let session = session(&cli, profile.as_ref()).await?;
+            let ids: Vec<EmailId> = ids.iter().map(|i| EmailId(*i)).collect();
+            let r = session.report_spam(&ids, !*not).await?;
+            for (id, why) in &r.not_updated {
+                eprintln!("quail: email {}: {why}", id.0);
+            }
+            let (n, what) = (r.updated.len(), if *not { "not spam" } else { "spam" });
+            out!("{n} email{} reported as {what}", if n == 1 { "" } else { "s" });
+            if r.not_updated.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{} not reported", r.not_updated.len()))
+            }
         }
         Command::Deliver { to, from, files } => deliver(&cli, profile.as_ref(), to, from, files).await,
         Command::Send { to, cc, subject, body, attach, at, from } => {
@@ -703,7 +729,7 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
         return Ok(());
     }
     use quail::Property as P;
-    let props = [P::Envelope, P::Keywords, P::Mailboxes, P::Preview, P::BodyStructure];
+    let props = [P::Envelope, P::Keywords, P::Mailboxes, P::Preview, P::BodyStructure, P::Filter];
     let e = session
         .get(&[id], &props)
         .await?
@@ -726,6 +752,19 @@ async fn show(cli: &Cli, session: &Session, id: EmailId, raw: bool) -> anyhow::R
     }
     out!("Received: {}", date(e.received_at));
     out!("Size:     {}{}", human_bytes(e.size), if e.has_attachment { ", with attachments" } else { "" });
+    if let Some(f) = &e.filter {
+        let spam = match f.spam {
+            quail::Verdict::Spam => "spam",
+            quail::Verdict::Clean => "not spam",
+            _ => "not scored",
+        };
+        out!("Spam:     {spam}, score {:.1}", f.score);
+        for why in &f.reasons {
+            out!("          {why}");
+        }
+        let virus = if f.virus == quail::Verdict::Clean { "scanned, clean" } else { "not scanned" };
+        out!("Virus:    {virus}");
+    }
     out!();
     out!("{}", e.preview);
     out!();

@@ -14,6 +14,7 @@
 
 pub mod clamd;
 pub mod rate;
+pub mod spam;
 pub mod virus;
 
 use std::sync::Arc;
@@ -200,6 +201,16 @@ pub struct FilterSettings {
     pub dangerous_extensions: Vec<String>,
     /// Recipients one account may submit to per hour (0: no limit).
     pub max_recipients_per_hour: u32,
+    /// Whether mail is scored for spam.
+    pub spam: bool,
+    /// Spam score at which mail goes to the recipient's Junk.
+    pub spam_junk_score: f64,
+    /// Spam score at which mail is refused (550 5.7.1).
+    pub spam_reject_score: f64,
+    /// The `Authentication-Results` id of the gateway (its hostname): its
+    /// SPF, DKIM, DMARC and ARC results then count in the spam score.
+    /// Unset, no such field is trusted.
+    pub trusted_authserv_id: Option<String>,
 }
 
 impl Default for FilterSettings {
@@ -213,6 +224,10 @@ impl Default for FilterSettings {
             blocklist: Vec::new(),
             dangerous_extensions: virus::DANGEROUS.iter().map(|s| (*s).to_owned()).collect(),
             max_recipients_per_hour: 1000,
+            spam: true,
+            spam_junk_score: 1.5,
+            spam_reject_score: 8.0,
+            trusted_authserv_id: None,
         }
     }
 }
@@ -224,6 +239,7 @@ pub struct Pipeline {
     fail_open: bool,
     limits: InspectLimits,
     sending: Arc<rate::Limiter>,
+    spam: Option<Arc<spam::Spam>>,
 }
 
 impl Default for Pipeline {
@@ -241,6 +257,7 @@ impl Pipeline {
             fail_open: false,
             limits: InspectLimits::default(),
             sending: Arc::new(rate::Limiter::new(0)),
+            spam: None,
         }
     }
 
@@ -257,17 +274,42 @@ impl Pipeline {
                 settings.clamd_stream_max_bytes,
             )?));
         }
+        let ordered = settings.spam_junk_score.partial_cmp(&settings.spam_reject_score);
+        if settings.spam && ordered != Some(std::cmp::Ordering::Less) {
+            return Err(crate::error::Error::invalid(format!(
+                "[filter] spam_junk_score {} must be below spam_reject_score {}",
+                settings.spam_junk_score, settings.spam_reject_score
+            )));
+        }
+        let spam = settings.spam.then(|| {
+            Arc::new(spam::Spam::new(spam::SpamSettings {
+                junk_score: settings.spam_junk_score,
+                reject_score: settings.spam_reject_score,
+                trusted_authserv_id: settings.trusted_authserv_id.clone(),
+            }))
+        });
         Ok(Pipeline {
             filters,
             fail_open: settings.fail_open,
             limits: InspectLimits::default(),
             sending: Arc::new(rate::Limiter::new(settings.max_recipients_per_hour)),
+            spam,
         })
     }
 
     /// Whether any filter runs.
     pub fn is_empty(&self) -> bool {
-        self.filters.is_empty()
+        self.filters.is_empty() && self.spam.is_none()
+    }
+
+    /// The spam scorer, unless spam scoring is off.
+    pub fn spam(&self) -> Option<&Arc<spam::Spam>> {
+        self.spam.as_ref()
+    }
+
+    /// Whether a virus scanner looks at every message.
+    pub fn scans_viruses(&self) -> bool {
+        !self.filters.is_empty()
     }
 
     /// The combined verdict: the first refusal or temporary failure wins;
@@ -328,5 +370,75 @@ impl Pipeline {
             Verdict::TempFail(why) => Err(crate::error::Error::Unavailable(why)),
             v => Ok(v),
         }
+    }
+}
+
+impl Pipeline {
+    /// The spam verdicts of an inbound message for each of `accounts`,
+    /// judged on `db` as it is (the global model and each account's own);
+    /// [`Error::Rejected`](crate::error::Error::Rejected) when the global
+    /// score reaches the reject score: a user's own training sends mail to
+    /// their Junk, never back to its sender.
+    pub fn judge_inbound(
+        &self,
+        db: &crate::store::Db,
+        accounts: &[u64],
+        raw: &[u8],
+    ) -> crate::error::Result<Vec<spam::Record>> {
+        let virus = if self.scans_viruses() { spam::CLEAN } else { spam::UNKNOWN };
+        let Some(scorer) = &self.spam else {
+            return Ok(vec![spam::Record { virus, ..Default::default() }; accounts.len()]);
+        };
+        let f = spam::features(raw);
+        let snap = db.snapshot();
+        let get = |s: crate::store::Space, k: &[u8]| crate::store::Reader::get(&snap, s, k);
+        let global = scorer.score(&get, None, &f)?;
+        if scorer.is_reject(&global) {
+            return Err(crate::error::Error::Rejected(format!(
+                "spam (score {:.1}, refused from {:.1}): {}",
+                global.score,
+                scorer.settings().reject_score,
+                global.reasons.join("; ")
+            )));
+        }
+        accounts
+            .iter()
+            .map(|a| {
+                let s = scorer.score(&get, Some(*a), &f)?;
+                Ok(spam::Record {
+                    spam: if scorer.is_junk(&s) { spam::SPAM } else { spam::CLEAN },
+                    score: s.score as f32,
+                    reasons: s.reasons,
+                    virus,
+                    trained: 0,
+                })
+            })
+            .collect()
+    }
+
+    /// The spam score of a message `account` submits (the global model
+    /// and the account's); [`Error::Rejected`](crate::error::Error::Rejected)
+    /// at the reject score. `Some(score)` when it is junk: the sending limit
+    /// then counts each recipient many times, so an account that sends
+    /// spam is throttled soon, and its neighbours not at all.
+    pub fn judge_outbound(
+        &self,
+        db: &crate::store::Db,
+        account: u64,
+        raw: &[u8],
+    ) -> crate::error::Result<Option<f64>> {
+        let Some(scorer) = &self.spam else { return Ok(None) };
+        let f = spam::features(raw);
+        let snap = db.snapshot();
+        let get = |s: crate::store::Space, k: &[u8]| crate::store::Reader::get(&snap, s, k);
+        let s = scorer.score(&get, Some(account), &f)?;
+        if scorer.is_reject(&s) {
+            return Err(crate::error::Error::Rejected(format!(
+                "outgoing spam (score {:.1}): {}",
+                s.score,
+                s.reasons.join("; ")
+            )));
+        }
+        Ok(scorer.is_junk(&s).then_some(s.score))
     }
 }

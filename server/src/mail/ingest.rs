@@ -340,9 +340,12 @@ impl Mailstore {
         // The filters decide before anything is stored: a refused message
         // (a virus) or an undecided one (the scanner is down) never is.
         let filter = std::sync::Arc::clone(self.filter());
-        let prepared = tokio::task::spawn_blocking(move || {
+        let db = self.db().clone();
+        let ids: Vec<u64> = accounts.iter().map(|a| a.0).collect();
+        let (prepared, verdicts) = tokio::task::spawn_blocking(move || {
             filter.admit(&raw_bytes, crate::filter::Direction::Inbound)?;
-            prepare_owned(raw_bytes)
+            let verdicts = filter.judge_inbound(&db, &ids, &raw_bytes)?;
+            Ok::<_, Error>((prepare_owned(raw_bytes)?, verdicts))
         })
         .await
         .map_err(|e| Error::Internal(format!("parsing task failed: {e}")))??;
@@ -354,12 +357,16 @@ impl Mailstore {
                 return decode_outcomes(accounts, &done);
             }
             let mut outcomes = Vec::with_capacity(accounts.len());
-            for account in accounts {
-                let inbox = role_in(txn, *account, Role::Inbox)?;
-                let place = Placement { mailboxes: vec![inbox], keywords: Vec::new(), received_ms };
+            for (account, verdict) in accounts.iter().zip(&verdicts) {
+                let role = if verdict.spam == crate::filter::spam::SPAM { Role::Junk } else { Role::Inbox };
+                let mailbox = role_in(txn, *account, role)?;
+                let place = Placement { mailboxes: vec![mailbox], keywords: Vec::new(), received_ms };
                 let mut changes = ChangeSet::new();
                 match insert(txn, *account, &prepared, &place, &config, &mut changes) {
                     Ok(id) => {
+                        if *verdict != crate::filter::spam::Record::default() {
+                            crate::filter::spam::put_record(txn, account.0, id.0, verdict)?;
+                        }
                         changes.commit(txn, *account, config.keep_changes)?;
                         outcomes.push(Ok(id));
                     }

@@ -560,6 +560,17 @@ impl Mailstore {
         Ok((view, email))
     }
 
+    /// What the filters said of an email (`None`: nothing; it came before
+    /// them, or was filed by the account itself).
+    pub fn filter_record(
+        &self,
+        account: AccountId,
+        id: EmailId,
+    ) -> Result<Option<crate::filter::spam::Record>> {
+        let snap = self.db.snapshot();
+        crate::filter::spam::record(&|s, k| crate::store::Reader::get(&snap, s, k), account.0, id.0)
+    }
+
     /// The raw bytes of one email of the account, exactly as received. The
     /// record and its blobs come from one snapshot, so a concurrent expunge
     /// is either not seen at all or seen whole (then: not found).

@@ -242,6 +242,10 @@ pub struct NewSubmission {
     pub send_at_ms: i64,
 }
 
+/// How many times each recipient of a submission scored as spam counts
+/// against the sending limit.
+pub const SPAM_SEND_WEIGHT: usize = 10;
+
 /// Recipients that failed in one step, for the bounce.
 type Failures = Vec<(String, String)>;
 
@@ -262,8 +266,14 @@ impl Mailstore {
         let intent = self.db().intent();
         let raw = new.raw;
         let filter = std::sync::Arc::clone(self.filter());
+        let db = self.db().clone();
+        let rcpts = new.recipients.len();
         let (prepared, outgoing) = tokio::task::spawn_blocking(move || {
             filter.admit(&raw, crate::filter::Direction::Outbound)?;
+            if filter.judge_outbound(&db, account.0, &raw)?.is_some() {
+                // Spam counts ten times against the sending limit.
+                filter.admit_send(account.0, rcpts * (SPAM_SEND_WEIGHT - 1), now_ms)?;
+            }
             let outgoing = blob::prepare(&raw, true);
             prepare_owned(raw).map(|p| (p, outgoing))
         })

@@ -6,6 +6,8 @@
 //! email, an email that would be left in no mailbox) are reported per id,
 //! and the other ids are applied; no email is ever half-changed.
 
+use std::collections::HashMap;
+
 use crate::account::{AccountId, Counter};
 use crate::blob;
 use crate::error::{Error, Result};
@@ -96,6 +98,7 @@ pub(crate) fn expunge(
 ) -> Result<()> {
     txn.delete(Space::Emails, email_key(account, e.id));
     crate::search::index::remove(txn, account.0, e.id.0)?;
+    crate::filter::spam::forget(txn, account.0, e.id.0);
     index::apply(txn, account, Some(e), None, changes)?;
     thread::remove_member(txn, account, e, changes)?;
     for b in &e.blobs {
@@ -184,7 +187,77 @@ impl Mailstore {
         .await
     }
 
-    /// Adds emails to and removes them from mailboxes.
+    /// The spam tokens of each of `ids` the account has (read outside any
+    /// transaction, on the blocking pool: tokenizing is CPU work).
+    async fn spam_tokens(
+        &self,
+        account: AccountId,
+        ids: &[EmailId],
+    ) -> Result<HashMap<EmailId, Vec<String>>> {
+        let ids = distinct(ids, self.config().max_ids)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = HashMap::new();
+            for id in ids {
+                match this.raw(account, id) {
+                    Ok(raw) => {
+                        out.insert(id, crate::filter::spam::features(&raw).tokens);
+                    }
+                    Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("tokenizing task failed: {e}")))?
+    }
+
+    /// Reports emails as spam — they move to Junk — or as not spam — they
+    /// move from Junk to the Inbox — and trains the account's spam model on
+    /// each, in the same transaction. Reporting an email twice trains it
+    /// once; reporting it the other way moves its training over.
+    pub async fn report_spam(
+        &self,
+        account: AccountId,
+        ids: &[EmailId],
+        is_spam: bool,
+        if_in_state: Option<State>,
+    ) -> Result<UpdateOutcome> {
+        let tokens = self.spam_tokens(account, ids).await?;
+        let roles = std::cell::Cell::new((MailboxId(0), MailboxId(0)));
+        self.update_each(
+            account,
+            ids,
+            if_in_state,
+            |txn| {
+                roles.set((role_in(txn, account, Role::Junk)?, role_in(txn, account, Role::Inbox)?));
+                Ok(())
+            },
+            |txn, e, changes| {
+                let (junk, inbox) = roles.get();
+                let mut new = e.clone();
+                if is_spam {
+                    new.mailboxes = vec![junk];
+                } else if new.mailboxes.contains(&junk) {
+                    new.mailboxes.retain(|m| *m != junk);
+                    new.mailboxes.push(inbox);
+                    new.mailboxes.sort();
+                    new.mailboxes.dedup();
+                }
+                replace(txn, account, e, &new, changes)?;
+                if let Some(t) = tokens.get(&e.id) {
+                    crate::filter::spam::learn(txn, account.0, e.id.0, t, is_spam)?;
+                }
+                Ok(Ok(()))
+            },
+        )
+        .await
+    }
+
+    /// Adds emails to and removes them from mailboxes. An email moved into
+    /// Junk trains the account's spam model as spam; one moved out of Junk
+    /// (and not to Trash), as not spam.
     pub async fn move_emails(
         &self,
         account: AccountId,
@@ -194,6 +267,9 @@ impl Mailstore {
         if_in_state: Option<State>,
     ) -> Result<UpdateOutcome> {
         let all: Vec<MailboxId> = add.iter().chain(remove).copied().collect();
+        let (junk, trash) =
+            (self.mailbox_by_role(account, Role::Junk)?, self.mailbox_by_role(account, Role::Trash)?);
+        let tokens = if all.contains(&junk) { self.spam_tokens(account, ids).await? } else { HashMap::new() };
         self.update_each(
             account,
             ids,
@@ -216,6 +292,13 @@ impl Mailstore {
                     return Ok(Err(Error::invalid(format!("email {} would be in no mailbox", e.id.0))));
                 }
                 replace(txn, account, e, &new, changes)?;
+                let (was, is) = (e.mailboxes.contains(&junk), new.mailboxes.contains(&junk));
+                if let Some(t) = tokens.get(&e.id)
+                    && was != is
+                    && !new.mailboxes.contains(&trash)
+                {
+                    crate::filter::spam::learn(txn, account.0, e.id.0, t, is)?;
+                }
                 Ok(Ok(()))
             },
         )

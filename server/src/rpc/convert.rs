@@ -77,13 +77,21 @@ pub struct Props {
     pub preview: bool,
     /// Body structure.
     pub body_structure: bool,
+    /// Spam and virus verdicts.
+    pub filter: bool,
 }
 
 impl Props {
     /// What `get` returns when no property is named (the body structure
     /// only on request: it can be large).
-    pub const ALL: Props =
-        Props { envelope: true, keywords: true, mailboxes: true, preview: true, body_structure: false };
+    pub const ALL: Props = Props {
+        envelope: true,
+        keywords: true,
+        mailboxes: true,
+        preview: true,
+        body_structure: false,
+        filter: false,
+    };
 
     /// Adds one property; `Err` names a property this server does not serve yet.
     pub fn add(&mut self, p: Property) -> Result<(), &'static str> {
@@ -93,7 +101,7 @@ impl Props {
             Property::Mailboxes => self.mailboxes = true,
             Property::Preview => self.preview = true,
             Property::BodyStructure => self.body_structure = true,
-            Property::Filter => return Err("Session.get property filter"),
+            Property::Filter => self.filter = true,
         }
         Ok(())
     }
@@ -188,6 +196,39 @@ pub fn email(mut b: email::Builder<'_>, e: &EmailRecord, props: Props) -> capnp:
         body_part(b.reborrow().init_body_structure(), &e.body);
     }
     Ok(())
+}
+
+/// Fills the verdict fields of `Email` from its filter record (`None`: no
+/// filter looked at it, as for mail stored before filters ran). A user's
+/// report overrides the classifier's verdict, and says so in the reasons.
+pub fn filter_verdict(mut b: email::Builder<'_>, r: Option<&crate::filter::spam::Record>) {
+    use crate::filter::spam;
+    use quail_protocol::quail_capnp::Verdict;
+    let Some(r) = r else {
+        b.set_spam_verdict(Verdict::Unknown);
+        b.set_virus_verdict(Verdict::Unknown);
+        return;
+    };
+    let reported = match r.trained {
+        1 => Some((Verdict::Spam, "REPORTED: the user reported it as spam")),
+        2 => Some((Verdict::Clean, "REPORTED: the user reported it as not spam")),
+        _ => None,
+    };
+    let verdict = match (reported, r.spam) {
+        (Some((v, _)), _) => v,
+        (None, spam::SPAM) => Verdict::Spam,
+        (None, spam::CLEAN) => Verdict::Clean,
+        (None, _) => Verdict::Unknown,
+    };
+    b.set_spam_verdict(verdict);
+    b.set_spam_score(r.score);
+    let reasons: Vec<&str> =
+        reported.map(|(_, why)| why).into_iter().chain(r.reasons.iter().map(String::as_str)).collect();
+    let mut l = b.reborrow().init_spam_reasons(reasons.len() as u32);
+    for (i, why) in reasons.iter().enumerate() {
+        l.set(i as u32, *why);
+    }
+    b.set_virus_verdict(if r.virus == spam::CLEAN { Verdict::Clean } else { Verdict::Unknown });
 }
 
 /// Fills `Part`, recursively.

@@ -233,6 +233,7 @@ pub const FEATURES: &[&str] = &[
     "Session.submit",
     "Session.submissions",
     "Session.cancelSubmission",
+    "Session.reportSpam",
     "Gateway.deliver",
     "Gateway.upload",
     "Gateway.checkRecipient",
@@ -314,23 +315,6 @@ pub async fn blocking<T: Send + 'static>(
 ) -> crate::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
 }
-
-/// Defines server methods that this server does not serve yet: each answers
-/// with the typed `unimplemented` error naming the method.
-macro_rules! not_served {
-    ($( $method:ident ( $params:ty, $results:ty ) => $name:literal ; )*) => {
-        $(
-            async fn $method(
-                self: ::std::rc::Rc<Self>,
-                _: $params,
-                _: $results,
-            ) -> ::std::result::Result<(), ::capnp::Error> {
-                Err($crate::rpc::to_capnp($crate::error::Error::Unimplemented($name)))
-            }
-        )*
-    };
-}
-pub(crate) use not_served;
 
 #[cfg(test)]
 mod tests {

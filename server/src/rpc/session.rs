@@ -9,7 +9,7 @@ use quail_protocol::quail_capnp::{
 };
 
 use super::convert::{self, Props};
-use super::{CallGuard, Peer, Services, not_served, now_ms, text, to_capnp};
+use super::{CallGuard, Peer, Services, now_ms, text, to_capnp};
 use crate::account::AccountId;
 use crate::blob::upload::Owner;
 use crate::error::Error;
@@ -558,22 +558,33 @@ impl session::Server for SessionImpl {
             }
             match self.services.mail.email(self.account, EmailId(id)).map_err(to_capnp)? {
                 Some(e) if self.scope.sees(&e) => {
-                    let size = convert::email_size(&e, props);
+                    let verdict = if props.filter {
+                        self.services.mail.filter_record(self.account, e.id).map_err(to_capnp)?
+                    } else {
+                        None
+                    };
+                    let size = convert::email_size(&e, props)
+                        + verdict
+                            .as_ref()
+                            .map_or(0, |v| v.reasons.iter().map(|r| r.len() + 16).sum::<usize>());
                     if used + size > budget && !found.is_empty() {
                         used = budget;
                         unfetched.push(id);
                         continue;
                     }
                     used += size;
-                    found.push(e);
+                    found.push((e, verdict));
                 }
                 _ => missing.push(id),
             }
         }
         let mut r = results.get();
         let mut list = r.reborrow().init_emails(found.len() as u32);
-        for (i, e) in found.iter().enumerate() {
+        for (i, (e, verdict)) in found.iter().enumerate() {
             convert::email(list.reborrow().get(i as u32), e, props)?;
+            if props.filter {
+                convert::filter_verdict(list.reborrow().get(i as u32), verdict.as_ref());
+            }
         }
         let mut nf = r.reborrow().init_not_found(missing.len() as u32);
         for (i, id) in missing.iter().enumerate() {
@@ -966,8 +977,29 @@ impl session::Server for SessionImpl {
         Ok(())
     }
 
-    not_served! {
-        report_spam(session::ReportSpamParams, session::ReportSpamResults) => "Session.reportSpam";
+    async fn report_spam(
+        self: Rc<Self>,
+        params: session::ReportSpamParams,
+        mut results: session::ReportSpamResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = self.enter()?;
+        let p = params.get()?;
+        let ids = p.get_ids()?;
+        self.check_ids(ids.len())?;
+        let mail = &self.services.mail;
+        for role in [crate::mail::Role::Junk, crate::mail::Role::Inbox] {
+            let m = mail.mailbox_by_role(self.account, role).map_err(to_capnp)?;
+            if !self.scope.reaches(m) {
+                return Err(to_capnp(Error::Forbidden(format!(
+                    "reporting moves mail to and from {role:?}, outside this session's scope"
+                ))));
+            }
+        }
+        let (ids, refused) = self.writable_ids(ids_of(ids))?;
+        let mut r = mail.report_spam(self.account, &ids, p.get_is_spam(), None).await.map_err(to_capnp)?;
+        r.not_updated.extend(refused);
+        convert::update_result(results.get().init_result(), &r);
+        Ok(())
     }
 
     async fn search(

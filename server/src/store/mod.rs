@@ -117,11 +117,14 @@ pub enum Space {
     /// The search index (see `search::index`): postings, their blocks,
     /// each document's terms.
     Search,
+    /// The spam filter (see `filter::spam`): token statistics of the
+    /// global and per-account models, each email's verdict.
+    Spam,
 }
 
 impl Space {
     /// Every keyspace, in a fixed order.
-    pub const ALL: [Space; 20] = [
+    pub const ALL: [Space; 21] = [
         Space::Meta,
         Space::Accounts,
         Space::AccountNames,
@@ -142,6 +145,7 @@ impl Space {
         Space::Deliveries,
         Space::Outbox,
         Space::Search,
+        Space::Spam,
     ];
 
     /// The keyspace's name on disk. Never change one: it is the stored layout.
@@ -167,6 +171,7 @@ impl Space {
             Space::Deliveries => "deliveries",
             Space::Outbox => "outbox",
             Space::Search => "search",
+            Space::Spam => "spam",
         }
     }
 

@@ -1,0 +1,890 @@
+//! What the spam classifier sees of a message: distinct tokens from the
+//! subject, the sender, the recipients' structure, the MIME structure, the
+//! decoded body text and its links — and the facts the named rules score.
+//!
+//! Only those parts are read. Trace and list headers (`Received`,
+//! `Message-ID`, `List-*`, `X-Mailer`) are not tokens: they describe the
+//! path a corpus took more than the mail, and a model trained on them
+//! memorises its training set. Verdict headers other filters added
+//! (`X-Spam-*` and the like) are never read for the same reason.
+
+use std::collections::HashSet;
+
+use html5gum::{DefaultEmitter, Token, Tokenizer};
+use mail_parser::{Address, Message, MessageParser, MimeHeaders, PartType};
+use unicode_normalization::UnicodeNormalization;
+
+/// Most distinct tokens kept of one message.
+pub const MAX_TOKENS: usize = 3000;
+/// Most body characters tokenized.
+const MAX_BODY_CHARS: usize = 100_000;
+/// Most links tokenized.
+const MAX_URLS: usize = 50;
+/// Most CJK bigrams of one text.
+const MAX_CJK: usize = 300;
+/// Longest word kept as itself.
+const MAX_WORD: usize = 20;
+/// Deepest embedded message read.
+const MAX_DEPTH: usize = 8;
+
+/// Link hosts that hide where a link goes.
+const SHORTENERS: &[&str] = &[
+    "bit.ly",
+    "tinyurl.com",
+    "goo.gl",
+    "t.co",
+    "ow.ly",
+    "is.gd",
+    "buff.ly",
+    "rebrand.ly",
+    "cutt.ly",
+    "shorturl.at",
+    "tiny.cc",
+    "rb.gy",
+    "t.ly",
+    "v.gd",
+    "s.id",
+    "snip.ly",
+    "lnkd.in",
+];
+
+/// The spam test string every filter knows (like EICAR for viruses).
+pub const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+/// A message as the classifier and the rules see it.
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    /// Distinct tokens, in the order first seen.
+    pub tokens: Vec<String>,
+    /// Text parts are all HTML (no plain alternative).
+    pub html_only: bool,
+    /// Characters of text styled small or invisible (a token's worth).
+    pub hidden_chars: usize,
+    /// Characters of text styled to be invisible: `display: none`,
+    /// `visibility: hidden`, a 0 or 1 px font, white on the default
+    /// background (the rule's worth; tiny print is not hidden).
+    pub invisible_chars: usize,
+    /// Links whose host is an IP address.
+    pub ip_links: usize,
+    /// Links through a URL shortener.
+    pub shortener_links: usize,
+    /// Links with user info before the host (`http://bank.example@evil`).
+    pub userinfo_links: usize,
+    /// The From display name holds an address other than the sender's.
+    pub name_mismatch: Option<(String, String)>,
+    /// The GTUBE test string is in the message.
+    pub gtube: bool,
+    /// A `Received` field dated more than a day after the newer hop above
+    /// it: a chain written by the sender, not by the relays.
+    pub received_backwards: Option<String>,
+    /// The `Authentication-Results` fields, newest first (whose to trust
+    /// is the rules' decision).
+    pub auth_results: Vec<String>,
+}
+
+struct Bag {
+    seen: HashSet<String>,
+    list: Vec<String>,
+}
+
+impl Bag {
+    fn add(&mut self, t: String) {
+        if self.list.len() < MAX_TOKENS && !self.seen.contains(&t) {
+            self.seen.insert(t.clone());
+            self.list.push(t);
+        }
+    }
+}
+
+/// 0 for 0, else the largest power of two not above `n`: every count
+/// becomes a few tokens, not one per value.
+fn bucket(n: usize) -> usize {
+    if n == 0 { 0 } else { 1 << (usize::BITS - 1 - n.leading_zeros()) }
+}
+
+/// The features of `raw`. Never fails: what cannot be parsed gives fewer
+/// tokens.
+pub fn features(raw: &[u8]) -> Features {
+    let gtube = memchr::memmem::find(raw, GTUBE.as_bytes()).is_some();
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        MessageParser::default().parse(raw).map(|m| of_message(&m))
+    }));
+    let mut f = parsed.ok().flatten().unwrap_or_default();
+    f.gtube = gtube;
+    f
+}
+
+fn of_message(m: &Message<'_>) -> Features {
+    let mut f = Features::default();
+    let mut bag = Bag { seen: HashSet::new(), list: Vec::new() };
+
+    // Subject.
+    let subject: String = m.subject().unwrap_or("").nfkc().collect();
+    subject_tokens(&mut bag, &subject);
+
+    // From.
+    let (name, addr) = first_address(m.from());
+    let domain = addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+    if name.trim().is_empty() {
+        bag.add("from:noname".into());
+    } else {
+        words(&mut bag, &name, "from:name:");
+    }
+    if domain.is_empty() {
+        bag.add("from:noaddr".into());
+    } else {
+        bag.add(format!("from:dom:{}", last_labels(&domain, 2)));
+        bag.add(format!("from:tld:{}", last_labels(&domain, 1)));
+    }
+    if let Some((local, _)) = addr.rsplit_once('@')
+        && has_digit_run(local, 3)
+    {
+        bag.add("from:lp-digits".into());
+    }
+    if let Some(inner) = addresses_in(&name).into_iter().next()
+        && !inner.eq_ignore_ascii_case(&addr)
+    {
+        bag.add("from:name-addr-mismatch".into());
+        f.name_mismatch = Some((inner, addr.clone()));
+    }
+    let (_, reply_to) = first_address(m.reply_to());
+    if let Some((_, rd)) = reply_to.rsplit_once('@')
+        && !domain.is_empty()
+        && last_labels(&rd.to_ascii_lowercase(), 2) != last_labels(&domain, 2)
+    {
+        bag.add("replyto:otherdom".into());
+    }
+
+    // Recipients: structure only.
+    let to = m.header_raw("To");
+    let cc = m.header_raw("Cc").unwrap_or("");
+    match to {
+        None => bag.add("to:none".into()),
+        Some(t) => {
+            if t.to_ascii_lowercase().contains("undisclosed") {
+                bag.add("to:undisclosed".into());
+            }
+        }
+    }
+    let at = to.unwrap_or("").matches('@').count() + cc.matches('@').count();
+    bag.add(format!("to:count:{}", bucket(at)));
+
+    // The relays' trace: each hop is prepended, so dates fall going down.
+    let hops: Vec<i64> = m.received_all().filter_map(|r| r.date.as_ref().map(|d| d.to_timestamp())).collect();
+    if let Some(w) = hops.windows(2).find(|w| w[1] > w[0] + 24 * 3600) {
+        f.received_backwards =
+            Some(format!("a hop is dated {} h after the one above it", (w[1] - w[0]) / 3600));
+    }
+    f.auth_results = m
+        .headers()
+        .iter()
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case("Authentication-Results"))
+        .filter_map(|h| m.raw_message.get(h.offset_start as usize..h.offset_end as usize))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+
+    // MIME structure and text.
+    let mut walk = BodyWalk::default();
+    walk.message(&mut bag, m, 0);
+    f.html_only = walk.html_parts > 0 && walk.plain_parts == 0;
+    f.hidden_chars = walk.hidden;
+    f.invisible_chars = walk.invisible;
+    if walk.hidden > 0 {
+        bag.add(format!("struct:hidden-text:{}", bucket(walk.hidden / 10)));
+    }
+    if walk.imgs > 0 {
+        bag.add(format!("struct:img:{}", bucket(walk.imgs)));
+    }
+    if walk.forms > 0 {
+        bag.add("struct:form".into());
+    }
+    let mut body: String = walk.texts.join("\n");
+    if body.contains("SPAM: ") {
+        // Another filter's report, pasted into the body.
+        body = body.lines().filter(|l| !l.starts_with("SPAM: ")).collect::<Vec<_>>().join("\n");
+    }
+    let mut body: String = body.nfkc().collect();
+    if body.len() > MAX_BODY_CHARS {
+        let mut end = MAX_BODY_CHARS;
+        while !body.is_char_boundary(end) {
+            end -= 1;
+        }
+        body.truncate(end);
+    }
+
+    // Links: from the HTML's attributes and the text.
+    let (text_urls, rest) = cut_urls(&body);
+    let mut urls = walk.urls;
+    urls.extend(text_urls);
+    let mut distinct = HashSet::new();
+    urls.retain(|u| distinct.insert(u.to_lowercase()));
+    urls.truncate(MAX_URLS);
+    let mut link_domains = HashSet::new();
+    for u in &urls {
+        url_tokens(&mut bag, &mut f, u, &mut link_domains);
+    }
+    bag.add(format!("struct:urls:{}", bucket(urls.len())));
+    if !domain.is_empty() && !link_domains.is_empty() {
+        let from_reg = last_labels(&domain, 2);
+        if link_domains.contains(from_reg) {
+            bag.add("align:from-url:yes".into());
+        } else {
+            bag.add("align:from-url:no".into());
+            bag.add(format!("align:from-url:ndoms:{}", bucket(link_domains.len())));
+        }
+    }
+    let (emails, rest) = cut_emails(&rest);
+    for e in emails {
+        if let Some((_, d)) = e.rsplit_once('@') {
+            bag.add(format!("email:dom:{}", last_labels(&d.to_ascii_lowercase(), 2)));
+        }
+    }
+    words(&mut bag, &rest, "");
+    bag.add(format!("body:bang:{}", bucket(body.matches('!').count())));
+    let letters = body.chars().filter(|c| c.is_alphabetic()).count();
+    if letters >= 40 {
+        let upper = body.chars().filter(|c| c.is_uppercase()).count();
+        bag.add(format!("body:upper:{}", upper * 10 / letters));
+    }
+    bag.add(format!("body:len:{}", bucket(body.chars().count() / 100)));
+    if has_remove_word(&body) {
+        bag.add("body:has-remove".into());
+    }
+    f.tokens = bag.list;
+    f
+}
+
+fn subject_tokens(bag: &mut Bag, subject: &str) {
+    if subject.trim().is_empty() {
+        bag.add("subject:empty".into());
+        return;
+    }
+    words(bag, subject, "subject:");
+    let letters = subject.chars().filter(|c| c.is_alphabetic()).count();
+    let upper = subject.chars().filter(|c| c.is_uppercase()).count();
+    if letters >= 6 && upper * 10 > letters * 8 {
+        bag.add("subject:ALLCAPS".into());
+    }
+    bag.add(format!("subject:bang:{}", bucket(subject.matches('!').count())));
+    if subject.contains('$') {
+        bag.add("subject:dollar".into());
+    }
+    // "Hello      x7gq": a random tail after a gap, to defeat checksums.
+    let trimmed = subject.trim_end();
+    if let Some(pos) = trimmed.rfind(char::is_whitespace) {
+        let gap = trimmed[..=pos].chars().rev().take_while(|c| c.is_whitespace()).count();
+        if gap >= 3 {
+            bag.add("subject:trailing-gap".into());
+        }
+    }
+}
+
+fn first_address(a: Option<&Address<'_>>) -> (String, String) {
+    let Some(a) = a else { return (String::new(), String::new()) };
+    match a.first() {
+        Some(addr) => {
+            (addr.name().unwrap_or("").to_owned(), addr.address().unwrap_or("").trim().to_ascii_lowercase())
+        }
+        None => (String::new(), String::new()),
+    }
+}
+
+/// The last `n` dot-separated labels of `host`.
+fn last_labels(host: &str, n: usize) -> &str {
+    let host = host.trim_end_matches('.');
+    let mut dots = 0;
+    for (i, c) in host.char_indices().rev() {
+        if c == '.' {
+            dots += 1;
+            if dots == n {
+                return &host[i + 1..];
+            }
+        }
+    }
+    host
+}
+
+fn has_digit_run(s: &str, n: usize) -> bool {
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= n {
+            return true;
+        }
+    }
+    false
+}
+
+fn has_remove_word(body: &str) -> bool {
+    let lower = body.to_lowercase();
+    let word_at = |i: usize, len: usize| {
+        let before = lower[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric() && c != '_');
+        let after = lower[i + len..].chars().next().is_none_or(|c| !c.is_alphanumeric() && c != '_');
+        before && after
+    };
+    ["remove", "unsubscribe", "optout", "opt-out", "opt out"]
+        .iter()
+        .any(|w| lower.match_indices(w).any(|(i, _)| word_at(i, w.len())))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Script {
+    Han,
+    Kana,
+    Hangul,
+    Cyrillic,
+    Greek,
+    Arabic,
+    Hebrew,
+    Thai,
+}
+
+const SCRIPTS: [(Script, &str); 8] = [
+    (Script::Han, "han"),
+    (Script::Kana, "kana"),
+    (Script::Hangul, "hangul"),
+    (Script::Cyrillic, "cyrillic"),
+    (Script::Greek, "greek"),
+    (Script::Arabic, "arabic"),
+    (Script::Hebrew, "hebrew"),
+    (Script::Thai, "thai"),
+];
+
+fn script_of(c: char) -> Option<Script> {
+    Some(match c as u32 {
+        0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF => Script::Han,
+        0x3040..=0x30FF | 0x31F0..=0x31FF | 0xFF66..=0xFF9F => Script::Kana,
+        0x1100..=0x11FF | 0x3130..=0x318F | 0xAC00..=0xD7AF => Script::Hangul,
+        0x0400..=0x052F => Script::Cyrillic,
+        0x0370..=0x03FF => Script::Greek,
+        0x0600..=0x06FF => Script::Arabic,
+        0x0590..=0x05FF => Script::Hebrew,
+        0x0E00..=0x0E7F => Script::Thai,
+        _ => return None,
+    })
+}
+
+/// Word tokens of `text`, each prefixed: lower case, outer punctuation
+/// trimmed (inner kept: `e-mail`, `$10,000`), numbers by length only, long
+/// words by first letter and length. Runs of Han, kana, Hangul and Thai,
+/// which have no spaces, become character pairs.
+fn words(bag: &mut Bag, text: &str, prefix: &str) {
+    let mut owned = String::new();
+    let mut text = text;
+    if text.chars().any(|c| c as u32 >= 0x370) {
+        let mut counts = [0usize; 8];
+        let mut classified = 0;
+        let mut run: Vec<char> = Vec::new();
+        let mut cjk = 0;
+        let flush = |run: &mut Vec<char>, bag: &mut Bag, cjk: &mut usize| {
+            if run.len() == 1 && *cjk < MAX_CJK {
+                bag.add(format!("{prefix}cjk:{}", run[0]));
+                *cjk += 1;
+            }
+            for pair in run.windows(2) {
+                if *cjk >= MAX_CJK {
+                    break;
+                }
+                bag.add(format!("{prefix}cjk:{}{}", pair[0], pair[1]));
+                *cjk += 1;
+            }
+            run.clear();
+        };
+        for c in text.chars() {
+            let s = script_of(c);
+            if let Some(s) = s {
+                counts[s as usize] += 1;
+                classified += 1;
+            }
+            if matches!(s, Some(Script::Han | Script::Kana | Script::Hangul | Script::Thai)) {
+                run.push(c);
+            } else {
+                if !run.is_empty() {
+                    flush(&mut run, bag, &mut cjk);
+                    owned.push(' ');
+                }
+                owned.push(c);
+            }
+        }
+        if !run.is_empty() {
+            flush(&mut run, bag, &mut cjk);
+        }
+        for (s, name) in SCRIPTS {
+            let n = counts[s as usize];
+            if n > 0 && (n >= 10 || n * 2 >= classified) {
+                bag.add(format!("{prefix}script:{name}"));
+            }
+        }
+        text = &owned;
+    }
+    for w in text.split_whitespace() {
+        let w = w.trim_matches(|c: char| !(c.is_alphanumeric() || c == '$' || c == '!' || c == '%'));
+        if w.is_empty() {
+            continue;
+        }
+        let lower = w.to_lowercase();
+        let n = lower.chars().count();
+        if n < 3 {
+            if n == 2 && (lower.contains('$') || lower == "!!") {
+                bag.add(format!("{prefix}{lower}"));
+            }
+            continue;
+        }
+        if lower.chars().all(|c| c.is_numeric()) {
+            bag.add(format!("{prefix}num:{}", n.min(12)));
+        } else if n > MAX_WORD {
+            let first = lower.chars().next().unwrap_or('?');
+            bag.add(format!("{prefix}skip:{first}:{}", n / 10 * 10));
+        } else {
+            bag.add(format!("{prefix}{lower}"));
+        }
+    }
+}
+
+fn is_url_end(c: char) -> bool {
+    c.is_whitespace() || "\"'<>()[]{}".contains(c)
+}
+
+/// Cuts `http://`, `https://` and `www.` links out of `text`: the links,
+/// and the text with a space where each was.
+fn cut_urls(text: &str) -> (Vec<String>, String) {
+    let lower = text.to_ascii_lowercase();
+    let mut urls = Vec::new();
+    let mut rest = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let tail = &lower[i..];
+        let starts =
+            (tail.starts_with("http://") || tail.starts_with("https://") || tail.starts_with("www."))
+                && text.is_char_boundary(i);
+        if starts {
+            let end = text[i..].find(is_url_end).map_or(text.len(), |e| i + e);
+            urls.push(text[i..end].to_owned());
+            rest.push(' ');
+            i = end;
+            continue;
+        }
+        let c = text[i..].chars().next().unwrap_or(' ');
+        rest.push(c);
+        i += c.len_utf8();
+    }
+    (urls, rest)
+}
+
+fn is_local_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '.' || c == '+' || c == '-'
+}
+
+fn is_domain_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '-'
+}
+
+/// The `local@domain.tld` at `at` (the index of its `@`), as byte bounds.
+fn address_at(text: &str, at: usize) -> Option<(usize, usize)> {
+    let start =
+        text[..at].char_indices().rev().take_while(|(_, c)| is_local_char(*c)).last().map(|(i, _)| i)?;
+    let mut end = at + 1;
+    let mut labels = 0;
+    loop {
+        let label = text[end..].find(|c: char| !is_domain_char(c)).map_or(text.len() - end, |e| e);
+        if label == 0 {
+            break;
+        }
+        labels += 1;
+        end += label;
+        if text[end..].starts_with('.') && text[end + 1..].chars().next().is_some_and(is_domain_char) {
+            end += 1;
+        } else {
+            break;
+        }
+    }
+    (labels >= 2).then_some((start, end))
+}
+
+/// Cuts e-mail addresses out of `text`, like [`cut_urls`].
+fn cut_emails(text: &str) -> (Vec<String>, String) {
+    let mut found = Vec::new();
+    let mut rest = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices('@') {
+        if at < copied {
+            continue;
+        }
+        if let Some((s, e)) = address_at(text, at)
+            && s >= copied
+        {
+            rest.push_str(&text[copied..s]);
+            rest.push(' ');
+            found.push(text[s..e].to_owned());
+            copied = e;
+        }
+    }
+    rest.push_str(&text[copied..]);
+    (found, rest)
+}
+
+fn addresses_in(text: &str) -> Vec<String> {
+    cut_emails(text).0.into_iter().map(|a| a.to_ascii_lowercase()).collect()
+}
+
+fn is_ip_host(host: &str) -> bool {
+    let parts: Vec<&str> = host.split('.').collect();
+    (parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        || ((8..=10).contains(&host.len()) && host.bytes().all(|b| b.is_ascii_digit()))
+        || host.starts_with("0x")
+}
+
+fn url_tokens(bag: &mut Bag, f: &mut Features, url: &str, link_domains: &mut HashSet<String>) {
+    let mut u = url.trim().to_lowercase();
+    if u.starts_with("www.") {
+        u.insert_str(0, "http://");
+    }
+    if let Some(addr) = u.strip_prefix("mailto:") {
+        if let Some((_, d)) = addr.split(['?', '&']).next().unwrap_or("").rsplit_once('@') {
+            bag.add(format!("mailto:dom:{}", last_labels(d, 2)));
+        }
+        return;
+    }
+    let Some(rest) = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://")) else { return };
+    let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    let mut host = authority;
+    if let Some((_, h)) = authority.rsplit_once('@') {
+        bag.add("url:userinfo".into());
+        f.userinfo_links += 1;
+        host = h;
+    }
+    if let Some((h, _)) = host.split_once(':') {
+        bag.add("url:port".into());
+        host = h;
+    }
+    let host = host.trim_end_matches('.');
+    if host.contains('%') {
+        bag.add("url:pct-host".into());
+    }
+    if is_ip_host(host) {
+        bag.add("url:ip".into());
+        f.ip_links += 1;
+    } else if !host.is_empty() {
+        let reg = last_labels(host, 2);
+        bag.add(format!("url:host:{reg}"));
+        if host.matches('.').count() >= 2 {
+            bag.add(format!("url:host:{}", last_labels(host, 3)));
+        }
+        bag.add(format!("url:tld:{}", last_labels(host, 1)));
+        if reg.contains('.') {
+            link_domains.insert(reg.to_owned());
+        }
+        if SHORTENERS.contains(&reg) {
+            bag.add("url:shortener".into());
+            f.shortener_links += 1;
+        }
+    }
+    if !path.is_empty() {
+        let pieces: Vec<&str> =
+            path.split(['/', '?', '&', '=', '#', '.', '_', '-']).filter(|p| !p.is_empty()).collect();
+        bag.add(format!("url:pathlen:{}", bucket(pieces.len())));
+        for p in pieces.iter().take(8) {
+            let n = p.chars().count();
+            if (3..=MAX_WORD).contains(&n) && !p.bytes().all(|b| b.is_ascii_digit()) {
+                bag.add(format!("url:path:{p}"));
+            }
+        }
+        if path.contains('%') {
+            bag.add("url:pct-path".into());
+        }
+    }
+}
+
+#[derive(Default)]
+struct BodyWalk {
+    texts: Vec<String>,
+    urls: Vec<String>,
+    hidden: usize,
+    invisible: usize,
+    imgs: usize,
+    forms: usize,
+    html_parts: usize,
+    plain_parts: usize,
+}
+
+impl BodyWalk {
+    fn message(&mut self, bag: &mut Bag, m: &Message<'_>, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        for part in &m.parts {
+            let (ctype, sub) = part
+                .content_type()
+                .map(|ct| (ct.ctype().to_ascii_lowercase(), ct.subtype().unwrap_or("").to_ascii_lowercase()))
+                .unwrap_or_else(|| ("text".into(), "plain".into()));
+            let full = format!("{ctype}/{sub}");
+            if let PartType::Multipart(_) = part.body {
+                bag.add(format!("mime:{full}"));
+                continue;
+            }
+            if full != "text/html" {
+                bag.add(format!("ctype:{full}"));
+            }
+            if let Some(cs) = part.content_type().and_then(|ct| ct.attribute("charset")) {
+                bag.add(format!("charset:{}", cs.to_ascii_lowercase()));
+            }
+            if let Some(cte) = part.content_transfer_encoding() {
+                bag.add(format!("cte:{}", cte.to_ascii_lowercase()));
+            }
+            if let Some(name) = part.attachment_name()
+                && let Some((_, ext)) = name.rsplit_once('.')
+                && !ext.is_empty()
+                && ext.chars().count() <= 8
+            {
+                bag.add(format!("attach:ext:{}", ext.to_lowercase()));
+            }
+            match &part.body {
+                PartType::Text(t) => {
+                    let head: String = t.chars().take(2000).collect::<String>().to_ascii_lowercase();
+                    if ["<html", "<body", "<table", "<font"].iter().any(|p| head.contains(p)) {
+                        self.html(t);
+                    } else {
+                        self.plain_parts += 1;
+                        self.texts.push(t.to_string());
+                    }
+                }
+                PartType::Html(t) => self.html(t),
+                PartType::Message(inner) => self.message(bag, inner, depth + 1),
+                _ => {}
+            }
+        }
+    }
+
+    fn html(&mut self, html: &str) {
+        self.html_parts += 1;
+        let mut h = HtmlText::default();
+        h.read(html);
+        self.texts.push(h.text);
+        self.urls.extend(h.urls);
+        self.hidden += h.hidden;
+        self.invisible += h.invisible;
+        self.imgs += h.imgs;
+        self.forms += h.forms;
+    }
+}
+
+/// HTML as the reader sees it: its text, its links, and how much of the
+/// text is styled not to be seen.
+#[derive(Debug, Default)]
+pub(crate) struct HtmlText {
+    pub(crate) text: String,
+    pub(crate) urls: Vec<String>,
+    pub(crate) hidden: usize,
+    pub(crate) invisible: usize,
+    imgs: usize,
+    forms: usize,
+}
+
+const VOID: &[&str] =
+    &["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"];
+const BREAKS: &[&str] =
+    &["br", "p", "div", "tr", "td", "li", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "blockquote"];
+const SILENT: &[&str] = &["script", "style", "head", "title"];
+
+/// Whether a `style` attribute hides its element's text.
+fn style_hides(style: &str) -> bool {
+    let s: String = style.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    if s.contains("display:none") || s.contains("visibility:hidden") {
+        return true;
+    }
+    s.match_indices("font-size:").any(|(i, m)| {
+        let v = &s[i + m.len()..];
+        let Some(rest) = v.strip_prefix('0').or_else(|| v.strip_prefix('1')) else { return false };
+        let rest = match rest.strip_prefix('.') {
+            Some(r) if r.starts_with(|c: char| c.is_ascii_digit()) => {
+                r.trim_start_matches(|c: char| c.is_ascii_digit())
+            }
+            _ => rest,
+        };
+        let rest = rest.strip_prefix("px").or_else(|| rest.strip_prefix("pt")).unwrap_or(rest);
+        !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_')
+    })
+}
+
+impl HtmlText {
+    pub(crate) fn read(&mut self, html: &str) {
+        struct Open {
+            name: String,
+            hidden: bool,
+            invisible: bool,
+            silent: bool,
+        }
+        let mut stack: Vec<Open> = Vec::new();
+        let mut emitter = DefaultEmitter::default();
+        emitter.naively_switch_states(true);
+        for token in Tokenizer::new_with_emitter(html, emitter).flatten() {
+            match token {
+                Token::StartTag(tag) => {
+                    let name = String::from_utf8_lossy(&tag.name).to_ascii_lowercase();
+                    let attr = |a: &str| {
+                        tag.attributes
+                            .get(a.as_bytes())
+                            .map(|v| String::from_utf8_lossy(&v.value).into_owned())
+                    };
+                    for a in ["href", "src", "action", "background"] {
+                        if let Some(v) = attr(a) {
+                            self.urls.push(v);
+                        }
+                    }
+                    match name.as_str() {
+                        "img" => self.imgs += 1,
+                        "form" => self.forms += 1,
+                        "body" => {
+                            // The body ends an unclosed head.
+                            if let Some(i) = stack.iter().position(|o| o.name == "head") {
+                                stack.truncate(i);
+                            }
+                        }
+                        _ => {}
+                    }
+                    if BREAKS.contains(&name.as_str()) {
+                        self.text.push('\n');
+                    }
+                    let parent = stack.last();
+                    let parent_hidden = parent.is_some_and(|o| o.hidden);
+                    let parent_invisible = parent.is_some_and(|o| o.invisible);
+                    let parent_silent = parent.is_some_and(|o| o.silent);
+                    let invisible = attr("style").is_some_and(|s| style_hides(&s))
+                        || (name == "font"
+                            && attr("color").is_some_and(|c| {
+                                matches!(c.trim().to_ascii_lowercase().as_str(), "#fff" | "#ffffff" | "white")
+                            }));
+                    let tiny = name == "font"
+                        && attr("size").is_some_and(|s| matches!(s.trim(), "0" | "1" | "-2" | "-3"));
+                    if !tag.self_closing && !VOID.contains(&name.as_str()) {
+                        stack.push(Open {
+                            silent: parent_silent || SILENT.contains(&name.as_str()),
+                            hidden: parent_hidden || invisible || tiny,
+                            invisible: parent_invisible || invisible,
+                            name,
+                        });
+                    }
+                }
+                Token::EndTag(tag) => {
+                    let name = String::from_utf8_lossy(&tag.name).to_ascii_lowercase();
+                    if let Some(i) = stack.iter().rposition(|o| o.name == name) {
+                        stack.truncate(i);
+                    }
+                    if BREAKS.contains(&name.as_str()) {
+                        self.text.push('\n');
+                    }
+                }
+                Token::String(s) => {
+                    let top = stack.last();
+                    if top.is_some_and(|o| o.silent) {
+                        continue;
+                    }
+                    let s = String::from_utf8_lossy(&s.value);
+                    if top.is_some_and(|o| o.hidden) {
+                        self.hidden += s.trim().chars().count();
+                    }
+                    if top.is_some_and(|o| o.invisible) {
+                        self.invisible += s.trim().chars().count();
+                    }
+                    self.text.push_str(&s);
+                }
+                _ => {}
+            }
+            if self.text.len() > MAX_BODY_CHARS * 2 {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(f: &Features, t: &str) -> bool {
+        f.tokens.iter().any(|x| x == t)
+    }
+
+    #[test]
+    fn buckets_are_powers_of_two() {
+        assert_eq!([0, 1, 2, 2, 4, 4, 4, 4, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8].map(bucket));
+    }
+
+    #[test]
+    fn words_keep_inner_punctuation_and_fold_numbers() {
+        let mut bag = Bag { seen: HashSet::new(), list: Vec::new() };
+        words(&mut bag, "Get $10,000 NOW!! e-mail 2002 it a $5 supercalifragilisticexpialidocious", "");
+        assert_eq!(bag.list, ["get", "$10,000", "now!!", "e-mail", "num:4", "$5", "skip:s:30"]);
+    }
+
+    #[test]
+    fn cjk_runs_become_pairs_and_scripts_are_named() {
+        let mut bag = Bag { seen: HashSet::new(), list: Vec::new() };
+        words(&mut bag, "免费赠送 offer", "subject:");
+        assert!(bag.list.contains(&"subject:cjk:免费".to_owned()), "{:?}", bag.list);
+        assert!(bag.list.contains(&"subject:cjk:赠送".to_owned()));
+        assert!(bag.list.contains(&"subject:script:han".to_owned()));
+        assert!(bag.list.contains(&"subject:offer".to_owned()));
+    }
+
+    #[test]
+    fn links_addresses_and_structure_become_tokens() {
+        let raw = b"From: \"support@bank.example\" <x123456@evil.example>\r\n\
+            To: undisclosed-recipients:;\r\nSubject: URGENT ACCOUNT NOTICE!!!\r\n\
+            Content-Type: text/html\r\n\r\n\
+            <html><head><title>t</title><style>p{}</style></head><body>\
+            <p>Click <a href=\"http://192.168.0.1/login.php?id=7\">here</a> or \
+            <a href=\"https://bit.ly/abc\">here</a> or http://paypal.example@phish.example/x</p>\
+            <div style=\"display: none\">hidden words here</div>\
+            <font color=\"#FFFFFF\">white text</font> write to help@other.example</body></html>";
+        let f = features(raw);
+        for t in [
+            "url:ip",
+            "url:shortener",
+            "url:userinfo",
+            "url:host:phish.example",
+            "url:path:login",
+            "from:name-addr-mismatch",
+            "from:lp-digits",
+            "to:undisclosed",
+            "subject:ALLCAPS",
+            "subject:bang:2",
+            "email:dom:other.example",
+            "click",
+            "struct:hidden-text:2",
+        ] {
+            assert!(has(&f, t), "{t} missing from {:?}", f.tokens);
+        }
+        assert!(!has(&f, "t") && !has(&f, "p{}"), "title and style text are not words: {:?}", f.tokens);
+        assert!(f.html_only);
+        assert_eq!((f.ip_links, f.shortener_links, f.userinfo_links), (1, 1, 1));
+        assert_eq!(f.hidden_chars, "hidden words here".len() + "white text".len());
+        assert_eq!(f.invisible_chars, f.hidden_chars);
+        let small = features(b"Content-Type: text/html\r\n\r\n<font size=1>fine print here</font>");
+        assert_eq!((small.hidden_chars, small.invisible_chars), (15, 0));
+        assert!(f.name_mismatch.is_some());
+    }
+
+    #[test]
+    fn style_hiding_is_recognised() {
+        assert!(style_hides("font-size: 1px; color: red"));
+        assert!(style_hides("FONT-SIZE:0"));
+        assert!(style_hides("font-size:1.5pt"));
+        assert!(!style_hides("font-size: 10px"));
+        assert!(!style_hides("font-size: 1em"));
+        assert!(style_hides("visibility : hidden"));
+    }
+
+    #[test]
+    fn gtube_is_found_and_nothing_panics_on_garbage() {
+        let mut raw = b"Subject: test\r\n\r\n".to_vec();
+        raw.extend_from_slice(GTUBE.as_bytes());
+        assert!(features(&raw).gtube);
+        for junk in [&b""[..], b"\xff\xfe\x00", b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n"]
+        {
+            let f = features(junk);
+            assert!(!f.gtube);
+        }
+    }
+}
