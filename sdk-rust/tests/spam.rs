@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use quail::{EmailId, Envelope, Error, MailboxId, Property, Role, Session, Verdict};
 use quail_server::filter::spam;
-use quail_server::store::{Db, Reader};
+use quail_server::store::Db;
 
 fn corpus(set: &str, skip: usize, n: usize) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,8 +44,7 @@ fn lure(i: usize) -> Vec<u8> {
 }
 
 fn model(db: &Db, account: u64) -> spam::bayes::Pair {
-    let snap = db.snapshot();
-    spam::bayes::totals(&|s, k| Reader::get(&snap, s, k), account).expect("totals")
+    spam::bayes::totals(&db.snapshot(), account).expect("totals")
 }
 
 async fn mailbox(session: &Session, role: Role) -> MailboxId {

@@ -26,9 +26,12 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
 }
 
+/// Messages to train the global model on: ham, spam.
+type Training = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// A new store, with the global spam model trained on `training` (ham,
 /// spam) when given.
-fn store(dir: &Path, training: Option<&(Vec<Vec<u8>>, Vec<Vec<u8>>)>) -> Db {
+fn store(dir: &Path, training: Option<&Training>) -> Db {
     let db = Db::new(Arc::new(FjallStore::open(&dir.join("store")).expect("open")));
     quail_server::upgrade::open(&db, &mut |_| {}).expect("format");
     if let Some((ham, spam)) = training {
@@ -39,11 +42,7 @@ fn store(dir: &Path, training: Option<&(Vec<Vec<u8>>, Vec<Vec<u8>>)>) -> Db {
 }
 
 /// Delivers every message, 16 at a time; msg/s.
-async fn deliver_all(
-    filter: Pipeline,
-    raws: &Arc<Vec<Vec<u8>>>,
-    training: Option<&(Vec<Vec<u8>>, Vec<Vec<u8>>)>,
-) -> f64 {
+async fn deliver_all(filter: Pipeline, raws: &Arc<Vec<Vec<u8>>>, training: Option<&Training>) -> f64 {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
     let db = store(dir.path(), training);
     let mail = Arc::new(Mailstore::new(db.clone(), MailConfig::default()).with_filter(filter));

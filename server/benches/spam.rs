@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use quail_server::filter::spam::{self, Spam, SpamSettings};
 use quail_server::filter::{FilterSettings, Pipeline};
-use quail_server::store::{Db, FjallStore, Reader, Space};
+use quail_server::store::{Db, FjallStore};
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/spamassassin-public-corpus")
@@ -110,7 +110,6 @@ fn main() {
         trusted_authserv_id: None,
     });
     let snap = db.snapshot();
-    let get = |s: Space, k: &[u8]| Reader::get(&snap, s, k);
     let mut times = Vec::new();
     let mut scores: Vec<Vec<f64>> = Vec::new();
     let mut fired: std::collections::BTreeMap<(usize, String), (usize, usize)> = Default::default();
@@ -119,7 +118,7 @@ fn main() {
         for raw in set {
             let t = Instant::now();
             let f = spam::features(raw);
-            let scored = scorer.score(&get, None, &f).expect("score");
+            let scored = scorer.score(&snap, None, &f).expect("score");
             times.push(t.elapsed());
             for r in &scored.reasons {
                 let name = r.split([':', ' ']).next().unwrap_or("").to_owned();

@@ -377,8 +377,7 @@ fn train(config: &Config, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<(
         }
     }
     let snap = db.snapshot();
-    let totals =
-        spam::bayes::totals(&|s, k| quail_server::store::Reader::get(&snap, s, k), spam::bayes::GLOBAL)?;
+    let totals = spam::bayes::totals(&snap, spam::bayes::GLOBAL)?;
     println!(
         "global spam model: {} spam, {} ham ({:.1} s)",
         totals.spam,

@@ -225,7 +225,7 @@ impl Default for FilterSettings {
             dangerous_extensions: virus::DANGEROUS.iter().map(|s| (*s).to_owned()).collect(),
             max_recipients_per_hour: 1000,
             spam: true,
-            spam_junk_score: 1.5,
+            spam_junk_score: 2.5,
             spam_reject_score: 8.0,
             trusted_authserv_id: None,
         }
@@ -391,8 +391,7 @@ impl Pipeline {
         };
         let f = spam::features(raw);
         let snap = db.snapshot();
-        let get = |s: crate::store::Space, k: &[u8]| crate::store::Reader::get(&snap, s, k);
-        let global = scorer.score(&get, None, &f)?;
+        let global = scorer.score(&snap, None, &f)?;
         if scorer.is_reject(&global) {
             return Err(crate::error::Error::Rejected(format!(
                 "spam (score {:.1}, refused from {:.1}): {}",
@@ -404,7 +403,7 @@ impl Pipeline {
         accounts
             .iter()
             .map(|a| {
-                let s = scorer.score(&get, Some(*a), &f)?;
+                let s = scorer.score(&snap, Some(*a), &f)?;
                 Ok(spam::Record {
                     spam: if scorer.is_junk(&s) { spam::SPAM } else { spam::CLEAN },
                     score: s.score as f32,
@@ -429,9 +428,7 @@ impl Pipeline {
     ) -> crate::error::Result<Option<f64>> {
         let Some(scorer) = &self.spam else { return Ok(None) };
         let f = spam::features(raw);
-        let snap = db.snapshot();
-        let get = |s: crate::store::Space, k: &[u8]| crate::store::Reader::get(&snap, s, k);
-        let s = scorer.score(&get, Some(account), &f)?;
+        let s = scorer.score(&db.snapshot(), Some(account), &f)?;
         if scorer.is_reject(&s) {
             return Err(crate::error::Error::Rejected(format!(
                 "outgoing spam (score {:.1}): {}",

@@ -567,8 +567,7 @@ impl Mailstore {
         account: AccountId,
         id: EmailId,
     ) -> Result<Option<crate::filter::spam::Record>> {
-        let snap = self.db.snapshot();
-        crate::filter::spam::record(&|s, k| crate::store::Reader::get(&snap, s, k), account.0, id.0)
+        crate::filter::spam::record(&self.db.snapshot(), account.0, id.0)
     }
 
     /// The raw bytes of one email of the account, exactly as received. The

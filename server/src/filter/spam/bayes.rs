@@ -14,8 +14,11 @@
 //! of spam outweigh a global model that never saw it, for that account
 //! only.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use crate::error::Result;
-use crate::store::{Space, StoreResult, Txn};
+use crate::store::{KeyRange, Order, Snapshot, Space, StoreError, StoreResult, Txn};
 
 /// The global model.
 pub const GLOBAL: u64 = 0;
@@ -54,8 +57,12 @@ pub struct Pair {
 
 impl Pair {
     fn decode(v: Option<Vec<u8>>) -> Pair {
-        match v.as_deref() {
-            Some([a, b, c, d, e, f, g, h]) => {
+        v.map_or(Pair::default(), |v| Pair::of(&v))
+    }
+
+    fn of(v: &[u8]) -> Pair {
+        match v {
+            [a, b, c, d, e, f, g, h] => {
                 Pair { spam: u32::from_be_bytes([*a, *b, *c, *d]), ham: u32::from_be_bytes([*e, *f, *g, *h]) }
             }
             _ => Pair::default(),
@@ -79,12 +86,48 @@ impl Pair {
     }
 }
 
-/// Reads for a verdict: a snapshot, a transaction.
-pub type Get<'a> = dyn Fn(Space, &[u8]) -> StoreResult<Option<Vec<u8>>> + 'a;
-
 /// Messages trained into `model`.
-pub fn totals(get: &Get<'_>, model: u64) -> StoreResult<Pair> {
-    Ok(Pair::decode(get(Space::Spam, &totals_key(model))?))
+pub fn totals(snap: &Snapshot, model: u64) -> StoreResult<Pair> {
+    Ok(Pair::decode(crate::store::Reader::get(snap, Space::Spam, &totals_key(model))?))
+}
+
+/// The global model in memory. It changes only when it is trained (`quaild
+/// train`), while every message is judged on it, so its counts are read
+/// once and read again only when its totals differ from the store's.
+#[derive(Debug, Default)]
+pub struct GlobalCache {
+    loaded: RwLock<Option<Arc<Global>>>,
+}
+
+/// The global model's counts.
+#[derive(Debug, Default)]
+pub struct Global {
+    totals: Pair,
+    tokens: HashMap<Box<[u8]>, Pair>,
+}
+
+impl GlobalCache {
+    /// The global model as of `snap`.
+    pub fn get(&self, snap: &Snapshot) -> StoreResult<Arc<Global>> {
+        let totals = totals(snap, GLOBAL)?;
+        if let Ok(held) = self.loaded.read()
+            && let Some(g) = held.as_ref()
+            && g.totals == totals
+        {
+            return Ok(Arc::clone(g));
+        }
+        let mut tokens = HashMap::new();
+        let prefix = token_key(GLOBAL, "");
+        snap.scan_all(Space::Spam, &KeyRange::prefix(&prefix), Order::Ascending, |k, v| {
+            tokens.insert(k[prefix.len()..].into(), Pair::of(v));
+            Ok::<_, StoreError>(true)
+        })?;
+        let g = Arc::new(Global { totals, tokens });
+        if let Ok(mut held) = self.loaded.write() {
+            *held = Some(Arc::clone(&g));
+        }
+        Ok(g)
+    }
 }
 
 /// Counts `tokens` (one message) into `model` as spam or ham, or takes
@@ -131,28 +174,28 @@ pub struct Judgement {
     pub trained: Pair,
 }
 
-/// Judges `tokens` by the global model plus `account`'s.
-pub fn judge(get: &Get<'_>, account: Option<u64>, tokens: &[String]) -> StoreResult<Judgement> {
-    let mut models = vec![GLOBAL];
-    models.extend(account.filter(|a| *a != GLOBAL));
-    let mut n = Pair::default();
-    let mut live = Vec::new();
-    for m in &models {
-        let t = totals(get, *m)?;
-        if t != Pair::default() {
-            n = n.add(t);
-            live.push(*m);
-        }
-    }
-    if live.is_empty() {
+/// Judges `tokens` by the `global` model plus `account`'s (read from
+/// `snap`, when it has been trained at all).
+pub fn judge(
+    snap: &Snapshot,
+    global: &Global,
+    account: Option<u64>,
+    tokens: &[String],
+) -> StoreResult<Judgement> {
+    let own = match account.filter(|a| *a != GLOBAL) {
+        Some(a) => Some((a, totals(snap, a)?)).filter(|(_, t)| *t != Pair::default()),
+        None => None,
+    };
+    let n = own.map_or(global.totals, |(_, t)| global.totals.add(t));
+    if n == Pair::default() {
         return Ok(Judgement { p: 0.5, clues: Vec::new(), trained: n });
     }
     let (nspam, nham) = (f64::from(n.spam.max(1)), f64::from(n.ham.max(1)));
     let mut clues: Vec<Clue> = Vec::new();
     for t in tokens {
-        let mut c = Pair::default();
-        for m in &live {
-            c = c.add(Pair::decode(get(Space::Spam, &token_key(*m, t))?));
+        let mut c = global.tokens.get(t.as_bytes()).copied().unwrap_or_default();
+        if let Some((a, _)) = own {
+            c = c.add(Pair::decode(crate::store::Reader::get(snap, Space::Spam, &token_key(a, t))?));
         }
         let count = f64::from(c.spam) + f64::from(c.ham);
         if count == 0.0 {

@@ -19,7 +19,7 @@ pub mod tokens;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::store::{Space, StoreResult, Txn};
+use crate::store::{Snapshot, Space, StoreResult, Txn};
 pub use tokens::{Features, features};
 
 /// Spam settings (part of `[filter]`).
@@ -34,9 +34,10 @@ pub struct SpamSettings {
 }
 
 /// The spam scorer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Spam {
     settings: SpamSettings,
+    global: bayes::GlobalCache,
 }
 
 /// A score and what it is made of.
@@ -54,7 +55,7 @@ const BAYES_POINTS: f64 = 10.0;
 impl Spam {
     /// A scorer with `settings`.
     pub fn new(settings: SpamSettings) -> Self {
-        Spam { settings }
+        Spam { settings, global: bayes::GlobalCache::default() }
     }
 
     /// Its settings.
@@ -96,10 +97,11 @@ impl Spam {
     }
 
     /// The score of `f` for `account` (`None`: the global model alone).
-    pub fn score(&self, get: &bayes::Get<'_>, account: Option<u64>, f: &Features) -> StoreResult<Scored> {
+    pub fn score(&self, snap: &Snapshot, account: Option<u64>, f: &Features) -> StoreResult<Scored> {
         let mut score = 0.0;
         let mut reasons = Vec::new();
-        let j = bayes::judge(get, account, &f.tokens)?;
+        let global = self.global.get(snap)?;
+        let j = bayes::judge(snap, &global, account, &f.tokens)?;
         if j.trained.spam > 0 && j.trained.ham > 0 {
             let points = BAYES_POINTS * (j.p - 0.5);
             score += points;
@@ -209,8 +211,8 @@ fn record_key(account: u64, email: u64) -> Vec<u8> {
 }
 
 /// The filter record of `email`.
-pub fn record(get: &bayes::Get<'_>, account: u64, email: u64) -> Result<Option<Record>> {
-    match get(Space::Spam, &record_key(account, email))? {
+pub fn record(snap: &Snapshot, account: u64, email: u64) -> Result<Option<Record>> {
+    match crate::store::Reader::get(snap, Space::Spam, &record_key(account, email))? {
         Some(v) => Ok(Some(crate::mail::decode(Space::Spam, &v)?)),
         None => Ok(None),
     }
