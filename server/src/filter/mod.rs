@@ -91,12 +91,27 @@ pub fn walk<T>(
     limits: InspectLimits,
     visit: &mut dyn FnMut(&Part<'_>) -> Option<T>,
 ) -> std::result::Result<Option<T>, String> {
+    walk_parsed(parse(raw).as_ref(), raw.len(), limits, visit)
+}
+
+/// `raw` parsed; `None` where the parser finds no message or panics (it
+/// does on some malformed nestings).
+pub fn parse(raw: &[u8]) -> Option<Message<'_>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| MessageParser::default().parse(raw)))
+        .ok()
+        .flatten()
+}
+
+/// [`walk`] over a message already parsed (from `message_bytes` bytes).
+fn walk_parsed<T>(
+    message: Option<&Message<'_>>,
+    message_bytes: usize,
+    limits: InspectLimits,
+    visit: &mut dyn FnMut(&Part<'_>) -> Option<T>,
+) -> std::result::Result<Option<T>, String> {
+    let Some(m) = message else { return Ok(None) };
     let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut w = Walk { limits, parts: 0, bytes: 0, message_bytes: raw.len() };
-        match MessageParser::default().parse(raw) {
-            Some(m) => w.message(&m, 0, visit),
-            None => Ok(None),
-        }
+        Walk { limits, parts: 0, bytes: 0, message_bytes }.message(m, 0, visit)
     }));
     walked.unwrap_or(Ok(None))
 }
@@ -318,6 +333,14 @@ impl Pipeline {
         if self.filters.is_empty() {
             return Verdict::Accept;
         }
+        self.check_parsed(raw, parse(raw).as_ref(), direction)
+    }
+
+    /// [`Pipeline::check`] of `raw`, parsed as `parsed`.
+    fn check_parsed(&self, raw: &[u8], parsed: Option<&Message<'_>>, direction: Direction) -> Verdict {
+        if self.filters.is_empty() {
+            return Verdict::Accept;
+        }
         let mut junk: Option<(f64, Vec<String>)> = None;
         let mut decide = |f: &dyn Filter, v: Verdict| -> Option<Verdict> {
             match v {
@@ -340,7 +363,7 @@ impl Pipeline {
                 return v;
             }
         }
-        let walked = walk(raw, self.limits, &mut |part| {
+        let walked = walk_parsed(parsed, raw.len(), self.limits, &mut |part| {
             self.filters.iter().find_map(|f| decide(f.as_ref(), f.check_part(part, direction)))
         });
         match walked {
@@ -365,7 +388,16 @@ impl Pipeline {
     /// [`Error::Rejected`](crate::error::Error::Rejected), a temporary
     /// failure [`Error::Unavailable`](crate::error::Error::Unavailable).
     pub fn admit(&self, raw: &[u8], direction: Direction) -> crate::error::Result<Verdict> {
-        match self.check(raw, direction) {
+        self.admit_parsed(raw, parse(raw).as_ref(), direction)
+    }
+
+    fn admit_parsed(
+        &self,
+        raw: &[u8],
+        parsed: Option<&Message<'_>>,
+        direction: Direction,
+    ) -> crate::error::Result<Verdict> {
+        match self.check_parsed(raw, parsed, direction) {
             Verdict::Reject(why) => Err(crate::error::Error::Rejected(why)),
             Verdict::TempFail(why) => Err(crate::error::Error::Unavailable(why)),
             v => Ok(v),
@@ -374,6 +406,33 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// Every filter on an inbound message for `accounts`, the message
+    /// parsed once: the virus scan ([`Pipeline::admit`]), then the spam
+    /// verdicts ([`Pipeline::judge_inbound`]).
+    pub fn inbound(
+        &self,
+        db: &crate::store::Db,
+        accounts: &[u64],
+        raw: &[u8],
+    ) -> crate::error::Result<Vec<spam::Record>> {
+        let parsed = if self.is_empty() { None } else { parse(raw) };
+        self.admit_parsed(raw, parsed.as_ref(), Direction::Inbound)?;
+        self.judge_inbound_parsed(db, accounts, raw, parsed.as_ref())
+    }
+
+    /// Every filter on a message `account` submits, parsed once: the virus
+    /// scan, then [`Pipeline::judge_outbound`].
+    pub fn outbound(
+        &self,
+        db: &crate::store::Db,
+        account: u64,
+        raw: &[u8],
+    ) -> crate::error::Result<Option<f64>> {
+        let parsed = if self.is_empty() { None } else { parse(raw) };
+        self.admit_parsed(raw, parsed.as_ref(), Direction::Outbound)?;
+        self.judge_outbound_parsed(db, account, raw, parsed.as_ref())
+    }
+
     /// The spam verdicts of an inbound message for each of `accounts`,
     /// judged on `db` as it is (the global model and each account's own);
     /// [`Error::Rejected`](crate::error::Error::Rejected) when the global
@@ -385,11 +444,22 @@ impl Pipeline {
         accounts: &[u64],
         raw: &[u8],
     ) -> crate::error::Result<Vec<spam::Record>> {
+        let parsed = if self.spam.is_some() { parse(raw) } else { None };
+        self.judge_inbound_parsed(db, accounts, raw, parsed.as_ref())
+    }
+
+    fn judge_inbound_parsed(
+        &self,
+        db: &crate::store::Db,
+        accounts: &[u64],
+        raw: &[u8],
+        parsed: Option<&Message<'_>>,
+    ) -> crate::error::Result<Vec<spam::Record>> {
         let virus = if self.scans_viruses() { spam::CLEAN } else { spam::UNKNOWN };
         let Some(scorer) = &self.spam else {
             return Ok(vec![spam::Record { virus, ..Default::default() }; accounts.len()]);
         };
-        let f = spam::features(raw);
+        let f = spam::features_parsed(raw, parsed);
         let snap = db.snapshot();
         let global = scorer.score(&snap, None, &f)?;
         if scorer.is_reject(&global) {
@@ -403,7 +473,13 @@ impl Pipeline {
         accounts
             .iter()
             .map(|a| {
-                let s = scorer.score(&snap, Some(*a), &f)?;
+                // An account that never trained its own model scores as
+                // the global one did.
+                let s = if scorer.has_own_model(&snap, *a)? {
+                    scorer.score(&snap, Some(*a), &f)?
+                } else {
+                    global.clone()
+                };
                 Ok(spam::Record {
                     spam: if scorer.is_junk(&s) { spam::SPAM } else { spam::CLEAN },
                     score: s.score as f32,
@@ -426,8 +502,19 @@ impl Pipeline {
         account: u64,
         raw: &[u8],
     ) -> crate::error::Result<Option<f64>> {
+        let parsed = if self.spam.is_some() { parse(raw) } else { None };
+        self.judge_outbound_parsed(db, account, raw, parsed.as_ref())
+    }
+
+    fn judge_outbound_parsed(
+        &self,
+        db: &crate::store::Db,
+        account: u64,
+        raw: &[u8],
+        parsed: Option<&Message<'_>>,
+    ) -> crate::error::Result<Option<f64>> {
         let Some(scorer) = &self.spam else { return Ok(None) };
-        let f = spam::features(raw);
+        let f = spam::features_parsed(raw, parsed);
         let s = scorer.score(&db.snapshot(), Some(account), &f)?;
         if scorer.is_reject(&s) {
             return Err(crate::error::Error::Rejected(format!(

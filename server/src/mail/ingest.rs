@@ -343,8 +343,7 @@ impl Mailstore {
         let db = self.db().clone();
         let ids: Vec<u64> = accounts.iter().map(|a| a.0).collect();
         let (prepared, verdicts) = tokio::task::spawn_blocking(move || {
-            filter.admit(&raw_bytes, crate::filter::Direction::Inbound)?;
-            let verdicts = filter.judge_inbound(&db, &ids, &raw_bytes)?;
+            let verdicts = filter.inbound(&db, &ids, &raw_bytes)?;
             Ok::<_, Error>((prepare_owned(raw_bytes)?, verdicts))
         })
         .await

@@ -269,8 +269,7 @@ impl Mailstore {
         let db = self.db().clone();
         let rcpts = new.recipients.len();
         let (prepared, outgoing) = tokio::task::spawn_blocking(move || {
-            filter.admit(&raw, crate::filter::Direction::Outbound)?;
-            if filter.judge_outbound(&db, account.0, &raw)?.is_some() {
+            if filter.outbound(&db, account.0, &raw)?.is_some() {
                 // Spam counts ten times against the sending limit.
                 filter.admit_send(account.0, rcpts * (SPAM_SEND_WEIGHT - 1), now_ms)?;
             }

@@ -14,8 +14,7 @@
 //! of spam outweigh a global model that never saw it, for that account
 //! only.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::Result;
 use crate::store::{KeyRange, Order, Snapshot, Space, StoreError, StoreResult, Txn};
@@ -97,26 +96,35 @@ pub fn totals(snap: &Snapshot, model: u64) -> StoreResult<Pair> {
 #[derive(Debug, Default)]
 pub struct GlobalCache {
     loaded: RwLock<Option<Arc<Global>>>,
+    /// Held while the model is read from the store, so that deliveries
+    /// arriving together read it once, not once each.
+    loading: Mutex<()>,
 }
 
 /// The global model's counts.
 #[derive(Debug, Default)]
 pub struct Global {
     totals: Pair,
-    tokens: HashMap<Box<[u8]>, Pair>,
+    tokens: foldhash::HashMap<Box<[u8]>, Pair>,
 }
 
 impl GlobalCache {
+    fn held(&self, totals: Pair) -> Option<Arc<Global>> {
+        let held = self.loaded.read().ok()?;
+        held.as_ref().filter(|g| g.totals == totals).map(Arc::clone)
+    }
+
     /// The global model as of `snap`.
     pub fn get(&self, snap: &Snapshot) -> StoreResult<Arc<Global>> {
         let totals = totals(snap, GLOBAL)?;
-        if let Ok(held) = self.loaded.read()
-            && let Some(g) = held.as_ref()
-            && g.totals == totals
-        {
-            return Ok(Arc::clone(g));
+        if let Some(g) = self.held(totals) {
+            return Ok(g);
         }
-        let mut tokens = HashMap::new();
+        let _loading = self.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(g) = self.held(totals) {
+            return Ok(g);
+        }
+        let mut tokens = foldhash::HashMap::default();
         let prefix = token_key(GLOBAL, "");
         snap.scan_all(Space::Spam, &KeyRange::prefix(&prefix), Order::Ascending, |k, v| {
             tokens.insert(k[prefix.len()..].into(), Pair::of(v));

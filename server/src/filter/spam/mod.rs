@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::store::{Snapshot, Space, StoreResult, Txn};
-pub use tokens::{Features, features};
+pub use tokens::{Features, features, features_parsed};
 
 /// Spam settings (part of `[filter]`).
 #[derive(Debug, Clone)]
@@ -94,6 +94,11 @@ impl Spam {
             out.extend(auth_rules(&f.auth_results, id));
         }
         out
+    }
+
+    /// Whether `account` has trained a model of its own.
+    pub fn has_own_model(&self, snap: &Snapshot, account: u64) -> StoreResult<bool> {
+        Ok(account != bayes::GLOBAL && bayes::totals(snap, account)? != bayes::Pair::default())
     }
 
     /// The score of `f` for `account` (`None`: the global model alone).

@@ -11,8 +11,8 @@
 use std::collections::HashSet;
 
 use html5gum::{DefaultEmitter, Token, Tokenizer};
-use mail_parser::{Address, Message, MessageParser, MimeHeaders, PartType};
-use unicode_normalization::UnicodeNormalization;
+use mail_parser::{Address, Message, MimeHeaders, PartType};
+use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
 
 /// Most distinct tokens kept of one message.
 pub const MAX_TOKENS: usize = 3000;
@@ -83,16 +83,24 @@ pub struct Features {
 }
 
 struct Bag {
-    seen: HashSet<String>,
+    seen: foldhash::HashSet<String>,
     list: Vec<String>,
 }
 
 impl Bag {
     fn add(&mut self, t: String) {
-        if self.list.len() < MAX_TOKENS && !self.seen.contains(&t) {
-            self.seen.insert(t.clone());
+        if self.list.len() < MAX_TOKENS && self.seen.insert(t.clone()) {
             self.list.push(t);
         }
+    }
+}
+
+/// `s` in compatibility form (full-width letters, ligatures and the like
+/// become what they look like); most text already is, and is only copied.
+fn nfkc(s: String) -> String {
+    match is_nfkc_quick(s.chars()) {
+        IsNormalized::Yes => s,
+        _ => s.nfkc().collect(),
     }
 }
 
@@ -105,21 +113,25 @@ fn bucket(n: usize) -> usize {
 /// The features of `raw`. Never fails: what cannot be parsed gives fewer
 /// tokens.
 pub fn features(raw: &[u8]) -> Features {
+    features_parsed(raw, crate::filter::parse(raw).as_ref())
+}
+
+/// [`features`] of `raw`, parsed as `parsed`.
+pub fn features_parsed(raw: &[u8], parsed: Option<&Message<'_>>) -> Features {
     let gtube = memchr::memmem::find(raw, GTUBE.as_bytes()).is_some();
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        MessageParser::default().parse(raw).map(|m| of_message(&m))
-    }));
-    let mut f = parsed.ok().flatten().unwrap_or_default();
+    let of =
+        parsed.and_then(|m| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| of_message(m))).ok());
+    let mut f = of.unwrap_or_default();
     f.gtube = gtube;
     f
 }
 
 fn of_message(m: &Message<'_>) -> Features {
     let mut f = Features::default();
-    let mut bag = Bag { seen: HashSet::new(), list: Vec::new() };
+    let mut bag = Bag { seen: foldhash::HashSet::default(), list: Vec::new() };
 
     // Subject.
-    let subject: String = m.subject().unwrap_or("").nfkc().collect();
+    let subject = nfkc(m.subject().unwrap_or("").to_owned());
     subject_tokens(&mut bag, &subject);
 
     // From.
@@ -203,7 +215,7 @@ fn of_message(m: &Message<'_>) -> Features {
         // Another filter's report, pasted into the body.
         body = body.lines().filter(|l| !l.starts_with("SPAM: ")).collect::<Vec<_>>().join("\n");
     }
-    let mut body: String = body.nfkc().collect();
+    let mut body = nfkc(body);
     if body.len() > MAX_BODY_CHARS {
         let mut end = MAX_BODY_CHARS;
         while !body.is_char_boundary(end) {
@@ -813,14 +825,14 @@ mod tests {
 
     #[test]
     fn words_keep_inner_punctuation_and_fold_numbers() {
-        let mut bag = Bag { seen: HashSet::new(), list: Vec::new() };
+        let mut bag = Bag { seen: foldhash::HashSet::default(), list: Vec::new() };
         words(&mut bag, "Get $10,000 NOW!! e-mail 2002 it a $5 supercalifragilisticexpialidocious", "");
         assert_eq!(bag.list, ["get", "$10,000", "now!!", "e-mail", "num:4", "$5", "skip:s:30"]);
     }
 
     #[test]
     fn cjk_runs_become_pairs_and_scripts_are_named() {
-        let mut bag = Bag { seen: HashSet::new(), list: Vec::new() };
+        let mut bag = Bag { seen: foldhash::HashSet::default(), list: Vec::new() };
         words(&mut bag, "免费赠送 offer", "subject:");
         assert!(bag.list.contains(&"subject:cjk:免费".to_owned()), "{:?}", bag.list);
         assert!(bag.list.contains(&"subject:cjk:赠送".to_owned()));
