@@ -12,6 +12,7 @@
 //! tls_cert = "/etc/letsencrypt/live/mx.example.org/fullchain.pem"
 //! tls_key = "/etc/letsencrypt/live/mx.example.org/privkey.pem"
 //! resolver = "127.0.0.53:53"             # DNS for SPF, DKIM, DMARC; absent: the system's
+//! dnsbl = ["bl.example.net"]             # DNS blocklists for client addresses; none: off
 //! max_connections_per_ip = 20
 //! max_messages_per_minute_per_ip = 600
 //!
@@ -54,6 +55,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// DNS server for sender authentication.
     pub resolver: Option<SocketAddr>,
+    /// DNS blocklist zones to look clients up in.
+    pub dnsbl: Option<Vec<String>>,
     /// Connections from one address at once.
     pub max_connections_per_ip: Option<u32>,
     /// Messages one address may send per minute.

@@ -63,6 +63,11 @@ struct Cli {
     /// default: the system's resolver.
     #[arg(long)]
     resolver: Option<std::net::SocketAddr>,
+    /// A DNS blocklist zone to look each client's address up in (RFC
+    /// 5782; repeat for more). A listing is recorded for the server's spam
+    /// score; none: off.
+    #[arg(long = "dnsbl", value_name = "ZONE")]
+    dnsbl: Vec<String>,
     /// Do not deliver the server's outbox (another gateway does).
     #[arg(long)]
     no_outbound: bool,
@@ -134,6 +139,9 @@ fn main() -> anyhow::Result<()> {
         if cli.resolver.is_none() {
             cli.resolver = file.resolver;
         }
+        if cli.dnsbl.is_empty() {
+            cli.dnsbl = file.dnsbl.unwrap_or_default();
+        }
         if !given("max_connections_per_ip")
             && let Some(v) = file.max_connections_per_ip
         {
@@ -200,7 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let verifier = match quail_smtp::auth::Verifier::new(&cli.hostname, cli.resolver) {
-        Ok(v) => Some(v),
+        Ok(v) => Some(v.with_dnsbl(cli.dnsbl.clone())),
         Err(e) => {
             tracing::warn!(error = %e, "no DNS resolver: mail is not authenticated (no Authentication-Results)");
             None

@@ -74,7 +74,15 @@ pub async fn dns(dkim_public: &str) -> SocketAddr {
         ],
     );
     let bad = zone("forbidden.test.", &[("forbidden.test.", "v=spf1 ip4:192.0.2.1 -all")]);
-    serve(vec![good, bad]).await
+    // A DNS blocklist (RFC 5782) that lists 127.0.0.2 alone.
+    let listed = zone_of(
+        "bl.test.",
+        vec![
+            ("2.0.0.127.bl.test.", RData::A(hickory_server::proto::rr::rdata::A::new(127, 0, 0, 2))),
+            ("2.0.0.127.bl.test.", txt("listed for the test")),
+        ],
+    );
+    serve(vec![good, bad, listed]).await
 }
 
 /// A Quail server on `config`, an account `alice` (password
@@ -94,6 +102,18 @@ pub async fn mx_world(
     max_connections_per_ip: u32,
     max_messages_per_minute_per_ip: u32,
 ) -> World {
+    mx_world_dnsbl(dir, config, max_connections_per_ip, max_messages_per_minute_per_ip, Vec::new()).await
+}
+
+/// [`mx_world`] with the gateway looking clients up in the blocklists
+/// `dnsbl` (the loopback DNS serves `bl.test`, which lists 127.0.0.2).
+pub async fn mx_world_dnsbl(
+    dir: tempfile::TempDir,
+    config: quail_server::Config,
+    max_connections_per_ip: u32,
+    max_messages_per_minute_per_ip: u32,
+    dnsbl: Vec<String>,
+) -> World {
     use quail_server::account::Credential;
     use quail_smtp::server::{self, Options, Upstream};
     let tls_dir = config.tls_dir();
@@ -110,7 +130,11 @@ pub async fn mx_world(
         tls: Some(server::tls_config(cert.chain, cert.key).expect("tls")),
         max_connections_per_ip,
         max_messages_per_minute_per_ip,
-        verifier: Some(quail_smtp::auth::Verifier::new("mx.test", Some(dns("").await)).expect("verifier")),
+        verifier: Some(
+            quail_smtp::auth::Verifier::new("mx.test", Some(dns("").await))
+                .expect("verifier")
+                .with_dnsbl(dnsbl),
+        ),
         mode: quail_smtp::session::Mode::Mx,
         implicit_tls: false,
     };

@@ -152,14 +152,16 @@ fn auth_rules(fields: &[String], authserv_id: &str) -> Vec<(f64, String)> {
     }) else {
         return Vec::new();
     };
-    let mut results: Vec<(String, String)> = Vec::new();
+    // (method, result, the rest of the resinfo)
+    let mut results: Vec<(String, String, &str)> = Vec::new();
     for resinfo in ours.split(';').skip(1) {
-        let mut words = resinfo.split_whitespace();
-        if let Some((method, result)) = words.next().and_then(|w| w.split_once('=')) {
-            results.push((method.to_ascii_lowercase(), result.to_ascii_lowercase()));
+        let resinfo = resinfo.trim_start();
+        let (first, rest) = resinfo.split_once(char::is_whitespace).unwrap_or((resinfo, ""));
+        if let Some((method, result)) = first.split_once('=') {
+            results.push((method.to_ascii_lowercase(), result.to_ascii_lowercase(), rest));
         }
     }
-    let any = |m: &str, r: &str| results.iter().any(|(a, b)| a == m && b == r);
+    let any = |m: &str, r: &str| results.iter().any(|(a, b, _)| a == m && b == r);
     let mut out = Vec::new();
     if any("dmarc", "pass") {
         out.push((-1.5, "DMARC_PASS: the From domain is authenticated".to_owned()));
@@ -179,9 +181,13 @@ fn auth_rules(fields: &[String], authserv_id: &str) -> Vec<(f64, String)> {
     if any("arc", "fail") {
         out.push((0.5, "ARC_FAIL: a broken forwarding chain".to_owned()));
     }
-    if let Some((_, zone)) = results.iter().find(|(m, r)| m == "dnsbl" && r == "listed") {
-        let _ = zone;
-        out.push((3.0, "DNSBL: the sending host is on a block list".to_owned()));
+    if let Some((_, _, rest)) = results.iter().find(|(m, r, _)| m == "dnsbl" && r == "listed") {
+        let zone = rest
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("policy.zone="))
+            .filter(|z| z.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            .unwrap_or("a blocklist");
+        out.push((3.0, format!("DNSBL: the sending host is listed by {zone}")));
     }
     out
 }
@@ -302,5 +308,18 @@ mod tests {
         let names: Vec<&str> = rules.iter().map(|(_, w)| w.split(':').next().unwrap_or("")).collect();
         assert_eq!(names, ["DMARC_FAIL", "DKIM_FAIL", "SPF_FAIL"]);
         assert!(auth_rules(&fields, "other.test").is_empty());
+    }
+
+    #[test]
+    fn a_blocklist_listing_is_named_and_a_strange_zone_is_not_echoed() {
+        let listed = vec![
+            "mx.test;\r\n\tspf=none smtp.mailfrom=a@b;\r\n\tdnsbl=listed policy.zone=bl.test".to_owned(),
+        ];
+        let rules = auth_rules(&listed, "mx.test");
+        assert_eq!(rules, [(3.0, "DNSBL: the sending host is listed by bl.test".to_owned())]);
+        let odd = vec!["mx.test; dnsbl=listed policy.zone=<script>".to_owned()];
+        assert_eq!(auth_rules(&odd, "mx.test")[0].1, "DNSBL: the sending host is listed by a blocklist");
+        let elsewhere = vec!["evil.example; dnsbl=listed policy.zone=bl.test".to_owned()];
+        assert!(auth_rules(&elsewhere, "mx.test").is_empty());
     }
 }
