@@ -245,6 +245,9 @@ struct Query {
   anchorOffset @4 :Int32;     # ... shifted by this many places
   limit @5 :UInt32;           # 0 = the server's maximum
   collapseThreads @6 :Bool;   # one result per thread (its newest email)
+  text @7 :Text;              # a search (the query language of `search`):
+                              # only emails it matches; "" = no search. A
+                              # live query with one is a watched search.
 }
 
 struct QueryResult {
@@ -461,8 +464,10 @@ interface Session {
   destroy @14 (ids :List(UInt64), ifInState :UInt64) -> (result :UpdateResult);
   # Moves to Trash; emails already only in Trash are expunged.
 
-  search @15 (query :Text, filter :Filter, position :UInt32, limit :UInt32)
+  search @15 (query :Text, filter :Filter, position :UInt32, limit :UInt32, byRelevance :Bool)
       -> (hits :List(SearchHit), total :UInt64, queryState :UInt64);
+  # Newest first, or with `byRelevance` the best match first (the rarer a
+  # matched word in the account, and the weightier its field, the better).
 
   upload @16 (size :UInt64, mimeType :Text, blake3 :Data) -> (token :Data, blobId :Data, have :Bool);
   # Offers a blob of `size` bytes with BLAKE3 `blake3` (its blobId). When

@@ -53,6 +53,9 @@ pub(crate) fn write_query(mut b: quail_protocol::quail_capnp::query::Builder<'_>
         f.set_to(q.to.as_deref().unwrap_or_default());
     }
     b.set_collapse_threads(q.collapse_threads);
+    if let Some(t) = &q.text {
+        b.set_text(t.as_str());
+    }
     b.set_sort(if q.newest_first { Sort::ReceivedDesc } else { Sort::ReceivedAsc });
     b.set_position(q.position);
     if let Some((anchor, offset)) = q.anchor {
@@ -488,6 +491,23 @@ impl Session {
     /// hits from `position` (0 = the server's page size), with snippets.
     /// A malformed query is `InvalidInput` naming the position.
     pub async fn search(&self, query: &str, position: u32, limit: u32) -> Result<SearchPage> {
+        self.search_in_order(query, position, limit, false).await
+    }
+
+    /// [`Session::search`] with the best match first: the rarer a matched
+    /// word is in the account and the weightier its field (subject, then
+    /// sender and file names, then recipients, then body), the earlier.
+    pub async fn search_by_relevance(&self, query: &str, position: u32, limit: u32) -> Result<SearchPage> {
+        self.search_in_order(query, position, limit, true).await
+    }
+
+    async fn search_in_order(
+        &self,
+        query: &str,
+        position: u32,
+        limit: u32,
+        relevance: bool,
+    ) -> Result<SearchPage> {
         let (cap, query) = (self.cap, query.to_owned());
         self.client
             .call(move |conn| async move {
@@ -495,6 +515,7 @@ impl Session {
                 req.get().set_query(query.as_str());
                 req.get().set_position(position);
                 req.get().set_limit(limit);
+                req.get().set_by_relevance(relevance);
                 let resp = req.send().promise.await?;
                 let r = resp.get()?;
                 let mut hits = Vec::new();

@@ -350,6 +350,10 @@ pub struct Query {
     pub limit: u32,
     /// One result per thread.
     pub collapse_threads: bool,
+    /// Only emails this search matches (the query language of
+    /// `Session::search`); watched with `Session::watch_query`, a live
+    /// search.
+    pub text: Option<String>,
 }
 
 impl Default for Query {
@@ -368,6 +372,7 @@ impl Default for Query {
             anchor: None,
             limit: 50,
             collapse_threads: false,
+            text: None,
         }
     }
 }
@@ -416,6 +421,12 @@ impl Query {
     /// One result per thread.
     pub fn collapse_threads(mut self) -> Self {
         self.collapse_threads = true;
+        self
+    }
+
+    /// Only emails `search` matches (e.g. `from:alice invoice`).
+    pub fn matching(mut self, search: &str) -> Self {
+        self.text = Some(search.to_owned());
         self
     }
 }

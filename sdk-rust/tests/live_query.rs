@@ -106,3 +106,59 @@ async fn pushed_and_pulled_query_changes_rebuild_the_results_exactly() {
     assert!(matches!(view.watch_query(&Query::mailbox(inbox)).await, Err(Error::Forbidden(_))));
     view.watch_query(&Query::mailbox(archive)).await.expect("its own mailbox");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_search_hears_of_matching_mail_only_and_follows_deletes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(dir.path()).await;
+    let client = support::connect(&server).await;
+    support::admin(&client, &server).await.create_account("alice", PASSWORD, 0, 0).await.expect("create");
+    let gateway = support::gateway(&client, &server).await;
+    let session = client.login("alice", PASSWORD).await.expect("login");
+    let mail = |subject: &str, body: &str| {
+        format!(
+            "From: Bob <bob@example.net>\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\r\n{body}\r\n"
+        )
+        .into_bytes()
+    };
+    let deliver = |raw: Vec<u8>| {
+        let gateway = &gateway;
+        async move {
+            let r = gateway.deliver(&support::to("alice@example.org"), &raw).await.expect("deliver");
+            r[0].outcome.clone().expect("delivered")
+        }
+    };
+    let first = deliver(mail("the invoice for march", "numbers")).await;
+    deliver(mail("lunch", "on friday")).await;
+
+    let search = Query::all().matching("invoice -paid in:inbox").limit(10);
+    let mut watch = session.watch_query(&search).await.expect("watch a search");
+    assert_eq!(watch.initial.ids, [first]);
+    let mut local = watch.initial.ids.clone();
+
+    // A matching delivery is pushed; one that does not match is not.
+    deliver(mail("dinner", "no invoices here, only dinner")).await;
+    let second = deliver(mail("april", "the invoice for april")).await;
+    let c =
+        tokio::time::timeout(Duration::from_secs(20), watch.next()).await.expect("a push").expect("alive");
+    c.apply(&mut local, 10);
+    assert_eq!(local, [second, first], "{c:?}");
+    // Negation follows the text: a paid invoice never enters.
+    deliver(mail("paid", "the invoice is paid")).await;
+    session.destroy(&[first], None).await.expect("destroy");
+    while local != [second] {
+        let c = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .expect("a push")
+            .expect("alive");
+        c.apply(&mut local, 10);
+    }
+    assert_eq!(session.query(&search).await.expect("query").ids, [second]);
+    assert_eq!(session.query(&search).await.expect("query").total, 1);
+
+    // A malformed search is refused when the watch starts, naming why.
+    match session.watch_query(&Query::all().matching("(invoice")).await {
+        Err(Error::InvalidInput(why)) => assert!(why.contains("query text"), "{why}"),
+        other => panic!("expected InvalidInput, got {:?}", other.map(|w| w.initial.clone())),
+    }
+}

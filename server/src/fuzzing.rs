@@ -41,7 +41,7 @@ pub fn protocol_query(data: &[u8]) {
     let Ok(root) = message.get_root::<query::Reader<'_>>() else {
         return;
     };
-    if let Ok(q) = crate::rpc::decode_query(root, 1000) {
+    if let Ok(q) = crate::rpc::decode_query(root, 1000, 4096) {
         assert!(q.limit >= 1 && q.limit <= 1000);
     }
 }

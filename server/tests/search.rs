@@ -545,3 +545,38 @@ async fn merges_keep_every_posting_and_drop_deleted_mail() {
     assert_eq!(index::tombstones(&s.db, a.0).expect("tombstones"), 0);
     assert_eq!(index::view(&s.db.snapshot(), a.0).expect("view").segments(), 1);
 }
+
+#[tokio::test]
+async fn by_relevance_the_weightier_field_and_the_rarer_word_come_first() {
+    let s = support::store();
+    let a = s.account("a").await;
+    let mail = |subject: &str, body: &str| {
+        format!("From: b@example.org\r\nTo: a@example.org\r\nSubject: {subject}\r\n\r\n{body}\r\n")
+    };
+    // Oldest to newest.
+    let in_subject = one(&s, a, &mail("the invoice for march", "numbers attached")).await;
+    let in_body = one(&s, a, &mail("march", "here is the invoice")).await;
+    let rare = one(&s, a, &mail("zeppelin", "the invoice, and a zeppelin")).await;
+    let newest = one(&s, a, &mail("hello", "another invoice")).await;
+    for i in 0..6 {
+        one(&s, a, &mail(&format!("note {i}"), "nothing to see")).await;
+    }
+    let ordered = |q: &str, order: find::SearchOrder| {
+        let node = query::parse(q, 4096).expect("parse");
+        let found = s.mail.search_ordered(a, &node, None, 0, 100, false, order).expect("search");
+        found.hits.iter().map(|h| h.id).collect::<Vec<_>>()
+    };
+    use find::SearchOrder::{Newest, Relevance};
+    assert_eq!(ordered("invoice", Newest), [newest, rare, in_body, in_subject]);
+    // The subject outweighs the body; equal matches stay newest first.
+    assert_eq!(ordered("invoice", Relevance), [in_subject, newest, rare, in_body]);
+    // A rare word matched counts for more than a common one.
+    assert_eq!(ordered("invoice OR zeppelin", Relevance), [rare, in_subject, newest, in_body]);
+    // Paging walks the same order.
+    let node = query::parse("invoice", 4096).expect("parse");
+    let page = s.mail.search_ordered(a, &node, None, 1, 2, false, Relevance).expect("search");
+    assert_eq!(page.hits.iter().map(|h| h.id).collect::<Vec<_>>(), [newest, rare]);
+    assert_eq!(page.total, 4);
+    // Filters alone have no words to weigh: newest first.
+    assert_eq!(ordered("is:unread", Relevance), ordered("is:unread", Newest));
+}

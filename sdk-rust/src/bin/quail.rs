@@ -207,6 +207,9 @@ enum Command {
         /// Skip this many.
         #[arg(long, default_value_t = 0)]
         position: u32,
+        /// Best match first (default: newest first).
+        #[arg(long)]
+        relevance: bool,
     },
     /// Withdraw a message that has not left yet (undo send); its copy moves
     /// to Drafts.
@@ -431,9 +434,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             send(&cli, &session, &draft).await
         }
-        Command::Search { query, limit, position } => {
+        Command::Search { query, limit, position, relevance } => {
             let session = session(&cli, profile.as_ref()).await?;
-            search(&cli, &session, query, *position, *limit).await
+            search(&cli, &session, query, *position, *limit, *relevance).await
         }
         Command::Outbox => {
             let session = session(&cli, profile.as_ref()).await?;
@@ -1002,8 +1005,19 @@ async fn send(cli: &Cli, session: &Session, d: &Draft<'_>) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn search(cli: &Cli, session: &Session, query: &str, position: u32, limit: u32) -> anyhow::Result<()> {
-    let page = session.search(query, position, limit).await?;
+async fn search(
+    cli: &Cli,
+    session: &Session,
+    query: &str,
+    position: u32,
+    limit: u32,
+    relevance: bool,
+) -> anyhow::Result<()> {
+    let page = if relevance {
+        session.search_by_relevance(query, position, limit).await?
+    } else {
+        session.search(query, position, limit).await?
+    };
     if cli.json {
         out!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(());

@@ -1,7 +1,8 @@
 //! Search over an account's mail: a parsed query evaluated against the
 //! search index (words, phrases, attachments) and the mailbox indexes
-//! (mailboxes, unread, flagged, dates), newest first, with snippets. All
-//! reads come from one snapshot, so a result agrees with one commit.
+//! (mailboxes, unread, flagged, dates), newest first or by relevance, with
+//! snippets. All reads come from one snapshot, so a result agrees with one
+//! commit.
 //!
 //! Phrases of two words are answered by the index of adjacent word pairs;
 //! longer ones by their pairs, then checked against the text of each
@@ -82,6 +83,30 @@ pub struct Snippet {
     pub highlights: Vec<(u32, u32)>,
 }
 
+/// The order of search results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SearchOrder {
+    /// Newest first.
+    #[default]
+    Newest,
+    /// Best match first: each word of the query adds its rarity in the
+    /// account (ln(1 + emails / emails with it)) times the weight of the
+    /// best field it is in (subject 3, from and file names 2, to and cc
+    /// 1.5, body 1); equal scores newest first. A query of filters alone
+    /// (no words) is newest first.
+    Relevance,
+}
+
+/// A field's weight in [`SearchOrder::Relevance`].
+fn field_weight(f: Field) -> f64 {
+    match f {
+        Field::Subject => 3.0,
+        Field::From | Field::Filename => 2.0,
+        Field::To | Field::Cc => 1.5,
+        _ => 1.0,
+    }
+}
+
 /// One result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {
@@ -104,7 +129,7 @@ pub struct Found {
 
 struct Eval<'a> {
     store: &'a Mailstore,
-    view: Snapshot,
+    view: &'a Snapshot,
     account: AccountId,
     universe: Option<RoaringTreemap>,
     index: postings::View,
@@ -121,9 +146,9 @@ impl Eval<'_> {
 
     fn term(&self, field: Field, word: &str, prefix: bool) -> Result<RoaringTreemap> {
         if prefix {
-            self.index.prefixed(&self.view, field, word)
+            self.index.prefixed(self.view, field, word)
         } else {
-            self.index.postings(&self.view, &postings::term_key(field, word))
+            self.index.postings(self.view, &postings::term_key(field, word))
         }
     }
 
@@ -132,14 +157,14 @@ impl Eval<'_> {
     }
 
     fn facet(&self, mailbox: MailboxId, facet: Facet) -> Result<RoaringTreemap> {
-        index::ids(&self.view, &KeyRange::prefix(&index::prefix(self.account, mailbox, facet)))
+        index::ids(self.view, &KeyRange::prefix(&index::prefix(self.account, mailbox, facet)))
     }
 
     /// Emails received in `[from, to)` (ms), from the all-mail date index.
     fn received(&self, from: i64, to: i64) -> Result<RoaringTreemap> {
         let start = index::at_time(self.account, MailboxId(0), Facet::All, from);
         let end = index::at_time(self.account, MailboxId(0), Facet::All, to);
-        index::ids(&self.view, &KeyRange::between(start, end))
+        index::ids(self.view, &KeyRange::between(start, end))
     }
 
     fn mailbox(&self, name: &str) -> Result<MailboxId> {
@@ -166,14 +191,14 @@ impl Eval<'_> {
         if let Some(r) = self.records.get(&id) {
             return Ok(r.clone());
         }
-        let r = crate::mail::read_email(&self.view, self.account, EmailId(id))?;
+        let r = crate::mail::read_email(self.view, self.account, EmailId(id))?;
         self.records.insert(id, r.clone());
         Ok(r)
     }
 
     fn document(&mut self, id: u64) -> Result<Option<Document>> {
         let Some(record) = self.record(id)? else { return Ok(None) };
-        let raw = crate::mail::raw_from(&self.view, &record)?;
+        let raw = crate::mail::raw_from(self.view, &record)?;
         Ok(Some(document(&crate::mail::parse::parse(&raw))))
     }
 
@@ -267,7 +292,7 @@ impl Eval<'_> {
             }
             Node::InId(m) => self.facet(MailboxId(*m), Facet::All)?,
             Node::HasAttachment => {
-                self.index.postings(&self.view, &postings::term_key(Field::Meta, text::ATTACHMENT))?
+                self.index.postings(self.view, &postings::term_key(Field::Meta, text::ATTACHMENT))?
             }
             Node::Before(t) => self.received(0, *t)?,
             Node::After(t) => self.received(*t, i64::MAX)?,
@@ -299,6 +324,47 @@ impl Eval<'_> {
 /// Whether `words` occur in `tokens` one after another.
 fn contains_run(tokens: &[String], words: &[String]) -> bool {
     !words.is_empty() && tokens.windows(words.len()).any(|w| w == words)
+}
+
+/// The positive words of a query with their scopes: (field, word, prefix).
+fn scoped_words(node: &Node, out: &mut Vec<(Option<Field>, String, bool)>) {
+    match node {
+        Node::Term { field, word, prefix } => out.push((*field, word.clone(), *prefix)),
+        Node::Phrase { field, words } => out.extend(words.iter().map(|w| (*field, w.clone(), false))),
+        Node::And(items) | Node::Or(items) => items.iter().for_each(|n| scoped_words(n, out)),
+        _ => {}
+    }
+}
+
+/// `set` in [`SearchOrder::Relevance`]: the best first.
+fn by_relevance(ev: &mut Eval<'_>, query: &Node, set: &RoaringTreemap) -> Result<Vec<u64>> {
+    let mut words = Vec::new();
+    scoped_words(query, &mut words);
+    words.dedup();
+    let n = ev.universe()?.len().max(1) as f64;
+    let mut score: HashMap<u64, f64> = HashMap::with_capacity(set.len().min(1 << 20) as usize);
+    for (scope, word, prefix) in &words {
+        // The best field of this word in each email, and how many emails
+        // of the account have the word at all.
+        let mut best: HashMap<u64, f64> = HashMap::new();
+        let mut having = RoaringTreemap::new();
+        for field in Eval::fields(*scope) {
+            let postings = ev.term(field, word, *prefix)?;
+            for id in &(&postings & set) {
+                let w = best.entry(id).or_insert(0.0);
+                *w = w.max(field_weight(field));
+            }
+            having |= postings;
+        }
+        let rarity = (1.0 + n / having.len().max(1) as f64).ln();
+        for (id, w) in best {
+            *score.entry(id).or_insert(0.0) += w * rarity;
+        }
+    }
+    let mut ranked: Vec<(u64, f64)> =
+        set.iter().map(|id| (id, score.get(&id).copied().unwrap_or(0.0))).collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+    Ok(ranked.into_iter().map(|(id, _)| id).collect())
 }
 
 /// The positive words of a query (what snippets highlight): (word, prefix).
@@ -377,12 +443,40 @@ impl Mailstore {
         limit: usize,
         snippets: bool,
     ) -> Result<Found> {
+        self.search_ordered(account, query, within, position, limit, snippets, SearchOrder::Newest)
+    }
+
+    /// The emails of `account` that `query` matches, as of `view`.
+    pub(crate) fn matching(
+        &self,
+        view: &Snapshot,
+        account: AccountId,
+        query: &Node,
+    ) -> Result<RoaringTreemap> {
+        let index = postings::view(view, account.0)?;
+        let mut ev = Eval { store: self, view, account, universe: None, index, records: HashMap::new() };
+        ev.eval(query)
+    }
+
+    /// [`Mailstore::search`] in `order`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_ordered(
+        &self,
+        account: AccountId,
+        query: &Node,
+        within: Option<&[MailboxId]>,
+        position: u64,
+        limit: usize,
+        snippets: bool,
+        order: SearchOrder,
+    ) -> Result<Found> {
         let view = self.db().snapshot();
         let state = State(
             view.counter(Space::Counters, &crate::account::Counter::State.key(account, 0))?.max(0) as u64,
         );
         let index = postings::view(&view, account.0)?;
-        let mut ev = Eval { store: self, view, account, universe: None, index, records: HashMap::new() };
+        let mut ev =
+            Eval { store: self, view: &view, account, universe: None, index, records: HashMap::new() };
         let mut set = ev.eval(query)?;
         if let Some(boxes) = within {
             let mut allowed = RoaringTreemap::new();
@@ -394,14 +488,22 @@ impl Mailstore {
         let total = set.len();
         let mut words = Vec::new();
         positive_words(query, &mut words);
+        let ranked = match order {
+            SearchOrder::Relevance => Some(by_relevance(&mut ev, query, &set)?),
+            SearchOrder::Newest => None,
+        };
         let mut hits = Vec::new();
-        let mut rank = total.saturating_sub(1).checked_sub(position);
-        while let Some(r) = rank {
-            if hits.len() >= limit {
-                break;
-            }
-            let Some(id) = set.select(r) else { break };
-            rank = r.checked_sub(1);
+        let mut at = position;
+        while hits.len() < limit && at < total {
+            let id = match &ranked {
+                Some(r) => r[at as usize],
+                // Newest first: email ids grow with arrival.
+                None => match set.select(total - 1 - at) {
+                    Some(id) => id,
+                    None => break,
+                },
+            };
+            at += 1;
             let mut hit = Hit { id: EmailId(id), snippets: Vec::new() };
             // Snippets show matched words: none to show, nothing to parse.
             if snippets

@@ -88,6 +88,8 @@ pub struct Query {
     pub limit: usize,
     /// One result per thread (its first in the sort order).
     pub collapse_threads: bool,
+    /// Only emails this search matches.
+    pub text: Option<crate::search::query::Node>,
 }
 
 impl Default for Query {
@@ -98,6 +100,7 @@ impl Default for Query {
             start: Start::Position(0),
             limit: 50,
             collapse_threads: false,
+            text: None,
         }
     }
 }
@@ -121,6 +124,7 @@ impl Query {
             || f.after.is_some()
             || f.before.is_some()
             || self.collapse_threads
+            || self.text.is_some()
             || match self.start {
                 Start::Position(p) => p > SHALLOW_POSITION,
                 Start::Anchor(..) => true,
@@ -162,6 +166,8 @@ struct Residual {
     indexed: RoaringTreemap,
     /// (set, must be in it) from the search index.
     words: Vec<(RoaringTreemap, bool)>,
+    /// The emails the query's search matches.
+    text: Option<RoaringTreemap>,
 }
 
 impl Residual {
@@ -187,12 +193,15 @@ impl Residual {
                 words.push((index.postings(view, &postings::term_key(Field::From, w))?, true));
             }
         }
-        Ok(Residual { facets, indexed, words })
+        Ok(Residual { facets, indexed, words, text: None })
     }
 
     /// `Some(false)`: the email fails the filter; `Some(true)`: the sets
     /// admit it; `None`: its record must decide.
     fn decide(&self, id: u64) -> Option<bool> {
+        if self.text.as_ref().is_some_and(|t| !t.contains(id)) {
+            return Some(false);
+        }
         if self.facets.iter().any(|(set, want)| set.contains(id) != *want) {
             return Some(false);
         }
@@ -229,7 +238,8 @@ impl Mailstore {
             || flagged != Tri::Any
             || f.has_attachment != Tri::Any
             || f.from.is_some()
-            || f.to.is_some();
+            || f.to.is_some()
+            || q.text.is_some();
 
         let prefix = index::prefix(account, mailbox, facet);
         let full = KeyRange::prefix(&prefix);
@@ -305,8 +315,13 @@ impl Mailstore {
         // or a narrow date range, where the records are fewer than the keys.
         let walked = self.counter(Facet::All.counter(), account, mailbox.0)?;
         let everything = self.counter(Facet::All.counter(), account, MailboxId::ALL.0)?;
-        let sets = if !ranged && walked.saturating_mul(8) >= everything {
-            Some(Residual::read(&view, account, f, unread, flagged)?)
+        // A search is only ever decided by its set.
+        let sets = if q.text.is_some() || (!ranged && walked.saturating_mul(8) >= everything) {
+            let mut sets = Residual::read(&view, account, f, unread, flagged)?;
+            if let Some(node) = &q.text {
+                sets.text = Some(self.matching(&view, account, node)?);
+            }
+            Some(sets)
         } else {
             None
         };

@@ -296,8 +296,16 @@ fn tri(t: Tristate) -> Tri {
 
 /// Reads a wire `Query` into the domain's. Peer input: never panics (a fuzz
 /// target drives it).
-pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp::Error> {
+pub fn decode_query(q: query::Reader<'_>, max_limit: u32, max_text: usize) -> Result<Query, capnp::Error> {
     let filter = decode_filter(q.get_filter()?)?;
+    let search = if q.has_text() { text(q.get_text(), "query text", max_text)? } else { "" };
+    let search = match search.trim() {
+        "" => None,
+        t => Some(
+            crate::search::query::parse(t, max_text)
+                .map_err(|e| to_capnp(Error::invalid(format!("query text {e}"))))?,
+        ),
+    };
     let limit = match q.get_limit() {
         0 => max_limit,
         n => n.min(max_limit),
@@ -312,6 +320,7 @@ pub fn decode_query(q: query::Reader<'_>, max_limit: u32) -> Result<Query, capnp
         start,
         limit: limit as usize,
         collapse_threads: q.get_collapse_threads(),
+        text: search,
     })
 }
 
@@ -454,7 +463,11 @@ impl session::Server for SessionImpl {
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
         let q = params.get()?.get_query()?;
-        let mut query = decode_query(q, self.services.config.limits.max_query_limit)?;
+        let mut query = decode_query(
+            q,
+            self.services.config.limits.max_query_limit,
+            self.services.config.limits.max_search_query_bytes as usize,
+        )?;
         query.filter.mailbox = self.scope.query_mailbox(query.filter.mailbox).map_err(to_capnp)?;
         let account = self.account;
         let page = if query.is_heavy() {
@@ -474,7 +487,11 @@ impl session::Server for SessionImpl {
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
         let p = params.get()?;
-        let mut query = decode_query(p.get_query()?, self.services.config.limits.max_query_limit)?;
+        let mut query = decode_query(
+            p.get_query()?,
+            self.services.config.limits.max_query_limit,
+            self.services.config.limits.max_search_query_bytes as usize,
+        )?;
         query.filter.mailbox = self.scope.query_mailbox(query.filter.mailbox).map_err(to_capnp)?;
         let since = State(p.get_since_query_state());
         let max = self.services.config.limits.max_changes;
@@ -499,7 +516,11 @@ impl session::Server for SessionImpl {
         let _call = self.enter()?;
         let p = params.get()?;
         let listener = p.get_listener()?;
-        let mut query = decode_query(p.get_query()?, self.services.config.limits.max_query_limit)?;
+        let mut query = decode_query(
+            p.get_query()?,
+            self.services.config.limits.max_query_limit,
+            self.services.config.limits.max_search_query_bytes as usize,
+        )?;
         query.filter.mailbox = self.scope.query_mailbox(query.filter.mailbox).map_err(to_capnp)?;
         let slot = self.peer.take_watch()?;
         let subscription = self.services.hub.subscribe(self.account);
@@ -1033,10 +1054,16 @@ impl session::Server for SessionImpl {
         let position = u64::from(p.get_position());
         let within = self.scope.mailboxes.clone();
         let account = self.account;
-        let found =
-            super::heavy(s, move |s| s.mail.search(account, &node, within.as_deref(), position, limit, true))
-                .await
-                .map_err(to_capnp)?;
+        let order = if p.get_by_relevance() {
+            crate::mail::find::SearchOrder::Relevance
+        } else {
+            crate::mail::find::SearchOrder::Newest
+        };
+        let found = super::heavy(s, move |s| {
+            s.mail.search_ordered(account, &node, within.as_deref(), position, limit, true, order)
+        })
+        .await
+        .map_err(to_capnp)?;
         let mut r = results.get();
         r.set_total(found.total);
         r.set_query_state(found.state.0);

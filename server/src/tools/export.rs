@@ -48,6 +48,7 @@ pub fn export(
             start: Start::Position(position),
             limit: 500,
             collapse_threads: false,
+            text: None,
         };
         let page = mail.query(acct.id, &q)?;
         if page.ids.is_empty() {
