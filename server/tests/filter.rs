@@ -172,3 +172,43 @@ async fn an_account_sending_in_bulk_is_throttled_and_its_neighbour_is_not() {
     // Twenty minutes later one recipient's worth has come back.
     s.mail.submit(a, sub("r5@example.net"), t0 + 20 * 60_000).await.expect("refilled");
 }
+
+#[tokio::test]
+async fn an_account_sending_spam_is_throttled_soon_and_its_neighbour_is_not() {
+    let s = support::store();
+    let settings = FilterSettings { max_recipients_per_hour: 30, ..FilterSettings::default() };
+    let s =
+        support::TestStore { mail: s.mail.with_filter(Pipeline::from_settings(&settings).expect("p")), ..s };
+    let (a, b) = (s.account("alice").await, s.account("bob").await);
+    // Junk by its rules (a display name showing another address, a link
+    // to a bare IP address), not enough to be refused outright.
+    let phish = |to: &str| NewSubmission {
+        raw: format!(
+            "From: \"security@bank.example\" <x@example.org>\r\nTo: {to}\r\nSubject: verify\r\n\r\n\
+             verify your account at http://192.0.2.7/login today\r\n"
+        )
+        .into_bytes(),
+        mail_from: "x@example.org".into(),
+        recipients: vec![(to.into(), false)],
+        send_at_ms: 0,
+    };
+    let clean = |to: &str| NewSubmission {
+        raw: format!("From: y@example.org\r\nTo: {to}\r\nSubject: lunch\r\n\r\nat noon?\r\n").into_bytes(),
+        mail_from: "y@example.org".into(),
+        recipients: vec![(to.into(), false)],
+        send_at_ms: 0,
+    };
+    let t0 = 1_700_000_000_000;
+    // Each junk recipient counts ten times: three use up thirty.
+    for i in 0..3 {
+        s.mail.submit(a, phish(&format!("r{i}@example.net")), t0).await.expect("within the limit");
+    }
+    match s.mail.submit(a, phish("r3@example.net"), t0).await {
+        Err(Error::Unavailable(why)) => assert!(why.contains("sending limit"), "{why}"),
+        other => panic!("a spammer is not throttled: {:?}", other.map(|s| s.id)),
+    }
+    // Bob, sending clean mail, has his whole allowance.
+    for i in 0..30 {
+        s.mail.submit(b, clean(&format!("f{i}@example.net")), t0).await.expect("bob is not throttled");
+    }
+}

@@ -165,3 +165,40 @@ fn an_imported_store_is_as_compact_as_a_served_one() {
         "the first start shrank the store from {after_import} to {after_serving} bytes"
     );
 }
+
+#[test]
+fn train_builds_the_global_spam_model_from_folders_offline() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let (spam, ham) = (dir.path().join("spam"), dir.path().join("ham"));
+    for i in 0..3 {
+        write(
+            &spam.join(format!("s{i}")),
+            &format!("From: Deals <deals{i}@offers.example>\r\nSubject: cheap pills {i}\r\n\r\nbuy now\r\n"),
+        );
+    }
+    for i in 0..5 {
+        write(&ham.join(format!("cur/h{i}")), &message(i));
+    }
+    let (ok, out) = quaild(&data, &["train", "--ham", ham.to_str().expect("path")], "");
+    assert!(!ok && out.contains("holds no store"), "a data dir without a store is named: {out}");
+    let (ok, out) = quaild(&data, &["account", "add", "alice", "--password-stdin"], "alice-password\n");
+    assert!(ok, "{out}");
+    let (ok, out) = quaild(&data, &["train"], "");
+    assert!(!ok && out.contains("nothing to train on"), "{out}");
+    let (ok, out) = quaild(
+        &data,
+        &["train", "--spam", spam.to_str().expect("path"), "--ham", ham.to_str().expect("path")],
+        "",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("trained 3 spam messages"), "{out}");
+    assert!(out.contains("trained 5 ham messages"), "{out}");
+    assert!(out.contains("global spam model: 3 spam, 5 ham"), "{out}");
+    // Training adds up: the same spam again counts again.
+    let (ok, out) = quaild(&data, &["train", "--spam", spam.to_str().expect("path")], "");
+    assert!(ok && out.contains("global spam model: 6 spam, 5 ham"), "{out}");
+    let missing = dir.path().join("no-such-folder");
+    let (ok, out) = quaild(&data, &["train", "--ham", missing.to_str().expect("path")], "");
+    assert!(!ok && out.contains("no-such-folder"), "a missing path is named: {out}");
+}
