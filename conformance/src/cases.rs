@@ -46,6 +46,7 @@ cases!(
     deliver_then_query_get_and_raw,
     accounts_are_isolated,
     unserved_methods_fail_with_typed_unimplemented,
+    report_spam_files_in_junk_and_back_for_the_owner_only,
     announced_limits_are_enforced,
     gateway_refuses_bad_deliveries,
     unknown_stream_tag_resets_only_that_stream,
@@ -338,6 +339,59 @@ async fn unserved_methods_fail_with_typed_unimplemented(target: Target) -> Outco
     req.get().set_is_spam(true);
     expect_code(req.send().promise.await, ErrorCode::Unimplemented, "reportSpam on a server without it")?;
     Ok(())
+}
+
+/// (Junk, Inbox) totals of the account.
+async fn junk_and_inbox(session: &session::Client) -> Result<(u32, u32), String> {
+    let resp = session.mailboxes_request().send().promise.await.map_err(fail("mailboxes"))?;
+    let boxes = resp.get().map_err(fail("results"))?.get_mailboxes().map_err(fail("list"))?;
+    let total = |role: Role| boxes.iter().find(|m| m.get_role() == Ok(role)).map_or(0, |m| m.get_total());
+    Ok((total(Role::Junk), total(Role::Inbox)))
+}
+
+async fn report_spam(
+    session: &session::Client,
+    ids: &[u64],
+    is_spam: bool,
+) -> Result<(Vec<u64>, Vec<(u64, Option<ErrorCode>)>), String> {
+    let mut req = session.report_spam_request();
+    req.get().set_ids(ids).map_err(fail("ids"))?;
+    req.get().set_is_spam(is_spam);
+    let resp = req.send().promise.await.map_err(fail("reportSpam"))?;
+    let r = resp.get().map_err(fail("results"))?.get_result().map_err(fail("result"))?;
+    let updated = r.get_updated().map_err(fail("updated"))?.iter().collect();
+    let mut refused = Vec::new();
+    for e in r.get_not_updated().map_err(fail("notUpdated"))?.iter() {
+        refused.push((e.get_id(), e.get_error().ok().and_then(|x| x.get_code().ok())));
+    }
+    Ok((updated, refused))
+}
+
+async fn report_spam_files_in_junk_and_back_for_the_owner_only(target: Target) -> Outcome {
+    let (_conn, boot) = bootstrap(&target).await?;
+    if !hello(&boot).await?.iter().any(|f| f == "Session.reportSpam") {
+        return Ok(()); // not served: the unserved-methods case checks the error
+    }
+    let (a, pa) = new_account(&boot, &target).await?;
+    let (b, _) = new_account(&boot, &target).await?;
+    let own = deliver(&boot, &target, &a, BASIC_EML).await?;
+    let bobs = deliver(&boot, &target, &b, BASIC_EML).await?;
+    let session = login(&boot, &a, &pa).await.map_err(fail("login"))?;
+    let before = junk_and_inbox(&session).await?;
+    ensure(before == (0, 1), || format!("(Junk, Inbox) before the report: {before:?}"))?;
+
+    let (updated, refused) = report_spam(&session, &[own, bobs], true).await?;
+    ensure(updated == vec![own], || format!("updated {updated:?}"))?;
+    ensure(refused == vec![(bobs, Some(ErrorCode::NotFound))], || {
+        format!("another account's id: {refused:?}")
+    })?;
+    let after = junk_and_inbox(&session).await?;
+    ensure(after == (1, 0), || format!("(Junk, Inbox) after reporting spam: {after:?}"))?;
+
+    let (updated, _) = report_spam(&session, &[own], false).await?;
+    ensure(updated == vec![own], || format!("updated {updated:?}"))?;
+    let back = junk_and_inbox(&session).await?;
+    ensure(back == (0, 1), || format!("(Junk, Inbox) after reporting not spam: {back:?}"))
 }
 
 async fn announced_limits_are_enforced(target: Target) -> Outcome {

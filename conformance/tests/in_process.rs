@@ -56,6 +56,7 @@ case_tests!(
     deliver_then_query_get_and_raw,
     accounts_are_isolated,
     unserved_methods_fail_with_typed_unimplemented,
+    report_spam_files_in_junk_and_back_for_the_owner_only,
     announced_limits_are_enforced,
     gateway_refuses_bad_deliveries,
     unknown_stream_tag_resets_only_that_stream,
