@@ -580,3 +580,45 @@ async fn by_relevance_the_weightier_field_and_the_rarer_word_come_first() {
     // Filters alone have no words to weigh: newest first.
     assert_eq!(ordered("is:unread", Relevance), ordered("is:unread", Newest));
 }
+
+#[tokio::test]
+async fn a_mailbox_with_a_flag_is_read_as_one_index_and_agrees_with_each_alone() {
+    let s = support::store();
+    let a = s.account("a").await;
+    let inbox = s.mail.mailbox_by_role(a, Role::Inbox).expect("inbox");
+    let archive = s.mail.mailbox_by_role(a, Role::Archive).expect("archive");
+    let mut made = Vec::new();
+    for i in 0..40 {
+        let word = if i % 2 == 0 { "kernel" } else { "driver" };
+        made.push(
+            one(&s, a, &format!("From: b@example.org\r\nSubject: {word} {i}\r\n\r\nbody {i}\r\n")).await,
+        );
+    }
+    let pick =
+        |k: usize| made.iter().enumerate().filter(|(i, _)| i % k == 0).map(|(_, id)| *id).collect::<Vec<_>>();
+    s.mail.set_keywords(a, &pick(3), &["$seen".into()], &[], None).await.expect("seen");
+    s.mail.set_keywords(a, &pick(5), &["$flagged".into()], &[], None).await.expect("flag");
+    s.mail.move_emails(a, &pick(4), &[archive], &[inbox], None).await.expect("move");
+    let both = |x: &str, y: &str| {
+        let (x, y) = (ids(&s, a, x), ids(&s, a, y));
+        x.into_iter().filter(|i| y.contains(i)).collect::<Vec<_>>()
+    };
+    for (mailbox, flag) in
+        [("in:inbox", "is:unread"), ("in:archive", "is:unread"), ("in:archive", "is:flagged")]
+    {
+        let together = ids(&s, a, &format!("{mailbox} {flag}"));
+        assert!(!together.is_empty(), "{mailbox} {flag}");
+        assert_eq!(together, both(mailbox, flag), "{mailbox} {flag}");
+        assert_eq!(
+            ids(&s, a, &format!("{flag} kernel {mailbox}")),
+            both(&format!("{mailbox} {flag}"), "kernel")
+        );
+        assert_eq!(
+            ids(&s, a, &format!("{mailbox} {flag} -kernel")),
+            both(&format!("{mailbox} {flag}"), "-kernel")
+        );
+    }
+    // A mailbox that does not exist is still an error, not an empty set.
+    let node = query::parse("in:nowhere is:unread", 4096).expect("parse");
+    assert!(s.mail.search(a, &node, None, 0, 10, false).is_err());
+}

@@ -202,6 +202,28 @@ impl Eval<'_> {
         Ok(Some(document(&crate::mail::parse::parse(&raw))))
     }
 
+    /// The set of a mailbox and a flag among `pos` (the positive items of
+    /// an And), taking both out of it; `None` when there is no such pair.
+    fn mailbox_facet(&mut self, pos: &mut Vec<&Node>) -> Result<Option<RoaringTreemap>> {
+        let Some(mi) = pos.iter().position(|n| matches!(n, Node::In(_) | Node::InId(_))) else {
+            return Ok(None);
+        };
+        let Some(fi) = pos.iter().position(|n| matches!(n, Node::Is(Flag::Unread) | Node::Is(Flag::Flagged)))
+        else {
+            return Ok(None);
+        };
+        let mailbox = match pos[mi] {
+            Node::In(name) => self.mailbox(name)?,
+            Node::InId(id) => MailboxId(*id),
+            _ => return Ok(None),
+        };
+        let facet = if matches!(pos[fi], Node::Is(Flag::Unread)) { Facet::Unread } else { Facet::Flagged };
+        let set = self.facet(mailbox, facet)?;
+        pos.remove(mi.max(fi));
+        pos.remove(mi.min(fi));
+        Ok(Some(set))
+    }
+
     fn eval(&mut self, node: &Node) -> Result<RoaringTreemap> {
         Ok(match node {
             Node::Term { field, word, prefix } => {
@@ -248,13 +270,21 @@ impl Eval<'_> {
             Node::And(items) => {
                 let (sizes, sets): (Vec<&Node>, Vec<&Node>) =
                     items.iter().partition(|n| matches!(n, Node::Larger(_) | Node::Smaller(_)));
-                let (negs, pos): (Vec<&Node>, Vec<&Node>) =
+                let (negs, mut pos): (Vec<&Node>, Vec<&Node>) =
                     sets.into_iter().partition(|n| matches!(n, Node::Not(_)));
-                let mut acc = match pos.first() {
-                    Some(first) => self.eval(first)?,
-                    None => self.universe()?,
+                // `in:X is:unread` (or `is:flagged`) is one index, the
+                // mailbox's own unread (flagged) list: read it instead of
+                // the whole mailbox and the whole account's unread.
+                let own_facet = self.mailbox_facet(&mut pos)?;
+                let mut rest = pos.iter();
+                let mut acc = match own_facet {
+                    Some(set) => set,
+                    None => match rest.next() {
+                        Some(first) => self.eval(first)?,
+                        None => self.universe()?,
+                    },
                 };
-                for n in pos.iter().skip(1) {
+                for n in rest {
                     if acc.is_empty() {
                         break;
                     }
