@@ -9,6 +9,7 @@
 //! (`X-Spam-*` and the like) are never read for the same reason.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 
 use html5gum::{DefaultEmitter, Token, Tokenizer};
 use mail_parser::{Address, Message, MimeHeaders, PartType};
@@ -82,15 +83,27 @@ pub struct Features {
     pub auth_results: Vec<String>,
 }
 
+#[derive(Default)]
 struct Bag {
-    seen: foldhash::HashSet<String>,
+    /// Hashes of the tokens in `list` (64 bits: a collision among a few
+    /// thousand tokens is out of reach).
+    seen: foldhash::HashSet<u64>,
+    hasher: foldhash::fast::RandomState,
     list: Vec<String>,
 }
 
 impl Bag {
     fn add(&mut self, t: String) {
-        if self.list.len() < MAX_TOKENS && self.seen.insert(t.clone()) {
+        if self.list.len() < MAX_TOKENS && self.seen.insert(self.hasher.hash_one(t.as_str())) {
             self.list.push(t);
+        }
+    }
+
+    /// [`Bag::add`] of a token built in a reused buffer: copied only when
+    /// new, so a word repeated through a body costs no allocation.
+    fn add_str(&mut self, t: &str) {
+        if self.list.len() < MAX_TOKENS && self.seen.insert(self.hasher.hash_one(t)) {
+            self.list.push(t.to_owned());
         }
     }
 }
@@ -128,7 +141,7 @@ pub fn features_parsed(raw: &[u8], parsed: Option<&Message<'_>>) -> Features {
 
 fn of_message(m: &Message<'_>) -> Features {
     let mut f = Features::default();
-    let mut bag = Bag { seen: foldhash::HashSet::default(), list: Vec::new() };
+    let mut bag = Bag::default();
 
     // Subject.
     let subject = nfkc(m.subject().unwrap_or("").to_owned());
@@ -429,16 +442,26 @@ fn words(bag: &mut Bag, text: &str, prefix: &str) {
         }
         text = &owned;
     }
+    // The token under construction: `prefix`, then the word in lower case.
+    let mut token = String::with_capacity(prefix.len() + 32);
     for w in text.split_whitespace() {
         let w = w.trim_matches(|c: char| !(c.is_alphanumeric() || c == '$' || c == '!' || c == '%'));
         if w.is_empty() {
             continue;
         }
-        let lower = w.to_lowercase();
-        let n = lower.chars().count();
+        token.clear();
+        token.push_str(prefix);
+        if w.is_ascii() {
+            token.push_str(w);
+            token[prefix.len()..].make_ascii_lowercase();
+        } else {
+            token.push_str(&w.to_lowercase());
+        }
+        let lower = &token[prefix.len()..];
+        let n = if w.is_ascii() { lower.len() } else { lower.chars().count() };
         if n < 3 {
             if n == 2 && (lower.contains('$') || lower == "!!") {
-                bag.add(format!("{prefix}{lower}"));
+                bag.add_str(&token);
             }
             continue;
         }
@@ -448,7 +471,7 @@ fn words(bag: &mut Bag, text: &str, prefix: &str) {
             let first = lower.chars().next().unwrap_or('?');
             bag.add(format!("{prefix}skip:{first}:{}", n / 10 * 10));
         } else {
-            bag.add(format!("{prefix}{lower}"));
+            bag.add_str(&token);
         }
     }
 }
@@ -825,14 +848,14 @@ mod tests {
 
     #[test]
     fn words_keep_inner_punctuation_and_fold_numbers() {
-        let mut bag = Bag { seen: foldhash::HashSet::default(), list: Vec::new() };
+        let mut bag = Bag::default();
         words(&mut bag, "Get $10,000 NOW!! e-mail 2002 it a $5 supercalifragilisticexpialidocious", "");
         assert_eq!(bag.list, ["get", "$10,000", "now!!", "e-mail", "num:4", "$5", "skip:s:30"]);
     }
 
     #[test]
     fn cjk_runs_become_pairs_and_scripts_are_named() {
-        let mut bag = Bag { seen: foldhash::HashSet::default(), list: Vec::new() };
+        let mut bag = Bag::default();
         words(&mut bag, "免费赠送 offer", "subject:");
         assert!(bag.list.contains(&"subject:cjk:免费".to_owned()), "{:?}", bag.list);
         assert!(bag.list.contains(&"subject:cjk:赠送".to_owned()));
