@@ -1,8 +1,9 @@
 //! Anti-spam at SMTP time, with Python's smtplib against quail-smtpd and a
 //! real Quail server: a client listed by a DNS blocklist (served on
 //! loopback) gets its mail filed in Junk with the list named in the
-//! reasons, an unlisted one in the Inbox; the GTUBE test string is refused
-//! with 550 5.7.1 and nothing is stored.
+//! reasons (a zone that fails to answer lists no one), an unlisted one in
+//! the Inbox; the GTUBE test string is refused with 550 5.7.1 and nothing
+//! is stored.
 
 mod support;
 
@@ -59,7 +60,9 @@ async fn role_of(session: &Session, id: EmailId) -> (Role, quail::FilterVerdict)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_on_a_blocklist_is_filed_in_junk_with_the_list_named() {
-    let w = world(&["bl.test"]).await;
+    // The first zone is not served by the DNS: it fails, lists no one, and
+    // the next one is asked.
+    let w = world(&["unserved.example", "bl.test"]).await;
     let port = w.smtp.addr().port();
     assert_eq!(send(port, "127.0.0.2", "listed", "the quarterly figures"), "250");
     assert_eq!(send(port, "127.0.0.3", "unlisted", "the quarterly figures"), "250");

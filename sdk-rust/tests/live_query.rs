@@ -12,14 +12,21 @@ use quail::{EmailId, Error, MailboxId, Query, Role};
 
 const PASSWORD: &str = "alice-password";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushed_and_pulled_query_changes_rebuild_the_results_exactly() {
+/// A server in a temporary dir with the account alice; the gateway
+/// (deliveries) and alice's session.
+async fn alice() -> (tempfile::TempDir, quail_server::Running, quail::Gateway, quail::Session) {
     let dir = tempfile::tempdir().expect("dir");
     let server = support::start(dir.path()).await;
     let client = support::connect(&server).await;
     support::admin(&client, &server).await.create_account("alice", PASSWORD, 0, 0).await.expect("create");
     let gateway = support::gateway(&client, &server).await;
     let session = client.login("alice", PASSWORD).await.expect("login");
+    (dir, server, gateway, session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_and_pulled_query_changes_rebuild_the_results_exactly() {
+    let (_dir, _server, gateway, session) = alice().await;
     let (boxes, _) = session.mailboxes().await.expect("mailboxes");
     let role = |r: Role| boxes.iter().find(|m| m.role == r).expect("role").id;
     let (inbox, archive) = (role(Role::Inbox), role(Role::Archive));
@@ -109,12 +116,7 @@ async fn pushed_and_pulled_query_changes_rebuild_the_results_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_search_hears_of_matching_mail_only_and_follows_deletes() {
-    let dir = tempfile::tempdir().expect("dir");
-    let server = support::start(dir.path()).await;
-    let client = support::connect(&server).await;
-    support::admin(&client, &server).await.create_account("alice", PASSWORD, 0, 0).await.expect("create");
-    let gateway = support::gateway(&client, &server).await;
-    let session = client.login("alice", PASSWORD).await.expect("login");
+    let (_dir, _server, gateway, session) = alice().await;
     let mail = |subject: &str, body: &str| {
         format!(
             "From: Bob <bob@example.net>\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\r\n{body}\r\n"
@@ -160,5 +162,11 @@ async fn a_watched_search_hears_of_matching_mail_only_and_follows_deletes() {
     match session.watch_query(&Query::all().matching("(invoice")).await {
         Err(Error::InvalidInput(why)) => assert!(why.contains("query text"), "{why}"),
         other => panic!("expected InvalidInput, got {:?}", other.map(|w| w.initial.clone())),
+    }
+    // One over the announced maxSearchQueryBytes is refused as such.
+    let huge = "a ".repeat(10_000);
+    match session.watch_query(&Query::all().matching(&huge)).await {
+        Err(Error::LimitExceeded(why)) => assert!(why.contains("query text"), "{why}"),
+        other => panic!("expected LimitExceeded, got {:?}", other.map(|w| w.initial.clone())),
     }
 }

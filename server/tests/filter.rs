@@ -147,18 +147,33 @@ async fn the_block_list_refuses_an_attachment_by_its_hash() {
     assert!(Pipeline::from_settings(&bad).expect_err("bad hash").to_string().contains("BLAKE3"));
 }
 
-#[tokio::test]
-async fn an_account_sending_in_bulk_is_throttled_and_its_neighbour_is_not() {
+/// A store whose filters let each account send to `per_hour` recipients.
+fn sending_limited(per_hour: u32) -> support::TestStore {
     let s = support::store();
-    let settings = FilterSettings { max_recipients_per_hour: 3, ..FilterSettings::default() };
-    let s =
-        support::TestStore { mail: s.mail.with_filter(Pipeline::from_settings(&settings).expect("p")), ..s };
-    let (a, b) = (s.account("alice").await, s.account("bob").await);
-    let sub = |to: &str| NewSubmission {
-        raw: format!("From: x@example.org\r\nTo: {to}\r\nSubject: hi\r\n\r\nhello\r\n").into_bytes(),
-        mail_from: "x@example.org".into(),
+    let settings = FilterSettings { max_recipients_per_hour: per_hour, ..FilterSettings::default() };
+    support::TestStore { mail: s.mail.with_filter(Pipeline::from_settings(&settings).expect("p")), ..s }
+}
+
+/// A submission of `raw` from `from` to one recipient, now.
+fn to_one(from: &str, to: &str, raw: String) -> NewSubmission {
+    NewSubmission {
+        raw: raw.into_bytes(),
+        mail_from: from.into(),
         recipients: vec![(to.into(), false)],
         send_at_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn an_account_sending_in_bulk_is_throttled_and_its_neighbour_is_not() {
+    let s = sending_limited(3);
+    let (a, b) = (s.account("alice").await, s.account("bob").await);
+    let sub = |to: &str| {
+        to_one(
+            "x@example.org",
+            to,
+            format!("From: x@example.org\r\nTo: {to}\r\nSubject: hi\r\n\r\nhello\r\n"),
+        )
     };
     let t0 = 1_700_000_000_000;
     for i in 0..3 {
@@ -175,28 +190,26 @@ async fn an_account_sending_in_bulk_is_throttled_and_its_neighbour_is_not() {
 
 #[tokio::test]
 async fn an_account_sending_spam_is_throttled_soon_and_its_neighbour_is_not() {
-    let s = support::store();
-    let settings = FilterSettings { max_recipients_per_hour: 30, ..FilterSettings::default() };
-    let s =
-        support::TestStore { mail: s.mail.with_filter(Pipeline::from_settings(&settings).expect("p")), ..s };
+    let s = sending_limited(30);
     let (a, b) = (s.account("alice").await, s.account("bob").await);
     // Junk by its rules (a display name showing another address, a link
     // to a bare IP address), not enough to be refused outright.
-    let phish = |to: &str| NewSubmission {
-        raw: format!(
-            "From: \"security@bank.example\" <x@example.org>\r\nTo: {to}\r\nSubject: verify\r\n\r\n\
-             verify your account at http://192.0.2.7/login today\r\n"
+    let phish = |to: &str| {
+        to_one(
+            "x@example.org",
+            to,
+            format!(
+                "From: \"security@bank.example\" <x@example.org>\r\nTo: {to}\r\nSubject: verify\r\n\r\n\
+                 verify your account at http://192.0.2.7/login today\r\n"
+            ),
         )
-        .into_bytes(),
-        mail_from: "x@example.org".into(),
-        recipients: vec![(to.into(), false)],
-        send_at_ms: 0,
     };
-    let clean = |to: &str| NewSubmission {
-        raw: format!("From: y@example.org\r\nTo: {to}\r\nSubject: lunch\r\n\r\nat noon?\r\n").into_bytes(),
-        mail_from: "y@example.org".into(),
-        recipients: vec![(to.into(), false)],
-        send_at_ms: 0,
+    let clean = |to: &str| {
+        to_one(
+            "y@example.org",
+            to,
+            format!("From: y@example.org\r\nTo: {to}\r\nSubject: lunch\r\n\r\nat noon?\r\n"),
+        )
     };
     let t0 = 1_700_000_000_000;
     // Each junk recipient counts ten times: three use up thirty.

@@ -384,14 +384,10 @@ impl Pipeline {
         self.sending.take(account, recipients, now_ms)
     }
 
-    /// [`Pipeline::check`] as a result: a refusal is
-    /// [`Error::Rejected`](crate::error::Error::Rejected), a temporary
-    /// failure [`Error::Unavailable`](crate::error::Error::Unavailable).
-    pub fn admit(&self, raw: &[u8], direction: Direction) -> crate::error::Result<Verdict> {
-        self.admit_parsed(raw, parse(raw).as_ref(), direction)
-    }
-
-    fn admit_parsed(
+    /// [`Pipeline::check`] of `raw` (parsed as `parsed`) as a result: a
+    /// refusal is [`Error::Rejected`](crate::error::Error::Rejected), a
+    /// temporary failure [`Error::Unavailable`](crate::error::Error::Unavailable).
+    fn admit(
         &self,
         raw: &[u8],
         parsed: Option<&Message<'_>>,
@@ -407,8 +403,11 @@ impl Pipeline {
 
 impl Pipeline {
     /// Every filter on an inbound message for `accounts`, the message
-    /// parsed once: the virus scan ([`Pipeline::admit`]), then the spam
-    /// verdicts ([`Pipeline::judge_inbound`]).
+    /// parsed once: the virus scan, then the spam verdicts (the global
+    /// model and each account's own);
+    /// [`Error::Rejected`](crate::error::Error::Rejected) for a virus or
+    /// when the global score reaches the reject score: a user's own
+    /// training sends mail to their Junk, never back to its sender.
     pub fn inbound(
         &self,
         db: &crate::store::Db,
@@ -416,12 +415,16 @@ impl Pipeline {
         raw: &[u8],
     ) -> crate::error::Result<Vec<spam::Record>> {
         let parsed = if self.is_empty() { None } else { parse(raw) };
-        self.admit_parsed(raw, parsed.as_ref(), Direction::Inbound)?;
-        self.judge_inbound_parsed(db, accounts, raw, parsed.as_ref())
+        self.admit(raw, parsed.as_ref(), Direction::Inbound)?;
+        self.judge_inbound(db, accounts, raw, parsed.as_ref())
     }
 
     /// Every filter on a message `account` submits, parsed once: the virus
-    /// scan, then [`Pipeline::judge_outbound`].
+    /// scan, then the spam score (the global model and the account's);
+    /// [`Error::Rejected`](crate::error::Error::Rejected) for a virus or at
+    /// the reject score. `Some(score)` when it is junk: the sending limit
+    /// then counts each recipient many times, so an account that sends
+    /// spam is throttled soon, and its neighbours not at all.
     pub fn outbound(
         &self,
         db: &crate::store::Db,
@@ -429,26 +432,11 @@ impl Pipeline {
         raw: &[u8],
     ) -> crate::error::Result<Option<f64>> {
         let parsed = if self.is_empty() { None } else { parse(raw) };
-        self.admit_parsed(raw, parsed.as_ref(), Direction::Outbound)?;
-        self.judge_outbound_parsed(db, account, raw, parsed.as_ref())
+        self.admit(raw, parsed.as_ref(), Direction::Outbound)?;
+        self.judge_outbound(db, account, raw, parsed.as_ref())
     }
 
-    /// The spam verdicts of an inbound message for each of `accounts`,
-    /// judged on `db` as it is (the global model and each account's own);
-    /// [`Error::Rejected`](crate::error::Error::Rejected) when the global
-    /// score reaches the reject score: a user's own training sends mail to
-    /// their Junk, never back to its sender.
-    pub fn judge_inbound(
-        &self,
-        db: &crate::store::Db,
-        accounts: &[u64],
-        raw: &[u8],
-    ) -> crate::error::Result<Vec<spam::Record>> {
-        let parsed = if self.spam.is_some() { parse(raw) } else { None };
-        self.judge_inbound_parsed(db, accounts, raw, parsed.as_ref())
-    }
-
-    fn judge_inbound_parsed(
+    fn judge_inbound(
         &self,
         db: &crate::store::Db,
         accounts: &[u64],
@@ -491,22 +479,7 @@ impl Pipeline {
             .collect()
     }
 
-    /// The spam score of a message `account` submits (the global model
-    /// and the account's); [`Error::Rejected`](crate::error::Error::Rejected)
-    /// at the reject score. `Some(score)` when it is junk: the sending limit
-    /// then counts each recipient many times, so an account that sends
-    /// spam is throttled soon, and its neighbours not at all.
-    pub fn judge_outbound(
-        &self,
-        db: &crate::store::Db,
-        account: u64,
-        raw: &[u8],
-    ) -> crate::error::Result<Option<f64>> {
-        let parsed = if self.spam.is_some() { parse(raw) } else { None };
-        self.judge_outbound_parsed(db, account, raw, parsed.as_ref())
-    }
-
-    fn judge_outbound_parsed(
+    fn judge_outbound(
         &self,
         db: &crate::store::Db,
         account: u64,

@@ -399,12 +399,9 @@ fn by_relevance(ev: &mut Eval<'_>, query: &Node, set: &RoaringTreemap) -> Result
 
 /// The positive words of a query (what snippets highlight): (word, prefix).
 fn positive_words(node: &Node, out: &mut Vec<(String, bool)>) {
-    match node {
-        Node::Term { word, prefix, .. } => out.push((word.clone(), *prefix)),
-        Node::Phrase { words, .. } => out.extend(words.iter().map(|w| (w.clone(), false))),
-        Node::And(items) | Node::Or(items) => items.iter().for_each(|n| positive_words(n, out)),
-        _ => {}
-    }
+    let mut scoped = Vec::new();
+    scoped_words(node, &mut scoped);
+    out.extend(scoped.into_iter().map(|(_, word, prefix)| (word, prefix)));
 }
 
 /// A snippet of `text` around its first word matching `words`.
