@@ -198,20 +198,13 @@ pub fn judge(
     if n == Pair::default() {
         return Ok(Judgement { p: 0.5, clues: Vec::new(), trained: n });
     }
-    let (nspam, nham) = (f64::from(n.spam.max(1)), f64::from(n.ham.max(1)));
     let mut clues: Vec<Clue> = Vec::new();
     for t in tokens {
         let mut c = global.tokens.get(t.as_bytes()).copied().unwrap_or_default();
         if let Some((a, _)) = own {
             c = c.add(Pair::decode(crate::store::Reader::get(snap, Space::Spam, &token_key(a, t))?));
         }
-        let count = f64::from(c.spam) + f64::from(c.ham);
-        if count == 0.0 {
-            continue;
-        }
-        let (sr, hr) = (f64::from(c.spam) / nspam, f64::from(c.ham) / nham);
-        let p = sr / (sr + hr);
-        let f = (PRIOR_STRENGTH * PRIOR + count * p) / (PRIOR_STRENGTH + count);
+        let Some(f) = spamminess(c, n) else { continue };
         if (f - 0.5).abs() >= MIN_STRENGTH {
             clues.push(Clue { token: t.clone(), p: f });
         }
@@ -223,6 +216,29 @@ pub fn judge(
     }
     clues.sort_by(by_strength);
     Ok(Judgement { p: combine(&clues), clues, trained: n })
+}
+
+/// How spammy a token is, 0 to 1, from `c`, the messages of each class
+/// it occurs in, out of `n` trained (`None`: it never occurred).
+///
+/// Robinson's estimate: the token's rate in spam against its rate in ham,
+/// pulled towards [`PRIOR`] the fewer messages it was seen in. Those
+/// messages are counted as if both classes had been trained equally
+/// (their mean): with five hams trained per spam, a token absent from the
+/// few spams but seen in a couple of the many hams is only a weak sign of
+/// ham, not a sure one — else every ordinary word the spams happened not
+/// to use outvotes the spam's own words.
+fn spamminess(c: Pair, n: Pair) -> Option<f64> {
+    let (nspam, nham) = (f64::from(n.spam.max(1)), f64::from(n.ham.max(1)));
+    let (spam, ham) = (f64::from(c.spam), f64::from(c.ham));
+    let mean = (nspam + nham) / 2.0;
+    let count = spam * mean / nspam + ham * mean / nham;
+    if count == 0.0 {
+        return None;
+    }
+    let (sr, hr) = (spam / nspam, ham / nham);
+    let p = sr / (sr + hr);
+    Some((PRIOR_STRENGTH * PRIOR + count * p) / (PRIOR_STRENGTH + count))
 }
 
 /// Fisher's combining of the clues: how unlikely their spamminess and
@@ -276,6 +292,23 @@ mod tests {
         assert!(combine(&hammy) < 0.01);
         let mixed: Vec<Clue> = spammy.iter().chain(&hammy).cloned().collect();
         assert!((combine(&mixed) - 0.5).abs() < 0.05, "{}", combine(&mixed));
+    }
+
+    #[test]
+    fn evidence_is_counted_as_if_the_classes_were_trained_equally() {
+        let n = Pair { spam: 100, ham: 500 };
+        assert_eq!(spamminess(Pair::default(), n), None);
+        let once_in_spam = spamminess(Pair { spam: 1, ham: 0 }, n).unwrap_or(0.5);
+        let once_in_ham = spamminess(Pair { spam: 0, ham: 1 }, n).unwrap_or(0.5);
+        // One spam in 100 is stronger evidence than one ham in 500.
+        assert!(once_in_spam - 0.5 > 0.5 - once_in_ham, "{once_in_spam} {once_in_ham}");
+        assert!(once_in_ham < 0.5 - MIN_STRENGTH, "still a clue: {once_in_ham}");
+        // Trained equally, the two are mirror images.
+        let even = Pair { spam: 300, ham: 300 };
+        let (s, h) = (spamminess(Pair { spam: 1, ham: 0 }, even), spamminess(Pair { spam: 0, ham: 1 }, even));
+        assert!((s.unwrap_or(0.0) + h.unwrap_or(0.0) - 1.0).abs() < 1e-12);
+        let same_rate = spamminess(Pair { spam: 10, ham: 50 }, n).unwrap_or(0.0);
+        assert!((same_rate - 0.5).abs() < 1e-12);
     }
 
     #[test]

@@ -391,7 +391,10 @@ fn script_of(c: char) -> Option<Script> {
 
 /// Word tokens of `text`, each prefixed: lower case, outer punctuation
 /// trimmed (inner kept: `e-mail`, `$10,000`), numbers by length only, long
-/// words by first letter and length. Runs of Han, kana, Hangul and Thai,
+/// words by first letter and length. A word written with capitals is also
+/// a token as written (`case:FREE`, `case:Viagra`): "FREE" shouts where
+/// "free" does not, and a word never seen in its capitals still counts
+/// through its lower-case token. Runs of Han, kana, Hangul and Thai,
 /// which have no spaces, become character pairs.
 fn words(bag: &mut Bag, text: &str, prefix: &str) {
     let mut owned = String::new();
@@ -444,6 +447,8 @@ fn words(bag: &mut Bag, text: &str, prefix: &str) {
     }
     // The token under construction: `prefix`, then the word in lower case.
     let mut token = String::with_capacity(prefix.len() + 32);
+    // The same for the word as written.
+    let mut cased = String::with_capacity(prefix.len() + 37);
     for w in text.split_whitespace() {
         let w = w.trim_matches(|c: char| !(c.is_alphanumeric() || c == '$' || c == '!' || c == '%'));
         if w.is_empty() {
@@ -472,6 +477,13 @@ fn words(bag: &mut Bag, text: &str, prefix: &str) {
             bag.add(format!("{prefix}skip:{first}:{}", n / 10 * 10));
         } else {
             bag.add_str(&token);
+            if w.chars().any(char::is_uppercase) {
+                cased.clear();
+                cased.push_str(prefix);
+                cased.push_str("case:");
+                cased.push_str(w);
+                bag.add_str(&cased);
+            }
         }
     }
 }
@@ -850,7 +862,10 @@ mod tests {
     fn words_keep_inner_punctuation_and_fold_numbers() {
         let mut bag = Bag::default();
         words(&mut bag, "Get $10,000 NOW!! e-mail 2002 it a $5 supercalifragilisticexpialidocious", "");
-        assert_eq!(bag.list, ["get", "$10,000", "now!!", "e-mail", "num:4", "$5", "skip:s:30"]);
+        assert_eq!(
+            bag.list,
+            ["get", "case:Get", "$10,000", "now!!", "case:NOW!!", "e-mail", "num:4", "$5", "skip:s:30"]
+        );
     }
 
     #[test]
