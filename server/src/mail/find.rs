@@ -29,21 +29,27 @@ pub const MAX_PHRASE_CHECKS: u64 = 5000;
 /// Longest snippet, in characters around the first match.
 const SNIPPET_CHARS: usize = 160;
 
-/// The searchable text of a parsed message.
-pub fn document(parsed: &Parsed) -> Document {
-    let mut fields = vec![(Field::Subject, parsed.envelope.subject.clone())];
+/// Calls `f` with each searchable text of a parsed message and its field.
+fn each_field(parsed: &Parsed, mut f: impl FnMut(Field, &str)) {
+    f(Field::Subject, &parsed.envelope.subject);
     let addrs = |list: &[crate::mail::Addr]| {
         list.iter().map(|a| format!("{} {}", a.name, a.email)).collect::<Vec<_>>().join(", ")
     };
-    fields.push((Field::From, addrs(&parsed.envelope.from)));
-    fields.push((Field::To, addrs(&parsed.envelope.to)));
-    fields.push((Field::Cc, addrs(&parsed.envelope.cc)));
-    fields.push((Field::Body, parsed.text.clone()));
+    f(Field::From, &addrs(&parsed.envelope.from));
+    f(Field::To, &addrs(&parsed.envelope.to));
+    f(Field::Cc, &addrs(&parsed.envelope.cc));
+    f(Field::Body, &parsed.text);
     for p in parsed.body.walk() {
         if !p.file_name.is_empty() {
-            fields.push((Field::Filename, p.file_name.clone()));
+            f(Field::Filename, &p.file_name);
         }
     }
+}
+
+/// The searchable text of a parsed message.
+pub fn document(parsed: &Parsed) -> Document {
+    let mut fields = Vec::new();
+    each_field(parsed, |field, text| fields.push((field, text.to_owned())));
     Document { fields, has_attachment: parsed.has_attachment }
 }
 
@@ -52,23 +58,25 @@ pub fn pair(a: &str, b: &str) -> String {
     format!("{a} {b}")
 }
 
-/// The index terms of a parsed message: its words and its adjacent pairs
-/// per field.
-pub fn index_terms(parsed: &Parsed) -> Vec<Vec<u8>> {
-    let doc = document(parsed);
-    // The meta terms, then each field's words and adjacent pairs, each
-    // field tokenized once; `postings::encode` sorts and drops duplicates.
-    let mut terms = vec![postings::term_key(Field::Meta, text::ALL)];
-    if doc.has_attachment {
-        terms.push(postings::term_key(Field::Meta, text::ATTACHMENT));
+/// The index terms of a parsed message: the meta terms, then each text's
+/// words and adjacent pairs (as [`pair`] makes them) per field;
+/// `postings::encode` sorts them and drops duplicates.
+pub fn index_terms(parsed: &Parsed) -> postings::Terms {
+    let mut terms = postings::Terms::default();
+    terms.word(Field::Meta, text::ALL);
+    if parsed.has_attachment {
+        terms.word(Field::Meta, text::ATTACHMENT);
     }
-    for (field, text) in &doc.fields {
-        let words = text::tokens(text);
-        for w in words.windows(2) {
-            terms.push(postings::term_key(*field, &pair(&w[0], &w[1])));
-        }
-        terms.extend(words.iter().map(|w| postings::term_key(*field, w)));
-    }
+    each_field(parsed, |field, t| {
+        let mut prev = None;
+        text::each_word(t, |w| {
+            let at = terms.word(field, w);
+            if let Some(p) = prev {
+                terms.pair(field, p, at);
+            }
+            prev = Some(at);
+        });
+    });
     terms
 }
 

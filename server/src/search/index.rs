@@ -30,7 +30,6 @@
 //! length, then LEB128 deltas or a serialized roaring treemap). An ingest
 //! segment (kind 0) holds one document, so its entries carry no postings.
 
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -93,6 +92,11 @@ fn put_varint(out: &mut Vec<u8>, v: u64) {
     let _ = leb128::write::unsigned(out, v);
 }
 
+/// How many bytes [`put_varint`] writes for `v`.
+fn varint_len(v: u64) -> u32 {
+    (64 - v.max(1).leading_zeros()).div_ceil(7)
+}
+
 fn get_varint(data: &mut &[u8]) -> Result<u64> {
     leb128::read::unsigned(data).map_err(|_| corrupt("segment chunk"))
 }
@@ -143,6 +147,15 @@ impl ChunkWriter {
         ChunkWriter { kind, chunks: Vec::new(), first: Vec::new(), buf: Vec::new(), last: Vec::new() }
     }
 
+    /// Adds an entry whose postings are already encoded (a merge copies
+    /// them through): `tag` and `body` as [`ChunkReader`] read them.
+    fn push_stored(&mut self, term: &[u8], tag: u64, body: &[u8]) {
+        self.push(term, None);
+        put_varint(&mut self.buf, tag);
+        put_varint(&mut self.buf, body.len() as u64);
+        self.buf.extend_from_slice(body);
+    }
+
     fn push(&mut self, term: &[u8], postings: Option<&[u64]>) {
         if self.buf.len() >= CHUNK_BYTES {
             self.flush();
@@ -167,15 +180,20 @@ impl ChunkWriter {
                 put_varint(&mut self.buf, bytes.len() as u64);
                 self.buf.extend_from_slice(&bytes);
             } else {
-                let mut deltas = Vec::with_capacity(n as usize * 2);
+                // The deltas' byte length first, then the deltas.
+                let mut len = 0u64;
                 let mut prev = 0;
                 for &d in p {
-                    put_varint(&mut deltas, d - prev);
+                    len += u64::from(varint_len(d - prev));
                     prev = d;
                 }
                 put_varint(&mut self.buf, n << 1);
-                put_varint(&mut self.buf, deltas.len() as u64);
-                self.buf.extend_from_slice(&deltas);
+                put_varint(&mut self.buf, len);
+                prev = 0;
+                for &d in p {
+                    put_varint(&mut self.buf, d - prev);
+                    prev = d;
+                }
             }
         }
         self.last.clear();
@@ -274,25 +292,107 @@ impl<'a> ChunkReader<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Encoded {
     chunks: Vec<(Vec<u8>, Bytes)>,
+    terms: usize,
 }
 
 impl Encoded {
+    /// How many distinct terms it holds.
+    pub fn terms(&self) -> usize {
+        self.terms
+    }
+
     /// Whether there is nothing to index.
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
 }
 
-/// Encodes a document's term keys (any order, duplicates allowed).
-pub fn encode(mut terms: Vec<Vec<u8>>) -> Encoded {
-    terms.sort_unstable();
-    terms.dedup();
+/// A document's term keys, gathered in one buffer (no allocation per
+/// term) for [`encode`], in any order, duplicates allowed.
+#[derive(Debug, Default)]
+pub struct Terms {
+    bytes: Vec<u8>,
+    /// Each term: its [`head`], so most comparisons of a sort are one
+    /// integer comparison, then its place in `bytes`.
+    items: Vec<(u128, u32, u32, ())>,
+}
+
+/// A term's first sixteen bytes as a big-endian number, zero padded: when
+/// two heads differ they order the terms as their bytes do, and they
+/// rarely tie (pair terms share long beginnings).
+fn head(t: &[u8]) -> u128 {
+    let mut h = [0u8; 16];
+    let n = t.len().min(16);
+    h[..n].copy_from_slice(&t[..n]);
+    u128::from_be_bytes(h)
+}
+
+/// Sorts terms kept as (head, start, len) in `bytes` into byte order.
+fn sort_terms<T>(items: &mut [(u128, u32, u32, T)], bytes: &[u8]) {
+    let get = |i: &(u128, u32, u32, T)| &bytes[i.1 as usize..(i.1 + i.2) as usize];
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| get(a).cmp(get(b))));
+}
+
+impl Terms {
+    fn close(&mut self, start: usize) -> (usize, usize) {
+        // A document's terms are made from its text, which the message
+        // size limit keeps far below 4 GiB: offsets fit in u32.
+        let item = (head(&self.bytes[start..]), start as u32, (self.bytes.len() - start) as u32, ());
+        self.items.push(item);
+        (start + 1, self.bytes.len())
+    }
+
+    /// Adds `field ‖ word`; returns where the word is, for [`Terms::pair`].
+    pub fn word(&mut self, field: Field, word: &str) -> (usize, usize) {
+        let start = self.bytes.len();
+        self.bytes.push(field as u8);
+        self.bytes.extend_from_slice(word.as_bytes());
+        self.close(start)
+    }
+
+    /// Adds `field ‖ a ‖ " " ‖ b` for two words [`Terms::word`] returned.
+    pub fn pair(&mut self, field: Field, a: (usize, usize), b: (usize, usize)) {
+        let start = self.bytes.len();
+        self.bytes.push(field as u8);
+        self.bytes.extend_from_within(a.0..a.1);
+        self.bytes.push(b' ');
+        self.bytes.extend_from_within(b.0..b.1);
+        self.close(start);
+    }
+
+    /// How many terms were added (with duplicates).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn get(&self, item: &(u128, u32, u32, ())) -> &[u8] {
+        &self.bytes[item.1 as usize..(item.1 + item.2) as usize]
+    }
+}
+
+/// Encodes a document's term keys.
+pub fn encode(mut terms: Terms) -> Encoded {
+    let mut items = std::mem::take(&mut terms.items);
+    sort_terms(&mut items, &terms.bytes);
     let mut w = ChunkWriter::new(KIND_SOLE);
-    for t in &terms {
-        w.push(t, None);
+    let mut last: Option<&[u8]> = None;
+    let mut distinct = 0;
+    for item in &items {
+        let t = terms.get(item);
+        if last != Some(t) {
+            w.push(t, None);
+            last = Some(t);
+            distinct += 1;
+        }
     }
     w.flush();
-    Encoded { chunks: w.take_chunks().into_iter().map(|(k, v)| (k, Bytes::from(v))).collect() }
+    let chunks = w.take_chunks().into_iter().map(|(k, v)| (k, Bytes::from(v))).collect();
+    Encoded { chunks, terms: distinct }
 }
 
 /// Indexes document `doc` of `account`: its ingest segment.
@@ -558,7 +658,7 @@ pub fn documents(db: &Db, account: u64) -> Result<Vec<u64>> {
 }
 
 /// A segment's entries in term order, read a few chunks at a time from a
-/// snapshot (a merge input).
+/// snapshot (a merge input); the current entry is in `term` and `docs`.
 struct Stream<'a> {
     reader: &'a dyn Reader,
     range: KeyRange,
@@ -567,6 +667,8 @@ struct Stream<'a> {
     /// The current chunk and the read position in it.
     current: Option<(Vec<u8>, usize, u8)>,
     term: Vec<u8>,
+    /// The current entry's postings: tag and place in the current chunk.
+    raw: (u64, usize, usize),
 }
 
 impl<'a> Stream<'a> {
@@ -578,20 +680,21 @@ impl<'a> Stream<'a> {
             chunks: Default::default(),
             current: None,
             term: Vec::new(),
+            raw: (0, 0, 0),
         }
     }
 
-    /// The next (term, documents), or `None` at the end.
-    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u64>)>> {
+    /// Moves to the next entry; `false` at the end.
+    fn advance(&mut self) -> Result<bool> {
         loop {
             if self.current.is_none() {
                 if self.chunks.is_empty() {
                     let rows = self.reader.scan(Space::Search, &self.range, Order::Ascending, 4)?;
-                    let Some((k, _)) = rows.last() else { return Ok(None) };
+                    let Some((k, _)) = rows.last() else { return Ok(false) };
                     self.range = self.range.after(k, Order::Ascending);
                     self.chunks.extend(rows.into_iter().map(|(_, v)| v));
                 }
-                let Some(c) = self.chunks.pop_front() else { return Ok(None) };
+                let Some(c) = self.chunks.pop_front() else { return Ok(false) };
                 let kind = *c.first().ok_or_else(|| corrupt("empty segment chunk"))?;
                 self.current = Some((c, 1, kind));
                 self.term.clear();
@@ -604,15 +707,193 @@ impl<'a> Stream<'a> {
             self.term = r.term;
             match got {
                 Some(raw) => {
-                    let mut docs = Vec::new();
-                    raw.decode_into(*kind, self.sole, &mut docs)?;
-                    *pos = chunk.len() - rest;
-                    return Ok(Some((self.term.clone(), docs)));
+                    let end = chunk.len() - rest;
+                    self.raw = (raw.tag, end - raw.body.len(), end);
+                    *pos = end;
+                    return Ok(true);
                 }
                 None => self.current = None,
             }
         }
     }
+}
+
+impl Stream<'_> {
+    /// The current entry's postings as stored, when it has any (an ingest
+    /// segment's entries only imply their one document).
+    fn stored(&self) -> Option<(u64, &[u8])> {
+        let (chunk, _, kind) = self.current.as_ref()?;
+        (*kind == KIND_POSTINGS).then(|| (self.raw.0, &chunk[self.raw.1..self.raw.2]))
+    }
+
+    /// Appends the current entry's documents to `out`.
+    fn docs_into(&self, out: &mut Vec<u64>) -> Result<()> {
+        let Some((chunk, _, kind)) = self.current.as_ref() else { return Ok(()) };
+        Raw { tag: self.raw.0, body: &chunk[self.raw.1..self.raw.2] }.decode_into(*kind, self.sole, out)
+    }
+}
+
+/// Most postings gathered in memory by one merge of ingest segments (a
+/// few large messages make a merge of fewer segments).
+const MAX_GATHERED_POSTINGS: usize = 4 << 20;
+
+/// The entries of a run of ingest segments (one document each), gathered
+/// in memory: each distinct term once, numbered, and (term number,
+/// document) postings. A heap over hundreds of one-document inputs would
+/// compare every term many times; a hash table looks each up once. The
+/// terms live back to back in one buffer: no allocation per term.
+struct Gathered {
+    /// How many of the inputs (a prefix) were read.
+    inputs: usize,
+    bytes: Vec<u8>,
+    /// Each distinct term by number: its [`head`] and place in `bytes`.
+    terms: Vec<(u128, u32, u32, u32)>,
+    postings: Vec<(u32, u64)>,
+}
+
+impl Gathered {
+    /// Reads `inputs` in order until [`MAX_GATHERED_POSTINGS`] (at least
+    /// one).
+    fn read(reader: &dyn Reader, account: u64, inputs: &[&Segment]) -> Result<Self> {
+        use std::hash::BuildHasher;
+        let hasher = foldhash::fast::FixedState::default();
+        let mut table = hashbrown::HashTable::<u32>::new();
+        let mut g = Gathered { inputs: 0, bytes: Vec::new(), terms: Vec::new(), postings: Vec::new() };
+        for seg in inputs {
+            if g.inputs > 0 && g.postings.len() >= MAX_GATHERED_POSTINGS {
+                break;
+            }
+            let doc = seg.sole();
+            let range = KeyRange::prefix(&chunk_prefix(account, seg.id));
+            for (_, chunk) in reader.scan(Space::Search, &range, Order::Ascending, usize::MAX)? {
+                let mut r = ChunkReader::new(&chunk)?;
+                while r.advance()?.is_some() {
+                    let term = r.term.as_slice();
+                    let (bytes, terms) = (&mut g.bytes, &mut g.terms);
+                    let at = |n: u32| {
+                        let t = &terms[n as usize];
+                        (t.1 as usize, (t.1 + t.2) as usize)
+                    };
+                    let hash = hasher.hash_one(term);
+                    let n = match table.find(hash, |&n| {
+                        let (a, b) = at(n);
+                        &bytes[a..b] == term
+                    }) {
+                        Some(&n) => n,
+                        None => {
+                            let n = terms.len() as u32;
+                            // Postings are bounded by MAX_GATHERED_POSTINGS
+                            // plus one segment: offsets fit in u32.
+                            terms.push((head(term), bytes.len() as u32, term.len() as u32, n));
+                            bytes.extend_from_slice(term);
+                            table.insert_unique(hash, n, |&m| {
+                                let t = &terms[m as usize];
+                                hasher.hash_one(&bytes[t.1 as usize..(t.1 + t.2) as usize])
+                            });
+                            n
+                        }
+                    };
+                    g.postings.push((n, doc));
+                }
+            }
+            g.inputs += 1;
+        }
+        Ok(g)
+    }
+
+    /// Calls `emit` with each term, in order, and its documents (ascending:
+    /// the inputs are read in document order).
+    fn emit(mut self, emit: &mut impl FnMut(&[u8], Postings<'_>) -> Result<()>) -> Result<()> {
+        sort_terms(&mut self.terms, &self.bytes);
+        let mut rank = vec![0u32; self.terms.len()];
+        for (r, t) in self.terms.iter().enumerate() {
+            rank[t.3 as usize] = r as u32;
+        }
+        // A counting sort by rank keeps each term's documents in order.
+        let mut start = vec![0usize; self.terms.len() + 1];
+        for (n, _) in &self.postings {
+            start[rank[*n as usize] as usize + 1] += 1;
+        }
+        for r in 0..self.terms.len() {
+            start[r + 1] += start[r];
+        }
+        let mut at = start.clone();
+        let mut docs = vec![0u64; self.postings.len()];
+        for (n, d) in &self.postings {
+            let r = rank[*n as usize] as usize;
+            docs[at[r]] = *d;
+            at[r] += 1;
+        }
+        let mut union = Vec::new();
+        for (r, t) in self.terms.iter().enumerate() {
+            union.clear();
+            union.extend_from_slice(&docs[start[r]..start[r + 1]]);
+            emit(&self.bytes[t.1 as usize..(t.1 + t.2) as usize], Postings::Docs(&mut union))?;
+        }
+        Ok(())
+    }
+}
+
+/// One merged entry's documents, as a merge hands them to be written.
+enum Postings<'a> {
+    /// Decoded, ascending.
+    Docs(&'a mut Vec<u64>),
+    /// As one input stored them (the term is in no other input).
+    Stored(u64, &'a [u8]),
+}
+
+/// Merges `inputs` (any segments) entry by entry, calling `emit` with each
+/// term and the union of its documents — or, with `copy`, a term only one
+/// input holds as it is stored. The live inputs are kept sorted by their
+/// current term, smallest last, so the next term is a pop.
+fn merge_streams(
+    reader: &dyn Reader,
+    account: u64,
+    inputs: &[&Segment],
+    copy: bool,
+    emit: &mut impl FnMut(&[u8], Postings<'_>) -> Result<()>,
+) -> Result<()> {
+    let mut streams: Vec<Stream<'_>> = inputs.iter().map(|s| Stream::new(reader, account, s)).collect();
+    let mut live = Vec::new();
+    for (i, s) in streams.iter_mut().enumerate() {
+        if s.advance()? {
+            live.push(i);
+        }
+    }
+    let after = |streams: &[Stream<'_>], a: usize, b: usize| (&streams[a].term, a) > (&streams[b].term, b);
+    live.sort_unstable_by(|&a, &b| (&streams[b].term, b).cmp(&(&streams[a].term, a)));
+    let (mut term, mut union, mut taken) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(first) = live.pop() {
+        term.clear();
+        term.extend_from_slice(&streams[first].term);
+        taken.clear();
+        taken.push(first);
+        while let Some(&i) = live.last().filter(|&&i| streams[i].term == term) {
+            live.pop();
+            taken.push(i);
+        }
+        union.clear();
+        let mut copied = false;
+        if let ([i], true) = (taken.as_slice(), copy)
+            && let Some((tag, body)) = streams[*i].stored()
+        {
+            emit(&term, Postings::Stored(tag, body))?;
+            copied = true;
+        }
+        for &i in &taken {
+            if !copied {
+                streams[i].docs_into(&mut union)?;
+            }
+            if streams[i].advance()? {
+                let at = live.partition_point(|&j| after(&streams, j, i));
+                live.insert(at, i);
+            }
+        }
+        if !copied {
+            emit(&term, Postings::Docs(&mut union))?;
+        }
+    }
+    Ok(())
 }
 
 /// Size class of a segment of `n` documents: log4.
@@ -645,30 +926,45 @@ fn plan(view: &View, all: bool) -> Option<Vec<usize>> {
     })
 }
 
-/// Deletes the chunks of the segments on the garbage list, a few hundred
-/// keys per transaction, then empties the list.
+/// Keys deleted per garbage transaction.
+const GARBAGE_KEYS_PER_TXN: usize = 1024;
+
+/// Deletes the chunks of the segments on the garbage list, up to
+/// [`GARBAGE_KEYS_PER_TXN`] keys per transaction (over as many segments as
+/// that covers), then empties the list.
 fn collect_garbage(db: &Db, account: u64) -> Result<()> {
     loop {
         let (more, _) = db.write(|txn| {
             let mut merged = Merged::read_txn(txn, account)?;
-            let Some(&seg) = merged.garbage.first() else { return Ok::<_, Error>(false) };
-            if !merged.segments.iter().any(|s| s.id == seg) {
-                let rows = txn.scan(
-                    Space::Search,
-                    &KeyRange::prefix(&chunk_prefix(account, seg)),
-                    Order::Ascending,
-                    256,
-                )?;
-                if !rows.is_empty() {
+            if merged.garbage.is_empty() {
+                return Ok::<_, Error>(false);
+            }
+            let mut budget = GARBAGE_KEYS_PER_TXN;
+            let mut cleared = 0;
+            for &seg in &merged.garbage {
+                // A listed segment is never garbage (a merge that lost a
+                // race leaves its output listed as garbage only).
+                if !merged.segments.iter().any(|s| s.id == seg) {
+                    let range = KeyRange::prefix(&chunk_prefix(account, seg));
+                    let rows = txn.scan(Space::Search, &range, Order::Ascending, budget)?;
+                    let full = rows.len() == budget;
+                    budget -= rows.len();
                     for (k, _) in rows {
                         txn.delete(Space::Search, k);
                     }
-                    return Ok(true);
+                    if full {
+                        // Maybe more of this one: the next transaction.
+                        break;
+                    }
+                }
+                cleared += 1;
+                if budget == 0 {
+                    break;
                 }
             }
-            merged.garbage.remove(0);
+            merged.garbage.drain(..cleared);
             merged.write(txn, account);
-            Ok(true)
+            Ok(!merged.garbage.is_empty())
         })?;
         if !more {
             return Ok(());
@@ -678,25 +974,6 @@ fn collect_garbage(db: &Db, account: u64) -> Result<()> {
 
 /// One merge at most in one process at a time.
 static MERGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-#[derive(PartialEq, Eq)]
-struct Head {
-    term: Vec<u8>,
-    input: usize,
-}
-
-impl Ord for Head {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // A min-heap on (term, input).
-        (&other.term, other.input).cmp(&(&self.term, self.input))
-    }
-}
-
-impl PartialOrd for Head {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
 
 /// Merges one group of `account`'s segments, if any is due; returns
 /// whether it did. The inputs are read from a snapshot; the output is
@@ -726,7 +1003,15 @@ fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
     let planned = Merged::read(&snap, account)?.version;
     let view = view(&snap, account)?;
     let Some(chosen) = plan(&view, all) else { return Ok(false) };
-    let inputs: Vec<&Segment> = chosen.iter().map(|&i| &view.segments[i]).collect();
+    let mut inputs: Vec<&Segment> = chosen.iter().map(|&i| &view.segments[i]).collect();
+    // Ingest segments are gathered in memory, as many as fit.
+    let gathered = if inputs.iter().all(|s| s.id < MERGED) {
+        let g = Gathered::read(&snap, account, &inputs)?;
+        inputs.truncate(g.inputs);
+        Some(g)
+    } else {
+        None
+    };
     let mut docs = RoaringTreemap::new();
     for s in &inputs {
         docs |= &s.docs;
@@ -756,49 +1041,32 @@ fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
         }
         Ok(())
     };
-    let mut streams: Vec<Stream<'_>> = inputs.iter().map(|s| Stream::new(&snap, account, s)).collect();
-    let mut pending: Vec<Option<Vec<u64>>> = vec![None; streams.len()];
-    let mut heap = BinaryHeap::new();
-    for (i, s) in streams.iter_mut().enumerate() {
-        if let Some((term, d)) = s.next()? {
-            pending[i] = Some(d);
-            heap.push(Head { term, input: i });
-        }
-    }
-    let refill = |i: usize, streams: &mut Vec<Stream<'_>>, pending: &mut Vec<Option<Vec<u64>>>| {
-        streams[i].next().map(|n| {
-            n.map(|(term, d)| {
-                pending[i] = Some(d);
-                Head { term, input: i }
-            })
-        })
-    };
     let mut w = ChunkWriter::new(KIND_POSTINGS);
-    while let Some(head) = heap.pop() {
-        let mut union = pending[head.input].take().unwrap_or_default();
-        if let Some(h) = refill(head.input, &mut streams, &mut pending)? {
-            heap.push(h);
-        }
-        while heap.peek().is_some_and(|h| h.term == head.term) {
-            let Some(same) = heap.pop() else { break };
-            union.extend(pending[same.input].take().unwrap_or_default());
-            if let Some(h) = refill(same.input, &mut streams, &mut pending)? {
-                heap.push(h);
+    let mut emit = |term: &[u8], postings: Postings<'_>| -> Result<()> {
+        match postings {
+            Postings::Stored(tag, body) => w.push_stored(term, tag, body),
+            Postings::Docs(union) => {
+                // Inputs hold disjoint documents: a sort makes the union.
+                if !union.is_sorted() {
+                    union.sort_unstable();
+                }
+                if !dropped.is_empty() {
+                    union.retain(|d| !dropped.contains(*d));
+                }
+                if !union.is_empty() {
+                    w.push(term, Some(union));
+                }
             }
-        }
-        // Inputs hold disjoint documents: a sort makes the union.
-        if !union.is_sorted() {
-            union.sort_unstable();
-        }
-        if !dropped.is_empty() {
-            union.retain(|d| !dropped.contains(*d));
-        }
-        if !union.is_empty() {
-            w.push(&head.term, Some(&union));
         }
         if w.chunks.len() >= CHUNKS_PER_TXN {
             write_chunks(w.take_chunks())?;
         }
+        Ok(())
+    };
+    match gathered {
+        Some(g) => g.emit(&mut emit)?,
+        // Postings are copied through unless some must be dropped.
+        None => merge_streams(&snap, account, &inputs, dropped.is_empty(), &mut emit)?,
     }
     w.flush();
     write_chunks(w.take_chunks())?;
@@ -934,9 +1202,12 @@ pub fn dump(db: &Db, account: u64) -> Result<std::collections::BTreeSet<(Vec<u8>
     let mut out = std::collections::BTreeSet::new();
     for s in &view.segments {
         let mut stream = Stream::new(&snap, account, s);
-        while let Some((term, docs)) = stream.next()? {
+        let mut docs = Vec::new();
+        while stream.advance()? {
+            docs.clear();
+            stream.docs_into(&mut docs)?;
             for &d in docs.iter().filter(|d| !view.dead.contains(**d)) {
-                out.insert((term.clone(), d));
+                out.insert((stream.term.clone(), d));
             }
         }
     }
@@ -974,6 +1245,28 @@ mod tests {
     }
 
     #[test]
+    fn encoding_sorts_and_drops_duplicates_of_words_and_pairs() {
+        let mut t = Terms::default();
+        // Heads that tie in their first sixteen bytes, a prefix, a repeat.
+        let words =
+            ["abcdefghijklmnopqr", "abcdefghijklmnop", "abcdefghijklmnopqa", "b", "abcdefghijklmnop", "a"];
+        let spans: Vec<_> = words.iter().map(|w| t.word(Field::Body, w)).collect();
+        t.pair(Field::Subject, spans[3], spans[5]);
+        t.word(Field::Meta, "all");
+        assert_eq!(t.len(), 8);
+        let e = encode(t);
+        let mut r = ChunkReader::new(&e.chunks[0].1).expect("chunk");
+        let mut got = Vec::new();
+        while r.advance().expect("entry").is_some() {
+            got.push(r.term.clone());
+        }
+        let mut want = terms(&["a", "abcdefghijklmnop", "abcdefghijklmnopqa", "abcdefghijklmnopqr", "b"]);
+        want.insert(0, term_key(Field::Meta, "all"));
+        want.insert(1, term_key(Field::Subject, "b a"));
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn chunks_round_trip_with_front_coding_and_both_posting_forms() {
         let mut w = ChunkWriter::new(KIND_POSTINGS);
         let small: RoaringTreemap = [3u64, 9, 1 << 40].into_iter().collect();
@@ -1002,7 +1295,11 @@ mod tests {
     fn an_ingest_segment_splits_into_chunks_by_size() {
         let many: Vec<String> =
             (0..5000u64).map(|i| blake3::hash(&i.to_le_bytes()).to_hex().to_string()).collect();
-        let e = encode(many.iter().map(|w| term_key(Field::Body, w)).collect());
+        let mut t = Terms::default();
+        for w in &many {
+            t.word(Field::Body, w);
+        }
+        let e = encode(t);
         assert!(e.chunks.len() > 1, "{} chunks", e.chunks.len());
         let mut seen = 0;
         for (first, c) in &e.chunks {
@@ -1017,6 +1314,15 @@ mod tests {
             seen += n;
         }
         assert_eq!(seen, 5000);
+    }
+
+    #[test]
+    fn varint_lengths_match_what_is_written() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v) as usize, "{v}");
+        }
     }
 
     #[test]

@@ -191,6 +191,27 @@ fn ascii_words(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
     })
 }
 
+/// Calls `f` with each folded word of `text`, in order: the words of
+/// [`words`], without an allocation per word where a line is ASCII (UAX #29
+/// always breaks at a line feed, so each line is segmented on its own).
+pub fn each_word(text: &str, mut f: impl FnMut(&str)) {
+    let mut buf = String::new();
+    for line in text.split('\n') {
+        if !line.is_ascii() {
+            for (_, _, w) in words(line) {
+                f(&w);
+            }
+            continue;
+        }
+        for (a, b) in ascii_words(line) {
+            buf.clear();
+            buf.push_str(&line[a..b.min(a + MAX_TERM_BYTES)]);
+            buf.make_ascii_lowercase();
+            f(&buf);
+        }
+    }
+}
+
 /// The folded words of `text`.
 pub fn tokens(text: &str) -> Vec<String> {
     words(text).map(|(_, _, w)| w).collect()
@@ -249,6 +270,21 @@ mod tests {
             let uax: Vec<&str> =
                 text.split_word_bounds().filter(|w| w.chars().any(char::is_alphanumeric)).collect();
             assert_eq!(fast, uax, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn each_word_gives_the_words_of_tokens() {
+        for text in [
+            "Hello, Wörld\nplain ascii line\r\nüber\n\nit's 3.14 e-mail\n会議の資料 x",
+            "no newline at all",
+            "",
+            "\n\n",
+            &"y".repeat(200),
+        ] {
+            let mut got = Vec::new();
+            each_word(text, |w| got.push(w.to_owned()));
+            assert_eq!(got, tokens(text), "{text:?}");
         }
     }
 
