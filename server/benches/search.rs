@@ -129,6 +129,17 @@ fn measure(s: &Store, label: &str) {
     }
 }
 
+/// CPU time (user + system) this process has used, in seconds, from
+/// /proc (ticks of 1/100 s: ample for runs of seconds).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 /// Where the index's cost goes, CPU per message on one thread: preparing
 /// with and without the terms, and merging the ingest segments of an index
 /// written with no merger running.
@@ -183,16 +194,28 @@ async fn main() {
 
     // Ingest with and without the index, same filesystem, same run; three
     // rounds, alternating, best of each (the machine's other load moves).
+    // The process's CPU time per message too, the index's merges
+    // included (the merge left when ingest ends is run and counted).
     let first = &raws[..raws.len().min(10_000)];
     let (mut with, mut without) = (0f64, 0f64);
     let mut kept = None;
     for round in 1..=3 {
         let plain = store().await;
+        let c = cpu_seconds();
         let a = ingest(&plain, first, false, 0).await;
+        let cpu_a = (cpu_seconds() - c) * 1e6 / first.len() as f64;
         drop(plain);
         let s = store().await;
+        let c = cpu_seconds();
         let b = ingest(&s, first, true, 0).await;
-        println!("  round {round}: {b:.0} msg/s with the index, {a:.0} without ({:.2}x)", b / a);
+        quail_server::search::index::merge(&s.db).expect("merge");
+        let cpu_b = (cpu_seconds() - c) * 1e6 / first.len() as f64;
+        println!(
+            "  round {round}: {b:.0} msg/s with the index, {a:.0} without ({:.2}x); \
+             CPU {cpu_b:.0} us a message with, {cpu_a:.0} without ({:.2}x)",
+            b / a,
+            cpu_a / cpu_b
+        );
         (with, without) = (with.max(b), without.max(a));
         kept = Some(s);
     }

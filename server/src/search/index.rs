@@ -133,6 +133,21 @@ fn decode_bitmap(v: &[u8]) -> Result<RoaringBitmap> {
     RoaringBitmap::deserialize_from(v).map_err(|_| corrupt("tombstones"))
 }
 
+/// How many leading bytes `a` and `b` share, eight at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or_default());
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        if x != y {
+            return i + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..n].iter().zip(&b[i..n]).take_while(|(x, y)| x == y).count()
+}
+
 /// Builds a segment's chunks from entries in term order.
 struct ChunkWriter {
     kind: u8,
@@ -165,7 +180,7 @@ impl ChunkWriter {
             self.first = term.to_vec();
             0
         } else {
-            self.last.iter().zip(term).take_while(|(a, b)| a == b).count()
+            common_prefix(&self.last, term)
         };
         put_varint(&mut self.buf, shared as u64);
         put_varint(&mut self.buf, (term.len() - shared) as u64);
@@ -757,8 +772,15 @@ impl Gathered {
     fn read(reader: &dyn Reader, account: u64, inputs: &[&Segment]) -> Result<Self> {
         use std::hash::BuildHasher;
         let hasher = foldhash::fast::FixedState::default();
-        let mut table = hashbrown::HashTable::<u32>::new();
-        let mut g = Gathered { inputs: 0, bytes: Vec::new(), terms: Vec::new(), postings: Vec::new() };
+        // Sized for a typical full merge (256 mails of a few hundred
+        // distinct terms each), so it rarely grows.
+        let mut table = hashbrown::HashTable::<u32>::with_capacity(1 << 16);
+        let mut g = Gathered {
+            inputs: 0,
+            bytes: Vec::with_capacity(1 << 20),
+            terms: Vec::with_capacity(1 << 16),
+            postings: Vec::with_capacity(1 << 17),
+        };
         for seg in inputs {
             if g.inputs > 0 && g.postings.len() >= MAX_GATHERED_POSTINGS {
                 break;
@@ -1314,6 +1336,25 @@ mod tests {
             seen += n;
         }
         assert_eq!(seen, 5000);
+    }
+
+    #[test]
+    fn common_prefixes_are_counted_to_the_byte() {
+        let naive = |a: &[u8], b: &[u8]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let words: [&[u8]; 7] = [
+            b"",
+            b"a",
+            b"abcdefgh",
+            b"abcdefghijklmnopq",
+            b"abcdefghijklmnopr",
+            b"abcdefgX",
+            b"abcdefghijklmnop",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(common_prefix(a, b), naive(a, b), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]
