@@ -767,9 +767,9 @@ struct Gathered {
 }
 
 impl Gathered {
-    /// Reads `inputs` in order until [`MAX_GATHERED_POSTINGS`] (at least
-    /// one).
-    fn read(reader: &dyn Reader, account: u64, inputs: &[&Segment]) -> Result<Self> {
+    /// Reads `inputs` in order until `budget` postings (at least one
+    /// input).
+    fn read(reader: &dyn Reader, account: u64, inputs: &[&Segment], budget: usize) -> Result<Self> {
         use std::hash::BuildHasher;
         let hasher = foldhash::fast::FixedState::default();
         // Sized for a typical full merge (256 mails of a few hundred
@@ -782,7 +782,7 @@ impl Gathered {
             postings: Vec::with_capacity(1 << 17),
         };
         for seg in inputs {
-            if g.inputs > 0 && g.postings.len() >= MAX_GATHERED_POSTINGS {
+            if g.inputs > 0 && g.postings.len() >= budget {
                 break;
             }
             let doc = seg.sole();
@@ -804,8 +804,8 @@ impl Gathered {
                         Some(&n) => n,
                         None => {
                             let n = terms.len() as u32;
-                            // Postings are bounded by MAX_GATHERED_POSTINGS
-                            // plus one segment: offsets fit in u32.
+                            // Postings are bounded by the budget plus one
+                            // segment: offsets fit in u32.
                             terms.push((head(term), bytes.len() as u32, term.len() as u32, n));
                             bytes.extend_from_slice(term);
                             table.insert_unique(hash, n, |&m| {
@@ -1019,6 +1019,11 @@ pub fn tombstones(db: &Db, account: u64) -> Result<u64> {
 }
 
 fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
+    merge_within(db, account, all, MAX_GATHERED_POSTINGS)
+}
+
+/// [`merge_some`], gathering at most `budget` postings of ingest segments.
+fn merge_within(db: &Db, account: u64, all: bool, budget: usize) -> Result<bool> {
     let _one = MERGING.lock().unwrap_or_else(|e| e.into_inner());
     collect_garbage(db, account)?;
     let snap = db.snapshot();
@@ -1028,7 +1033,7 @@ fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
     let mut inputs: Vec<&Segment> = chosen.iter().map(|&i| &view.segments[i]).collect();
     // Ingest segments are gathered in memory, as many as fit.
     let gathered = if inputs.iter().all(|s| s.id < MERGED) {
-        let g = Gathered::read(&snap, account, &inputs)?;
+        let g = Gathered::read(&snap, account, &inputs, budget)?;
         inputs.truncate(g.inputs);
         Some(g)
     } else {
@@ -1355,6 +1360,41 @@ mod tests {
                 assert_eq!(common_prefix(a, b), naive(a, b), "{a:?} {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_merge_of_ingest_segments_over_its_budget_takes_the_oldest_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = Db::new(Arc::new(crate::store::FjallStore::open(dir.path()).expect("open")));
+        let account = 7;
+        for doc in 1..=10u64 {
+            let mut t = Terms::default();
+            for w in ["common", &format!("only{doc}"), &format!("also{doc}")] {
+                t.word(Field::Body, w);
+            }
+            let e = encode(t);
+            let ((), c) = db.write(|txn| add(txn, account, doc, &e)).expect("add");
+            db.sync_blocking(c).expect("sync");
+        }
+        let all = dump(&db, account).expect("dump");
+        assert_eq!(all.len(), 30);
+        // Three terms a document: a budget of five takes two documents.
+        assert!(merge_within(&db, account, false, 5).expect("merge"));
+        let v = view(&db.snapshot(), account).expect("view");
+        let merged: Vec<u64> = v.segments.iter().filter(|s| s.id >= MERGED).map(|s| s.docs.len()).collect();
+        assert_eq!(merged, vec![2]);
+        assert_eq!(v.segments.len(), 9);
+        assert_eq!(dump(&db, account).expect("dump"), all);
+        while merge_within(&db, account, false, 5).expect("merge") {
+            assert_eq!(dump(&db, account).expect("dump"), all);
+        }
+        // Fewer than MERGE_FANIN ingest segments may stay unmerged.
+        let v = view(&db.snapshot(), account).expect("view");
+        assert!(v.segments.iter().filter(|s| s.id < MERGED).count() < MERGE_FANIN);
+        assert_eq!(v.documents().len(), 10);
+        assert_eq!(dump(&db, account).expect("dump"), all);
+        let common = v.postings(&db.snapshot(), &term_key(Field::Body, "common")).expect("postings");
+        assert_eq!(common.len(), 10);
     }
 
     #[test]
