@@ -137,10 +137,12 @@ fn decode_bitmap(v: &[u8]) -> Result<RoaringBitmap> {
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut i = 0;
-    while i + 8 <= n {
-        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or_default());
-        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    for (x, y) in a[..n].chunks_exact(8).zip(b[..n].chunks_exact(8)) {
+        // `chunks_exact(8)` gives eight bytes: `first_chunk` always has them.
+        let word = |c: &[u8]| c.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
+        let (x, y) = (word(x), word(y));
         if x != y {
+            // Little-endian words: the first differing byte is the lowest.
             return i + ((x ^ y).trailing_zeros() / 8) as usize;
         }
         i += 8;
@@ -327,9 +329,31 @@ impl Encoded {
 #[derive(Debug, Default)]
 pub struct Terms {
     bytes: Vec<u8>,
-    /// Each term: its [`head`], so most comparisons of a sort are one
-    /// integer comparison, then its place in `bytes`.
-    items: Vec<(u128, u32, u32, ())>,
+    items: Vec<TermAt>,
+}
+
+/// A term kept in a buffer of terms.
+#[derive(Debug, Clone, Copy)]
+struct TermAt {
+    /// Its [`head`]: most comparisons of a sort are one integer comparison.
+    head: u128,
+    start: usize,
+    /// A term is a field byte and at most two words of `MAX_TERM_BYTES`.
+    len: u32,
+    /// Its number, where the terms are numbered.
+    number: u32,
+}
+
+impl TermAt {
+    fn new(bytes: &[u8], start: usize, number: u32) -> Self {
+        let t = &bytes[start..];
+        // Words are cut to MAX_TERM_BYTES: a term is short.
+        TermAt { head: head(t), start, len: t.len() as u32, number }
+    }
+
+    fn of<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.start..self.start + self.len as usize]
+    }
 }
 
 /// A term's first sixteen bytes as a big-endian number, zero padded: when
@@ -342,18 +366,14 @@ fn head(t: &[u8]) -> u128 {
     u128::from_be_bytes(h)
 }
 
-/// Sorts terms kept as (head, start, len) in `bytes` into byte order.
-fn sort_terms<T>(items: &mut [(u128, u32, u32, T)], bytes: &[u8]) {
-    let get = |i: &(u128, u32, u32, T)| &bytes[i.1 as usize..(i.1 + i.2) as usize];
-    items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| get(a).cmp(get(b))));
+/// Sorts terms kept in `bytes` into byte order.
+fn sort_terms(items: &mut [TermAt], bytes: &[u8]) {
+    items.sort_unstable_by(|a, b| a.head.cmp(&b.head).then_with(|| a.of(bytes).cmp(b.of(bytes))));
 }
 
 impl Terms {
     fn close(&mut self, start: usize) -> (usize, usize) {
-        // A document's terms are made from its text, which the message
-        // size limit keeps far below 4 GiB: offsets fit in u32.
-        let item = (head(&self.bytes[start..]), start as u32, (self.bytes.len() - start) as u32, ());
-        self.items.push(item);
+        self.items.push(TermAt::new(&self.bytes, start, 0));
         (start + 1, self.bytes.len())
     }
 
@@ -384,10 +404,6 @@ impl Terms {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
-
-    fn get(&self, item: &(u128, u32, u32, ())) -> &[u8] {
-        &self.bytes[item.1 as usize..(item.1 + item.2) as usize]
-    }
 }
 
 /// Encodes a document's term keys.
@@ -398,7 +414,7 @@ pub fn encode(mut terms: Terms) -> Encoded {
     let mut last: Option<&[u8]> = None;
     let mut distinct = 0;
     for item in &items {
-        let t = terms.get(item);
+        let t = item.of(&terms.bytes);
         if last != Some(t) {
             w.push(t, None);
             last = Some(t);
@@ -673,7 +689,8 @@ pub fn documents(db: &Db, account: u64) -> Result<Vec<u64>> {
 }
 
 /// A segment's entries in term order, read a few chunks at a time from a
-/// snapshot (a merge input); the current entry is in `term` and `docs`.
+/// snapshot (a merge input); the current entry's term is in `term`, its
+/// postings are read with [`Stream::stored`] or [`Stream::docs_into`].
 struct Stream<'a> {
     reader: &'a dyn Reader,
     range: KeyRange,
@@ -761,8 +778,8 @@ struct Gathered {
     /// How many of the inputs (a prefix) were read.
     inputs: usize,
     bytes: Vec<u8>,
-    /// Each distinct term by number: its [`head`] and place in `bytes`.
-    terms: Vec<(u128, u32, u32, u32)>,
+    /// Each distinct term, by number.
+    terms: Vec<TermAt>,
     postings: Vec<(u32, u64)>,
 }
 
@@ -771,7 +788,8 @@ impl Gathered {
     /// input).
     fn read(reader: &dyn Reader, account: u64, inputs: &[&Segment], budget: usize) -> Result<Self> {
         use std::hash::BuildHasher;
-        let hasher = foldhash::fast::FixedState::default();
+        // Terms come from anyone who sends mail: a seed they cannot know.
+        let hasher = foldhash::fast::RandomState::default();
         // Sized for a typical full merge (256 mails of a few hundred
         // distinct terms each), so it rarely grows.
         let mut table = hashbrown::HashTable::<u32>::with_capacity(1 << 16);
@@ -789,29 +807,27 @@ impl Gathered {
             let range = KeyRange::prefix(&chunk_prefix(account, seg.id));
             for (_, chunk) in reader.scan(Space::Search, &range, Order::Ascending, usize::MAX)? {
                 let mut r = ChunkReader::new(&chunk)?;
+                if r.kind != KIND_SOLE {
+                    return Err(corrupt("postings in an ingest segment"));
+                }
                 while r.advance()?.is_some() {
                     let term = r.term.as_slice();
                     let (bytes, terms) = (&mut g.bytes, &mut g.terms);
-                    let at = |n: u32| {
-                        let t = &terms[n as usize];
-                        (t.1 as usize, (t.1 + t.2) as usize)
-                    };
                     let hash = hasher.hash_one(term);
-                    let n = match table.find(hash, |&n| {
-                        let (a, b) = at(n);
-                        &bytes[a..b] == term
-                    }) {
+                    let n = match table.find(hash, |&n| terms[n as usize].of(bytes) == term) {
                         Some(&n) => n,
                         None => {
+                            // Distinct terms are fewer than the postings
+                            // gathered: the budget and one segment's.
                             let n = terms.len() as u32;
-                            // Postings are bounded by the budget plus one
-                            // segment: offsets fit in u32.
-                            terms.push((head(term), bytes.len() as u32, term.len() as u32, n));
-                            bytes.extend_from_slice(term);
-                            table.insert_unique(hash, n, |&m| {
-                                let t = &terms[m as usize];
-                                hasher.hash_one(&bytes[t.1 as usize..(t.1 + t.2) as usize])
+                            terms.push(TermAt {
+                                head: head(term),
+                                start: bytes.len(),
+                                len: term.len() as u32,
+                                number: n,
                             });
+                            bytes.extend_from_slice(term);
+                            table.insert_unique(hash, n, |&m| hasher.hash_one(terms[m as usize].of(bytes)));
                             n
                         }
                     };
@@ -829,7 +845,7 @@ impl Gathered {
         sort_terms(&mut self.terms, &self.bytes);
         let mut rank = vec![0u32; self.terms.len()];
         for (r, t) in self.terms.iter().enumerate() {
-            rank[t.3 as usize] = r as u32;
+            rank[t.number as usize] = r as u32;
         }
         // A counting sort by rank keeps each term's documents in order.
         let mut start = vec![0usize; self.terms.len() + 1];
@@ -850,7 +866,7 @@ impl Gathered {
         for (r, t) in self.terms.iter().enumerate() {
             union.clear();
             union.extend_from_slice(&docs[start[r]..start[r + 1]]);
-            emit(&self.bytes[t.1 as usize..(t.1 + t.2) as usize], Postings::Docs(&mut union))?;
+            emit(t.of(&self.bytes), Postings::Docs(&mut union))?;
         }
         Ok(())
     }
@@ -923,24 +939,38 @@ fn class(n: u64) -> u32 {
     n.max(1).ilog2() / 2
 }
 
-/// The segments to merge next: the oldest ingest segments (at least
-/// [`MERGE_FANIN`] of them, at most [`MAX_MERGE_INPUTS`]), else all
-/// merged segments of the smallest size class that has [`MERGE_FANIN`];
-/// with `all`, every segment, when there is more than one or any
-/// tombstone.
-fn plan(view: &View, all: bool) -> Option<Vec<usize>> {
+/// Which segments a merge takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// What is due: the oldest ingest segments (at least [`MERGE_FANIN`]
+    /// of them, at most [`MAX_MERGE_INPUTS`]), else all merged segments of
+    /// the smallest size class that has [`MERGE_FANIN`].
+    Due,
+    /// The oldest ingest segments, however few (a compaction's first
+    /// steps: each gathers as many as its memory budget allows).
+    Fresh,
+    /// Every segment, when there is more than one or any tombstone.
+    All,
+}
+
+/// The segments to merge next, by `scope`.
+fn plan(view: &View, scope: Scope) -> Option<Vec<usize>> {
     let n = view.segments.len();
-    if all {
+    if scope == Scope::All {
         return (n > 1 || (n == 1 && !view.dead.is_empty())).then(|| (0..n).collect());
     }
     let fresh: Vec<usize> = (0..n).filter(|&i| view.segments[i].id < MERGED).collect();
-    if fresh.len() >= MERGE_FANIN {
+    let due = if scope == Scope::Fresh { 1 } else { MERGE_FANIN };
+    if fresh.len() >= due {
         // In id order (as listed), so the merged ones are a prefix.
         return Some(fresh.into_iter().take(MAX_MERGE_INPUTS).collect());
     }
     let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
     for (i, s) in view.segments.iter().enumerate().filter(|(_, s)| s.id >= MERGED) {
         by_class.entry(class(s.docs.len())).or_default().push(i);
+    }
+    if scope == Scope::Fresh {
+        return None;
     }
     by_class.into_values().find(|v| v.len() >= MERGE_FANIN).map(|mut v| {
         v.truncate(MAX_MERGE_INPUTS);
@@ -980,9 +1010,6 @@ fn collect_garbage(db: &Db, account: u64) -> Result<()> {
                     }
                 }
                 cleared += 1;
-                if budget == 0 {
-                    break;
-                }
             }
             merged.garbage.drain(..cleared);
             merged.write(txn, account);
@@ -1003,13 +1030,15 @@ static MERGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// in by one, so queries see either the inputs or the output. Merges do
 /// not wait for fsync: a crash loses at most a merge, never a posting.
 pub fn merge_step(db: &Db, account: u64) -> Result<bool> {
-    merge_some(db, account, false)
+    merge_some(db, account, Scope::Due)
 }
 
 /// Merges all of `account`'s segments into one, dropping every deleted
-/// document (after a reindex; tests).
+/// document (after a reindex; tests): the ingest segments first, in merges
+/// of bounded memory, then the few merged segments at once.
 pub fn compact(db: &Db, account: u64) -> Result<()> {
-    merge_some(db, account, true)?;
+    while merge_some(db, account, Scope::Fresh)? {}
+    merge_some(db, account, Scope::All)?;
     Ok(())
 }
 
@@ -1018,21 +1047,23 @@ pub fn tombstones(db: &Db, account: u64) -> Result<u64> {
     Ok(view(&db.snapshot(), account)?.dead.len())
 }
 
-fn merge_some(db: &Db, account: u64, all: bool) -> Result<bool> {
-    merge_within(db, account, all, MAX_GATHERED_POSTINGS)
+fn merge_some(db: &Db, account: u64, scope: Scope) -> Result<bool> {
+    merge_within(db, account, scope, MAX_GATHERED_POSTINGS)
 }
 
-/// [`merge_some`], gathering at most `budget` postings of ingest segments.
-fn merge_within(db: &Db, account: u64, all: bool, budget: usize) -> Result<bool> {
+/// [`merge_some`], gathering at most `budget` postings of ingest segments
+/// (tests set a small one).
+fn merge_within(db: &Db, account: u64, scope: Scope, budget: usize) -> Result<bool> {
     let _one = MERGING.lock().unwrap_or_else(|e| e.into_inner());
     collect_garbage(db, account)?;
     let snap = db.snapshot();
     let planned = Merged::read(&snap, account)?.version;
     let view = view(&snap, account)?;
-    let Some(chosen) = plan(&view, all) else { return Ok(false) };
+    let Some(chosen) = plan(&view, scope) else { return Ok(false) };
     let mut inputs: Vec<&Segment> = chosen.iter().map(|&i| &view.segments[i]).collect();
-    // Ingest segments are gathered in memory, as many as fit.
-    let gathered = if inputs.iter().all(|s| s.id < MERGED) {
+    // Ingest segments are gathered in memory, as many as fit (a merge of
+    // every segment takes them all: it streams).
+    let gathered = if scope != Scope::All && inputs.iter().all(|s| s.id < MERGED) {
         let g = Gathered::read(&snap, account, &inputs, budget)?;
         inputs.truncate(g.inputs);
         Some(g)
@@ -1379,13 +1410,13 @@ mod tests {
         let all = dump(&db, account).expect("dump");
         assert_eq!(all.len(), 30);
         // Three terms a document: a budget of five takes two documents.
-        assert!(merge_within(&db, account, false, 5).expect("merge"));
+        assert!(merge_within(&db, account, Scope::Due, 5).expect("merge"));
         let v = view(&db.snapshot(), account).expect("view");
         let merged: Vec<u64> = v.segments.iter().filter(|s| s.id >= MERGED).map(|s| s.docs.len()).collect();
         assert_eq!(merged, vec![2]);
         assert_eq!(v.segments.len(), 9);
         assert_eq!(dump(&db, account).expect("dump"), all);
-        while merge_within(&db, account, false, 5).expect("merge") {
+        while merge_within(&db, account, Scope::Due, 5).expect("merge") {
             assert_eq!(dump(&db, account).expect("dump"), all);
         }
         // Fewer than MERGE_FANIN ingest segments may stay unmerged.
@@ -1395,6 +1426,86 @@ mod tests {
         assert_eq!(dump(&db, account).expect("dump"), all);
         let common = v.postings(&db.snapshot(), &term_key(Field::Body, "common")).expect("postings");
         assert_eq!(common.len(), 10);
+    }
+
+    fn store_with(docs: impl IntoIterator<Item = (u64, Vec<String>)>) -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = Db::new(Arc::new(crate::store::FjallStore::open(dir.path()).expect("open")));
+        for (doc, words) in docs {
+            let mut t = Terms::default();
+            for w in &words {
+                t.word(Field::Body, w);
+            }
+            let e = encode(t);
+            let ((), c) = db.write(|txn| add(txn, 1, doc, &e)).expect("add");
+            db.sync_blocking(c).expect("sync");
+        }
+        (dir, db)
+    }
+
+    #[test]
+    fn merges_copy_stored_postings_of_both_forms_and_compaction_drops_the_deleted() {
+        // Over 32 documents a term's postings are a roaring bitmap, else
+        // deltas; "first" and "tens7" are each in one input of a later
+        // merge, so they are copied through as stored.
+        let words = |d: u64| {
+            let mut w = vec!["common".to_owned(), format!("rare{d}"), format!("tens{}", d / 10)];
+            if d <= 40 {
+                w.push("first".to_owned());
+            }
+            w
+        };
+        let (_dir, db) = store_with((1..=80).map(|d| (d, words(d))));
+        let mut all = dump(&db, 1).expect("dump");
+        assert_eq!(all.len(), 80 * 3 + 40);
+        // Eight documents a merge of ingest segments, then the size classes.
+        let mut merges = 0;
+        while merge_within(&db, 1, Scope::Due, 8 * 3).expect("merge") {
+            merges += 1;
+            assert_eq!(dump(&db, 1).expect("dump"), all, "after merge {merges}");
+        }
+        assert!(merges > 10, "{merges}");
+        let snap = db.snapshot();
+        let v = view(&snap, 1).expect("view");
+        assert_eq!(v.postings(&snap, &term_key(Field::Body, "first")).expect("first").len(), 40);
+        assert_eq!(v.postings(&snap, &term_key(Field::Body, "tens7")).expect("tens").len(), 10);
+        // Tombstones: gone from results at once, from the segments at the
+        // compaction (which decodes, so drops them).
+        for doc in [3, 40, 41, 77] {
+            let ((), c) = db.write(|txn| remove(txn, 1, doc)).expect("remove");
+            db.sync_blocking(c).expect("sync");
+        }
+        all.retain(|(_, d)| ![3, 40, 41, 77].contains(d));
+        assert_eq!(dump(&db, 1).expect("dump"), all);
+        compact(&db, 1).expect("compact");
+        assert_eq!(dump(&db, 1).expect("dump"), all);
+        assert_eq!(tombstones(&db, 1).expect("tombstones"), 0);
+        assert_eq!(view(&db.snapshot(), 1).expect("view").segments(), 1);
+    }
+
+    #[test]
+    fn a_merge_of_everything_takes_every_ingest_segment_whatever_the_budget() {
+        let docs = || (1..=30).map(|d| (d, vec![format!("w{d}"), "x".to_owned()]));
+        let fresh = |db: &Db| {
+            view(&db.snapshot(), 1).expect("view").segments.iter().filter(|s| s.id < MERGED).count()
+        };
+        let (_dir, db) = store_with(docs());
+        let all = dump(&db, 1).expect("dump");
+        assert!(merge_within(&db, 1, Scope::All, 3).expect("merge"));
+        assert_eq!(view(&db.snapshot(), 1).expect("view").segments(), 1);
+        assert_eq!(dump(&db, 1).expect("dump"), all);
+        // Compaction's first steps gather within the budget: two
+        // documents of two postings each a step.
+        let (_dir, db) = store_with(docs());
+        let mut steps = 0;
+        while merge_within(&db, 1, Scope::Fresh, 3).expect("merge") {
+            steps += 1;
+        }
+        assert_eq!((steps, fresh(&db)), (15, 0));
+        assert_eq!(dump(&db, 1).expect("dump"), all);
+        compact(&db, 1).expect("compact");
+        assert_eq!(view(&db.snapshot(), 1).expect("view").segments(), 1);
+        assert_eq!(dump(&db, 1).expect("dump"), all);
     }
 
     #[test]

@@ -281,6 +281,9 @@ mod tests {
             "",
             "\n\n",
             &"y".repeat(200),
+            "lone\rreturn and\x0bvertical\x0ctab\u{85}nel\u{2028}ls\u{2029}ps",
+            "\u{301}mark at a line start\n\u{301}again",
+            &format!("über {} ünd", "z".repeat(200)),
         ] {
             let mut got = Vec::new();
             each_word(text, |w| got.push(w.to_owned()));
