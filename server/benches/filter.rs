@@ -132,7 +132,7 @@ async fn main() {
     let mut junk = 0;
     for raw in &raws {
         let t = Instant::now();
-        let judged = p.inbound(&db, &[1], raw);
+        let judged = p.inbound(&db, &[1], raw, quail_server::filter::parse(raw).as_ref());
         times.push(t.elapsed());
         if let Ok(j) = judged
             && j[0].spam == quail_server::filter::spam::SPAM

@@ -44,10 +44,10 @@ fn seeds(target: &str) -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn mime_body_over_seeds_and_shared_corpora() {
+/// The MIME seeds and the shared corpora's real mail.
+fn mime_inputs(test: &str) -> Vec<PathBuf> {
     let mut files = seeds("mime");
-    if let Some(corpora) = shared_corpora("mime") {
+    if let Some(corpora) = shared_corpora(test) {
         for d in [
             "mail-parser-crate-resources",
             "python-email-testdata",
@@ -62,6 +62,12 @@ fn mime_body_over_seeds_and_shared_corpora() {
             files_under(&corpora.join(d), &mut files);
         }
     }
+    files
+}
+
+#[test]
+fn mime_body_over_seeds_and_shared_corpora() {
+    let files = mime_inputs("mime");
     for f in &files {
         let data = std::fs::read(f).expect("read seed");
         fuzzing::mime(&data);
@@ -69,6 +75,22 @@ fn mime_body_over_seeds_and_shared_corpora() {
         fuzzing::mime(&data[..data.len() / 2]);
     }
     println!("mime: {} inputs", files.len() * 2);
+}
+
+/// A delivery parses once, for the filters and for storage: what it
+/// stores is what parsing alone gives, for all the real mail we have,
+/// whole and truncated.
+#[test]
+fn one_parse_for_filters_and_storage_reads_as_parsing_alone() {
+    let files = mime_inputs("one parse");
+    for f in &files {
+        let data = std::fs::read(f).expect("read seed");
+        for raw in [&data[..], &data[..data.len() / 2]] {
+            let shared = crate::mail::parse::from_parse(raw, crate::filter::parse(raw));
+            assert!(shared == crate::mail::parse::parse(raw), "{}", f.display());
+        }
+    }
+    println!("one parse: {} inputs", files.len() * 2);
 }
 
 fn encoded_queries() -> Vec<Vec<u8>> {

@@ -408,15 +408,18 @@ impl Pipeline {
     /// [`Error::Rejected`](crate::error::Error::Rejected) for a virus or
     /// when the global score reaches the reject score: a user's own
     /// training sends mail to their Junk, never back to its sender.
+    ///
+    /// `parsed` is [`parse`] of `raw`: the caller parses once for the
+    /// filters and for storing the message.
     pub fn inbound(
         &self,
         db: &crate::store::Db,
         accounts: &[u64],
         raw: &[u8],
+        parsed: Option<&Message<'_>>,
     ) -> crate::error::Result<Vec<spam::Record>> {
-        let parsed = if self.is_empty() { None } else { parse(raw) };
-        self.admit(raw, parsed.as_ref(), Direction::Inbound)?;
-        self.judge_inbound(db, accounts, raw, parsed.as_ref())
+        self.admit(raw, parsed, Direction::Inbound)?;
+        self.judge_inbound(db, accounts, raw, parsed)
     }
 
     /// Every filter on a message `account` submits, parsed once: the virus
@@ -425,15 +428,17 @@ impl Pipeline {
     /// the reject score. `Some(score)` when it is junk: the sending limit
     /// then counts each recipient many times, so an account that sends
     /// spam is throttled soon, and its neighbours not at all.
+    ///
+    /// `parsed` is [`parse`] of `raw`, as for [`Pipeline::inbound`].
     pub fn outbound(
         &self,
         db: &crate::store::Db,
         account: u64,
         raw: &[u8],
+        parsed: Option<&Message<'_>>,
     ) -> crate::error::Result<Option<f64>> {
-        let parsed = if self.is_empty() { None } else { parse(raw) };
-        self.admit(raw, parsed.as_ref(), Direction::Outbound)?;
-        self.judge_outbound(db, account, raw, parsed.as_ref())
+        self.admit(raw, parsed, Direction::Outbound)?;
+        self.judge_outbound(db, account, raw, parsed)
     }
 
     fn judge_inbound(

@@ -50,8 +50,26 @@ pub fn prepare_owned(raw_bytes: Vec<u8>) -> Result<Prepared> {
 /// [`prepare_owned`], with the search terms only when `index` (benchmarks
 /// measure ingest without the index with `false`).
 pub fn prepare_indexed(raw_bytes: Vec<u8>, index: bool) -> Result<Prepared> {
+    let parsed = parse::parse(&raw_bytes);
+    prepare_parsed(raw_bytes, parsed, index)
+}
+
+/// Parses `raw_bytes` once for the filters and for storage: `judge` reads
+/// the parse (see [`crate::filter::Pipeline::inbound`]), then the message
+/// is prepared from it.
+pub fn judged<T>(
+    raw_bytes: Vec<u8>,
+    judge: impl FnOnce(&[u8], Option<&mail_parser::Message<'_>>) -> Result<T>,
+) -> Result<(Prepared, T)> {
+    let message = crate::filter::parse(&raw_bytes);
+    let verdict = judge(&raw_bytes, message.as_ref())?;
+    let parsed = parse::from_parse(&raw_bytes, message);
+    Ok((prepare_parsed(raw_bytes, parsed, true)?, verdict))
+}
+
+/// [`prepare_indexed`] of a message already parsed as `parsed`.
+fn prepare_parsed(raw_bytes: Vec<u8>, mut parsed: parse::Parsed, index: bool) -> Result<Prepared> {
     let size = raw_bytes.len() as u64;
-    let mut parsed = parse::parse(&raw_bytes);
     let terms = if index {
         crate::search::index::encode(crate::mail::find::index_terms(&parsed))
     } else {
@@ -343,8 +361,7 @@ impl Mailstore {
         let db = self.db().clone();
         let ids: Vec<u64> = accounts.iter().map(|a| a.0).collect();
         let (prepared, verdicts) = tokio::task::spawn_blocking(move || {
-            let verdicts = filter.inbound(&db, &ids, &raw_bytes)?;
-            Ok::<_, Error>((prepare_owned(raw_bytes)?, verdicts))
+            judged(raw_bytes, |raw, message| filter.inbound(&db, &ids, raw, message))
         })
         .await
         .map_err(|e| Error::Internal(format!("parsing task failed: {e}")))??;

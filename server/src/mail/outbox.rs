@@ -269,12 +269,15 @@ impl Mailstore {
         let db = self.db().clone();
         let rcpts = new.recipients.len();
         let (prepared, outgoing) = tokio::task::spawn_blocking(move || {
-            if filter.outbound(&db, account.0, &raw)?.is_some() {
+            // What is refused is not compressed for sending.
+            let (prepared, (junk, outgoing)) = ingest::judged(raw, |raw, message| {
+                Ok((filter.outbound(&db, account.0, raw, message)?, blob::prepare(raw, true)))
+            })?;
+            if junk.is_some() {
                 // Spam counts ten times against the sending limit.
                 filter.admit_send(account.0, rcpts * (SPAM_SEND_WEIGHT - 1), now_ms)?;
             }
-            let outgoing = blob::prepare(&raw, true);
-            prepare_owned(raw).map(|p| (p, outgoing))
+            Ok::<_, Error>((prepared, outgoing))
         })
         .await
         .map_err(|e| Error::Internal(format!("parsing task failed: {e}")))??;
