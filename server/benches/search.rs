@@ -9,7 +9,9 @@
 //! two-term, phrase, `from:` and filtered (`is:unread in:inbox`) queries at
 //! 10k, the whole archive and a x4 replay (Message-IDs rewritten, ~187k).
 //! `QUAIL_BENCH_REPLAY=1` stops after the archive;
-//! `QUAIL_BENCH_INGEST_ONLY=1` after the ingest comparison.
+//! `QUAIL_BENCH_INGEST_ONLY=1` after the ingest comparison;
+//! `QUAIL_BENCH_COST_ONLY=N` prints only where the index's CPU goes, over
+//! the first N messages (steady enough under `valgrind --tool=callgrind`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -187,13 +189,23 @@ async fn main() {
     };
     files.sort();
     let mut raws = Vec::new();
+    let cost_only = std::env::var("QUAIL_BENCH_COST_ONLY").ok().and_then(|v| v.parse::<usize>().ok());
     for f in &files {
         raws.extend(import::collect(f, mbox::Flavor::Mboxrd).expect("read").into_iter().map(|f| f.raw));
+        if cost_only.is_some_and(|n| raws.len() >= n) {
+            break;
+        }
     }
     println!("search, linux-mips list archive: {} messages", raws.len());
 
     // Ingest with and without the index, same filesystem, same run; three
     // rounds, alternating, best of each (the machine's other load moves).
+    // The cost breakdown alone, on the first N messages (for callgrind:
+    // instruction counts do not move with the machine's load).
+    if let Some(n) = cost_only {
+        cost_breakdown(&raws[..raws.len().min(n)]).await;
+        return;
+    }
     // The process's CPU time per message too, the index's merges
     // included (the merge left when ingest ends is run and counted).
     let first = &raws[..raws.len().min(10_000)];
