@@ -88,6 +88,11 @@ fn corrupt(detail: &str) -> Error {
 }
 
 fn put_varint(out: &mut Vec<u8>, v: u64) {
+    // Most lengths and deltas fit in one byte: no trip through io::Write.
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
     // Writing to a Vec cannot fail.
     let _ = leb128::write::unsigned(out, v);
 }
@@ -98,6 +103,12 @@ fn varint_len(v: u64) -> u32 {
 }
 
 fn get_varint(data: &mut &[u8]) -> Result<u64> {
+    if let Some((&b, rest)) = data.split_first()
+        && b < 0x80
+    {
+        *data = rest;
+        return Ok(u64::from(b));
+    }
     leb128::read::unsigned(data).map_err(|_| corrupt("segment chunk"))
 }
 
@@ -1559,12 +1570,21 @@ mod tests {
     }
 
     #[test]
-    fn varint_lengths_match_what_is_written() {
+    fn varints_round_trip_and_their_lengths_match_what_is_written() {
         for v in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v) as usize, "{v}");
+            let mut leb = Vec::new();
+            leb128::write::unsigned(&mut leb, v).expect("write");
+            assert_eq!(out, leb, "{v}");
+            out.push(0x55);
+            let mut read = out.as_slice();
+            assert_eq!(get_varint(&mut read).expect("read"), v);
+            assert_eq!(read, [0x55]);
         }
+        assert!(get_varint(&mut &[0x80u8][..]).is_err());
+        assert!(get_varint(&mut &[][..]).is_err());
     }
 
     #[test]

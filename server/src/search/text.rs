@@ -132,7 +132,7 @@ enum Class {
     Other,
 }
 
-fn class(b: u8) -> Class {
+const fn class_of(b: u8) -> Class {
     match b {
         b'a'..=b'z' | b'A'..=b'Z' => Class::Letter,
         b'0'..=b'9' => Class::Digit,
@@ -142,6 +142,21 @@ fn class(b: u8) -> Class {
         b',' | b';' => Class::MidNum,
         _ => Class::Other,
     }
+}
+
+/// [`class_of`] of every byte, looked up rather than matched per byte.
+static CLASSES: [Class; 256] = {
+    let mut t = [Class::Other; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = class_of(b as u8);
+        b += 1;
+    }
+    t
+};
+
+fn class(b: u8) -> Class {
+    CLASSES[usize::from(b)]
 }
 
 /// The byte ranges of the word segments of ASCII `text` that hold a
