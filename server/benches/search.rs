@@ -40,15 +40,18 @@ struct Store {
     account: AccountId,
 }
 
-async fn store() -> Store {
+/// A store with one account; `merging` runs the server's background merger.
+async fn store(merging: bool) -> Store {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
     let db = Db::new(Arc::new(FjallStore::open(&dir.path().join("store")).expect("open")));
     quail_server::upgrade::open(&db, &mut |_| {}).expect("format");
     let mail = Mailstore::new(db.clone(), MailConfig::default());
     let account = mail.create_account("mips", "x".into(), 0, 0, 0).await.expect("account").id;
     // The server's background merger, as `quaild serve` runs it.
-    let merger = quail_server::search::index::Merger::spawn(db.clone(), std::time::Duration::from_millis(50));
-    Store { _merger: Some(merger), _dir: dir, db, mail, account }
+    let merger = merging.then(|| {
+        quail_server::search::index::Merger::spawn(db.clone(), std::time::Duration::from_millis(50))
+    });
+    Store { _merger: merger, _dir: dir, db, mail, account }
 }
 
 /// Imports `raws` in batches of 200, parsing on both cores; msg/s.
@@ -160,12 +163,7 @@ async fn cost_breakdown(raws: &[Vec<u8>]) {
         std::hint::black_box(p);
     }
     let indexed = per(t);
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
-    let db = Db::new(Arc::new(FjallStore::open(&dir.path().join("store")).expect("open")));
-    quail_server::upgrade::open(&db, &mut |_| {}).expect("format");
-    let mail = Mailstore::new(db.clone(), MailConfig::default());
-    let account = mail.create_account("mips", "x".into(), 0, 0, 0).await.expect("account").id;
-    let s = Store { _merger: None, _dir: dir, db, mail, account };
+    let s = store(false).await;
     ingest(&s, raws, true, 0).await;
     let t = Instant::now();
     let merges = quail_server::search::index::merge(&s.db).expect("merge");
@@ -198,26 +196,26 @@ async fn main() {
     }
     println!("search, linux-mips list archive: {} messages", raws.len());
 
-    // Ingest with and without the index, same filesystem, same run; three
-    // rounds, alternating, best of each (the machine's other load moves).
     // The cost breakdown alone, on the first N messages (for callgrind:
     // instruction counts do not move with the machine's load).
     if let Some(n) = cost_only {
         cost_breakdown(&raws[..raws.len().min(n)]).await;
         return;
     }
+    // Ingest with and without the index, same filesystem, same run; three
+    // rounds, alternating, best of each (the machine's other load moves).
     // The process's CPU time per message too, the index's merges
     // included (the merge left when ingest ends is run and counted).
     let first = &raws[..raws.len().min(10_000)];
     let (mut with, mut without) = (0f64, 0f64);
     let mut kept = None;
     for round in 1..=3 {
-        let plain = store().await;
+        let plain = store(true).await;
         let c = cpu_seconds();
         let a = ingest(&plain, first, false, 0).await;
         let cpu_a = (cpu_seconds() - c) * 1e6 / first.len() as f64;
         drop(plain);
-        let s = store().await;
+        let s = store(true).await;
         let c = cpu_seconds();
         let b = ingest(&s, first, true, 0).await;
         quail_server::search::index::merge(&s.db).expect("merge");

@@ -140,7 +140,6 @@ pub fn parse(raw: &[u8]) -> Parsed {
     }
 }
 
-/// Runs the parser, turning a panic inside it into `None`.
 /// [`parse`] of `raw`, from `message`, the [`crate::filter::parse`] of
 /// `raw` that the filters read first, so a delivery parses once. Where
 /// that parser found nothing or failed, `raw` is parsed here as [`parse`]
@@ -151,6 +150,7 @@ pub fn from_parse(raw: &[u8], message: Option<mail_parser::Message<'_>>) -> Pars
     converted.unwrap_or_else(|| parse(raw))
 }
 
+/// Runs the parser, turning a panic inside it into `None`.
 fn guarded(raw: &[u8]) -> Option<Parsed> {
     std::panic::catch_unwind(|| match MessageParser::default().parse(raw) {
         Some(message) => from_message(message),

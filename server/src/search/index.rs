@@ -856,13 +856,9 @@ impl Gathered {
                             // Distinct terms are fewer than the postings
                             // gathered: the budget and one segment's.
                             let n = terms.len() as u32;
-                            terms.push(TermAt {
-                                head: head(term),
-                                start: bytes.len(),
-                                len: term.len() as u32,
-                                number: n,
-                            });
+                            let start = bytes.len();
                             bytes.extend_from_slice(term);
+                            terms.push(TermAt::new(bytes, start, n));
                             table.insert_unique(hash, n, |&m| hasher.hash_one(terms[m as usize].of(bytes)));
                             n
                         }
@@ -1001,12 +997,12 @@ fn plan(view: &View, scope: Scope) -> Option<Vec<usize>> {
         // In id order (as listed), so the merged ones are a prefix.
         return Some(fresh.into_iter().take(MAX_MERGE_INPUTS).collect());
     }
+    if scope == Scope::Fresh {
+        return None;
+    }
     let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
     for (i, s) in view.segments.iter().enumerate().filter(|(_, s)| s.id >= MERGED) {
         by_class.entry(class(s.docs.len())).or_default().push(i);
-    }
-    if scope == Scope::Fresh {
-        return None;
     }
     by_class.into_values().find(|v| v.len() >= MERGE_FANIN).map(|mut v| {
         v.truncate(MAX_MERGE_INPUTS);
@@ -1517,6 +1513,35 @@ mod tests {
         assert_eq!(dump(&db, 1).expect("dump"), all);
         assert_eq!(tombstones(&db, 1).expect("tombstones"), 0);
         assert_eq!(view(&db.snapshot(), 1).expect("view").segments(), 1);
+    }
+
+    #[test]
+    fn postings_under_an_ingest_segment_are_reported_as_corrupt_and_nothing_is_merged() {
+        let (_dir, db) = store_with((1..=4).map(|d| (d, vec![format!("w{d}")])));
+        // Document 5's segment holds a chunk of the merged kind.
+        let mut w = ChunkWriter::new(KIND_POSTINGS);
+        w.push(&term_key(Field::Body, "w5"), Some(&[5]));
+        w.flush();
+        let ((), c) = db
+            .write(|txn| {
+                for (first, chunk) in w.take_chunks() {
+                    let mut k = chunk_prefix(1, 5);
+                    k.extend_from_slice(&first);
+                    txn.put(Space::Search, k, chunk);
+                }
+                txn.put(Space::Search, seg_key(1, 5), Vec::new());
+                Ok::<_, Error>(())
+            })
+            .expect("write");
+        db.sync_blocking(c).expect("sync");
+        let before = view(&db.snapshot(), 1).expect("view").segments();
+        match merge_within(&db, 1, Scope::Due, MAX_GATHERED_POSTINGS) {
+            Err(Error::Store(StoreError::Corrupt { space: Space::Search, detail })) => {
+                assert!(detail.contains("ingest segment"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(view(&db.snapshot(), 1).expect("view").segments(), before);
     }
 
     #[test]
