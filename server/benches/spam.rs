@@ -10,6 +10,10 @@
 //! false-positive rate of each ham set, and the cost per message. Verdict
 //! headers other filters wrote (`X-Spam-*` and the like) are stripped
 //! before training and testing — the classifier does not read them anyway.
+//!
+//! `QUAIL_BENCH_DUMP=FILE` also writes every message's tokens, one line
+//! each (`set`, tab, `score`, then the tokens, tab-separated), for studying
+//! other classifiers offline on exactly what this one sees.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +77,16 @@ fn read_set(set: &str) -> Option<Vec<Vec<u8>>> {
     Some(files.iter().map(|p| strip_verdicts(&std::fs::read(p).expect("read"))).collect())
 }
 
+fn dump_line(out: &mut impl std::io::Write, set: &str, score: f64, tokens: &[String]) {
+    let mut line = format!("{set}\t{score}");
+    for t in tokens {
+        line.push('\t');
+        line.extend(t.chars().map(|c| if c.is_control() { ' ' } else { c }));
+    }
+    line.push('\n');
+    out.write_all(line.as_bytes()).expect("dump");
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
 }
@@ -113,6 +127,15 @@ fn main() {
     let mut times = Vec::new();
     let mut scores: Vec<Vec<f64>> = Vec::new();
     let mut fired: std::collections::BTreeMap<(usize, String), (usize, usize)> = Default::default();
+    let mut dump = std::env::var_os("QUAIL_BENCH_DUMP")
+        .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("dump file")));
+    if let Some(out) = dump.as_mut() {
+        for (set, name) in sets[..2].iter().zip(names) {
+            for raw in set {
+                dump_line(out, name, f64::NAN, &spam::features(raw).tokens);
+            }
+        }
+    }
     for (i, set) in sets[2..].iter().enumerate() {
         let mut s = Vec::with_capacity(set.len());
         for raw in set {
@@ -120,6 +143,9 @@ fn main() {
             let f = spam::features(raw);
             let scored = scorer.score(&snap, None, &f).expect("score");
             times.push(t.elapsed());
+            if let Some(out) = dump.as_mut() {
+                dump_line(out, names[2 + i], scored.score, &f.tokens);
+            }
             for r in &scored.reasons {
                 let name = r.split([':', ' ']).next().unwrap_or("").to_owned();
                 let e = fired.entry((i, name)).or_default();
