@@ -140,7 +140,21 @@ async fn main() {
             junk += 1;
         }
     }
+    let mut slowest: Vec<(Duration, usize)> = times.iter().copied().zip(0..).collect();
+    slowest.sort_unstable_by(|a, b| b.cmp(a));
+    let share = slowest.iter().take(raws.len() / 100).map(|(t, _)| *t).sum::<Duration>().as_secs_f64()
+        / times.iter().sum::<Duration>().as_secs_f64();
     println!("  virus scan + spam score per message: {}  ({junk} junk)", summary(&mut times));
+    println!(
+        "    the slowest 1 % take {:.0} % of the time; slowest: {}",
+        share * 100.0,
+        slowest
+            .iter()
+            .take(3)
+            .map(|(t, i)| format!("{:.1} ms ({} KiB, #{i})", t.as_secs_f64() * 1e3, raws[*i].len() >> 10))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     let raws = Arc::new(raws);
     // Both stores hold the same trained model, so they differ only in

@@ -6,7 +6,9 @@
 //! `Message-ID`, `List-*`, `X-Mailer`) are not tokens: they describe the
 //! path a corpus took more than the mail, and a model trained on them
 //! memorises its training set. Verdict headers other filters added
-//! (`X-Spam-*` and the like) are never read for the same reason.
+//! (`X-Spam-*` and the like) are never read for the same reason, nor is a
+//! mailing list's footer at the end of the body: spam sent through a list
+//! carries the same footer as the list's ham.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -27,6 +29,9 @@ const MAX_CJK: usize = 300;
 const MAX_WORD: usize = 20;
 /// Deepest embedded message read.
 const MAX_DEPTH: usize = 8;
+/// Longest mailing-list footer dropped from the end of a body (a sender
+/// who writes `List-*` fields of their own hides at most this much).
+const MAX_FOOTER: usize = 800;
 
 /// Link hosts that hide where a link goes.
 const SHORTENERS: &[&str] = &[
@@ -229,6 +234,9 @@ fn of_message(m: &Message<'_>) -> Features {
         body = body.lines().filter(|l| !l.starts_with("SPAM: ")).collect::<Vec<_>>().join("\n");
     }
     let mut body = nfkc(body);
+    if let Some(start) = list_footer(m, &body) {
+        body.truncate(start);
+    }
     if body.len() > MAX_BODY_CHARS {
         let mut end = MAX_BODY_CHARS;
         while !body.is_char_boundary(end) {
@@ -277,6 +285,54 @@ fn of_message(m: &Message<'_>) -> Features {
     }
     f.tokens = bag.list;
     f
+}
+
+/// Where the footer a mailing list appended to `body` starts: the
+/// separator line (else the blank line) above the first place, in the
+/// body's last [`MAX_FOOTER`] bytes, that names the list as its `List-*`
+/// fields do. A footer is the list's words, not the sender's: spam sent
+/// through a list carries the same footer as the list's ham, and a model
+/// that reads it learns the list rather than the mail.
+fn list_footer(m: &Message<'_>, body: &str) -> Option<usize> {
+    let mut markers = Vec::new();
+    for name in ["List-Unsubscribe", "List-Subscribe", "List-Post", "List-Help", "List-Archive"] {
+        let Some(v) = m.header_raw(name) else { continue };
+        for part in v.split('<').skip(1).filter_map(|p| p.split_once('>')).map(|(inner, _)| inner) {
+            let target = part.trim();
+            let target = target.strip_prefix("mailto:").unwrap_or(target);
+            let target = target.split('?').next().unwrap_or("").trim_end_matches('/');
+            if target.len() >= 8 {
+                markers.push(target.to_ascii_lowercase());
+            }
+        }
+    }
+    // Mailman's own footer names the list's `listinfo` page, also where
+    // a relay dropped the `List-*` fields.
+    markers.push("/listinfo/".to_owned());
+    let mut from = body.len().saturating_sub(MAX_FOOTER);
+    while !body.is_char_boundary(from) {
+        from += 1;
+    }
+    let tail = body[from..].to_ascii_lowercase();
+    let at = markers.iter().filter_map(|mk| tail.find(mk.as_str())).min()?;
+    // The lines above the mention, nearest first, within the tail.
+    let mut blank = None;
+    let mut line_end = tail[..at].rfind('\n')?;
+    loop {
+        let line_start = tail[..line_end].rfind('\n').map_or(0, |i| i + 1);
+        let line = tail[line_start..line_end].trim();
+        if line.len() >= 4 && line.chars().all(|c| matches!(c, '_' | '-' | '=' | '*' | '~')) {
+            return Some(from + line_start);
+        }
+        if line.is_empty() && blank.is_none() {
+            blank = Some(from + line_start);
+        }
+        if line_start == 0 {
+            break;
+        }
+        line_end = line_start - 1;
+    }
+    blank
 }
 
 fn subject_tokens(bag: &mut Bag, subject: &str) {
@@ -914,6 +970,41 @@ mod tests {
         let small = features(b"Content-Type: text/html\r\n\r\n<font size=1>fine print here</font>");
         assert_eq!((small.hidden_chars, small.invisible_chars), (15, 0));
         assert!(f.name_mismatch.is_some());
+    }
+
+    #[test]
+    fn a_mailing_list_footer_is_not_the_mail() {
+        // Mailman's footer, with or without the List-* fields.
+        let footer = "_______________________________________________\r\n\
+            Gardening mailing list\r\nGardening@lists.example.org\r\n\
+            https://lists.example.org/mailman/listinfo/gardening\r\n";
+        for head in ["", "List-Post: <mailto:gardening@lists.example.org>\r\n"] {
+            let raw = format!(
+                "From: a@b.example\r\n{head}Subject: cheap pills\r\n\r\n\
+                 Buy cheap pills today.\r\n\r\n{footer}"
+            );
+            let f = features(raw.as_bytes());
+            assert!(has(&f, "pills") && has(&f, "today"), "{:?}", f.tokens);
+            for t in ["gardening", "mailing", "url:host:lists.example.org", "email:dom:example.org"] {
+                assert!(!has(&f, t), "{t} is the list's, not the mail's: {:?}", f.tokens);
+            }
+        }
+        // Named by the List-* fields, under a blank line, no separator.
+        let raw = "From: a@b.example\r\nList-Unsubscribe: <https://example.net/leave/garden?x=1>\r\n\
+            Subject: s\r\n\r\nRoses need sun.\r\n\r\nTo leave: https://example.net/leave/garden\r\n";
+        let f = features(raw.as_bytes());
+        assert!(has(&f, "roses") && !has(&f, "leave"), "{:?}", f.tokens);
+        // A mention far from the end is the sender's text: kept.
+        let raw = format!(
+            "From: a@b.example\r\nList-Post: <mailto:garden@example.net>\r\nSubject: s\r\n\r\n\
+             ____\r\nwrite to garden@example.net\r\n{}",
+            "lavender grows well\r\n".repeat(60)
+        );
+        let f = features(raw.as_bytes());
+        assert!(has(&f, "write") && has(&f, "email:dom:example.net"), "{:?}", f.tokens);
+        // No list, no cut: a separator of the sender's own stays.
+        let f = features(b"From: a@b.example\r\nSubject: s\r\n\r\nhello\r\n_____\r\nsignature words\r\n");
+        assert!(has(&f, "signature"), "{:?}", f.tokens);
     }
 
     #[test]
