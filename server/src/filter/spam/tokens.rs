@@ -288,8 +288,9 @@ fn of_message(m: &Message<'_>) -> Features {
 }
 
 /// Where the footer a mailing list appended to `body` starts: the
-/// separator line (else the blank line) above the first place, in the
-/// body's last [`MAX_FOOTER`] bytes, that names the list as its `List-*`
+/// topmost separator line (a footer may stack blocks, a sponsor's above
+/// the list's), else the nearest blank line, above the first place in the
+/// body's last [`MAX_FOOTER`] bytes that names the list as its `List-*`
 /// fields do. A footer is the list's words, not the sender's: spam sent
 /// through a list carries the same footer as the list's ham, and a model
 /// that reads it learns the list rather than the mail.
@@ -317,12 +318,13 @@ fn list_footer(m: &Message<'_>, body: &str) -> Option<usize> {
     let at = markers.iter().filter_map(|mk| tail.find(mk.as_str())).min()?;
     // The lines above the mention, nearest first, within the tail.
     let mut blank = None;
+    let mut sep = None;
     let mut line_end = tail[..at].rfind('\n')?;
     loop {
         let line_start = tail[..line_end].rfind('\n').map_or(0, |i| i + 1);
         let line = tail[line_start..line_end].trim();
         if line.len() >= 4 && line.chars().all(|c| matches!(c, '_' | '-' | '=' | '*' | '~')) {
-            return Some(from + line_start);
+            sep = Some(from + line_start);
         }
         if line.is_empty() && blank.is_none() {
             blank = Some(from + line_start);
@@ -332,7 +334,7 @@ fn list_footer(m: &Message<'_>, body: &str) -> Option<usize> {
         }
         line_end = line_start - 1;
     }
-    blank
+    sep.or(blank)
 }
 
 fn subject_tokens(bag: &mut Bag, subject: &str) {
@@ -975,7 +977,9 @@ mod tests {
     #[test]
     fn a_mailing_list_footer_is_not_the_mail() {
         // Mailman's footer, with or without the List-* fields.
-        let footer = "_______________________________________________\r\n\
+        let footer = "-------------------------------------------------------\r\n\
+            This list is sponsored by: Seeds Inc\r\nhttp://seeds.example/sf\r\n\
+            _______________________________________________\r\n\
             Gardening mailing list\r\nGardening@lists.example.org\r\n\
             https://lists.example.org/mailman/listinfo/gardening\r\n";
         for head in ["", "List-Post: <mailto:gardening@lists.example.org>\r\n"] {
@@ -985,7 +989,9 @@ mod tests {
             );
             let f = features(raw.as_bytes());
             assert!(has(&f, "pills") && has(&f, "today"), "{:?}", f.tokens);
-            for t in ["gardening", "mailing", "url:host:lists.example.org", "email:dom:example.org"] {
+            for t in
+                ["gardening", "mailing", "url:host:lists.example.org", "email:dom:example.org", "sponsored"]
+            {
                 assert!(!has(&f, t), "{t} is the list's, not the mail's: {:?}", f.tokens);
             }
         }
