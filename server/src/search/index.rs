@@ -336,11 +336,52 @@ impl Encoded {
 }
 
 /// A document's term keys, gathered in one buffer (no allocation per
-/// term) for [`encode`], in any order, duplicates allowed.
-#[derive(Debug, Default)]
+/// term) for [`encode`], in any order. A term added again is kept once:
+/// about half of a mail's words are repeats, and a hash lookup on the
+/// term's [`head`] costs less than carrying them through the sort.
+#[derive(Debug)]
 pub struct Terms {
     bytes: Vec<u8>,
     items: Vec<TermAt>,
+    /// `items` by [`term_hash`].
+    seen: hashbrown::HashTable<u32>,
+    /// Terms come from anyone who sends mail: a seed they cannot know.
+    seed: u64,
+    /// Terms added, repeats included.
+    added: usize,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        Terms {
+            bytes: Vec::with_capacity(8 << 10),
+            items: Vec::with_capacity(1024),
+            seen: hashbrown::HashTable::with_capacity(1024),
+            seed: foldhash::fast::RandomState::default().hash_one(0u64) | 1,
+            added: 0,
+        }
+    }
+}
+
+/// One 16-byte piece folded into a hash state (a multiply-fold: cheap,
+/// and keyed by the seed so senders cannot aim terms at one bucket).
+fn mix(state: u64, piece: u128) -> u64 {
+    let x = state ^ (piece as u64);
+    let y = ((piece >> 64) as u64) ^ state.rotate_left(32);
+    let m = u128::from(x ^ 0x9E37_79B9_7F4A_7C15) * u128::from(y ^ 0xD6E8_FEB8_6659_FD93);
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+/// The hash of a term whose [`head`] is `first`: every byte counts.
+fn term_hash(t: &[u8], first: u128, seed: u64) -> u64 {
+    let mut h = mix(seed ^ t.len() as u64, first);
+    let mut rest = t.get(16..).unwrap_or(&[]);
+    while !rest.is_empty() {
+        h = mix(h, head(rest));
+        rest = rest.get(16..).unwrap_or(&[]);
+    }
+    h
 }
 
 /// A term kept in a buffer of terms.
@@ -408,9 +449,30 @@ fn sort_terms(items: &mut [TermAt], bytes: &[u8]) {
 }
 
 impl Terms {
+    /// Keeps the term written at `start` unless it is a repeat (then its
+    /// bytes are dropped again); returns where its text is.
     fn close(&mut self, start: usize) -> (usize, usize) {
-        self.items.push(TermAt::new(&self.bytes, start, 0));
-        (start + 1, self.bytes.len())
+        self.added += 1;
+        let Terms { bytes, items, seen, seed, .. } = self;
+        let at = TermAt::new(bytes, start, 0);
+        let hash = term_hash(at.of(bytes), at.head, *seed);
+        if let Some(&i) = seen.find(hash, |&i| {
+            let o = items[i as usize];
+            o.head == at.head && o.len == at.len && o.of(bytes) == at.of(bytes)
+        }) {
+            let o = items[i as usize];
+            bytes.truncate(start);
+            return (o.start + 1, o.start + o.len as usize);
+        }
+        // Fewer items than bytes, and a message is under 4 GiB.
+        let i = items.len() as u32;
+        items.push(at);
+        let seed = *seed;
+        seen.insert_unique(hash, i, |&j| {
+            let o = items[j as usize];
+            term_hash(o.of(bytes), o.head, seed)
+        });
+        (start + 1, bytes.len())
     }
 
     /// Adds `field ‖ word`; returns where the word is, for [`Terms::pair`].
@@ -431,8 +493,13 @@ impl Terms {
         self.close(start);
     }
 
-    /// How many terms were added (with duplicates).
+    /// How many terms were added (repeats included).
     pub fn len(&self) -> usize {
+        self.added
+    }
+
+    /// How many distinct terms were added.
+    pub fn distinct(&self) -> usize {
         self.items.len()
     }
 
@@ -442,24 +509,18 @@ impl Terms {
     }
 }
 
-/// Encodes a document's term keys.
+/// Encodes a document's term keys, sorted.
 pub fn encode(mut terms: Terms) -> Encoded {
     let mut items = std::mem::take(&mut terms.items);
     sort_terms(&mut items, &terms.bytes);
     let mut w = ChunkWriter::new(KIND_SOLE);
-    let mut last: Option<&[u8]> = None;
-    let mut distinct = 0;
+    // Distinct already (`Terms` keeps a term once).
     for item in &items {
-        let t = item.of(&terms.bytes);
-        if last != Some(t) {
-            w.push(t, None);
-            last = Some(t);
-            distinct += 1;
-        }
+        w.push(item.of(&terms.bytes), None);
     }
     w.flush();
     let chunks = w.take_chunks().into_iter().map(|(k, v)| (k, Bytes::from(v))).collect();
-    Encoded { chunks, terms: distinct }
+    Encoded { chunks, terms: items.len() }
 }
 
 /// Indexes document `doc` of `account`: its ingest segment.
@@ -1342,15 +1403,26 @@ mod tests {
             ["abcdefghijklmnopqr", "abcdefghijklmnop", "abcdefghijklmnopqa", "b", "abcdefghijklmnop", "a"];
         let spans: Vec<_> = words.iter().map(|w| t.word(Field::Body, w)).collect();
         t.pair(Field::Subject, spans[3], spans[5]);
+        // A pair of a repeated word (its span is the first copy's), twice.
+        t.pair(Field::Body, spans[4], spans[3]);
+        t.pair(Field::Body, spans[1], spans[3]);
         t.word(Field::Meta, "all");
-        assert_eq!(t.len(), 8);
+        assert_eq!(t.len(), 10);
+        assert_eq!(t.distinct(), 8);
         let e = encode(t);
         let mut r = ChunkReader::new(&e.chunks[0].1).expect("chunk");
         let mut got = Vec::new();
         while r.advance().expect("entry").is_some() {
             got.push(r.term.clone());
         }
-        let mut want = terms(&["a", "abcdefghijklmnop", "abcdefghijklmnopqa", "abcdefghijklmnopqr", "b"]);
+        let mut want = terms(&[
+            "a",
+            "abcdefghijklmnop",
+            "abcdefghijklmnop b",
+            "abcdefghijklmnopqa",
+            "abcdefghijklmnopqr",
+            "b",
+        ]);
         want.insert(0, term_key(Field::Meta, "all"));
         want.insert(1, term_key(Field::Subject, "b a"));
         assert_eq!(got, want);
@@ -1404,6 +1476,21 @@ mod tests {
             seen += n;
         }
         assert_eq!(seen, 5000);
+    }
+
+    #[test]
+    fn terms_that_share_long_beginnings_are_each_kept_once() {
+        // Heads and the next sixteen bytes tie; only the ends differ.
+        let long = "x".repeat(40);
+        let mut t = Terms::default();
+        for round in 0..2 {
+            for i in 0..1000 {
+                t.word(Field::Body, &format!("{long}{i}"));
+            }
+            assert_eq!((t.len(), t.distinct()), (1000 * (round + 1), 1000));
+        }
+        let e = encode(t);
+        assert_eq!(e.terms(), 1000);
     }
 
     #[test]
@@ -1587,6 +1674,8 @@ mod tests {
             want.push(term_key(field, &w));
         }
         want.sort();
+        // `Terms` keeps a repeated term once.
+        want.dedup();
         let bytes = std::mem::take(&mut t.bytes);
         let mut items = std::mem::take(&mut t.items);
         sort_terms(&mut items, &bytes);
