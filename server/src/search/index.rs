@@ -346,42 +346,38 @@ pub struct Terms {
     /// `items` by [`term_hash`].
     seen: hashbrown::HashTable<u32>,
     /// Terms come from anyone who sends mail: a seed they cannot know.
-    seed: u64,
+    seed: foldhash::fast::RandomState,
     /// Terms added, repeats included.
     added: usize,
 }
 
 impl Default for Terms {
     fn default() -> Self {
-        use std::hash::BuildHasher;
         Terms {
             bytes: Vec::with_capacity(8 << 10),
             items: Vec::with_capacity(1024),
             seen: hashbrown::HashTable::with_capacity(1024),
-            seed: foldhash::fast::RandomState::default().hash_one(0u64) | 1,
+            seed: foldhash::fast::RandomState::default(),
             added: 0,
         }
     }
 }
 
-/// One 16-byte piece folded into a hash state (a multiply-fold: cheap,
-/// and keyed by the seed so senders cannot aim terms at one bucket).
-fn mix(state: u64, piece: u128) -> u64 {
-    let x = state ^ (piece as u64);
-    let y = ((piece >> 64) as u64) ^ state.rotate_left(32);
-    let m = u128::from(x ^ 0x9E37_79B9_7F4A_7C15) * u128::from(y ^ 0xD6E8_FEB8_6659_FD93);
-    (m as u64) ^ ((m >> 64) as u64)
-}
-
-/// The hash of a term whose [`head`] is `first`: every byte counts.
-fn term_hash(t: &[u8], first: u128, seed: u64) -> u64 {
-    let mut h = mix(seed ^ t.len() as u64, first);
+/// The hash of a term whose [`head`] is `first`: the head, the length and
+/// every further 16 bytes, each fed to `state` as one integer (a slice fed
+/// whole goes byte-length prefixed through the generic path, which costs
+/// more than the sort this saves).
+fn term_hash(t: &[u8], first: u128, state: &foldhash::fast::RandomState) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = state.build_hasher();
+    h.write_u128(first);
+    h.write_usize(t.len());
     let mut rest = t.get(16..).unwrap_or(&[]);
     while !rest.is_empty() {
-        h = mix(h, head(rest));
+        h.write_u128(head(rest));
         rest = rest.get(16..).unwrap_or(&[]);
     }
-    h
+    h.finish()
 }
 
 /// A term kept in a buffer of terms.
@@ -455,7 +451,7 @@ impl Terms {
         self.added += 1;
         let Terms { bytes, items, seen, seed, .. } = self;
         let at = TermAt::new(bytes, start, 0);
-        let hash = term_hash(at.of(bytes), at.head, *seed);
+        let hash = term_hash(at.of(bytes), at.head, seed);
         if let Some(&i) = seen.find(hash, |&i| {
             let o = items[i as usize];
             o.head == at.head && o.len == at.len && o.of(bytes) == at.of(bytes)
@@ -467,7 +463,6 @@ impl Terms {
         // Fewer items than bytes, and a message is under 4 GiB.
         let i = items.len() as u32;
         items.push(at);
-        let seed = *seed;
         seen.insert_unique(hash, i, |&j| {
             let o = items[j as usize];
             term_hash(o.of(bytes), o.head, seed)
