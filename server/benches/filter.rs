@@ -7,7 +7,12 @@
 //! the built-in virus scanner alone, and with spam scoring against a global
 //! model trained on `easy_ham` + `spam`) and delivery msg/s with the filters
 //! on and off, into two stores on the same filesystem in the same run, 16
-//! deliveries at a time.
+//! deliveries at a time. `QUAIL_BENCH_COST_ONLY=N` stops after the
+//! per-message costs, over every k-th message (N in all), for
+//! `valgrind --tool=callgrind`, whose instruction counts do not move with
+//! the machine's load; with `QUAIL_BENCH_DELIVER=on` (`off`) it then
+//! delivers them with (without) the filters, so that the difference of
+//! the runs' counts is what the filters add to delivery.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,13 +58,27 @@ fn store(dir: &Path, training: Option<&Training>) -> Db {
     db
 }
 
-/// Delivers every message, 16 at a time; msg/s.
-async fn deliver_all(filter: Pipeline, raws: &Arc<Vec<Vec<u8>>>, training: Option<&Training>) -> f64 {
+/// CPU time (user + system) this process has used, in seconds, from
+/// /proc (ticks of 1/100 s: ample for runs of seconds).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// Delivers every message, 16 at a time; msg/s and the process's CPU
+/// time per message in microseconds (the store's background work
+/// included).
+async fn deliver_all(filter: Pipeline, raws: &Arc<Vec<Vec<u8>>>, training: Option<&Training>) -> (f64, f64) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
     let db = store(dir.path(), training);
     let mail = Arc::new(Mailstore::new(db.clone(), MailConfig::default()).with_filter(filter));
     let account = mail.create_account("bench", "x".into(), 0, 0, 0).await.expect("account").id;
     let _merger = quail_server::search::index::Merger::spawn(db, Duration::from_millis(50));
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..16 {
@@ -74,7 +93,8 @@ async fn deliver_all(filter: Pipeline, raws: &Arc<Vec<Vec<u8>>>, training: Optio
     for t in tasks {
         t.await.expect("task");
     }
-    raws.len() as f64 / start.elapsed().as_secs_f64()
+    let rate = raws.len() as f64 / start.elapsed().as_secs_f64();
+    (rate, (cpu_seconds() - cpu) * 1e6 / raws.len() as f64)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +120,13 @@ async fn main() {
         raws.extend(read);
     }
     println!("filter, spamassassin public corpus: {} messages", raws.len());
+    let cost_only = std::env::var("QUAIL_BENCH_COST_ONLY").ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = cost_only {
+        // Every set in proportion: every k-th message.
+        let step = (raws.len() / n.max(1)).max(1);
+        raws = raws.into_iter().step_by(step).take(n).collect();
+        println!("  costs only, over {} of them", raws.len());
+    }
 
     let p = Pipeline::default();
     let mut times = Vec::with_capacity(raws.len());
@@ -156,14 +183,35 @@ async fn main() {
             .join(", ")
     );
 
+    if cost_only.is_some() {
+        // `QUAIL_BENCH_DELIVER=on` (or `off`) also delivers them once, with
+        // (without) the filters: the difference of two runs' instruction
+        // counts is what delivery costs, what the filters add to it.
+        let filters = match std::env::var("QUAIL_BENCH_DELIVER").as_deref() {
+            Ok("on") => Pipeline::default(),
+            Ok("off") => Pipeline::none(),
+            _ => return,
+        };
+        let (rate, cpu) = deliver_all(filters, &Arc::new(raws), Some(&training)).await;
+        println!("  deliver: {rate:.0} msg/s, CPU {cpu:.0} us a message");
+        return;
+    }
     let raws = Arc::new(raws);
     // Both stores hold the same trained model, so they differ only in
     // whether the filters run; runs alternate, and the best of three of
     // each is reported, so neither side pays for the other's warm-up.
     let (mut off, mut on) = (0.0f64, 0.0f64);
+    let (mut cpu_off, mut cpu_on) = (f64::MAX, f64::MAX);
     for _ in 0..3 {
-        off = off.max(deliver_all(Pipeline::none(), &raws, Some(&training)).await);
-        on = on.max(deliver_all(Pipeline::default(), &raws, Some(&training)).await);
+        let (rate, cpu) = deliver_all(Pipeline::none(), &raws, Some(&training)).await;
+        (off, cpu_off) = (off.max(rate), cpu_off.min(cpu));
+        let (rate, cpu) = deliver_all(Pipeline::default(), &raws, Some(&training)).await;
+        (on, cpu_on) = (on.max(rate), cpu_on.min(cpu));
     }
     println!("  deliver, 16 at a time: {on:.0} msg/s with the filters, {off:.0} without ({:.2}x)", on / off);
+    println!(
+        "    CPU per message (the store's background work included): {cpu_on:.0} us with the filters, \
+         {cpu_off:.0} without ({:.2}x)",
+        cpu_off / cpu_on
+    );
 }

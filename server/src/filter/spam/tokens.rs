@@ -114,12 +114,37 @@ impl Bag {
 }
 
 /// `s` in compatibility form (full-width letters, ligatures and the like
-/// become what they look like); most text already is, and is only copied.
+/// become what they look like); most text already is, and is returned as
+/// it is.
+///
+/// Only the non-ASCII runs are normalised, each with the ASCII character
+/// before it (a combining mark composes with it): ASCII characters have
+/// no decomposition, are never reordered (they are starters) and never
+/// compose with what precedes them, so the form of the whole is the forms
+/// of such pieces put together. Text with a no-break space in every line
+/// (HTML's `&nbsp;`) is thus not pushed whole through the tables.
 fn nfkc(s: String) -> String {
-    match is_nfkc_quick(s.chars()) {
-        IsNormalized::Yes => s,
-        _ => s.nfkc().collect(),
+    if s.is_ascii() {
+        return s;
     }
+    if is_nfkc_quick(s.chars()) == IsNormalized::Yes {
+        return s;
+    }
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len() + s.len() / 8);
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|c| !c.is_ascii()) {
+        // The run and the ASCII character before it, if any.
+        let start = (i + off).saturating_sub(1).max(copied);
+        let end = b[i + off..].iter().position(u8::is_ascii).map_or(b.len(), |e| i + off + e);
+        out.push_str(&s[copied..start]);
+        out.extend(s[start..end].nfkc());
+        copied = end;
+        i = end;
+    }
+    out.push_str(&s[copied..]);
+    out
 }
 
 /// 0 for 0, else the largest power of two not above `n`: every count
@@ -273,13 +298,27 @@ fn of_message(m: &Message<'_>) -> Features {
         }
     }
     words(&mut bag, &rest, "");
-    bag.add(format!("body:bang:{}", bucket(body.matches('!').count())));
-    let letters = body.chars().filter(|c| c.is_alphabetic()).count();
+    let (mut bangs, mut letters, mut upper, mut chars) = (0, 0, 0, 0);
+    if body.is_ascii() {
+        chars = body.len();
+        for c in body.bytes() {
+            bangs += usize::from(c == b'!');
+            letters += usize::from(c.is_ascii_alphabetic());
+            upper += usize::from(c.is_ascii_uppercase());
+        }
+    } else {
+        for c in body.chars() {
+            chars += 1;
+            bangs += usize::from(c == '!');
+            letters += usize::from(c.is_alphabetic());
+            upper += usize::from(c.is_uppercase());
+        }
+    }
+    bag.add(format!("body:bang:{}", bucket(bangs)));
     if letters >= 40 {
-        let upper = body.chars().filter(|c| c.is_uppercase()).count();
         bag.add(format!("body:upper:{}", upper * 10 / letters));
     }
-    bag.add(format!("body:len:{}", bucket(body.chars().count() / 100)));
+    bag.add(format!("body:len:{}", bucket(chars / 100)));
     if has_remove_word(&body) {
         bag.add("body:has-remove".into());
     }
@@ -455,93 +494,145 @@ fn script_of(c: char) -> Option<Script> {
 /// through its lower-case token. Runs of Han, kana, Hangul and Thai,
 /// which have no spaces, become character pairs.
 fn words(bag: &mut Bag, text: &str, prefix: &str) {
-    let mut owned = String::new();
+    let owned;
     let mut text = text;
     if text.chars().any(|c| c as u32 >= 0x370) {
-        let mut counts = [0usize; 8];
-        let mut classified = 0;
-        let mut run: Vec<char> = Vec::new();
-        let mut cjk = 0;
-        let flush = |run: &mut Vec<char>, bag: &mut Bag, cjk: &mut usize| {
-            if run.len() == 1 && *cjk < MAX_CJK {
-                bag.add(format!("{prefix}cjk:{}", run[0]));
-                *cjk += 1;
-            }
-            for pair in run.windows(2) {
-                if *cjk >= MAX_CJK {
-                    break;
-                }
-                bag.add(format!("{prefix}cjk:{}{}", pair[0], pair[1]));
-                *cjk += 1;
-            }
-            run.clear();
-        };
-        for c in text.chars() {
-            let s = script_of(c);
-            if let Some(s) = s {
-                counts[s as usize] += 1;
-                classified += 1;
-            }
-            if matches!(s, Some(Script::Han | Script::Kana | Script::Hangul | Script::Thai)) {
-                run.push(c);
-            } else {
-                if !run.is_empty() {
-                    flush(&mut run, bag, &mut cjk);
-                    owned.push(' ');
-                }
-                owned.push(c);
-            }
+        owned = scripts_and_runs(bag, text, prefix);
+        if let Some(o) = &owned {
+            text = o;
         }
-        if !run.is_empty() {
-            flush(&mut run, bag, &mut cjk);
-        }
-        for (s, name) in SCRIPTS {
-            let n = counts[s as usize];
-            if n > 0 && (n >= 10 || n * 2 >= classified) {
-                bag.add(format!("{prefix}script:{name}"));
-            }
-        }
-        text = &owned;
     }
     // The token under construction: `prefix`, then the word in lower case.
     let mut token = String::with_capacity(prefix.len() + 32);
     // The same for the word as written.
     let mut cased = String::with_capacity(prefix.len() + 37);
-    for w in text.split_whitespace() {
-        let w = w.trim_matches(|c: char| !(c.is_alphanumeric() || c == '$' || c == '!' || c == '%'));
-        if w.is_empty() {
-            continue;
-        }
-        token.clear();
-        token.push_str(prefix);
-        if w.is_ascii() {
-            token.push_str(w);
-            token[prefix.len()..].make_ascii_lowercase();
-        } else {
-            token.push_str(&w.to_lowercase());
-        }
-        let lower = &token[prefix.len()..];
-        let n = if w.is_ascii() { lower.len() } else { lower.chars().count() };
-        if n < 3 {
-            if n == 2 && (lower.contains('$') || lower == "!!") {
-                bag.add_str(&token);
+    let one = |w: &str| word(bag, prefix, w, &mut token, &mut cased);
+    if text.is_ascii() {
+        ascii_split_whitespace(text, one);
+    } else {
+        text.split_whitespace().for_each(one);
+    }
+}
+
+/// Calls `f` with each word of ASCII `text` as `split_whitespace` splits
+/// it, a byte at a time rather than a character: ASCII's white space is
+/// tab, line feed, vertical tab, form feed, return and space.
+fn ascii_split_whitespace<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
+    let mut start = None;
+    for (i, c) in text.bytes().enumerate() {
+        match (matches!(c, 9..=13 | b' '), start) {
+            (true, Some(s)) => {
+                f(&text[s..i]);
+                start = None;
             }
-            continue;
+            (false, None) => start = Some(i),
+            _ => {}
         }
-        if lower.chars().all(|c| c.is_numeric()) {
-            bag.add(format!("{prefix}num:{}", n.min(12)));
-        } else if n > MAX_WORD {
-            let first = lower.chars().next().unwrap_or('?');
-            bag.add(format!("{prefix}skip:{first}:{}", n / 10 * 10));
-        } else {
-            bag.add_str(&token);
-            if w.chars().any(char::is_uppercase) {
-                cased.clear();
-                cased.push_str(prefix);
-                cased.push_str("case:");
-                cased.push_str(w);
-                bag.add_str(&cased);
+    }
+    if let Some(s) = start {
+        f(&text[s..]);
+    }
+}
+
+/// The script tokens of `text` (which has characters from U+0370 up), and
+/// the pairs of each run of Han, kana, Hangul or Thai: then also the text
+/// with each such run replaced by a space, for the word tokens.
+fn scripts_and_runs(bag: &mut Bag, text: &str, prefix: &str) -> Option<String> {
+    let mut counts = [0usize; 8];
+    let mut classified = 0;
+    let mut run: Vec<char> = Vec::new();
+    let mut cjk = 0;
+    let flush = |run: &mut Vec<char>, bag: &mut Bag, cjk: &mut usize| {
+        if run.len() == 1 && *cjk < MAX_CJK {
+            bag.add(format!("{prefix}cjk:{}", run[0]));
+            *cjk += 1;
+        }
+        for pair in run.windows(2) {
+            if *cjk >= MAX_CJK {
+                break;
             }
+            bag.add(format!("{prefix}cjk:{}{}", pair[0], pair[1]));
+            *cjk += 1;
+        }
+        run.clear();
+    };
+    let mut owned: Option<String> = None;
+    // Where the current run starts, and how much of `text` is in `owned`.
+    let (mut run_start, mut copied) = (0, 0);
+    for (i, c) in text.char_indices() {
+        let s = if (c as u32) < 0x370 { None } else { script_of(c) };
+        if let Some(s) = s {
+            counts[s as usize] += 1;
+            classified += 1;
+        }
+        if matches!(s, Some(Script::Han | Script::Kana | Script::Hangul | Script::Thai)) {
+            if run.is_empty() {
+                run_start = i;
+            }
+            run.push(c);
+        } else if !run.is_empty() {
+            flush(&mut run, bag, &mut cjk);
+            let o = owned.get_or_insert_with(|| String::with_capacity(text.len()));
+            o.push_str(&text[copied..run_start]);
+            o.push(' ');
+            copied = i;
+        }
+    }
+    if !run.is_empty() {
+        flush(&mut run, bag, &mut cjk);
+        // A run at the end is dropped.
+        let o = owned.get_or_insert_with(String::new);
+        o.push_str(&text[copied..run_start]);
+        copied = text.len();
+    }
+    for (s, name) in SCRIPTS {
+        let n = counts[s as usize];
+        if n > 0 && (n >= 10 || n * 2 >= classified) {
+            bag.add(format!("{prefix}script:{name}"));
+        }
+    }
+    owned.map(|mut o| {
+        o.push_str(&text[copied..]);
+        o
+    })
+}
+
+/// The tokens of one white-space separated word `w` (see [`words`]);
+/// `token` and `cased` are buffers kept between words.
+fn word(bag: &mut Bag, prefix: &str, w: &str, token: &mut String, cased: &mut String) {
+    let w = w.trim_matches(|c: char| !(c.is_alphanumeric() || c == '$' || c == '!' || c == '%'));
+    if w.is_empty() {
+        return;
+    }
+    token.clear();
+    token.push_str(prefix);
+    if w.is_ascii() {
+        token.push_str(w);
+        token[prefix.len()..].make_ascii_lowercase();
+    } else {
+        token.push_str(&w.to_lowercase());
+    }
+    let lower = &token[prefix.len()..];
+    let n = if w.is_ascii() { lower.len() } else { lower.chars().count() };
+    if n < 3 {
+        if n == 2 && (lower.contains('$') || lower == "!!") {
+            bag.add_str(token);
+        }
+        return;
+    }
+    if lower.chars().all(|c| c.is_numeric()) {
+        bag.add(format!("{prefix}num:{}", n.min(12)));
+    } else if n > MAX_WORD {
+        let first = lower.chars().next().unwrap_or('?');
+        bag.add(format!("{prefix}skip:{first}:{}", n / 10 * 10));
+    } else {
+        bag.add_str(token);
+        if w.chars().any(char::is_uppercase) {
+            cased.clear();
+            cased.push_str(prefix);
+            cased.push_str("case:");
+            cased.push_str(w);
+            bag.add_str(cased);
         }
     }
 }
@@ -551,28 +642,29 @@ fn is_url_end(c: char) -> bool {
 }
 
 /// Cuts `http://`, `https://` and `www.` links out of `text`: the links,
-/// and the text with a space where each was.
+/// and the text with a space where each was. Only an `h` or a `w` can
+/// start one: the text between them is copied whole.
 fn cut_urls(text: &str) -> (Vec<String>, String) {
-    let lower = text.to_ascii_lowercase();
+    let b = text.as_bytes();
+    let starts_with =
+        |at: usize, p: &str| b.get(at..at + p.len()).is_some_and(|s| s.eq_ignore_ascii_case(p.as_bytes()));
     let mut urls = Vec::new();
     let mut rest = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        let tail = &lower[i..];
-        let starts =
-            (tail.starts_with("http://") || tail.starts_with("https://") || tail.starts_with("www."))
-                && text.is_char_boundary(i);
-        if starts {
-            let end = text[i..].find(is_url_end).map_or(text.len(), |e| i + e);
-            urls.push(text[i..end].to_owned());
+    let (mut copied, mut i) = (0, 0);
+    // `h` and `H` (`w` and `W`) differ only in the bit 0x20.
+    while let Some(off) = b[i..].iter().position(|c| matches!(c | 0x20, b'h' | b'w')) {
+        let at = i + off;
+        if starts_with(at, "http://") || starts_with(at, "https://") || starts_with(at, "www.") {
+            let end = text[at..].find(is_url_end).map_or(text.len(), |e| at + e);
+            rest.push_str(&text[copied..at]);
             rest.push(' ');
-            i = end;
-            continue;
+            urls.push(text[at..end].to_owned());
+            (copied, i) = (end, end);
+        } else {
+            i = at + 1;
         }
-        let c = text[i..].chars().next().unwrap_or(' ');
-        rest.push(c);
-        i += c.len_utf8();
     }
+    rest.push_str(&text[copied..]);
     (urls, rest)
 }
 
@@ -934,6 +1026,17 @@ mod tests {
         assert!(bag.list.contains(&"subject:cjk:赠送".to_owned()));
         assert!(bag.list.contains(&"subject:script:han".to_owned()));
         assert!(bag.list.contains(&"subject:offer".to_owned()));
+
+        // Runs between words, joined to them and at the end leave the
+        // words around them whole; Greek, most of the letters here, is named
+        // and not paired.
+        let mut bag = Bag::default();
+        words(&mut bag, "price東京now ΕΛΛΑΔΑ deal 免费", "");
+        for t in ["cjk:東京", "price", "now", "ελλαδα", "case:ΕΛΛΑΔΑ", "deal", "cjk:免费", "script:greek"]
+        {
+            assert!(bag.list.contains(&t.to_owned()), "{t} in {:?}", bag.list);
+        }
+        assert!(!bag.list.iter().any(|t| t.contains("price東") || t.contains("京now")), "{:?}", bag.list);
     }
 
     #[test]
@@ -1011,6 +1114,73 @@ mod tests {
         // No list, no cut: a separator of the sender's own stays.
         let f = features(b"From: a@b.example\r\nSubject: s\r\n\r\nhello\r\n_____\r\nsignature words\r\n");
         assert!(has(&f, "signature"), "{:?}", f.tokens);
+    }
+
+    #[test]
+    fn compatibility_forms_are_made_a_run_at_a_time() {
+        use unicode_normalization::UnicodeNormalization;
+        // Combining marks after ASCII letters, ligatures that decompose to
+        // ASCII before a mark, full-width forms, no-break spaces, Hangul
+        // jamo, marks to reorder, and text already in form.
+        let cases = [
+            "",
+            "plain ascii only",
+            "cafe\u{301} and e\u{301}\u{327}x",
+            "\u{fb01}\u{301}ne \u{fb03}",
+            "\u{ff26}\u{ff32}\u{ff25}\u{ff25} money",
+            "one\u{a0}two\u{a0}\u{a0}three\u{a0}",
+            "\u{1100}\u{1161}\u{11a8} a\u{1100}\u{1161}",
+            "x\u{301}\u{327}\u{31b}y",
+            "\u{301}leading mark",
+            "Ärger über déjà vu",
+            "\u{2460}\u{2461} \u{33a1} \u{2126}hm",
+        ];
+        for c in cases {
+            assert_eq!(nfkc(c.to_owned()), c.nfkc().collect::<String>(), "{c:?}");
+        }
+        // And a pseudo-random mix of ASCII and such characters.
+        let pool = [
+            'a', 'e', ' ', '.', '\u{301}', '\u{327}', '\u{a0}', '\u{fb01}', '\u{ff41}', '\u{1100}',
+            '\u{1161}', 'é', '\u{2126}',
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut t = String::new();
+            for _ in 0..(x % 24) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push(pool[(x % pool.len() as u64) as usize]);
+            }
+            assert_eq!(nfkc(t.clone()), t.nfkc().collect::<String>(), "{t:?}");
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    #[test]
+    fn ascii_words_split_as_split_whitespace_does() {
+        let pool = [b'a', b'Z', b'7', b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r', 0x1c, 0x1f, 0x05, b'-', b'!'];
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..3000 {
+            let mut t = String::new();
+            for _ in 0..(x % 20) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push(char::from(pool[(x % pool.len() as u64) as usize]));
+            }
+            let mut got = Vec::new();
+            ascii_split_whitespace(&t, |w| got.push(w));
+            assert_eq!(got, t.split_whitespace().collect::<Vec<_>>(), "{t:?}");
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    #[test]
+    fn links_are_cut_whatever_their_case_and_place() {
+        let (urls, rest) = cut_urls("see HTTP://Ex.ample/A, wWw.b.org and xhttps://c.d/e\nhttp:/no h w www");
+        assert_eq!(urls, ["HTTP://Ex.ample/A,", "wWw.b.org", "https://c.d/e"]);
+        assert_eq!(rest, "see     and x \nhttp:/no h w www");
     }
 
     #[test]
