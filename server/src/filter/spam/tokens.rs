@@ -13,7 +13,8 @@
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 
-use html5gum::{DefaultEmitter, Token, Tokenizer};
+use html5gum::Tokenizer;
+use html5gum::emitters::callback::{CallbackEmitter, CallbackEvent};
 use mail_parser::{Address, Message, MimeHeaders, PartType};
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
 
@@ -438,15 +439,18 @@ fn has_digit_run(s: &str, n: usize) -> bool {
 }
 
 fn has_remove_word(body: &str) -> bool {
-    let lower = body.to_lowercase();
+    use std::sync::LazyLock;
+    static WORDS: LazyLock<Vec<memchr::memmem::Finder<'static>>> = LazyLock::new(|| {
+        ["remove", "unsubscribe", "optout", "opt-out", "opt out"].iter().map(memchr::memmem::Finder::new).collect()
+    });
+    // Lower case; ASCII text needs no tables for it.
+    let lower = if body.is_ascii() { body.to_ascii_lowercase() } else { body.to_lowercase() };
     let word_at = |i: usize, len: usize| {
         let before = lower[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric() && c != '_');
         let after = lower[i + len..].chars().next().is_none_or(|c| !c.is_alphanumeric() && c != '_');
         before && after
     };
-    ["remove", "unsubscribe", "optout", "opt-out", "opt out"]
-        .iter()
-        .any(|w| lower.match_indices(w).any(|(i, _)| word_at(i, w.len())))
+    WORDS.iter().any(|w| w.find_iter(lower.as_bytes()).any(|i| word_at(i, w.needle().len())))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -600,6 +604,9 @@ fn scripts_and_runs(bag: &mut Bag, text: &str, prefix: &str) -> Option<String> {
 /// The tokens of one white-space separated word `w` (see [`words`]);
 /// `token` and `cased` are buffers kept between words.
 fn word(bag: &mut Bag, prefix: &str, w: &str, token: &mut String, cased: &mut String) {
+    if w.is_ascii() {
+        return ascii_word(bag, prefix, w, token, cased);
+    }
     let w = w.trim_matches(|c: char| !(c.is_alphanumeric() || c == '$' || c == '!' || c == '%'));
     if w.is_empty() {
         return;
@@ -628,6 +635,42 @@ fn word(bag: &mut Bag, prefix: &str, w: &str, token: &mut String, cased: &mut St
     } else {
         bag.add_str(token);
         if w.chars().any(char::is_uppercase) {
+            cased.clear();
+            cased.push_str(prefix);
+            cased.push_str("case:");
+            cased.push_str(w);
+            bag.add_str(cased);
+        }
+    }
+}
+
+/// [`word`] of an ASCII word, a byte at a time: the same tokens.
+fn ascii_word(bag: &mut Bag, prefix: &str, w: &str, token: &mut String, cased: &mut String) {
+    let kept = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'$' | b'!' | b'%');
+    let b = w.as_bytes();
+    let Some(start) = b.iter().position(kept) else { return };
+    let end = b.iter().rposition(kept).map_or(start, |e| e + 1);
+    let w = &w[start..end];
+    let n = w.len();
+    token.clear();
+    token.push_str(prefix);
+    token.push_str(w);
+    token[prefix.len()..].make_ascii_lowercase();
+    let lower = &token[prefix.len()..];
+    if n < 3 {
+        if n == 2 && (lower.contains('$') || lower == "!!") {
+            bag.add_str(token);
+        }
+        return;
+    }
+    if lower.bytes().all(|c| c.is_ascii_digit()) {
+        bag.add(format!("{prefix}num:{}", n.min(12)));
+    } else if n > MAX_WORD {
+        let first = char::from(lower.as_bytes()[0]);
+        bag.add(format!("{prefix}skip:{first}:{}", n / 10 * 10));
+    } else {
+        bag.add_str(token);
+        if w.bytes().any(|c| c.is_ascii_uppercase()) {
             cased.clear();
             cased.push_str(prefix);
             cased.push_str("case:");
@@ -838,7 +881,8 @@ impl BodyWalk {
             }
             match &part.body {
                 PartType::Text(t) => {
-                    let head: String = t.chars().take(2000).collect::<String>().to_ascii_lowercase();
+                    let end = t.char_indices().nth(2000).map_or(t.len(), |(i, _)| i);
+                    let head = t[..end].to_ascii_lowercase();
                     if ["<html", "<body", "<table", "<font"].iter().any(|p| head.contains(p)) {
                         self.html(t);
                     } else {
@@ -904,80 +948,73 @@ fn style_hides(style: &str) -> bool {
     })
 }
 
+/// The attributes of a start tag that [`HtmlText`] reads: the links, in
+/// the order they are taken, then the styling.
+const TAG_ATTRIBUTES: [&[u8]; 7] = [b"href", b"src", b"action", b"background", b"style", b"color", b"size"];
+
+/// An element open around the text.
+struct Open {
+    name: Vec<u8>,
+    hidden: bool,
+    invisible: bool,
+    silent: bool,
+}
+
 impl HtmlText {
+    /// Reads `html` through the tokenizer's events, whose names and
+    /// values are borrowed: no allocation per tag, attribute or string.
+    /// The first of repeated attributes counts, and one given without a
+    /// value has the empty value, as in the HTML standard.
     pub(crate) fn read(&mut self, html: &str) {
-        struct Open {
-            name: String,
-            hidden: bool,
-            invisible: bool,
-            silent: bool,
-        }
         let mut stack: Vec<Open> = Vec::new();
-        let mut emitter = DefaultEmitter::default();
-        emitter.naively_switch_states(true);
-        for token in Tokenizer::new_with_emitter(html, emitter).flatten() {
-            match token {
-                Token::StartTag(tag) => {
-                    let name = String::from_utf8_lossy(&tag.name).to_ascii_lowercase();
-                    let attr = |a: &str| {
-                        tag.attributes
-                            .get(a.as_bytes())
-                            .map(|v| String::from_utf8_lossy(&v.value).into_owned())
-                    };
-                    for a in ["href", "src", "action", "background"] {
-                        if let Some(v) = attr(a) {
-                            self.urls.push(v);
-                        }
-                    }
-                    match name.as_str() {
-                        "img" => self.imgs += 1,
-                        "form" => self.forms += 1,
-                        "body" => {
-                            // The body ends an unclosed head.
-                            if let Some(i) = stack.iter().position(|o| o.name == "head") {
-                                stack.truncate(i);
-                            }
-                        }
-                        _ => {}
-                    }
-                    if BREAKS.contains(&name.as_str()) {
-                        self.text.push('\n');
-                    }
-                    let parent = stack.last();
-                    let parent_hidden = parent.is_some_and(|o| o.hidden);
-                    let parent_invisible = parent.is_some_and(|o| o.invisible);
-                    let parent_silent = parent.is_some_and(|o| o.silent);
-                    let invisible = attr("style").is_some_and(|s| style_hides(&s))
-                        || (name == "font"
-                            && attr("color").is_some_and(|c| {
-                                matches!(c.trim().to_ascii_lowercase().as_str(), "#fff" | "#ffffff" | "white")
-                            }));
-                    let tiny = name == "font"
-                        && attr("size").is_some_and(|s| matches!(s.trim(), "0" | "1" | "-2" | "-3"));
-                    if !tag.self_closing && !VOID.contains(&name.as_str()) {
-                        stack.push(Open {
-                            silent: parent_silent || SILENT.contains(&name.as_str()),
-                            hidden: parent_hidden || invisible || tiny,
-                            invisible: parent_invisible || invisible,
-                            name,
-                        });
+        // The start tag being read: its name, and the values of the
+        // attributes in TAG_ATTRIBUTES it has, and which one is being read.
+        let mut name: Vec<u8> = Vec::new();
+        let mut values: [Option<Vec<u8>>; 7] = Default::default();
+        let mut current: Option<usize> = None;
+        let callback = |event: CallbackEvent<'_>, _: html5gum::Span<()>| -> Option<()> {
+            match event {
+                CallbackEvent::OpenStartTag { name: n } => {
+                    name.clear();
+                    name.extend(n.iter().map(u8::to_ascii_lowercase));
+                }
+                CallbackEvent::AttributeName { name: n } => {
+                    current = TAG_ATTRIBUTES.iter().position(|a| *a == n);
+                    match current {
+                        Some(i) if values[i].is_none() => values[i] = Some(Vec::new()),
+                        // Repeated: the first one counts.
+                        _ => current = None,
                     }
                 }
-                Token::EndTag(tag) => {
-                    let name = String::from_utf8_lossy(&tag.name).to_ascii_lowercase();
-                    if let Some(i) = stack.iter().rposition(|o| o.name == name) {
+                CallbackEvent::AttributeValue { value } => {
+                    if let Some(v) = current.and_then(|i| values[i].as_mut()) {
+                        v.extend_from_slice(value);
+                    }
+                }
+                CallbackEvent::CloseStartTag { self_closing } => {
+                    current = None;
+                    let [href, src, action, background, style, color, size] = std::mem::take(&mut values);
+                    for url in [href, src, action, background].into_iter().flatten() {
+                        self.urls.push(String::from_utf8_lossy(&url).into_owned());
+                    }
+                    self.start_tag(&mut stack, std::mem::take(&mut name), self_closing, [style, color, size]);
+                }
+                CallbackEvent::EndTag { name: n } => {
+                    // Attributes seen in an end tag belong to nothing.
+                    (current, values) = (None, Default::default());
+                    if let Some(i) = stack.iter().rposition(|o| o.name.eq_ignore_ascii_case(n)) {
                         stack.truncate(i);
                     }
-                    if BREAKS.contains(&name.as_str()) {
+                    if BREAKS.iter().any(|b| b.as_bytes().eq_ignore_ascii_case(n)) {
                         self.text.push('\n');
                     }
                 }
-                Token::String(s) => {
+                CallbackEvent::String { value } => {
                     let top = stack.last();
                     if top.is_some_and(|o| o.silent) {
-                        continue;
+                        return None;
                     }
-                    let s = String::from_utf8_lossy(&s.value);
+                    let s = String::from_utf8_lossy(value);
                     if top.is_some_and(|o| o.hidden) {
                         self.hidden += s.trim().chars().count();
                     }
@@ -988,9 +1025,59 @@ impl HtmlText {
                 }
                 _ => {}
             }
-            if self.text.len() > MAX_BODY_CHARS * 2 {
-                break;
+            // Enough text: the tokenizer yields, and reading stops.
+            (self.text.len() > MAX_BODY_CHARS * 2).then_some(())
+        };
+        let mut emitter = CallbackEmitter::new(callback);
+        emitter.naively_switch_states(true);
+        if let Some(Err(e)) = Tokenizer::new_with_emitter(html, emitter).next() {
+            match e {}
+        }
+    }
+
+    /// A start tag `name` (lower case) has been read, with its `style`,
+    /// `color` and `size` attributes.
+    fn start_tag(
+        &mut self,
+        stack: &mut Vec<Open>,
+        name: Vec<u8>,
+        self_closing: bool,
+        styling: [Option<Vec<u8>>; 3],
+    ) {
+        let [style, color, size] = styling.map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()));
+        match name.as_slice() {
+            b"img" => self.imgs += 1,
+            b"form" => self.forms += 1,
+            b"body" => {
+                // The body ends an unclosed head.
+                if let Some(i) = stack.iter().position(|o| o.name == b"head") {
+                    stack.truncate(i);
+                }
             }
+            _ => {}
+        }
+        let is = |list: &[&str]| list.iter().any(|t| t.as_bytes() == name.as_slice());
+        if is(BREAKS) {
+            self.text.push('\n');
+        }
+        let parent = stack.last();
+        let parent_hidden = parent.is_some_and(|o| o.hidden);
+        let parent_invisible = parent.is_some_and(|o| o.invisible);
+        let parent_silent = parent.is_some_and(|o| o.silent);
+        let font = name == b"font";
+        let invisible = style.is_some_and(|s| style_hides(&s))
+            || (font
+                && color.is_some_and(|c| {
+                    matches!(c.trim().to_ascii_lowercase().as_str(), "#fff" | "#ffffff" | "white")
+                }));
+        let tiny = font && size.is_some_and(|s| matches!(s.trim(), "0" | "1" | "-2" | "-3"));
+        if !self_closing && !is(VOID) {
+            stack.push(Open {
+                silent: parent_silent || is(SILENT),
+                hidden: parent_hidden || invisible || tiny,
+                invisible: parent_invisible || invisible,
+                name,
+            });
         }
     }
 }
@@ -1191,6 +1278,96 @@ mod tests {
         assert!(!style_hides("font-size: 10px"));
         assert!(!style_hides("font-size: 1em"));
         assert!(style_hides("visibility : hidden"));
+    }
+
+    /// What the reader found, to compare.
+    fn read_html(read: impl FnOnce(&mut HtmlText)) -> (String, Vec<String>, [usize; 4]) {
+        let mut h = HtmlText::default();
+        read(&mut h);
+        (h.text, h.urls, [h.hidden, h.invisible, h.imgs, h.forms])
+    }
+
+    /// The reader as it was, on whole tokens (allocated each), as the
+    /// oracle of the reader on borrowed events.
+    fn read_tokens(h: &mut HtmlText, html: &str) {
+        use html5gum::{DefaultEmitter, Token};
+        let mut stack: Vec<Open> = Vec::new();
+        let mut emitter = DefaultEmitter::default();
+        emitter.naively_switch_states(true);
+        for token in Tokenizer::new_with_emitter(html, emitter).flatten() {
+            match token {
+                Token::StartTag(tag) => {
+                    let attr = |a: &str| tag.attributes.get(a.as_bytes()).map(|v| v.value.to_vec());
+                    for a in ["href", "src", "action", "background"] {
+                        if let Some(v) = attr(a) {
+                            h.urls.push(String::from_utf8_lossy(&v).into_owned());
+                        }
+                    }
+                    let name = tag.name.to_ascii_lowercase();
+                    h.start_tag(
+                        &mut stack,
+                        name,
+                        tag.self_closing,
+                        [attr("style"), attr("color"), attr("size")],
+                    );
+                }
+                Token::EndTag(tag) => {
+                    let name = tag.name.to_ascii_lowercase();
+                    if let Some(i) = stack.iter().rposition(|o| o.name == name) {
+                        stack.truncate(i);
+                    }
+                    if BREAKS.iter().any(|b| b.as_bytes() == name.as_slice()) {
+                        h.text.push('\n');
+                    }
+                }
+                Token::String(s) => {
+                    let top = stack.last();
+                    if top.is_some_and(|o| o.silent) {
+                        continue;
+                    }
+                    let s = String::from_utf8_lossy(&s.value);
+                    if top.is_some_and(|o| o.hidden) {
+                        h.hidden += s.trim().chars().count();
+                    }
+                    if top.is_some_and(|o| o.invisible) {
+                        h.invisible += s.trim().chars().count();
+                    }
+                    h.text.push_str(&s);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn html_is_read_from_events_as_from_tokens() {
+        let cases = [
+            "<p>Hello <b>there</b></p><a href=\"http://a.example/x\">link</a>",
+            // Repeated attributes (the first counts), one with no value,
+            // and attributes in an end tag.
+            "<a href=\"http://one.example\" HREF=\"http://two.example\">x</a><a href>y</a></p class=z>w",
+            "<IMG SRC=\"http://img.example/i.png\"><FORM ACTION=\"http://f.example/\"><TD BACKGROUND=bg.gif>t",
+            "<div style=\"display:none\">hidden words</div><font color=\"#FFFFFF\">white</font><font size=1>tiny</font>",
+            "<span style=\"font-size:0\"><i>nested hidden</i></span> shown",
+            "<head><title>t</title><style>p{}</style><body>after an unclosed head</body>",
+            "<script>var a = '<p>not text</p>';</script>text &amp; &nbsp;entities&#65;",
+            "<a href=\"http://x.example/?a=1&amp;b=2\">q</a><br/><hr><p>para",
+            "<<<>>> </ > <a href='single'>s</a><a href=unquoted>u</a><!-- <p>comment</p> -->",
+            "<table><tr><td>cell</td></tr></table>unterminated <a href=\"http://open",
+            "",
+        ];
+        for html in cases {
+            assert_eq!(read_html(|h| h.read(html)), read_html(|h| read_tokens(h, html)), "{html:?}");
+        }
+        let (_, urls, counts) = read_html(|h| h.read(cases[1]));
+        assert_eq!(urls, ["http://one.example", ""]);
+        assert_eq!(counts, [0, 0, 0, 0]);
+        let (text, _, counts) = read_html(|h| h.read(cases[3]));
+        assert!(text.contains("hidden words") && text.contains("tiny"), "{text:?}");
+        assert_eq!(
+            counts,
+            ["hidden words".len() + "white".len() + "tiny".len(), "hidden words".len() + "white".len(), 0, 0]
+        );
     }
 
     #[test]
