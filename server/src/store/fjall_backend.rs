@@ -16,7 +16,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Readable};
+use fjall::{
+    CompressionType, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Readable,
+};
 
 use super::group_commit::{GroupCommit, SyncGate};
 use super::{
@@ -69,6 +71,11 @@ impl FjallStore {
         let db = Database::builder(dir)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(MAX_JOURNAL_BYTES)
+            // What is large is compressed already (zstd blobs) or packed
+            // (index chunks): lz4 over it in the journal costs every commit
+            // CPU and saves next to nothing. Each journal entry names its
+            // own compression, so journals written with lz4 still replay.
+            .journal_compression(CompressionType::None)
             .open()
             .map_err(backend)?;
         let mut spaces = Vec::with_capacity(Space::ALL.len());
@@ -284,5 +291,31 @@ impl Store for FjallStore {
             fsyncs: self.group.fsyncs(),
             durable: self.group.durable(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Db;
+
+    /// Stores written before the journal stopped compressing have lz4
+    /// entries in their journals: an upgrade replays them.
+    #[test]
+    fn a_journal_written_with_lz4_still_replays() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Large and compressible: the old journal compressed it.
+        let value = b"an index chunk, front-coded; ".repeat(400);
+        {
+            let db = Database::builder(dir.path())
+                .journal_compression(CompressionType::Lz4)
+                .open()
+                .expect("open with lz4");
+            let ks = db.keyspace(Space::Search.name(), KeyspaceCreateOptions::default).expect("keyspace");
+            ks.insert(b"chunk", &value).expect("insert");
+            db.persist(PersistMode::SyncAll).expect("persist");
+        }
+        let db = Db::new(Arc::new(FjallStore::open(dir.path()).expect("reopen")));
+        assert_eq!(db.get(Space::Search, b"chunk").expect("get"), Some(value));
     }
 }

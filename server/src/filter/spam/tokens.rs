@@ -441,7 +441,10 @@ fn has_digit_run(s: &str, n: usize) -> bool {
 fn has_remove_word(body: &str) -> bool {
     use std::sync::LazyLock;
     static WORDS: LazyLock<Vec<memchr::memmem::Finder<'static>>> = LazyLock::new(|| {
-        ["remove", "unsubscribe", "optout", "opt-out", "opt out"].iter().map(memchr::memmem::Finder::new).collect()
+        ["remove", "unsubscribe", "optout", "opt-out", "opt out"]
+            .iter()
+            .map(memchr::memmem::Finder::new)
+            .collect()
     });
     // Lower case; ASCII text needs no tables for it.
     let lower = if body.is_ascii() { body.to_ascii_lowercase() } else { body.to_lowercase() };
