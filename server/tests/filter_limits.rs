@@ -1,5 +1,6 @@
 //! Hostile structure — a zip bomb, 100-deep MIME nesting, 100 nested
-//! messages, 10,000 parts — gets a verdict, in bounded memory: the peak
+//! messages, 10,000 parts, a 24 MB body for the spam features — gets a
+//! verdict, in bounded memory: the peak
 //! resident set (VmHWM, reset before each case) is asserted. One test in
 //! its own binary, so nothing else runs beside it.
 
@@ -88,4 +89,22 @@ fn hostile_structure_gets_a_verdict_in_bounded_memory() {
     let (verdict, peak) = peak_during(|| p.check(many.as_bytes(), Direction::Inbound));
     assert_eq!(verdict, Verdict::Accept);
     assert!(peak < 200 * many.len() + (16 << 20), "10,000 parts: peak {peak} for {} bytes", many.len());
+
+    // A 24 MB body the spam features would read whole: HTML that is one
+    // long string to its tokenizer (an entity every ten bytes), and a
+    // plain part of non-ASCII words. The features read a bounded part of
+    // each: less memory than the message itself takes.
+    let html = "word&nbsp;".repeat(1200 << 10);
+    let plain = "привет мир ".repeat(600 << 10);
+    let big = format!(
+        "From: a@example.net\r\nSubject: big\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/html\r\n\r\n{html}\r\n\
+         --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{plain}\r\n--b--\r\n"
+    )
+    .into_bytes();
+    drop((html, plain));
+    let (features, peak) = peak_during(|| quail_server::filter::spam::features(&big));
+    assert!(features.tokens.contains(&"word".to_owned()), "{:?}", features.tokens);
+    assert!(peak < big.len() / 2, "spam features: peak {peak} for {} bytes", big.len());
 }

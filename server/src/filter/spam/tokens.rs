@@ -22,6 +22,16 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
 pub const MAX_TOKENS: usize = 3000;
 /// Most body characters tokenized.
 const MAX_BODY_CHARS: usize = 100_000;
+/// Most text gathered from a message's parts before normalising (plain
+/// parts and HTML's text together): enough that the first
+/// [`MAX_BODY_CHARS`] bytes come out as they would from all of it (NFKC
+/// shrinks text at most threefold), and a 50 MB body costs no more than
+/// this.
+const MAX_TEXT_BYTES: usize = 4 * MAX_BODY_CHARS;
+/// Most HTML of one part given to the tokenizer: a part of text with no
+/// tag is one string to it, read whole before any of it is seen, so the
+/// cap on its text alone would not bound the work.
+const MAX_HTML_BYTES: usize = 1 << 20;
 /// Most links tokenized.
 const MAX_URLS: usize = 50;
 /// Most CJK bigrams of one text.
@@ -148,6 +158,19 @@ fn nfkc(s: String) -> String {
     out
 }
 
+/// The longest beginning of `s` of at most `max` bytes that ends on a
+/// character.
+fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// 0 for 0, else the largest power of two not above `n`: every count
 /// becomes a few tokens, not one per value.
 fn bucket(n: usize) -> usize {
@@ -263,13 +286,7 @@ fn of_message(m: &Message<'_>) -> Features {
     if let Some(start) = list_footer(m, &body) {
         body.truncate(start);
     }
-    if body.len() > MAX_BODY_CHARS {
-        let mut end = MAX_BODY_CHARS;
-        while !body.is_char_boundary(end) {
-            end -= 1;
-        }
-        body.truncate(end);
-    }
+    body.truncate(prefix(&body, MAX_BODY_CHARS).len());
 
     // Links: from the HTML's attributes and the text.
     let (text_urls, rest) = cut_urls(&body);
@@ -842,6 +859,10 @@ fn url_tokens(bag: &mut Bag, f: &mut Features, url: &str, link_domains: &mut Has
 #[derive(Default)]
 struct BodyWalk {
     texts: Vec<String>,
+    /// Bytes in `texts`, at most [`MAX_TEXT_BYTES`].
+    gathered: usize,
+    /// HTML bytes given to the tokenizer.
+    html_read: usize,
     urls: Vec<String>,
     hidden: usize,
     invisible: usize,
@@ -890,7 +911,7 @@ impl BodyWalk {
                         self.html(t);
                     } else {
                         self.plain_parts += 1;
-                        self.texts.push(t.to_string());
+                        self.gather(t);
                     }
                 }
                 PartType::Html(t) => self.html(t),
@@ -900,11 +921,24 @@ impl BodyWalk {
         }
     }
 
+    /// Keeps `text` (a part's), or as much of it as [`MAX_TEXT_BYTES`]
+    /// leaves room for.
+    fn gather(&mut self, text: &str) {
+        if self.gathered >= MAX_TEXT_BYTES {
+            return;
+        }
+        let kept = prefix(text, MAX_TEXT_BYTES - self.gathered);
+        self.gathered += kept.len();
+        self.texts.push(kept.to_owned());
+    }
+
     fn html(&mut self, html: &str) {
         self.html_parts += 1;
+        let html = prefix(html, MAX_HTML_BYTES);
+        self.html_read += html.len();
         let mut h = HtmlText::default();
         h.read(html);
-        self.texts.push(h.text);
+        self.gather(&h.text);
         self.urls.extend(h.urls);
         self.hidden += h.hidden;
         self.invisible += h.invisible;
@@ -1371,6 +1405,41 @@ mod tests {
             counts,
             ["hidden words".len() + "white".len() + "tiny".len(), "hidden words".len() + "white".len(), 0, 0]
         );
+    }
+
+    #[test]
+    fn huge_bodies_are_read_up_to_their_caps() {
+        // An HTML part that is one long string to the tokenizer (no tag,
+        // an entity every ten bytes) and a plain part, 8 MiB each.
+        let html = "word&nbsp;".repeat(800 << 10);
+        let plain = "привет мир ".repeat(400 << 10);
+        let raw = format!(
+            "From: a@example.net\r\nSubject: big\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/html\r\n\r\n{html}\r\n\
+             --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{plain}\r\n--b--\r\n"
+        );
+        let m = crate::filter::parse(raw.as_bytes()).expect("parsed");
+        let mut walk = BodyWalk::default();
+        walk.message(&mut Bag::default(), &m, 0);
+        assert_eq!((walk.html_parts, walk.plain_parts), (1, 1));
+        assert_eq!(walk.html_read, MAX_HTML_BYTES);
+        // The HTML's text fills the text cap: the plain part is past it.
+        assert_eq!(walk.texts.len(), 1);
+        assert!(walk.texts[0].starts_with("word\u{a0}word"), "{:?}", &walk.texts[0][..20]);
+        assert!((MAX_TEXT_BYTES - 3..=MAX_TEXT_BYTES).contains(&walk.gathered), "{}", walk.gathered);
+        assert_eq!(walk.texts[0].len(), walk.gathered);
+        let f = features(raw.as_bytes());
+        assert!(f.tokens.contains(&"word".to_owned()), "{:?}", f.tokens);
+
+        // The plain part alone: cut on a character, as far as the cap.
+        let raw = format!("Subject: big\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{plain}");
+        let m = crate::filter::parse(raw.as_bytes()).expect("parsed");
+        let mut walk = BodyWalk::default();
+        walk.message(&mut Bag::default(), &m, 0);
+        assert!((MAX_TEXT_BYTES - 3..=MAX_TEXT_BYTES).contains(&walk.gathered), "{}", walk.gathered);
+        assert!(walk.texts[0].starts_with("привет мир"));
+        assert_eq!(walk.html_read, 0);
     }
 
     #[test]
