@@ -190,6 +190,43 @@ fn scan_from(
     Ok(out)
 }
 
+/// [`Reader::visit`] over a keyspace, lending each entry as fjall yields
+/// it: no copy, no page boundaries to seek again.
+fn visit_from(
+    source: Option<&fjall::Snapshot>,
+    ks: &Keyspace,
+    range: &KeyRange,
+    order: Order,
+    f: &mut crate::store::Visitor<'_>,
+) -> StoreResult<()> {
+    let bounds = (range.start.clone(), range.end.clone());
+    let iter = match source {
+        Some(s) => s.range::<Vec<u8>, _>(ks, bounds),
+        None => ks.range::<Vec<u8>, _>(bounds),
+    };
+    let mut each = |guard: fjall::Guard| -> StoreResult<bool> {
+        let (k, v) = guard.into_inner().map_err(backend)?;
+        f(&k, &v)
+    };
+    match order {
+        Order::Ascending => {
+            for g in iter {
+                if !each(g)? {
+                    break;
+                }
+            }
+        }
+        Order::Descending => {
+            for g in iter.rev() {
+                if !each(g)? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Reader for Live<'_> {
     fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
         get_from(None, self.0.ks(space), key)
@@ -203,6 +240,16 @@ impl Reader for Live<'_> {
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
         scan_from(None, self.0.ks(space), range, order, limit)
+    }
+
+    fn visit(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        f: &mut crate::store::Visitor<'_>,
+    ) -> StoreResult<()> {
+        visit_from(None, self.0.ks(space), range, order, f)
     }
 }
 
@@ -219,6 +266,16 @@ impl Reader for Frozen {
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
         scan_from(Some(&self.snapshot), &self.spaces[space.index()], range, order, limit)
+    }
+
+    fn visit(
+        &self,
+        space: Space,
+        range: &KeyRange,
+        order: Order,
+        f: &mut crate::store::Visitor<'_>,
+    ) -> StoreResult<()> {
+        visit_from(Some(&self.snapshot), &self.spaces[space.index()], range, order, f)
     }
 }
 
@@ -298,6 +355,76 @@ impl Store for FjallStore {
 mod tests {
     use super::*;
     use crate::store::Db;
+
+    /// A snapshot's and a transaction's visits lend fjall's entries as it
+    /// iterates: the same entries, in the same order, as the paged scans,
+    /// stopping where the visitor says and handing back its error.
+    #[test]
+    fn visits_see_what_paged_scans_see() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Arc::new(FjallStore::open(dir.path()).expect("open"));
+        let db = Db::new(Arc::clone(&store) as Arc<dyn crate::store::Store>);
+        // More than three pages of keys, and other keys around them.
+        let n = 3 * crate::store::SCAN_PAGE + 17;
+        let ((), t) = db
+            .write(|txn| {
+                txn.put(Space::Meta, b"a".to_vec(), b"before".to_vec());
+                for i in 0..n as u32 {
+                    txn.put(
+                        Space::Meta,
+                        [b"k".as_slice(), &i.to_be_bytes()].concat(),
+                        i.to_le_bytes().to_vec(),
+                    );
+                }
+                txn.put(Space::Meta, b"z".to_vec(), b"after".to_vec());
+                Ok::<_, StoreError>(())
+            })
+            .expect("write");
+        db.sync_blocking(t).expect("sync");
+        let range = KeyRange::prefix(b"k");
+        let snap = db.snapshot();
+        for order in [Order::Ascending, Order::Descending] {
+            let mut paged = Vec::new();
+            let mut r = range.clone();
+            loop {
+                let rows = snap.scan(Space::Meta, &r, order, 100).expect("scan");
+                let Some((last, _)) = rows.last().cloned() else { break };
+                paged.extend(rows);
+                r = r.after(&last, order);
+            }
+            assert_eq!(paged.len(), n);
+            let mut visited = Vec::new();
+            snap.scan_all(Space::Meta, &range, order, |k, v| {
+                visited.push((k.to_vec(), v.to_vec()));
+                Ok::<_, StoreError>(true)
+            })
+            .expect("visit");
+            assert_eq!(visited, paged, "{order:?}");
+            // The same from the live keyspace (what a transaction reads).
+            let mut live = Vec::new();
+            Live(&store)
+                .visit(Space::Meta, &range, order, &mut |k, v| {
+                    live.push((k.to_vec(), v.to_vec()));
+                    Ok(true)
+                })
+                .expect("live");
+            assert_eq!(live, paged, "live {order:?}");
+        }
+        // Stopping early, and an error of the visitor's.
+        let mut seen = 0;
+        snap.scan_all(Space::Meta, &range, Order::Ascending, |_, _| {
+            seen += 1;
+            Ok::<_, StoreError>(seen < 5)
+        })
+        .expect("visit");
+        assert_eq!(seen, 5);
+        let err = snap
+            .scan_all(Space::Meta, &range, Order::Descending, |k, _| {
+                Err::<bool, _>(StoreError::Backend(format!("stop at {}", k.len())))
+            })
+            .expect_err("the visitor's error");
+        assert!(err.to_string().contains("stop at 5"), "{err}");
+    }
 
     /// Stores written before the journal stopped compressing have lz4
     /// entries in their journals: an upgrade replays them.

@@ -331,7 +331,34 @@ pub trait Reader {
         order: Order,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Calls `f` with every entry in `range`, in `order`, until it returns
+    /// `false`. By default a page of [`SCAN_PAGE`] entries at a time, each
+    /// copied; a backend that can lend its entries while it iterates
+    /// overrides it.
+    fn visit(&self, space: Space, range: &KeyRange, order: Order, f: &mut Visitor<'_>) -> StoreResult<()> {
+        let mut r = range.clone();
+        loop {
+            let rows = self.scan(space, &r, order, SCAN_PAGE)?;
+            for (k, v) in &rows {
+                if !f(k, v)? {
+                    return Ok(());
+                }
+            }
+            match rows.last() {
+                Some((last, _)) if rows.len() == SCAN_PAGE => r = r.after(last, order),
+                _ => return Ok(()),
+            }
+        }
+    }
 }
+
+/// Entries a paged [`Reader::visit`] reads at a time.
+pub const SCAN_PAGE: usize = 1024;
+
+/// What [`Reader::visit`] calls with each entry (key, value); `false`
+/// stops the visit.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> StoreResult<bool> + 'a;
 
 /// A boxed future, as the object-safe [`Store`] returns them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -412,9 +439,14 @@ impl Reader for Snapshot {
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
         self.reader.scan(space, range, order, limit)
     }
+
+    fn visit(&self, space: Space, range: &KeyRange, order: Order, f: &mut Visitor<'_>) -> StoreResult<()> {
+        self.reader.visit(space, range, order, f)
+    }
 }
 
-/// Walks `range` in chunks, calling `f` until it returns `false`.
+/// Walks `range`, calling `f` until it returns `false` (see
+/// [`Reader::visit`]).
 fn scan_all<E>(
     reader: &dyn Reader,
     space: Space,
@@ -425,20 +457,16 @@ fn scan_all<E>(
 where
     E: From<StoreError>,
 {
-    const CHUNK: usize = 1024;
-    let mut r = range.clone();
-    loop {
-        let rows = reader.scan(space, &r, order, CHUNK)?;
-        for (k, v) in &rows {
-            if !f(k, v)? {
-                return Ok(());
-            }
+    // The caller's error stops the visit and is handed back as it was.
+    let mut failed = None;
+    reader.visit(space, range, order, &mut |k, v| match f(k, v) {
+        Ok(more) => Ok(more),
+        Err(e) => {
+            failed = Some(e);
+            Ok(false)
         }
-        match rows.last() {
-            Some((last, _)) if rows.len() == CHUNK => r = r.after(last, order),
-            _ => return Ok(()),
-        }
-    }
+    })?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// A transaction's pending writes: `None` deletes.
