@@ -77,6 +77,8 @@ async fn deliver_all(filter: Pipeline, raws: &Arc<Vec<Vec<u8>>>, training: Optio
     let db = store(dir.path(), training);
     let mail = Arc::new(Mailstore::new(db.clone(), MailConfig::default()).with_filter(filter));
     let account = mail.create_account("bench", "x".into(), 0, 0, 0).await.expect("account").id;
+    // As the server does at start.
+    mail.filter().warm(&db);
     let _merger = quail_server::search::index::Merger::spawn(db, Duration::from_millis(50));
     let cpu = cpu_seconds();
     let start = Instant::now();
@@ -155,6 +157,10 @@ async fn main() {
     // Virus scan and spam score, as delivery runs them, one recipient.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
     let db = store(dir.path(), Some(&training));
+    // The global model is read at start, as the server does.
+    let t = Instant::now();
+    p.warm(&db);
+    println!("  reading the global model (at start): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     let mut times = Vec::with_capacity(raws.len());
     let mut junk = 0;
     for raw in &raws {

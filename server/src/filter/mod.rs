@@ -265,6 +265,17 @@ impl Default for Pipeline {
 }
 
 impl Pipeline {
+    /// Reads what the filters keep in memory (the global spam model) from
+    /// `db`, so that the first message does not wait for it; a failure is
+    /// logged, and the first message tries again.
+    pub fn warm(&self, db: &crate::store::Db) {
+        if let Some(spam) = &self.spam
+            && let Err(e) = spam.warm(&db.snapshot())
+        {
+            tracing::warn!("reading the global spam model: {e}");
+        }
+    }
+
     /// No filters at all (benchmarks measure ingest without them).
     pub fn none() -> Self {
         Pipeline {

@@ -73,6 +73,16 @@ impl Services {
         let hub = crate::sync::push::Hub::new();
         let feed = Arc::clone(&hub);
         db.observe(Arc::new(move |notices| feed.publish(notices)));
+        let mail = Mailstore::new(db.clone(), config.mail_config()).with_filter(
+            // `Config::validate` checked these settings at load.
+            crate::filter::Pipeline::from_settings(&config.filter).unwrap_or_else(|e| {
+                tracing::error!("filter settings: {e}; using the built-in scanner only");
+                crate::filter::Pipeline::default()
+            }),
+        );
+        // The global spam model is read at start, not by the first
+        // delivery.
+        mail.filter().warm(&db);
         Arc::new(Services {
             hub,
             merger: (config.mail.search_merge_ms > 0).then(|| {
@@ -82,13 +92,7 @@ impl Services {
                 )
             }),
             accounts: Accounts::new(db.clone()),
-            mail: Mailstore::new(db.clone(), config.mail_config()).with_filter(
-                // `Config::validate` checked these settings at load.
-                crate::filter::Pipeline::from_settings(&config.filter).unwrap_or_else(|e| {
-                    tracing::error!("filter settings: {e}; using the built-in scanner only");
-                    crate::filter::Pipeline::default()
-                }),
-            ),
+            mail,
             db,
             credentials,
             logins: LoginGuard::new(config.limits.max_concurrent_logins as usize),

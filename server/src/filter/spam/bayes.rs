@@ -114,6 +114,11 @@ impl GlobalCache {
         held.as_ref().filter(|g| g.totals == totals).map(Arc::clone)
     }
 
+    /// Whether the model held is the one of `snap` (a read of its totals).
+    pub fn is_current(&self, snap: &Snapshot) -> StoreResult<bool> {
+        Ok(self.held(totals(snap, GLOBAL)?).is_some())
+    }
+
     /// The global model as of `snap`.
     pub fn get(&self, snap: &Snapshot) -> StoreResult<Arc<Global>> {
         let totals = totals(snap, GLOBAL)?;

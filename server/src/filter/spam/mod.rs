@@ -58,6 +58,13 @@ impl Spam {
         Spam { settings, global: bayes::GlobalCache::default() }
     }
 
+    /// Reads the global model from `snap` now, so that the first message
+    /// does not wait for it (a model trained on a large corpus takes a
+    /// while to read).
+    pub fn warm(&self, snap: &Snapshot) -> StoreResult<()> {
+        self.global.get(snap).map(|_| ())
+    }
+
     /// Its settings.
     pub fn settings(&self) -> &SpamSettings {
         &self.settings
@@ -297,6 +304,24 @@ pub fn train_global(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warming_reads_the_global_model_before_the_first_message() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = crate::store::FjallStore::open(dir.path()).expect("open");
+        let db = crate::store::Db::new(std::sync::Arc::new(store));
+        let mail =
+            |subject: &str| format!("Subject: {subject}\r\n\r\n{subject} and more words\r\n").into_bytes();
+        train_global(&db, &mut vec![mail("lunch tomorrow")].into_iter(), false, &mut |_| {}).expect("ham");
+        train_global(&db, &mut vec![mail("cheap pills")].into_iter(), true, &mut |_| {}).expect("spam");
+        let spam = Spam::new(SpamSettings { junk_score: 5.0, reject_score: 15.0, trusted_authserv_id: None });
+        assert!(!spam.global.is_current(&db.snapshot()).expect("read"));
+        spam.warm(&db.snapshot()).expect("warm");
+        assert!(spam.global.is_current(&db.snapshot()).expect("read"));
+        // Training again makes it stale: the next message reads it anew.
+        train_global(&db, &mut vec![mail("cheap pills now")].into_iter(), true, &mut |_| {}).expect("spam");
+        assert!(!spam.global.is_current(&db.snapshot()).expect("read"));
+    }
 
     #[test]
     fn only_the_trusted_results_count() {
