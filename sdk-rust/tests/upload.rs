@@ -1,10 +1,12 @@
 //! Uploads: a blob the account holds is not sent again; one only another
 //! account holds is sent in full and stored once, and nothing tells the
-//! uploader that anyone else has it; a broken upload resumes.
+//! uploader that anyone else has it; a broken upload resumes, also when
+//! its old connection went silent rather than closed.
 
 mod support;
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quail::Error;
@@ -138,6 +140,78 @@ async fn an_upload_resumes_on_a_new_connection_after_the_old_one_dies() {
     assert!(resumed < x.len() as u64 - 1_000_000, "the resumed upload sent {resumed} of {} bytes", x.len());
     assert!(up.is_done());
     // It is stored whole and verified: the account now holds it.
+    assert!(session2.start_upload(&x, "application/octet-stream").await.expect("offer").have);
+    let id = BlobId(*blake3::hash(&x).as_bytes());
+    assert!(blob::get(&server.services().db, id).expect("get").expect("stored") == x);
+}
+
+/// A UDP path to `server` (from 127.0.0.2) that can be cut: once `cut` is
+/// set, nothing passes either way, as when a phone leaves a network in the
+/// middle of a transfer. No close reaches the server.
+async fn cuttable_path(server: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicBool>) {
+    let front = tokio::net::UdpSocket::bind("127.0.0.2:0").await.expect("bind");
+    let back = tokio::net::UdpSocket::bind("127.0.0.2:0").await.expect("bind");
+    back.connect(server).await.expect("connect");
+    let addr = front.local_addr().expect("addr");
+    let cut = Arc::new(AtomicBool::new(false));
+    let open = Arc::clone(&cut);
+    tokio::spawn(async move {
+        let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut up) => {
+                    client = Some(from);
+                    if !open.load(Ordering::Relaxed) {
+                        let _ = back.send(&up[..n]).await;
+                    }
+                }
+                Ok(n) = back.recv(&mut down) => {
+                    if let (Some(to), false) = (client, open.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&down[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_taken_over_when_its_old_connection_went_silent() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(dir.path()).await;
+    let admin_conn = support::connect(&server).await;
+    support::admin(&admin_conn, &server)
+        .await
+        .create_account("alice", "alice-password", 0, 0)
+        .await
+        .expect("create");
+    let x = noise(20_000_000, b"silent upload");
+    // The first connection goes through a path that is cut after 6 MB:
+    // the server goes on waiting for that transfer (until its idle
+    // timeout, far beyond the SDK's patience).
+    let (path, cut) = cuttable_path(server.addr()).await;
+    let pin = server.fingerprint().parse().expect("fingerprint");
+    let silent = quail::Client::connect(&path.to_string(), quail::Trust::Pinned(pin)).await.expect("connect");
+    let session = silent.login("alice", "alice-password").await.expect("login");
+    let mut up = session.start_upload(&x, "application/octet-stream").await.expect("offer");
+    let progress = up.progress();
+    let (mut first_up, first_x) = (up.clone(), x.clone());
+    let first = tokio::spawn(async move { session.send_upload(&mut first_up, &first_x).await });
+    while progress.load(Ordering::Relaxed) < 6_000_000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cut.store(true, Ordering::Relaxed);
+
+    // The client comes back on a working path: it takes the upload over
+    // (the stalled transfer is told to stop and keeps what it received).
+    let client2 = support::connect(&server).await;
+    let session2 = client2.login("alice", "alice-password").await.expect("login");
+    session2.send_upload(&mut up, &x).await.expect("taken over");
+    assert!(up.is_done());
+    first.abort();
+    // Stored whole and verified.
     assert!(session2.start_upload(&x, "application/octet-stream").await.expect("offer").have);
     let id = BlobId(*blake3::hash(&x).as_bytes());
     assert!(blob::get(&server.services().db, id).expect("get").expect("stored") == x);

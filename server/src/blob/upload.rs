@@ -11,8 +11,10 @@
 //! client cannot park memory here.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 
@@ -52,8 +54,18 @@ pub enum Purpose {
 enum State {
     /// Waiting for (more) bytes: what arrived before a transfer broke off.
     Waiting(Vec<u8>),
-    Receiving,
+    /// A transfer is receiving; notified when a later one asks it to stop.
+    Receiving(Arc<Notify>),
     Done(Vec<u8>),
+}
+
+/// What a transfer that is still receiving answers one that wants to take
+/// over: the first is asked to stop and keep what it has, so the second
+/// resumes from there when it asks again.
+fn running(stop: &Notify) -> Error {
+    // A permit, if that transfer is not waiting on it right now.
+    stop.notify_one();
+    Error::Unavailable("a transfer of this upload is running; it was asked to stop: retry shortly".into())
 }
 
 #[derive(Debug)]
@@ -76,6 +88,10 @@ pub struct Begun {
     pub owner: Owner,
     /// What it is for.
     pub purpose: Purpose,
+    /// Notified when a later transfer of the same upload (the client came
+    /// back, on another connection perhaps, before this one was seen to
+    /// die) asks this one to stop: it then pauses with what it has.
+    pub stop: Arc<Notify>,
 }
 
 /// The uploads of one server.
@@ -107,7 +123,7 @@ impl Uploads {
     /// Reserves an upload of `size` bytes for `owner`, for `purpose`.
     pub fn reserve_for(&self, owner: Owner, size: u64, purpose: Purpose, now: Instant) -> Result<Token> {
         let mut e = self.lock();
-        e.retain(|_, x| x.expires > now || matches!(x.state, State::Receiving));
+        e.retain(|_, x| x.expires > now || matches!(x.state, State::Receiving(_)));
         let reserved: u64 = e.values().map(|x| x.size).sum();
         if e.len() >= MAX_PENDING || reserved.saturating_add(size) > self.max_reserved {
             return Err(Error::Unavailable(
@@ -128,7 +144,7 @@ impl Uploads {
         match self.lock().get(token) {
             Some(x) if x.expires > now && holds(x.owner) => match &x.state {
                 State::Waiting(b) | State::Done(b) => Ok(b.len() as u64),
-                State::Receiving => Err(Error::Unavailable("a transfer of this upload is running".into())),
+                State::Receiving(stop) => Err(running(stop)),
             },
             _ => Err(unknown()),
         }
@@ -147,7 +163,10 @@ impl Uploads {
         let mut e = self.lock();
         match e.get_mut(token) {
             Some(x) if x.expires > now && holds(x.owner) && matches!(x.state, State::Waiting(_)) => {
-                let State::Waiting(mut bytes) = std::mem::replace(&mut x.state, State::Receiving) else {
+                let stop = Arc::new(Notify::new());
+                let State::Waiting(mut bytes) =
+                    std::mem::replace(&mut x.state, State::Receiving(Arc::clone(&stop)))
+                else {
                     return Err(unknown());
                 };
                 if offset > bytes.len() as u64 {
@@ -158,11 +177,12 @@ impl Uploads {
                     )));
                 }
                 bytes.truncate(offset as usize);
-                Ok(Begun { size: x.size, bytes, owner: x.owner, purpose: x.purpose.clone() })
+                Ok(Begun { size: x.size, bytes, owner: x.owner, purpose: x.purpose.clone(), stop })
             }
-            Some(x) if x.expires > now && holds(x.owner) && matches!(x.state, State::Receiving) => {
-                Err(Error::Unavailable("a transfer of this upload is running".into()))
-            }
+            Some(x) if x.expires > now && holds(x.owner) => match &x.state {
+                State::Receiving(stop) => Err(running(stop)),
+                _ => Err(unknown()),
+            },
             _ => Err(unknown()),
         }
     }
@@ -171,7 +191,7 @@ impl Uploads {
     pub fn finish(&self, token: &Token, bytes: Vec<u8>, now: Instant) -> Result<()> {
         let mut e = self.lock();
         match e.get_mut(token) {
-            Some(x) if matches!(x.state, State::Receiving) && bytes.len() as u64 == x.size => {
+            Some(x) if matches!(x.state, State::Receiving(_)) && bytes.len() as u64 == x.size => {
                 x.state = State::Done(bytes);
                 x.expires = now + TTL;
                 Ok(())
@@ -184,7 +204,7 @@ impl Uploads {
     /// resume from there.
     pub fn pause(&self, token: &Token, partial: Vec<u8>) {
         if let Some(x) = self.lock().get_mut(token)
-            && matches!(x.state, State::Receiving)
+            && matches!(x.state, State::Receiving(_))
         {
             x.state = State::Waiting(partial);
         }
@@ -205,7 +225,7 @@ impl Uploads {
         let mut e = self.lock();
         match e.get(token) {
             Some(x) if x.owner == owner && x.expires > now && matches!(x.state, State::Done(_)) => {}
-            Some(x) if x.owner == owner && matches!(x.state, State::Waiting(_) | State::Receiving) => {
+            Some(x) if x.owner == owner && matches!(x.state, State::Waiting(_) | State::Receiving(_)) => {
                 return Err(Error::invalid("the upload has not finished"));
             }
             _ => return Err(unknown()),
@@ -320,7 +340,8 @@ mod tests {
         let t = u.reserve(Owner::GATEWAY, 3, t0).expect("reserve");
         assert!(matches!(u.take(&t, Owner::GATEWAY, t0), Err(Error::InvalidArgument(_))), "not finished");
         let all = |_: Owner| true;
-        assert_eq!(u.begin(&t, 0, all, t0).expect("begin").size, 3);
+        let first = u.begin(&t, 0, all, t0).expect("begin");
+        assert_eq!(first.size, 3);
         assert!(u.begin(&t, 0, all, t0).is_err(), "one transfer at a time");
         assert!(u.finish(&t, b"toolong".to_vec(), t0).is_err(), "exactly the declared size");
         u.pause(&t, b"ab".to_vec());
@@ -336,6 +357,34 @@ mod tests {
         let late = u.reserve(Owner::GATEWAY, 1, t0).expect("reserve");
         assert!(u.begin(&late, 0, |_| true, t0 + TTL).is_err(), "expired");
         assert!(matches!(u.take(&[9; 32], Owner::GATEWAY, t0), Err(Error::NotFound(_))), "forged");
+        drop(first);
+    }
+
+    /// A client that comes back before its old transfer was seen to die
+    /// (the network went away, no close arrived) takes the upload over:
+    /// the old transfer is asked to stop, keeps what it has, and the new
+    /// one resumes from there.
+    #[tokio::test]
+    async fn a_later_transfer_asks_a_running_one_to_stop() {
+        let u = Uploads::new(1 << 20);
+        let t0 = Instant::now();
+        let all = |_: Owner| true;
+        let t = u.reserve(Owner(7), 10, t0).expect("reserve");
+        let old = u.begin(&t, 0, all, t0).expect("begin");
+        // Another owner is not let near it.
+        assert!(matches!(u.held(&t, |o| o == Owner(8), t0), Err(Error::NotFound(_))));
+        // The owner again, on another connection: refused for now, and
+        // the running transfer is told (a permit, though it waits later).
+        assert!(matches!(u.held(&t, all, t0), Err(Error::Unavailable(_))));
+        tokio::time::timeout(Duration::from_secs(5), old.stop.notified()).await.expect("asked to stop");
+        assert!(matches!(u.begin(&t, 0, all, t0), Err(Error::Unavailable(_))));
+        // It stops with what it received; the later one resumes there.
+        u.pause(&t, b"abcd".to_vec());
+        assert_eq!(u.held(&t, all, t0).expect("held"), 4);
+        let new = u.begin(&t, 4, all, t0).expect("resume");
+        assert_eq!(new.bytes, b"abcd");
+        u.finish(&t, b"abcdefghij".to_vec(), t0).expect("finish");
+        assert_eq!(u.take(&t, Owner(7), t0).expect("take"), b"abcdefghij");
     }
 
     #[test]

@@ -303,7 +303,7 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
             return Ok(Transfer::Uploaded(held));
         }
         let begun = services.uploads.begin(&token, offset, |o| peer.holds(o), now).map_err(code_of_error)?;
-        let (size, mut bytes) = (begun.size, begun.bytes);
+        let (size, mut bytes, stop) = (begun.size, begun.bytes, begun.stop);
         if bytes.try_reserve_exact((size as usize).saturating_sub(bytes.len())).is_err() {
             services.uploads.pause(&token, bytes);
             return Err((quail_capnp::ErrorCode::Unavailable, "no memory for the upload now".to_owned()));
@@ -314,7 +314,14 @@ async fn bulk_stream(send: SendStream, recv: RecvStream, services: Arc<Services>
         let read = tokio::time::timeout(BULK_TIMEOUT, async {
             let mut chunk = vec![0u8; 64 * 1024];
             loop {
-                let n = reader.read(&mut chunk).await?;
+                // A later transfer of this upload (the client came back
+                // before this connection was seen to die) takes over.
+                let n = tokio::select! {
+                    n = reader.read(&mut chunk) => n?,
+                    () = stop.notified() => {
+                        return Err(std::io::Error::other("a later transfer of this upload took over"));
+                    }
+                };
                 if n == 0 || bytes.len() as u64 > size {
                     return Ok::<_, std::io::Error>(());
                 }
