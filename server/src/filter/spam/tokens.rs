@@ -911,7 +911,7 @@ impl BodyWalk {
                         self.html(t);
                     } else {
                         self.plain_parts += 1;
-                        self.gather(t);
+                        self.gather(std::borrow::Cow::Borrowed(t));
                     }
                 }
                 PartType::Html(t) => self.html(t),
@@ -923,13 +923,20 @@ impl BodyWalk {
 
     /// Keeps `text` (a part's), or as much of it as [`MAX_TEXT_BYTES`]
     /// leaves room for.
-    fn gather(&mut self, text: &str) {
+    fn gather(&mut self, text: std::borrow::Cow<'_, str>) {
         if self.gathered >= MAX_TEXT_BYTES {
             return;
         }
-        let kept = prefix(text, MAX_TEXT_BYTES - self.gathered);
-        self.gathered += kept.len();
-        self.texts.push(kept.to_owned());
+        let keep = prefix(&text, MAX_TEXT_BYTES - self.gathered).len();
+        self.gathered += keep;
+        // Only what is kept is copied; an owned text is cut in place.
+        self.texts.push(match text {
+            std::borrow::Cow::Borrowed(t) => t[..keep].to_owned(),
+            std::borrow::Cow::Owned(mut t) => {
+                t.truncate(keep);
+                t
+            }
+        });
     }
 
     fn html(&mut self, html: &str) {
@@ -938,7 +945,7 @@ impl BodyWalk {
         self.html_read += html.len();
         let mut h = HtmlText::default();
         h.read(html);
-        self.gather(&h.text);
+        self.gather(std::borrow::Cow::Owned(h.text));
         self.urls.extend(h.urls);
         self.hidden += h.hidden;
         self.invisible += h.invisible;
