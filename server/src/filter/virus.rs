@@ -169,7 +169,12 @@ impl Scanner {
 
 /// The first body signature found in `content`.
 fn signature(content: &[u8]) -> Option<&'static str> {
-    SIGNATURES.iter().find(|(_, bytes)| memchr::memmem::find(content, bytes).is_some()).map(|(sig, _)| *sig)
+    // Each signature's searcher is built once, not once per part.
+    static FINDERS: std::sync::LazyLock<Vec<(&str, memchr::memmem::Finder<'static>)>> =
+        std::sync::LazyLock::new(|| {
+            SIGNATURES.iter().map(|(sig, bytes)| (*sig, memchr::memmem::Finder::new(bytes))).collect()
+        });
+    FINDERS.iter().find(|(_, f)| f.find(content).is_some()).map(|(sig, _)| *sig)
 }
 
 fn shown(name: &str) -> String {

@@ -185,7 +185,9 @@ pub fn features(raw: &[u8]) -> Features {
 
 /// [`features`] of `raw`, parsed as `parsed`.
 pub fn features_parsed(raw: &[u8], parsed: Option<&Message<'_>>) -> Features {
-    let gtube = memchr::memmem::find(raw, GTUBE.as_bytes()).is_some();
+    static GTUBE_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(GTUBE));
+    let gtube = GTUBE_FINDER.find(raw).is_some();
     let of =
         parsed.and_then(|m| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| of_message(m))).ok());
     let mut f = of.unwrap_or_default();
