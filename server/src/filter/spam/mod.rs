@@ -94,6 +94,15 @@ impl Spam {
         if f.html_only {
             out.push((0.1, "HTML_ONLY: no plain-text part".to_owned()));
         }
+        if f.html_unread > 0 {
+            out.push((
+                1.0,
+                format!(
+                    "HTML_UNREAD: {} KiB in the middle of a huge HTML part not read",
+                    f.html_unread.div_ceil(1024)
+                ),
+            ));
+        }
         if let Some(why) = &f.received_backwards {
             out.push((1.5, format!("RECEIVED_FORGED: {why}")));
         }

@@ -30,7 +30,10 @@ const MAX_BODY_CHARS: usize = 100_000;
 const MAX_TEXT_BYTES: usize = 4 * MAX_BODY_CHARS;
 /// Most HTML of one part given to the tokenizer: a part of text with no
 /// tag is one string to it, read whole before any of it is seen, so the
-/// cap on its text alone would not bound the work.
+/// cap on its text alone would not bound the work. A longer part is read
+/// at its head and its tail, half of this each, so that padding put in
+/// front of the mail (a megabyte of style or comment that shows nothing)
+/// does not hide it; what lies between is unread, and a rule says so.
 const MAX_HTML_BYTES: usize = 1 << 20;
 /// Most links tokenized.
 const MAX_URLS: usize = 50;
@@ -97,6 +100,9 @@ pub struct Features {
     /// The `Authentication-Results` fields, newest first (whose to trust
     /// is the rules' decision).
     pub auth_results: Vec<String>,
+    /// Bytes of HTML between the head and the tail read of parts longer
+    /// than the tokenizer is given (see [`MAX_HTML_BYTES`]).
+    pub html_unread: usize,
 }
 
 #[derive(Default)]
@@ -279,12 +285,11 @@ fn of_message(m: &Message<'_>) -> Features {
     if walk.forms > 0 {
         bag.add("struct:form".into());
     }
-    let mut body: String = walk.texts.join("\n");
-    if body.contains("SPAM: ") {
-        // Another filter's report, pasted into the body.
-        body = body.lines().filter(|l| !l.starts_with("SPAM: ")).collect::<Vec<_>>().join("\n");
+    f.html_unread = walk.html_unread;
+    if walk.html_unread > 0 {
+        bag.add("struct:html-unread".into());
     }
-    let mut body = nfkc(body);
+    let mut body = nfkc(walk.texts.join("\n"));
     if let Some(start) = list_footer(m, &body) {
         body.truncate(start);
     }
@@ -865,6 +870,8 @@ struct BodyWalk {
     gathered: usize,
     /// HTML bytes given to the tokenizer.
     html_read: usize,
+    /// HTML bytes not given to it (between a long part's head and tail).
+    html_unread: usize,
     urls: Vec<String>,
     hidden: usize,
     invisible: usize,
@@ -924,11 +931,19 @@ impl BodyWalk {
     }
 
     /// Keeps `text` (a part's), or as much of it as [`MAX_TEXT_BYTES`]
-    /// leaves room for.
+    /// leaves room for. Lines of another filter's report pasted into the
+    /// body (`SPAM: ...`) are not the mail: they are dropped first, so
+    /// they cannot fill the cap and push the mail's own text past it.
     fn gather(&mut self, text: std::borrow::Cow<'_, str>) {
         if self.gathered >= MAX_TEXT_BYTES {
             return;
         }
+        let text = if memchr::memmem::find(text.as_bytes(), b"SPAM: ").is_some() {
+            let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("SPAM: ")).collect();
+            std::borrow::Cow::Owned(kept.join("\n"))
+        } else {
+            text
+        };
         let keep = prefix(&text, MAX_TEXT_BYTES - self.gathered).len();
         self.gathered += keep;
         // Only what is kept is copied; an owned text is cut in place.
@@ -943,7 +958,26 @@ impl BodyWalk {
 
     fn html(&mut self, html: &str) {
         self.html_parts += 1;
-        let html = prefix(html, MAX_HTML_BYTES);
+        if html.len() <= MAX_HTML_BYTES {
+            return self.read_html(html);
+        }
+        let head = prefix(html, MAX_HTML_BYTES / 2);
+        // The tail from a character, then from the first tag in it, so
+        // the tokenizer starts between elements, as it did at the head.
+        let mut from = html.len() - MAX_HTML_BYTES / 2;
+        while !html.is_char_boundary(from) {
+            from += 1;
+        }
+        if let Some(lt) = memchr::memchr(b'<', &html.as_bytes()[from..]) {
+            from += lt;
+        }
+        let tail = &html[from..];
+        self.html_unread += html.len() - head.len() - tail.len();
+        self.read_html(head);
+        self.read_html(tail);
+    }
+
+    fn read_html(&mut self, html: &str) {
         self.html_read += html.len();
         let mut h = HtmlText::default();
         h.read(html);
@@ -1433,11 +1467,13 @@ mod tests {
         walk.message(&mut Bag::default(), &m, 0);
         assert_eq!((walk.html_parts, walk.plain_parts), (1, 1));
         assert_eq!(walk.html_read, MAX_HTML_BYTES);
-        // The HTML's text fills the text cap: the plain part is past it.
-        assert_eq!(walk.texts.len(), 1);
+        assert_eq!(walk.html_unread, html.len() - MAX_HTML_BYTES);
+        // The HTML's head and tail fill the text cap: the plain part is
+        // past it.
+        assert_eq!(walk.texts.len(), 2);
         assert!(walk.texts[0].starts_with("word\u{a0}word"), "{:?}", &walk.texts[0][..20]);
         assert!((MAX_TEXT_BYTES - 3..=MAX_TEXT_BYTES).contains(&walk.gathered), "{}", walk.gathered);
-        assert_eq!(walk.texts[0].len(), walk.gathered);
+        assert_eq!(walk.texts.iter().map(String::len).sum::<usize>(), walk.gathered);
         let f = features(raw.as_bytes());
         assert!(f.tokens.contains(&"word".to_owned()), "{:?}", f.tokens);
 
@@ -1449,6 +1485,49 @@ mod tests {
         assert!((MAX_TEXT_BYTES - 3..=MAX_TEXT_BYTES).contains(&walk.gathered), "{}", walk.gathered);
         assert!(walk.texts[0].starts_with("привет мир"));
         assert_eq!(walk.html_read, 0);
+    }
+
+    /// What a sender puts in front of the mail to fill the caps does not
+    /// hide it: a megabyte of style that shows nothing (the HTML is read
+    /// at its head and its tail), or of another filter's report lines
+    /// (dropped before they count). Padding on both sides leaves the
+    /// middle unread, and that is a rule of its own.
+    #[test]
+    fn padding_does_not_hide_the_mail() {
+        let pad = format!("<style>/*{}*/</style>", "x".repeat(1_100_000));
+        let mail = "<p>Cheap pills today <a href=\"http://192.0.2.7/buy\">order</a></p>";
+        let html = |body: &str| {
+            format!(
+                "From: a@example.net\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n\
+                 <html><body>{body}</body></html>\r\n"
+            )
+        };
+        let f = features(html(&format!("{pad}{mail}")).as_bytes());
+        assert!(has(&f, "pills") && has(&f, "today"), "{:?}", f.tokens);
+        assert_eq!(f.ip_links, 1);
+        assert!(f.html_unread > 0 && has(&f, "struct:html-unread"));
+
+        // Padded on both sides: the middle is not read, and is named.
+        let f = features(html(&format!("{pad}{mail}{pad}")).as_bytes());
+        assert!(!has(&f, "pills"));
+        assert!(f.html_unread > 1_000_000, "{}", f.html_unread);
+        let spam = super::super::Spam::new(super::super::SpamSettings {
+            junk_score: 5.0,
+            reject_score: 15.0,
+            trusted_authserv_id: None,
+        });
+        assert!(spam.rules(&f).iter().any(|(p, why)| *p > 0.0 && why.starts_with("HTML_UNREAD")));
+        // A part within the cap is read whole, with no such rule.
+        let f = features(html(mail).as_bytes());
+        assert_eq!(f.html_unread, 0);
+        assert!(!spam.rules(&f).iter().any(|(_, why)| why.starts_with("HTML_UNREAD")));
+
+        // 500 KB of report lines, then the mail's own text.
+        let report = "SPAM: Content analysis details: (9.9 points)\n".repeat(11_000);
+        let raw = format!("Subject: hi\r\n\r\n{report}Cheap pills today\r\n");
+        let f = features(raw.as_bytes());
+        assert!(has(&f, "pills"), "{:?}", f.tokens);
+        assert!(!has(&f, "analysis"), "the report is not the mail: {:?}", f.tokens);
     }
 
     #[test]
