@@ -113,7 +113,13 @@ fn random_query(rng: &mut Rng, docs: &[Doc]) -> String {
         if !rest.is_empty() {
             rest.push(' ');
         }
-        format!("{rest}({} OR {})", a.trim_start_matches('-'), b.trim_start_matches('-'))
+        let (a, b) = (a.trim_start_matches('-'), b.trim_start_matches('-'));
+        if !a.contains(':') && !b.contains(':') && rng.below(2) == 0 {
+            // One field over the group: `from:(a OR b)`.
+            format!("{rest}{}:({a} OR {b})", TEXT_FIELDS[rng.below(TEXT_FIELDS.len())].name())
+        } else {
+            format!("{rest}({a} OR {b})")
+        }
     } else {
         parts.join(" ")
     };

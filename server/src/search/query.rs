@@ -4,6 +4,7 @@
 //! invoice alice               both words, anywhere
 //! "quarterly report"          the words in this order, in one field
 //! subject:invoice from:alice  scoped: subject from to cc body filename
+//! from:(alice OR bob)         a scope over a group of words and phrases
 //! invo*                       a prefix (search as you type)
 //! a OR b    -spam    (a OR b) c
 //! is:unread is:read is:flagged in:inbox has:attachment
@@ -89,7 +90,7 @@ pub fn parse(input: &str, max_bytes: usize) -> Result<Node, ParseError> {
             message: format!("the query is {} bytes; at most {max_bytes}", input.len()),
         });
     }
-    let mut p = Parser { s: input, at: 0, terms: 0, depth: 0 };
+    let mut p = Parser { s: input, at: 0, terms: 0, depth: 0, scope: None };
     let node = p.or()?;
     p.space();
     if p.at < p.s.len() {
@@ -109,6 +110,9 @@ struct Parser<'a> {
     at: usize,
     terms: usize,
     depth: usize,
+    /// The field of the scoped group being read (`from:( ... )`): its
+    /// words and phrases are in it.
+    scope: Option<Field>,
 }
 
 impl Parser<'_> {
@@ -215,7 +219,7 @@ impl Parser<'_> {
             Some('"') => {
                 self.count()?;
                 let words = self.quoted()?;
-                Ok(phrase(None, words))
+                Ok(phrase(self.scope, words))
             }
             _ => self.word_or_operator(),
         }
@@ -261,7 +265,24 @@ impl Parser<'_> {
             let name = rest[..name_len].to_ascii_lowercase();
             self.at += name_len + 1;
             let value_at = self.at;
+            if let Some(outer) = self.scope {
+                return Err(ParseError {
+                    position: start,
+                    message: format!(
+                        "{name}: inside {}:( ); a scoped group holds words, phrases, OR and -",
+                        outer.name()
+                    ),
+                });
+            }
             if let Some(field) = Field::from_name(&name) {
+                if self.peek() == Some('(') {
+                    // `from:(alice OR bob)`: the group's words and phrases
+                    // are in the field.
+                    self.scope = Some(field);
+                    let group = self.primary();
+                    self.scope = None;
+                    return group;
+                }
                 if self.peek() == Some('"') {
                     let words = self.quoted()?;
                     return Ok(phrase(Some(field), words));
@@ -318,7 +339,7 @@ impl Parser<'_> {
         if value.is_empty() {
             return Err(self.err(format!("unexpected {:?}", self.peek().unwrap_or(' '))));
         }
-        word_node(None, &value, start)
+        word_node(self.scope, &value, start)
     }
 }
 
@@ -453,6 +474,30 @@ mod tests {
         assert!(e("()").message.contains("empty"));
         assert!(e("!!!").message.contains("no letters"));
         assert!(e("- a").message.contains("after '-'"));
+    }
+
+    /// `from:(alice OR bob)` is `from:alice OR from:bob`: a scope over a
+    /// group puts its words and phrases in the field, however nested.
+    #[test]
+    fn a_scope_over_a_group_scopes_its_words_and_phrases() {
+        assert_eq!(p("from:(alice OR bob) x"), p("(from:alice OR from:bob) x"));
+        assert_eq!(p("subject:(dinner -movie)"), p("subject:dinner -subject:movie"));
+        assert_eq!(
+            p("body:(\"quarterly report\" (draft OR final*))"),
+            p("body:\"quarterly report\" (body:draft OR body:final*)")
+        );
+        assert_eq!(p("to:(alice@example.org)"), p("to:alice@example.org"));
+        // The scope ends with its group.
+        assert_eq!(p("cc:(a) b"), Node::And(vec![p("cc:a"), t("b")]));
+        // Other operators inside are an error, named where they stand.
+        let x = e("from:(alice subject:x)");
+        assert_eq!(x.position, 12);
+        assert!(x.message.contains("subject: inside from:( )"), "{x}");
+        assert!(e("from:(is:unread)").message.contains("is: inside from:"));
+        assert!(e("from:(a").message.contains("unclosed '('"));
+        assert!(e("from:()").message.contains("empty"));
+        let deep = format!("from:{}a{}", "(".repeat(100), ")".repeat(100));
+        assert!(e(&deep).message.contains("nest"));
     }
 
     #[test]
