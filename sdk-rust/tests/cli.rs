@@ -151,6 +151,64 @@ async fn walk_through() {
     server.shutdown().await;
 }
 
+/// `quail search` marks what matched and speaks JSON; `quail show` says
+/// why a mail is in Junk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_and_why_a_mail_is_junk() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let server = support::start(&data).await;
+    let config = dir.path().join("cli.toml");
+    let addr = server.addr().to_string();
+    let q = |args: &[&str], stdin: Option<&str>| quail(&data, &config, &addr, args, stdin);
+    ok(q(&["admin", "user", "add", "alice"], Some("alice-password\n")));
+    ok(q(&["login", "alice", "--password", "alice-password"], None));
+
+    let mail = [
+        "From: Bob <bob@example.net>\r\nTo: alice@example.org\r\nSubject: Invoice 17\r\n\r\n\
+         Please pay the invoice by Friday.\r\n",
+        "From: Carol <carol@example.net>\r\nTo: alice@example.org\r\nSubject: Lunch\r\n\r\n\
+         Noodles at noon?\r\n",
+        // A name that shows another address, and a link to a bare IP.
+        "From: \"service@bank.example\" <x@mailer.invalid>\r\nTo: alice@example.org\r\n\
+         Subject: Verify your account\r\nContent-Type: text/html\r\n\r\n\
+         <html><body><p>Verify <a href=\"http://192.0.2.7/login\">here</a>.</p></body></html>\r\n",
+    ];
+    let mut ids = Vec::new();
+    for (i, m) in mail.iter().enumerate() {
+        let p = dir.path().join(format!("s{i}.eml"));
+        std::fs::write(&p, m).expect("write eml");
+        let out = ok(q(&["deliver", "--to", "alice", p.to_str().expect("utf-8")], None));
+        let id = out.trim().rsplit(' ').next().expect("id").to_owned();
+        ids.push(id);
+    }
+
+    // Matched words are marked (no terminal: in brackets), with a count.
+    let out = ok(q(&["search", "invoice"], None));
+    assert!(out.contains("Invoice 17") && out.contains("[invoice]"), "{out}");
+    assert!(out.trim_end().ends_with("1 of 1 match"), "{out}");
+    // A field over a group, and JSON for scripts.
+    let out = ok(q(&["search", "from:(bob OR carol) -noodles", "--json"], None));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["total"], 1, "{out}");
+    assert_eq!(v["hits"][0]["id"].to_string(), ids[0]);
+    assert!(ok(q(&["search", "zebra"], None)).contains("no matches"));
+    let bad = q(&["search", "\"unclosed"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("at 0: an unclosed"), "{bad:?}");
+
+    // The third went to Junk, and `show` says why.
+    assert!(ok(q(&["ls", "--mailbox", "junk"], None)).contains("Verify your account"));
+    let out = ok(q(&["show", &ids[2]], None));
+    assert!(out.contains("Spam:     spam, score 3.6"), "{out}");
+    // 2.0 + 1.5 + 0.1, past the default junk score of 2.5.
+    for why in ["FROM_NAME_MISMATCH", "URL_IP", "HTML_ONLY"] {
+        assert!(out.contains(why), "{why}: {out}");
+    }
+    assert!(ok(q(&["show", &ids[0]], None)).contains("Spam:     not spam"));
+    server.shutdown().await;
+}
+
 /// `quail show` lists the parts, `quail fetch --part` writes one, and
 /// `quail watch` prints mail as it arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

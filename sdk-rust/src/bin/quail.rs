@@ -1065,7 +1065,11 @@ async fn search(
         }
     }
     let shown = page.hits.len() as u64;
-    out!("{} of {} match{}", shown, page.total, if page.total == 1 { "" } else { "es" });
+    if page.total == 0 {
+        out!("no matches");
+    } else {
+        out!("{} of {} match{}", shown, page.total, if page.total == 1 { "" } else { "es" });
+    }
     Ok(())
 }
 
