@@ -169,32 +169,32 @@ fn put_pair(txn: &mut Txn<'_>, key: Vec<u8>, p: Pair) {
 
 /// One token's evidence.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Clue {
-    /// The token.
-    pub token: String,
+pub struct Clue<'a> {
+    /// The token (the message's own, borrowed).
+    pub token: &'a str,
     /// How spammy it is, 0 to 1.
     pub p: f64,
 }
 
 /// A classification.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Judgement {
+pub struct Judgement<'a> {
     /// 0 (ham) to 1 (spam); 0.5 is "cannot tell".
     pub p: f64,
     /// The strongest clues, strongest first.
-    pub clues: Vec<Clue>,
+    pub clues: Vec<Clue<'a>>,
     /// Messages the models were trained on (spam, ham).
     pub trained: Pair,
 }
 
 /// Judges `tokens` by the `global` model plus `account`'s (read from
 /// `snap`, when it has been trained at all).
-pub fn judge(
+pub fn judge<'a>(
     snap: &Snapshot,
     global: &Global,
     account: Option<u64>,
-    tokens: &[String],
-) -> StoreResult<Judgement> {
+    tokens: &'a [String],
+) -> StoreResult<Judgement<'a>> {
     let own = match account.filter(|a| *a != GLOBAL) {
         Some(a) => Some((a, totals(snap, a)?)).filter(|(_, t)| *t != Pair::default()),
         None => None,
@@ -211,7 +211,7 @@ pub fn judge(
         }
         let Some(f) = spamminess(c, n) else { continue };
         if (f - 0.5).abs() >= MIN_STRENGTH {
-            clues.push(Clue { token: t.clone(), p: f });
+            clues.push(Clue { token: t, p: f });
         }
     }
     let by_strength = |a: &Clue, b: &Clue| (b.p - 0.5).abs().total_cmp(&(a.p - 0.5).abs());
@@ -291,8 +291,8 @@ mod tests {
     #[test]
     fn combining_is_neutral_without_clues_and_follows_them() {
         assert_eq!(combine(&[]), 0.5);
-        let spammy: Vec<Clue> = (0..10).map(|i| Clue { token: i.to_string(), p: 0.99 }).collect();
-        let hammy: Vec<Clue> = (0..10).map(|i| Clue { token: i.to_string(), p: 0.01 }).collect();
+        let spammy: Vec<Clue> = (0..10).map(|_| Clue { token: "s", p: 0.99 }).collect();
+        let hammy: Vec<Clue> = (0..10).map(|_| Clue { token: "h", p: 0.01 }).collect();
         assert!(combine(&spammy) > 0.99);
         assert!(combine(&hammy) < 0.01);
         let mixed: Vec<Clue> = spammy.iter().chain(&hammy).cloned().collect();
