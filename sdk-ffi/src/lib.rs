@@ -1,9 +1,11 @@
 //! C ABI over the Quail SDK, for native and mobile apps.
 //!
 //! This crate is the only one in the workspace that may use `unsafe`; every
-//! `extern "C"` item lives here, behind a panic boundary. For now it exports
-//! the library's version; the client API (opaque handles, callbacks, error
-//! codes, a generated header) arrives with its own issue.
+//! `extern "C"` item lives here. For now it exports the library's version,
+//! which can neither fail nor panic; the client API (opaque handles,
+//! callbacks, error codes, a generated header, each entry point behind a
+//! panic boundary that turns a panic into an error code) arrives with its
+//! own issue.
 
 use std::ffi::{CStr, c_char};
 
