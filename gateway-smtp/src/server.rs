@@ -411,10 +411,17 @@ async fn deliver(
         .await;
     match result {
         Ok(results) => {
-            let ids: Vec<String> =
-                results.iter().filter_map(|r| r.outcome.as_ref().ok()).map(|id| id.0.to_string()).collect();
-            if !ids.is_empty() {
+            let stored = results.iter().filter(|r| r.outcome.is_ok()).count();
+            if stored == results.len() {
                 DeliverVerdict::Stored(spool_id)
+            } else if stored > 0 {
+                // One reply answers for every recipient: a 250 would lose
+                // the copies that were refused (a mailbox that filled up,
+                // or an account removed, since its RCPT). The sender
+                // retries, and those stored now may get a second copy: a
+                // duplicate, never a loss.
+                tracing::warn!(stored, recipients = results.len(), "delivered to some recipients only");
+                DeliverVerdict::TempFail("not every recipient could take the message now".into())
             } else if results
                 .iter()
                 .all(|r| matches!(r.outcome, Err(quail::Error::NotFound(_) | quail::Error::Rejected(_))))

@@ -159,3 +159,104 @@ async fn smtp_source_sends_5000_messages_and_exactly_5000_are_stored() {
     assert_eq!(page.total, 5000, "exactly 5000 stored");
     drop(w.server);
 }
+
+/// A plain SMTP client over TCP, a command at a time: the test acts
+/// between commands.
+struct Smtp {
+    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Smtp {
+    async fn connect(port: u16) -> Smtp {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let (r, writer) = stream.into_split();
+        let mut s = Smtp { reader: tokio::io::BufReader::new(r), writer };
+        assert_eq!(s.reply().await.0, 220);
+        s
+    }
+
+    /// The next reply: its code and its text.
+    async fn reply(&mut self) -> (u16, String) {
+        use tokio::io::AsyncBufReadExt;
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await.expect("read");
+            assert!(line.len() >= 4, "a reply line: {line:?}");
+            text.push_str(&line);
+            if line.as_bytes()[3] == b' ' {
+                return (line[..3].parse().expect("code"), text);
+            }
+        }
+    }
+
+    async fn send(&mut self, data: &str) -> (u16, String) {
+        use tokio::io::AsyncWriteExt;
+        self.writer.write_all(data.as_bytes()).await.expect("write");
+        self.reply().await
+    }
+}
+
+async fn total(s: &quail::Session) -> u64 {
+    s.query(&Query::all()).await.expect("query").total
+}
+
+/// One reply after DATA answers for every recipient, so it must not be a
+/// 250 that loses one's copy. A mailbox not yet full at RCPT takes the
+/// message even past its quota (by one message at most); one that filled
+/// up between RCPT and DATA makes the reply 451, and the sender retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_after_data_never_loses_a_recipients_copy() {
+    use quail_server::account::Credential;
+    let w = world().await;
+    let port = w.smtp.addr().port();
+    let pin: quail::Fingerprint = w.server.fingerprint().parse().expect("pin");
+    let client = quail::Client::connect(&w.server.addr().to_string(), quail::Trust::Pinned(pin))
+        .await
+        .expect("connect");
+    let admin = client.admin(&w.server.secret(Credential::Admin).expect("secret")).await.expect("admin");
+    let gateway =
+        client.gateway(&w.server.secret(Credential::Gateway).expect("secret")).await.expect("gateway");
+    admin.create_account("tight", "tight-password", 3000, 0).await.expect("create");
+    let tight = client.login("tight", "tight-password").await.expect("login");
+    let message = |subject: &str| {
+        format!("From: bob@example.test\r\nSubject: {subject}\r\n\r\n{}\r\n", "filler ".repeat(280))
+    };
+    let env = quail::Envelope {
+        mail_from: "bob@example.test".into(),
+        rcpt_to: vec!["tight@example.org".into()],
+        ..Default::default()
+    };
+    gateway.deliver(&env, message("first").as_bytes()).await.expect("deliver");
+
+    // 2 KB of 3 KB used: not full, so accepted at RCPT, and stored after
+    // DATA though the message passes the quota.
+    let mut c = Smtp::connect(port).await;
+    assert_eq!(c.send("EHLO client.test\r\n").await.0, 250);
+    assert_eq!(c.send("MAIL FROM:<bob@example.test>\r\n").await.0, 250);
+    assert_eq!(c.send("RCPT TO:<tight@example.org>\r\n").await.0, 250);
+    assert_eq!(c.send("RCPT TO:<alice@example.org>\r\n").await.0, 250);
+    assert_eq!(c.send("DATA\r\n").await.0, 354);
+    let (code, text) = c.send(&format!("{}.\r\n", message("second"))).await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!((total(&tight).await, total(&w.session).await), (2, 1), "both copies stored");
+
+    // Room again, but the mailbox fills up between RCPT and DATA.
+    admin.set_quota("tight", 5000, 0).await.expect("quota");
+    assert_eq!(c.send("MAIL FROM:<bob@example.test>\r\n").await.0, 250);
+    assert_eq!(c.send("RCPT TO:<tight@example.org>\r\n").await.0, 250);
+    assert_eq!(c.send("RCPT TO:<alice@example.org>\r\n").await.0, 250);
+    gateway.deliver(&env, message("meanwhile").as_bytes()).await.expect("deliver");
+    assert_eq!(c.send("DATA\r\n").await.0, 354);
+    let (code, text) = c.send(&format!("{}.\r\n", message("third"))).await;
+    assert_eq!(code, 451, "tight's copy was refused: {text}");
+    assert!(text.contains("not every recipient"), "{text}");
+    assert_eq!(total(&tight).await, 3, "first, second, meanwhile");
+    // Now full: the retry is refused at RCPT for tight alone, with 452.
+    assert_eq!(c.send("RSET\r\n").await.0, 250);
+    assert_eq!(c.send("MAIL FROM:<bob@example.test>\r\n").await.0, 250);
+    let (code, text) = c.send("RCPT TO:<tight@example.org>\r\n").await;
+    assert!(code == 452 || code == 552, "{code} {text}");
+    assert_eq!(c.send("QUIT\r\n").await.0, 221);
+}

@@ -124,6 +124,19 @@ pub struct Placement {
     pub received_ms: i64,
 }
 
+/// How an insert holds the account's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaRule {
+    /// The message must fit (imports, appends, the sender's own copies).
+    Fit,
+    /// Mail delivered to a recipient: taken while the account is not yet
+    /// full, the test the gateway's RCPT check makes, so a recipient
+    /// accepted during the SMTP session is not refused after DATA (where
+    /// one reply answers for every recipient). The quota is passed by one
+    /// message at most, as with Dovecot's quota grace.
+    NotFull,
+}
+
 /// Adds one copy of a prepared message to `account` inside `txn`.
 pub fn insert(
     txn: &mut Txn<'_>,
@@ -133,17 +146,36 @@ pub fn insert(
     config: &MailConfig,
     changes: &mut ChangeSet,
 ) -> Result<EmailId> {
+    insert_under(txn, account, p, place, config, changes, QuotaRule::Fit)
+}
+
+/// [`insert`] holding the quota by `rule`.
+pub fn insert_under(
+    txn: &mut Txn<'_>,
+    account: AccountId,
+    p: &Prepared,
+    place: &Placement,
+    config: &MailConfig,
+    changes: &mut ChangeSet,
+    rule: QuotaRule,
+) -> Result<EmailId> {
     let acct = Accounts::get_in(txn, account)?
         .ok_or_else(|| Error::not_found(format!("account {} is gone", account.0)))?;
     let used_bytes = txn.counter(Space::Counters, &Counter::UsedBytes.key(account, 0))?.max(0) as u64;
     let used_msgs = txn.counter(Space::Counters, &Counter::UsedMessages.key(account, 0))?.max(0) as u64;
-    if acct.quota_bytes > 0 && used_bytes + p.size > acct.quota_bytes {
+    // Whether `used` leaves room under `quota` (0: none set) by `rule`.
+    let room = |used: u64, adding: u64, quota: u64| match rule {
+        _ if quota == 0 => true,
+        QuotaRule::Fit => used + adding <= quota,
+        QuotaRule::NotFull => used < quota,
+    };
+    if !room(used_bytes, p.size, acct.quota_bytes) {
         return Err(Error::OverQuota(format!(
             "{} uses {used_bytes} of {} bytes; a {}-byte message does not fit",
             acct.name, acct.quota_bytes, p.size
         )));
     }
-    if acct.quota_messages > 0 && used_msgs + 1 > acct.quota_messages {
+    if !room(used_msgs, 1, acct.quota_messages) {
         return Err(Error::OverQuota(format!(
             "{} holds its quota of {} messages",
             acct.name, acct.quota_messages
@@ -378,7 +410,15 @@ impl Mailstore {
                 let mailbox = role_in(txn, *account, role)?;
                 let place = Placement { mailboxes: vec![mailbox], keywords: Vec::new(), received_ms };
                 let mut changes = ChangeSet::new();
-                match insert(txn, *account, &prepared, &place, &config, &mut changes) {
+                match insert_under(
+                    txn,
+                    *account,
+                    &prepared,
+                    &place,
+                    &config,
+                    &mut changes,
+                    QuotaRule::NotFull,
+                ) {
                     Ok(id) => {
                         if *verdict != crate::filter::spam::Record::default() {
                             crate::filter::spam::put_record(txn, account.0, id.0, verdict)?;
