@@ -142,22 +142,31 @@ fn reply_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// Writes `message` as DATA content: CRLF line ends (a bare LF becomes
-/// CRLF), a dot doubled at the start of a line, the final CRLF.CRLF.
+/// Writes `message` as DATA content: CRLF line ends (a bare LF, and a
+/// bare CR, becomes CRLF), a dot doubled at the start of a line, the final
+/// CRLF.CRLF. No bare CR or LF goes out: a receiver that takes one for a
+/// line end (`<CR>.<CR><LF>`, `<LF>.<LF>`) would otherwise read the rest
+/// as a second message from this host (SMTP smuggling), whatever a
+/// submitted message holds.
 pub fn data_content(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
     let mut at_line_start = true;
-    let mut prev = 0u8;
-    for &b in message {
+    let mut i = 0;
+    while i < message.len() {
+        let b = message[i];
         if at_line_start && b == b'.' {
             out.push(b'.');
         }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+        if b == b'\r' || b == b'\n' {
+            out.extend_from_slice(b"\r\n");
+            // A CRLF is one line end.
+            i += if b == b'\r' && message.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+            at_line_start = true;
+            continue;
         }
         out.push(b);
-        at_line_start = b == b'\n';
-        prev = b;
+        at_line_start = false;
+        i += 1;
     }
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -371,6 +380,38 @@ mod tests {
         assert_eq!(data_content(b"a\r\n.b\r\n..c\r\n"), b"a\r\n..b\r\n...c\r\n.\r\n");
         assert_eq!(data_content(b".\nx"), b"..\r\nx\r\n.\r\n");
         assert_eq!(data_content(b""), b"\r\n.\r\n");
+        // A bare CR is a line end too: the smuggled end below is a
+        // dot-stuffed line, and the message has one end, its own.
+        assert_eq!(
+            data_content(b"hi\r.\r\nMAIL FROM:<ceo@x>\r\n"),
+            b"hi\r\n..\r\nMAIL FROM:<ceo@x>\r\n.\r\n".to_vec()
+        );
+        assert_eq!(data_content(b"a\r\rb\n\r"), b"a\r\n\r\nb\r\n\r\n.\r\n".to_vec());
+        // Any mix: every CR is followed by LF, every LF preceded by CR,
+        // and `CRLF.CRLF` is only the end.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..2000 {
+            let mut m = Vec::new();
+            for _ in 0..(seed % 24) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                m.push(b"\r\n.a"[(seed % 4) as usize]);
+            }
+            let out = data_content(&m);
+            for (i, &b) in out.iter().enumerate() {
+                if b == b'\r' {
+                    assert_eq!(out.get(i + 1), Some(&b'\n'), "{m:?} -> {out:?}");
+                }
+                if b == b'\n' {
+                    assert!(i > 0 && out[i - 1] == b'\r', "{m:?} -> {out:?}");
+                }
+            }
+            let ends = out.windows(5).filter(|w| w == b"\r\n.\r\n").count();
+            let starts_with_end = out.starts_with(b".\r\n");
+            assert_eq!(ends + usize::from(starts_with_end), 1, "{m:?} -> {out:?}");
+            assert!(out.ends_with(b"\r\n.\r\n") || out == b"\r\n.\r\n");
+        }
     }
 
     #[test]
