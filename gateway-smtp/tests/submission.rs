@@ -172,6 +172,17 @@ except smtplib.SMTPDataError as e:
     print("FORGED", e.smtp_code)
 s.quit()
 
+# Another account's address in the From field (what the reader sees, and
+# what DMARC checks): refused after DATA as well.
+s = session()
+s.login("alice", "alice-password")
+try:
+    s.sendmail("alice@quail.test", ["erin@far.example"], msg.replace("From: alice@", "From: Bob <bob@", 1))
+    print("FROM-FIELD-ACCEPTED")
+except smtplib.SMTPDataError as e:
+    print("FROM-FIELD", e.smtp_code, e.smtp_error.decode())
+s.quit()
+
 # In the clear: no AUTH offered, and it is refused.
 s = smtplib.SMTP("127.0.0.1", {port})
 s.ehlo()
@@ -185,10 +196,21 @@ s.close()
     );
     let (ok, out) = python(&script);
     assert!(ok, "{out}");
-    for expected in ["WRONG 535", "FORGED 550", "AUTH-IN-CLEAR False", "CLEAR 538", "NOAUTH 530"] {
+    for expected in [
+        "WRONG 535",
+        "FORGED 550",
+        "FROM-FIELD 550",
+        "shows bob@quail.test",
+        "AUTH-IN-CLEAR False",
+        "CLEAR 538",
+        "NOAUTH 530",
+    ] {
         assert!(out.contains(expected), "expected {expected:?} in:\n{out}");
     }
-    assert!(!out.contains("WRONGLY") && !out.contains("FORGED-ACCEPTED"), "{out}");
+    assert!(
+        !out.contains("WRONGLY") && !out.contains("FORGED-ACCEPTED") && !out.contains("FROM-FIELD-ACCEPTED"),
+        "{out}"
+    );
     let pending = w.alice.submissions(&[]).await.expect("outbox");
     assert_eq!(pending.len(), 1, "only the app-token message was queued: {pending:?}");
     assert_eq!(pending[0].mail_from, "alice@quail.test");

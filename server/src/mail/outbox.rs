@@ -732,6 +732,30 @@ pub fn sender_address(
     Err(Error::Forbidden(format!("{requested} is not an address of this account")))
 }
 
+/// Checks that every address in the From field of `raw` is one of
+/// `account`'s, as [`sender_address`] does for the envelope sender: the
+/// message goes out signed for the sender's domain, so a From that showed
+/// another person's address (`ceo@` of the same domain) would pass DMARC
+/// as theirs. A message without a From field passes (it shows nobody).
+pub fn check_from_field(
+    accounts: &Accounts,
+    account: AccountId,
+    raw: &[u8],
+    domains: &[String],
+) -> Result<()> {
+    let Some(headers) = mail_parser::MessageParser::new().parse_headers(raw) else { return Ok(()) };
+    let Some(from) = headers.from() else { return Ok(()) };
+    for addr in from.iter() {
+        let Some(address) = addr.address() else { continue };
+        if accounts.resolve_recipient(address, domains)?.is_none_or(|a| a.id != account) {
+            return Err(Error::Forbidden(format!(
+                "the From field shows {address}, which is not an address of this account"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The blob of every submission that still has a recipient pending (each
 /// holds one reference): for `check`.
 pub fn held_blobs(db: &crate::store::Db) -> Result<Vec<BlobId>> {

@@ -1129,6 +1129,8 @@ impl session::Server for SessionImpl {
         };
         let envelope = p.get_envelope()?;
         let (from, recipients) = envelope_of(&s, self.account, envelope)?;
+        crate::mail::outbox::check_from_field(&s.accounts, self.account, &raw, &s.config.domains)
+            .map_err(to_capnp)?;
         let new = crate::mail::outbox::NewSubmission {
             raw,
             mail_from: from,
