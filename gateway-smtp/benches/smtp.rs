@@ -49,6 +49,8 @@ async fn main() {
         verifier: None,
         mode: quail_smtp::session::Mode::Mx,
         implicit_tls: false,
+        max_connections: quail_smtp::server::MAX_CONNECTIONS,
+        write_timeout: quail_smtp::server::WRITE_TIMEOUT,
     };
     let upstream = Upstream {
         addr: server.addr().to_string(),

@@ -14,6 +14,7 @@
 //! resolver = "127.0.0.53:53"             # DNS for SPF, DKIM, DMARC; absent: the system's
 //! dnsbl = ["bl.example.net"]             # DNS blocklists for client addresses; none: off
 //! max_connections_per_ip = 20
+//! max_connections = 1000                 # from every address together
 //! max_messages_per_minute_per_ip = 600
 //!
 //! [outbound]                             # delivery of the server's outbox
@@ -59,6 +60,8 @@ pub struct FileConfig {
     pub dnsbl: Option<Vec<String>>,
     /// Connections from one address at once.
     pub max_connections_per_ip: Option<u32>,
+    /// Connections at once, from every address together.
+    pub max_connections: Option<u32>,
     /// Messages one address may send per minute.
     pub max_messages_per_minute_per_ip: Option<u32>,
     /// The outbound worker.
@@ -107,6 +110,7 @@ impl FileConfig {
         let c: FileConfig = toml::from_str(text)?;
         anyhow::ensure!(c.tls_cert.is_some() == c.tls_key.is_some(), "tls_cert and tls_key go together");
         anyhow::ensure!(c.max_connections_per_ip != Some(0), "max_connections_per_ip must be positive");
+        anyhow::ensure!(c.max_connections != Some(0), "max_connections must be positive");
         if let Some(o) = &c.outbound {
             anyhow::ensure!(o.port != Some(0), "outbound.port must be positive");
             anyhow::ensure!(o.max_concurrent != Some(0), "outbound.max_concurrent must be positive");
@@ -135,6 +139,7 @@ mod tests {
             tls_key = "/etc/quail/key.pem"
             resolver = "127.0.0.53:53"
             max_connections_per_ip = 20
+            max_connections = 500
 
             [outbound]
             port = 2525
@@ -148,6 +153,8 @@ mod tests {
         assert_eq!(c.hostname.as_deref(), Some("mx.example.org"));
         assert_eq!(c.listen, Some("0.0.0.0:25".parse().expect("addr")));
         assert_eq!(c.max_messages_per_minute_per_ip, None);
+        assert_eq!(c.max_connections, Some(500));
+        assert!(FileConfig::parse("max_connections = 0").is_err());
         let o = c.outbound.expect("outbound");
         assert_eq!((o.port, o.enabled, o.dkim.len()), (Some(2525), None, 1));
         assert!(FileConfig::parse("[outbound]\nport = 0").is_err());

@@ -56,6 +56,9 @@ struct Cli {
     /// Connections from one address at once.
     #[arg(long, default_value_t = 20)]
     max_connections_per_ip: u32,
+    /// Connections at once, from every address together.
+    #[arg(long, default_value_t = quail_smtp::server::MAX_CONNECTIONS)]
+    max_connections: u32,
     /// Messages one address may send per minute.
     #[arg(long, default_value_t = 600)]
     max_messages_per_minute_per_ip: u32,
@@ -147,6 +150,11 @@ fn main() -> anyhow::Result<()> {
         {
             cli.max_connections_per_ip = v;
         }
+        if !given("max_connections")
+            && let Some(v) = file.max_connections
+        {
+            cli.max_connections = v;
+        }
         if !given("max_messages_per_minute_per_ip")
             && let Some(v) = file.max_messages_per_minute_per_ip
         {
@@ -223,6 +231,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_messages_per_minute_per_ip: cli.max_messages_per_minute_per_ip,
         mode: Mode::Mx,
         implicit_tls: false,
+        max_connections: cli.max_connections,
+        write_timeout: quail_smtp::server::WRITE_TIMEOUT,
     };
     let starttls = options.tls.is_some();
     let backend = server::Backend::connect(Upstream { addr: cli.server.clone(), trust: pin, secret }).await?;

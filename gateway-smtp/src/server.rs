@@ -45,7 +45,20 @@ pub struct Options {
     pub mode: Mode,
     /// TLS from the first byte (port 465); needs `tls`.
     pub implicit_tls: bool,
+    /// Connections at once, from every address together: past it a new
+    /// one gets `421` and is closed (each address is bounded by
+    /// `max_connections_per_ip`, but addresses are many).
+    pub max_connections: u32,
+    /// How long one write to a client may take: a client that sends
+    /// commands and never reads the replies is cut off then, and its
+    /// connection freed (the read deadlines alone never fire for it).
+    pub write_timeout: Duration,
 }
+
+/// The default of [`Options::max_connections`].
+pub const MAX_CONNECTIONS: u32 = 1000;
+/// The default of [`Options::write_timeout`].
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,6 +137,8 @@ impl Backend {
 /// Connections and recent messages per address.
 #[derive(Default)]
 struct PerIp {
+    /// Connections open, from every address.
+    total: u32,
     open: HashMap<IpAddr, u32>,
     sent: HashMap<IpAddr, VecDeque<Instant>>,
 }
@@ -171,23 +186,37 @@ pub async fn start_on(options: Options, backend: Arc<Backend>) -> anyhow::Result
     let per_ip = Arc::new(Mutex::new(PerIp::default()));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors (or another passing
+                    // failure): wait a moment rather than spin on it.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let ip = peer.ip().to_canonical();
             {
                 let mut p = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-                let n = p.open.entry(ip).or_insert(0);
-                if *n >= options.max_connections_per_ip {
+                let refusal = if p.total >= options.max_connections {
+                    Some(&b"421 4.7.0 too many connections; try again later\r\n"[..])
+                } else if p.open.get(&ip).copied().unwrap_or(0) >= options.max_connections_per_ip {
+                    Some(&b"421 4.7.0 too many connections from your address\r\n"[..])
+                } else {
+                    None
+                };
+                if let Some(text) = refusal {
                     drop(p);
+                    let timeout = options.write_timeout;
                     tokio::spawn(async move {
                         let mut stream = stream;
-                        let _ =
-                            stream.write_all(b"421 4.7.0 too many connections from your address\r\n").await;
+                        let _ = tokio::time::timeout(timeout, stream.write_all(text)).await;
                     });
                     continue;
                 }
-                *n += 1;
+                *p.open.entry(ip).or_insert(0) += 1;
+                p.total += 1;
             }
             let (backend, settings, options, per_ip) =
                 (Arc::clone(&backend), settings.clone(), options.clone(), Arc::clone(&per_ip));
@@ -196,6 +225,7 @@ pub async fn start_on(options: Options, backend: Arc<Backend>) -> anyhow::Result
                     tracing::debug!(%ip, error = %e, "session ended");
                 }
                 let mut p = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+                p.total -= 1;
                 if let Some(n) = p.open.get_mut(&ip) {
                     *n -= 1;
                     if *n == 0 {
@@ -223,12 +253,19 @@ impl Stream {
         }
     }
 
-    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.write_all(buf).await,
-            Stream::Tls(s) => s.write_all(buf).await,
-            Stream::Gone => Ok(()),
-        }
+    /// Writes `buf` whole within `timeout`, else fails: a client that does
+    /// not read its replies holds no connection past that.
+    async fn write_all(&mut self, buf: &[u8], timeout: Duration) -> std::io::Result<()> {
+        let write = async {
+            match self {
+                Stream::Plain(s) => s.write_all(buf).await,
+                Stream::Tls(s) => s.write_all(buf).await,
+                Stream::Gone => Ok(()),
+            }
+        };
+        tokio::time::timeout(timeout, write).await.unwrap_or_else(|_| {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read its replies"))
+        })
     }
 }
 
@@ -266,11 +303,11 @@ async fn connection(
             match action {
                 Action::Reply(text) => out.push_str(&text),
                 Action::Close => {
-                    stream.write_all(out.as_bytes()).await?;
+                    stream.write_all(out.as_bytes(), options.write_timeout).await?;
                     return Ok(());
                 }
                 Action::StartTls => {
-                    stream.write_all(out.as_bytes()).await?;
+                    stream.write_all(out.as_bytes(), options.write_timeout).await?;
                     out.clear();
                     let Some(tls) = options.tls.clone() else {
                         return Ok(());
@@ -357,7 +394,7 @@ async fn connection(
             }
         }
         if !out.is_empty() {
-            stream.write_all(out.as_bytes()).await?;
+            stream.write_all(out.as_bytes(), options.write_timeout).await?;
         }
         let deadline = tokio::time::Instant::from_std(session.deadline());
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {

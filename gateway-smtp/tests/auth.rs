@@ -64,6 +64,8 @@ async fn spf_dkim_and_dmarc_are_verified_and_recorded() {
         verifier: Some(quail_smtp::auth::Verifier::new("mx.test", Some(dns)).expect("verifier")),
         mode: quail_smtp::session::Mode::Mx,
         implicit_tls: false,
+        max_connections: quail_smtp::server::MAX_CONNECTIONS,
+        write_timeout: quail_smtp::server::WRITE_TIMEOUT,
     };
     let upstream = Upstream {
         addr: server.addr().to_string(),

@@ -260,3 +260,94 @@ async fn a_reply_after_data_never_loses_a_recipients_copy() {
     assert!(code == 452 || code == 552, "{code} {text}");
     assert_eq!(c.send("QUIT\r\n").await.0, 221);
 }
+
+/// A TCP connection to the gateway from `from` (another loopback address
+/// is another client to the per-address limit).
+async fn connect_from(from: &str, port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{from}:0").parse().expect("addr")).expect("bind");
+    socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect")
+}
+
+/// The first reply line on `stream`.
+async fn first_line(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") && stream.read(&mut byte).await.expect("read") == 1 {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Whether two new clients (from two addresses) both get a greeting: both
+/// connection slots are free.
+async fn both_slots_free(port: u16) -> bool {
+    let (mut a, mut b) = (connect_from("127.0.0.6", port).await, connect_from("127.0.0.7", port).await);
+    first_line(&mut a).await.starts_with("220") && first_line(&mut b).await.starts_with("220")
+}
+
+/// Connections are bounded from every address together (addresses are
+/// many), and a client that sends commands but never reads the replies is
+/// cut off once a write has waited `write_timeout`, freeing its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_and_a_client_that_never_reads_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = Config::ephemeral(dir.path());
+    let w = support::mx_world_options(dir, config, Vec::new(), |o| {
+        o.max_connections = 2;
+        o.write_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let port = w.smtp.addr().port();
+
+    // Two clients from two addresses hold both slots; a third address is
+    // turned away, though it has no connection of its own.
+    let mut a = connect_from("127.0.0.2", port).await;
+    let mut b = connect_from("127.0.0.3", port).await;
+    assert!(first_line(&mut a).await.starts_with("220"));
+    assert!(first_line(&mut b).await.starts_with("220"));
+    let mut c = connect_from("127.0.0.4", port).await;
+    let refused = first_line(&mut c).await;
+    assert!(refused.starts_with("421") && refused.contains("too many connections"), "{refused}");
+    drop((a, b, c));
+
+    // A client that pipelines EHLOs (each reply is ~10 times its command)
+    // and never reads past the greeting: the replies fill the socket
+    // buffers and the gateway's write waits. (Slots come free as the
+    // gateway sees connections close: it is let in once it is greeted,
+    // tried a generous while at most; the bound is the test's, not a
+    // timing.)
+    let mut greeted = None;
+    for _ in 0..120 {
+        let mut s = connect_from("127.0.0.5", port).await;
+        if first_line(&mut s).await.starts_with("220") {
+            greeted = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let greedy = greeted.expect("closed connections give their slots back");
+    let (_unread, mut writer) = greedy.into_split();
+    let flood = tokio::spawn(async move {
+        let chunk = "EHLO client.test\r\n".repeat(4096);
+        for _ in 0..512 {
+            if writer.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Its slot comes free once the write has waited a second: polled, a
+    // generous while at most (the bound is the test's, not the timing's).
+    let mut freed = false;
+    for _ in 0..120 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if both_slots_free(port).await {
+            freed = true;
+            break;
+        }
+    }
+    flood.abort();
+    assert!(freed, "the client that never reads still holds its connection");
+}

@@ -51,6 +51,8 @@ async fn world() -> World {
         verifier: None,
         mode: Mode::Submission,
         implicit_tls: false,
+        max_connections: quail_smtp::server::MAX_CONNECTIONS,
+        write_timeout: quail_smtp::server::WRITE_TIMEOUT,
     };
     let starttls = server::start_on(options.clone(), std::sync::Arc::clone(&backend)).await.expect("587");
     let implicit = server::start_on(Options { implicit_tls: true, ..options }, backend).await.expect("465");

@@ -114,6 +114,20 @@ pub async fn mx_world_dnsbl(
     max_messages_per_minute_per_ip: u32,
     dnsbl: Vec<String>,
 ) -> World {
+    mx_world_options(dir, config, dnsbl, |o| {
+        o.max_connections_per_ip = max_connections_per_ip;
+        o.max_messages_per_minute_per_ip = max_messages_per_minute_per_ip;
+    })
+    .await
+}
+
+/// [`mx_world_dnsbl`] with the gateway's options as `adjust` leaves them.
+pub async fn mx_world_options(
+    dir: tempfile::TempDir,
+    config: quail_server::Config,
+    dnsbl: Vec<String>,
+    adjust: impl FnOnce(&mut quail_smtp::server::Options),
+) -> World {
     use quail_server::account::Credential;
     use quail_smtp::server::{self, Options, Upstream};
     let tls_dir = config.tls_dir();
@@ -124,12 +138,12 @@ pub async fn mx_world_dnsbl(
     let admin = client.admin(&server.secret(Credential::Admin).expect("secret")).await.expect("admin");
     admin.create_account("alice", "alice-password", 0, 0).await.expect("create");
     let cert = quail_server::net::tls::load_or_create_dev(&tls_dir).expect("dev cert");
-    let options = Options {
+    let mut options = Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
         hostname: "mx.test".into(),
         tls: Some(server::tls_config(cert.chain, cert.key).expect("tls")),
-        max_connections_per_ip,
-        max_messages_per_minute_per_ip,
+        max_connections_per_ip: 20,
+        max_messages_per_minute_per_ip: 600,
         verifier: Some(
             quail_smtp::auth::Verifier::new("mx.test", Some(dns("").await))
                 .expect("verifier")
@@ -137,7 +151,10 @@ pub async fn mx_world_dnsbl(
         ),
         mode: quail_smtp::session::Mode::Mx,
         implicit_tls: false,
+        max_connections: quail_smtp::server::MAX_CONNECTIONS,
+        write_timeout: quail_smtp::server::WRITE_TIMEOUT,
     };
+    adjust(&mut options);
     let upstream = Upstream {
         addr: server.addr().to_string(),
         trust: quail::Trust::Pinned(pin),
