@@ -55,6 +55,12 @@ pub struct Options {
     pub write_timeout: Duration,
 }
 
+/// Room kept under the server's message limit for the fields this gateway
+/// puts in front of a message (`Received`, `Authentication-Results`): the
+/// SIZE it announces and holds is the server's limit less this, so a
+/// message it accepts is never refused by the server for those fields.
+pub const TRACE_ROOM: u64 = 16 << 10;
+
 /// The default of [`Options::max_connections`].
 pub const MAX_CONNECTIONS: u32 = 1000;
 /// The default of [`Options::write_timeout`].
@@ -173,7 +179,8 @@ pub async fn start_on(options: Options, backend: Arc<Backend>) -> anyhow::Result
     let limits = backend.limits().await.context("the Quail server's limits")?;
     let settings = Settings {
         hostname: options.hostname.clone(),
-        max_message_bytes: limits.max_message_bytes,
+        // What the server takes, less room for the fields added here.
+        max_message_bytes: limits.max_message_bytes.saturating_sub(TRACE_ROOM).max(1024),
         max_recipients: limits.max_recipients.max(1) as usize,
         tls_available: options.tls.is_some() && !options.implicit_tls,
         mode: options.mode,

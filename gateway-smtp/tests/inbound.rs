@@ -351,3 +351,46 @@ async fn connections_are_bounded_and_a_client_that_never_reads_is_cut_off() {
     flood.abort();
     assert!(freed, "the client that never reads still holds its connection");
 }
+
+/// The SIZE the gateway announces is a limit that holds: a message of
+/// exactly that size is delivered, with the fields the gateway adds in
+/// front of it, and one byte more is refused during the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_the_announced_size_is_delivered() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = Config::ephemeral(dir.path());
+    config.limits.max_message_bytes = 256 << 10;
+    let w = support::mx_world(dir, config, 20, 600).await;
+    let mut c = Smtp::connect(w.smtp.addr().port()).await;
+    let (code, ehlo) = c.send("EHLO client.test\r\n").await;
+    assert_eq!(code, 250);
+    let size: usize = ehlo
+        .lines()
+        .find_map(|l| l.get(4..).and_then(|x| x.strip_prefix("SIZE ")))
+        .expect("SIZE announced")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(size < 256 << 10, "room is kept for the added fields: {size}");
+    // Exactly `size` bytes as received (CRLF lines, no dot-stuffing).
+    let head = "From: bob@example.test\r\nTo: alice@example.org\r\nSubject: full size\r\n\r\n";
+    let line = format!("{}\r\n", "x".repeat(998));
+    let mut body = String::new();
+    while head.len() + body.len() + line.len() <= size {
+        body.push_str(&line);
+    }
+    let rest = size - head.len() - body.len();
+    body.push_str(&format!("{}\r\n", "y".repeat(rest - 2)));
+    let message = format!("{head}{body}");
+    assert_eq!(message.len(), size);
+    for (extra, want) in [("", 250), ("z\r\n", 552)] {
+        assert_eq!(c.send("MAIL FROM:<bob@example.test>\r\n").await.0, 250);
+        assert_eq!(c.send("RCPT TO:<alice@example.org>\r\n").await.0, 250);
+        assert_eq!(c.send("DATA\r\n").await.0, 354);
+        let (code, text) = c.send(&format!("{message}{extra}.\r\n")).await;
+        assert_eq!(code, want, "{} bytes: {text}", message.len() + extra.len());
+    }
+    let got = received(&w.session, "full size").await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].len() > size && got[0].ends_with(&message), "stored whole, behind the added fields");
+}
