@@ -147,6 +147,8 @@ struct PerIp {
     total: u32,
     open: HashMap<IpAddr, u32>,
     sent: HashMap<IpAddr, VecDeque<Instant>>,
+    /// `sent`'s size at which the quiet addresses are next forgotten.
+    prune_at: usize,
 }
 
 /// A running listener.
@@ -374,7 +376,7 @@ async fn connection(
                 }
                 Action::Submit(envelope, raw) => {
                     let verdict = match &user {
-                        _ if !rate_ok(per_ip, ip, options.max_messages_per_minute_per_ip) => {
+                        _ if !rate_ok(per_ip, ip, options.max_messages_per_minute_per_ip, Instant::now()) => {
                             DeliverVerdict::TempFail("too many messages from your address".into())
                         }
                         None => DeliverVerdict::TempFail("not logged in".into()),
@@ -391,11 +393,12 @@ async fn connection(
                         raw = crate::auth::strip_forged(&raw, &options.hostname);
                         raw.splice(0..0, header.into_bytes());
                     }
-                    let verdict = if !rate_ok(per_ip, ip, options.max_messages_per_minute_per_ip) {
-                        DeliverVerdict::TempFail("too many messages from your address".into())
-                    } else {
-                        deliver(backend, ip, &envelope, raw, session.last_spool_id()).await
-                    };
+                    let verdict =
+                        if !rate_ok(per_ip, ip, options.max_messages_per_minute_per_ip, Instant::now()) {
+                            DeliverVerdict::TempFail("too many messages from your address".into())
+                        } else {
+                            deliver(backend, ip, &envelope, raw, session.last_spool_id()).await
+                        };
                     queue.extend(session.delivered(verdict));
                 }
             }
@@ -418,11 +421,21 @@ async fn connection(
     }
 }
 
-fn rate_ok(per_ip: &Mutex<PerIp>, ip: IpAddr, per_minute: u32) -> bool {
+/// Addresses whose recent messages are counted before the ones with none
+/// in the last minute are forgotten.
+const RATE_ADDRESSES: usize = 4096;
+
+fn rate_ok(per_ip: &Mutex<PerIp>, ip: IpAddr, per_minute: u32, now: Instant) -> bool {
+    let minute = Duration::from_secs(60);
     let mut p = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-    let now = Instant::now();
+    if p.sent.len() >= p.prune_at.max(RATE_ADDRESSES) {
+        // Else every address that ever sent would stay a key. Next when
+        // the table has doubled, so a burst from many costs no scan each.
+        p.sent.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) <= minute));
+        p.prune_at = 2 * p.sent.len();
+    }
     let q = p.sent.entry(ip).or_default();
-    while q.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+    while q.front().is_some_and(|t| now.duration_since(*t) > minute) {
         q.pop_front();
     }
     if q.len() as u32 >= per_minute {
@@ -524,4 +537,36 @@ pub fn tls_config(
         .with_single_cert(chain, key)
         .context("certificate and key")?;
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message-rate table forgets the addresses with nothing in the
+    /// last minute as it grows (when it has doubled since it last did, so
+    /// a burst from many addresses costs no scan per message), and still
+    /// counts the others.
+    #[test]
+    fn the_rate_table_forgets_quiet_addresses() {
+        let per_ip = Mutex::new(PerIp::default());
+        let t0 = Instant::now();
+        let addr = |i: u32| IpAddr::from(i.to_be_bytes());
+        for i in 0..20_000u32 {
+            assert!(rate_ok(&per_ip, addr(i), 2, t0));
+        }
+        // A minute later, as many new addresses again and more.
+        let later = t0 + Duration::from_secs(61);
+        for i in 100_000..140_000u32 {
+            assert!(rate_ok(&per_ip, addr(i), 2, later));
+        }
+        {
+            let p = per_ip.lock().expect("lock");
+            assert_eq!(p.sent.len(), 40_000, "only the last minute's addresses are kept");
+            assert!(!p.sent.contains_key(&addr(0)));
+        }
+        let busy = addr(100_000);
+        assert!(rate_ok(&per_ip, busy, 2, later));
+        assert!(!rate_ok(&per_ip, busy, 2, later), "a busy address is still counted");
+    }
 }
