@@ -115,6 +115,28 @@ async fn a_writable_view_changes_only_its_mailbox() {
     );
 }
 
+/// However wide, a restricted session mints no app token: a token is a
+/// login of its own and would outlive the session's expiry and parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_session_mints_no_app_token_however_wide() {
+    let w = world().await;
+    let expiring =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
+            + 60_000;
+    for (name, child) in [
+        ("expiring only", w.session.restrict(&[], false, Some(expiring)).await.expect("restrict")),
+        ("all mailboxes, writable", w.session.restrict(&[], false, None).await.expect("restrict")),
+    ] {
+        let r = child.create_app_token("outlive me").await;
+        assert!(matches!(r, Err(Error::Forbidden(_))), "{name}: {r:?}");
+        assert!(matches!(child.app_tokens().await, Err(Error::Forbidden(_))), "{name}");
+        // What it may do, it still does.
+        child.mailboxes().await.expect("reads");
+        child.set_keywords(&[w.in_work], &["$flagged"], &[], None).await.expect("writes");
+    }
+    w.session.create_app_token("the login's own").await.expect("a login's session mints");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restricted_session_dies_with_its_parent_and_at_its_expiry() {
     let w = world().await;

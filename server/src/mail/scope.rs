@@ -17,11 +17,15 @@ pub struct Scope {
     pub read_only: bool,
     /// When it ends (ms since the epoch); `None` = with its parent.
     pub expires_ms: Option<i64>,
+    /// Made by `restrict`, however wide: such a session mints no app
+    /// token (one would outlive it, and the session it came from), even
+    /// when it names no mailbox, may write and has no expiry of its own.
+    pub restricted: bool,
 }
 
 impl Scope {
     /// The scope of a session opened by a login: everything.
-    pub const FULL: Scope = Scope { mailboxes: None, read_only: false, expires_ms: None };
+    pub const FULL: Scope = Scope { mailboxes: None, read_only: false, expires_ms: None, restricted: false };
 
     /// Whether this is the full reach of the account.
     pub fn is_full(&self) -> bool {
@@ -48,7 +52,7 @@ impl Scope {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Ok(Scope { mailboxes: boxes, read_only: self.read_only || read_only, expires_ms })
+        Ok(Scope { mailboxes: boxes, read_only: self.read_only || read_only, expires_ms, restricted: true })
     }
 
     /// Whether it has ended at `now_ms`.
@@ -84,6 +88,18 @@ impl Scope {
             return Err(Error::Forbidden(format!("{what} needs the account's unrestricted session")));
         }
         Ok(())
+    }
+
+    /// Refuses app tokens (creating, listing, revoking) to any session made
+    /// by `restrict`: a token is a login of its own, so one minted there
+    /// would outlive the session's expiry and its parent.
+    pub fn check_tokens(&self, what: &str) -> Result<()> {
+        if self.restricted {
+            return Err(Error::Forbidden(format!(
+                "{what} needs a session opened by a login, not a restricted one"
+            )));
+        }
+        self.check_full(what)
     }
 
     /// The mailbox a query of this scope runs in: the one asked for when

@@ -677,7 +677,7 @@ impl session::Server for SessionImpl {
         mut results: session::CreateAppTokenResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
-        self.scope.check_full("creating app tokens").map_err(to_capnp)?;
+        self.scope.check_tokens("creating app tokens").map_err(to_capnp)?;
         let label = text(params.get()?.get_label(), "label", crate::account::MAX_LABEL_BYTES)?;
         let (secret, token) =
             self.services.accounts.create_token(self.account, label, now_ms()).await.map_err(to_capnp)?;
@@ -696,7 +696,7 @@ impl session::Server for SessionImpl {
         mut results: session::ListAppTokensResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
-        self.scope.check_full("listing app tokens").map_err(to_capnp)?;
+        self.scope.check_tokens("listing app tokens").map_err(to_capnp)?;
         let tokens = self.services.accounts.tokens(self.account).map_err(to_capnp)?;
         let mut list = results.get().init_tokens(tokens.len() as u32);
         for (i, t) in tokens.iter().enumerate() {
@@ -714,7 +714,7 @@ impl session::Server for SessionImpl {
         _: session::RevokeAppTokenResults,
     ) -> Result<(), capnp::Error> {
         let _call = self.enter()?;
-        self.scope.check_full("revoking app tokens").map_err(to_capnp)?;
+        self.scope.check_tokens("revoking app tokens").map_err(to_capnp)?;
         let id = params.get()?.get_id();
         self.services.accounts.revoke_tokens(self.account, Some(id)).await.map_err(to_capnp)?;
         Ok(())
