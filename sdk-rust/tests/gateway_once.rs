@@ -44,3 +44,51 @@ async fn recipients_are_checked_and_a_retried_delivery_is_stored_once() {
     // Keys are bounded.
     assert!(matches!(gateway.deliver_once(&env, &raw, Some(&[7u8; 200])).await, Err(Error::InvalidInput(_))));
 }
+
+/// A remote server's reply may run to kilobytes of policy text: the
+/// report of an attempt is taken whatever its replies' length (each kept
+/// cut), never refused whole, which would leave every recipient to be
+/// sent to again when the lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_with_a_long_remote_reply_is_taken() {
+    use quail::{OutcomeKind, RecipientOutcome};
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(dir.path()).await;
+    let client = support::connect(&server).await;
+    let admin = support::admin(&client, &server).await;
+    admin.create_account("alice", "alice-password", 0, 0).await.expect("create");
+    let alice = client.login("alice", "alice-password").await.expect("login");
+    let env = quail::Envelope {
+        mail_from: String::new(),
+        rcpt_to: vec!["erin@far.example".into(), "fred@other.example".into()],
+        ..Default::default()
+    };
+    let raw = b"From: alice@localhost\r\nTo: erin@far.example\r\nSubject: hi\r\n\r\nhello\r\n";
+    alice.submit(raw, &env, None).await.expect("submit");
+    let gateway = support::gateway(&client, &server).await;
+    let item = gateway.lease_outbound(10, 300).await.expect("lease").pop().expect("an item");
+    let policy = format!("550-5.7.1 {}\r\n550 5.7.1 refused", "our policy says no, ünïcode; ".repeat(200));
+    let outcomes = [
+        RecipientOutcome {
+            recipient: "erin@far.example".into(),
+            kind: OutcomeKind::Delivered,
+            reply: "250 ok".into(),
+        },
+        RecipientOutcome {
+            recipient: "fred@other.example".into(),
+            kind: OutcomeKind::PermFail,
+            reply: policy,
+        },
+    ];
+    gateway.complete_outbound(item.id, item.attempt, &outcomes).await.expect("the report is taken");
+    let sub = alice.submissions(&[item.id]).await.expect("submission").pop().expect("it");
+    assert!(sub.recipients.iter().all(|r| r.status != quail::SubmissionStatus::Queued), "{sub:?}");
+    let fred = sub.recipients.iter().find(|r| r.recipient == "fred@other.example").expect("fred");
+    assert!(
+        fred.reply.starts_with("550-5.7.1 our policy") && fred.reply.len() <= 1024,
+        "{}",
+        fred.reply.len()
+    );
+    // Nothing is left to lease: erin is not sent to again.
+    assert!(gateway.lease_outbound(10, 300).await.expect("lease").is_empty());
+}

@@ -263,7 +263,7 @@ impl Worker {
         let outcome = |kind, reply: &str| {
             recipients
                 .iter()
-                .map(|r| RecipientOutcome { recipient: r.clone(), kind, reply: reply.to_owned() })
+                .map(|r| RecipientOutcome { recipient: r.clone(), kind, reply: clip(reply.to_owned()) })
                 .collect::<Vec<_>>()
         };
         let slot = self.domain_slot(domain);
@@ -327,7 +327,7 @@ impl Worker {
                                     Verdict::TempFail => OutcomeKind::TempFail,
                                     Verdict::PermFail => OutcomeKind::PermFail,
                                 },
-                                reply: format!("{host} [{}]: {reply}", addr.ip()),
+                                reply: clip(format!("{host} [{}]: {reply}", addr.ip())),
                             })
                             .collect();
                     }
@@ -358,5 +358,36 @@ impl Worker {
             Err(e) if e.is_no_records_found() => Ok(MxAnswer::NoRecords),
             Err(e) => Err(format!("451 4.4.3 looking up the mail exchangers of {domain}: {e}")),
         }
+    }
+}
+/// Longest reply reported to the server (it records 1 KiB of each): a
+/// remote server's reply may run to kilobytes of policy text.
+const MAX_REPLY_REPORTED: usize = 1000;
+
+/// `reply` cut to [`MAX_REPLY_REPORTED`] bytes, on a character.
+fn clip(mut reply: String) -> String {
+    if reply.len() > MAX_REPLY_REPORTED {
+        let mut end = MAX_REPLY_REPORTED;
+        while !reply.is_char_boundary(end) {
+            end -= 1;
+        }
+        reply.truncate(end);
+    }
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply of kilobytes is reported cut, on a character, to what the
+    /// server records (it refused whole reports with one over 1 KiB).
+    #[test]
+    fn long_replies_are_cut_on_a_character() {
+        let long = format!("550-5.7.1 {}", "ünïcode policy ".repeat(300));
+        let cut = clip(long.clone());
+        assert!(cut.len() <= MAX_REPLY_REPORTED && cut.len() >= MAX_REPLY_REPORTED - 3, "{}", cut.len());
+        assert!(long.starts_with(&cut));
+        assert_eq!(clip("250 ok".into()), "250 ok");
     }
 }

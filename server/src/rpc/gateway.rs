@@ -255,7 +255,11 @@ impl gateway::Server for GatewayImpl {
         let mut outcomes = Vec::with_capacity(list.len() as usize);
         for o in list.iter() {
             let recipient = text(o.get_recipient(), "recipient", MAX_PATH_BYTES)?.to_owned();
-            let reply = text(o.get_reply(), "reply", MAX_REPLY_BYTES)?.to_owned();
+            // A remote server writes what it likes: a long reply is kept
+            // cut, never a reason to refuse the whole report (the lease
+            // would run out and every recipient be sent to again).
+            let reply =
+                clip(text(o.get_reply(), "reply", MAX_REPORTED_REPLY_BYTES)?, MAX_REPLY_BYTES).to_owned();
             let kind = match o.get_kind()? {
                 OutcomeKind::Delivered => Outcome::Delivered,
                 OutcomeKind::TempFail => Outcome::TempFail,
@@ -292,5 +296,20 @@ impl gateway::Server for GatewayImpl {
 const MAX_LEASED: u32 = 100;
 /// Longest SMTP reply recorded.
 const MAX_REPLY_BYTES: usize = 1024;
+/// Longest SMTP reply taken in a report (then cut to [`MAX_REPLY_BYTES`]).
+const MAX_REPORTED_REPLY_BYTES: usize = 64 << 10;
+
+/// The longest beginning of `s` of at most `max` bytes that ends on a
+/// character.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 /// Longest name or secret.
 const MAX_SECRET_BYTES: usize = 1024;
