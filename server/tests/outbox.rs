@@ -79,6 +79,24 @@ async fn a_submission_is_filed_in_sent_and_waits_for_its_time() {
     assert_consistent(&s);
 }
 
+/// A message sent later than the expiry is ahead is still tried, for as
+/// long after its send time as any other (it was bounced at its send time
+/// without a try).
+#[tokio::test]
+async fn a_message_sent_later_than_the_expiry_is_still_tried() {
+    let s = support::store_with(config());
+    let alice = s.account("alice").await;
+    let at = T0 + 3 * 60 * MIN;
+    let sub =
+        s.mail.submit(alice, new("much later", &[("bob@far.test", false)], at), T0).await.expect("submit");
+    let leased = s.mail.lease_outbound(at, 10, MIN).await.expect("lease");
+    assert_eq!(leased.len(), 1, "tried at its time, not bounced");
+    let rec = s.mail.submissions(alice, &[sub.id]).expect("get").0.remove(0);
+    assert_eq!(rec.recipients[0].status, Status::Queued, "{rec:?}");
+    assert_eq!(rec.expires_ms, at + 60 * MIN);
+    assert_consistent(&s);
+}
+
 #[tokio::test]
 async fn a_lease_hides_the_message_until_it_expires_then_another_worker_gets_it() {
     let s = support::store_with(config());

@@ -305,7 +305,8 @@ impl Mailstore {
                 recipients: recipients.clone(),
                 created_ms: now_ms,
                 send_at_ms,
-                expires_ms: now_ms.saturating_add(config.outbox.expiry_ms),
+                // Retried for the expiry from its send time, however far ahead.
+                expires_ms: send_at_ms.saturating_add(config.outbox.expiry_ms),
                 attempts: 0,
                 next_ms: send_at_ms,
                 leased_until_ms: 0,
