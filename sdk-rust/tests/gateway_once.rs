@@ -92,3 +92,36 @@ async fn a_report_with_a_long_remote_reply_is_taken() {
     // Nothing is left to lease: erin is not sent to again.
     assert!(gateway.lease_outbound(10, 300).await.expect("lease").is_empty());
 }
+
+/// One lease answer fits in one RPC message, however many large messages
+/// are due: what does not fit waits for the next lease. (Five messages of
+/// 3.5 MiB, each small enough to go inline, made an answer past the 16 MiB
+/// of a message: the gateway's connection died and the same batch was
+/// leased again and again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_answer_fits_in_one_message() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start(dir.path()).await;
+    let client = support::connect(&server).await;
+    let admin = support::admin(&client, &server).await;
+    admin.create_account("alice", "alice-password", 0, 0).await.expect("create");
+    let alice = client.login("alice", "alice-password").await.expect("login");
+    let env = quail::Envelope { rcpt_to: vec!["erin@far.example".into()], ..Default::default() };
+    let filler = "0123456789abcdef".repeat(64).repeat(3584) + "\r\n";
+    for i in 0..5 {
+        let raw = format!("From: alice@localhost\r\nSubject: big {i}\r\n\r\n{filler}");
+        alice.submit(raw.as_bytes(), &env, None).await.expect("submit");
+    }
+    let gateway = support::gateway(&client, &server).await;
+    let mut leased = 0;
+    for _ in 0..5 {
+        let items = gateway.lease_outbound(32, 300).await.expect("a lease answer that fits");
+        let bytes: usize = items.iter().map(|i| i.raw.len()).sum();
+        assert!(items.len() == 1 || bytes <= 8 << 20, "{} items, {bytes} bytes", items.len());
+        leased += items.len();
+        if leased == 5 {
+            break;
+        }
+    }
+    assert_eq!(leased, 5, "every message is handed out in turn");
+}

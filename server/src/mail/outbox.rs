@@ -381,17 +381,36 @@ impl Mailstore {
     /// each leased until `now + lease_ms`. One past its expiry is failed
     /// (and bounced) instead.
     pub async fn lease_outbound(&self, now_ms: i64, max: usize, lease_ms: i64) -> Result<Vec<Leased>> {
+        self.lease_outbound_within(now_ms, max, lease_ms, u64::MAX).await
+    }
+
+    /// [`Mailstore::lease_outbound`] of messages of at most `max_bytes` in
+    /// all (the first one whatever its size): one answer then fits in one
+    /// RPC message. What does not fit stays due, first in line for the
+    /// next lease.
+    pub async fn lease_outbound_within(
+        &self,
+        now_ms: i64,
+        max: usize,
+        lease_ms: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<Leased>> {
         let config = *self.config();
         let bounces = self.bounce_headers_due(now_ms, max)?;
         let (out, ticket) = self.db().write(|txn| {
             let due = txn.scan(Space::Outbox, &due_range(REMOTE, now_ms), Order::Ascending, max)?;
-            let mut out = Vec::new();
+            let mut out: Vec<Leased> = Vec::new();
+            let mut bytes = 0u64;
             for (k, _) in due {
                 let Some(id) = key::read_u64(&k, 9) else { continue };
                 let Some(old) = read_in(txn, id)? else {
                     txn.delete(Space::Outbox, k);
                     continue;
                 };
+                if !out.is_empty() && now_ms < old.expires_ms && bytes.saturating_add(old.size) > max_bytes {
+                    break;
+                }
+                bytes = bytes.saturating_add(old.size);
                 let mut new = old.clone();
                 let mut changes = ChangeSet::new();
                 if now_ms >= old.expires_ms {

@@ -193,7 +193,14 @@ impl gateway::Server for GatewayImpl {
             ))));
         }
         let s = &self.services;
-        let leased = s.mail.lease_outbound(now_ms(), max, i64::from(secs) * 1000).await.map_err(to_capnp)?;
+        // The answer must fit in one RPC message: half its limit in
+        // messages, inline or bulk (so the bulk ones are few too).
+        let budget = s.config.limits.max_rpc_message_bytes / 2;
+        let leased = s
+            .mail
+            .lease_outbound_within(now_ms(), max, i64::from(secs) * 1000, budget)
+            .await
+            .map_err(to_capnp)?;
         let inline = s.config.limits.max_inline_bytes;
         let blobs: Vec<_> = leased.iter().map(|l| l.blob).collect();
         // Small messages travel inline; a large one is hashed as it streams
