@@ -130,6 +130,30 @@ impl Uploads {
                 "too many uploads in flight; finish or let some expire, then retry".into(),
             ));
         }
+        // One account may hold a quarter of the room, and accounts together
+        // three quarters: none can take every slot, and the gateway (mail
+        // arriving) always has a quarter.
+        if owner != Owner::GATEWAY {
+            let (mut mine, mut mine_bytes, mut accounts, mut accounts_bytes) = (0, 0u64, 0, 0u64);
+            for x in e.values().filter(|x| x.owner != Owner::GATEWAY) {
+                accounts += 1;
+                accounts_bytes += x.size;
+                if x.owner == owner {
+                    mine += 1;
+                    mine_bytes += x.size;
+                }
+            }
+            if mine >= MAX_PENDING / 4 || mine_bytes.saturating_add(size) > self.max_reserved / 4 {
+                return Err(Error::Unavailable(
+                    "this account has as many uploads in flight as one may; finish or let some expire".into(),
+                ));
+            }
+            if accounts >= MAX_PENDING / 4 * 3
+                || accounts_bytes.saturating_add(size) > self.max_reserved / 4 * 3
+            {
+                return Err(Error::Unavailable("too many uploads in flight; retry shortly".into()));
+            }
+        }
         let token: Token = rand::random();
         e.insert(
             token,
@@ -410,6 +434,29 @@ mod tests {
         let t = d.offer(alice, std::sync::Arc::new(b"x".to_vec()) as Shared, t0).expect("offer");
         assert!(d.get(&t, |o| o == alice, t0 + DOWNLOAD_TTL).is_err(), "expired");
         assert!(d.get(&[7; 32], |_| true, t0).is_err(), "forged");
+    }
+
+    /// No account can take every upload slot: one holds a quarter of the
+    /// room at most, accounts together three quarters, and the gateway
+    /// (mail arriving) always finds a quarter.
+    #[test]
+    fn an_account_takes_its_share_of_the_room_and_no_more() {
+        let u = Uploads::new(400);
+        let t0 = Instant::now();
+        let (a, b, c, d) = (Owner(1), Owner(2), Owner(3), Owner(4));
+        u.reserve(a, 100, t0).expect("a's share");
+        assert!(matches!(u.reserve(a, 1, t0), Err(Error::Unavailable(m)) if m.contains("this account")));
+        u.reserve(b, 100, t0).expect("b's share");
+        u.reserve(c, 100, t0).expect("c's share");
+        assert!(matches!(u.reserve(d, 100, t0), Err(Error::Unavailable(_))), "accounts fill three quarters");
+        u.reserve(Owner::GATEWAY, 100, t0).expect("the gateway's quarter");
+        // By count too.
+        let u = Uploads::new(1 << 30);
+        for _ in 0..MAX_PENDING / 4 {
+            u.reserve(a, 0, t0).expect("within a's count");
+        }
+        assert!(u.reserve(a, 0, t0).is_err());
+        u.reserve(b, 0, t0).expect("b is not held back by a");
     }
 
     #[test]
